@@ -1,0 +1,85 @@
+"""First-stage speed and memory: index build rate, peak memory and query latency for BM25, dense and
+hybrid, on a BEIR collection and on a synthetic corpus; and the warm-restart time on the sample corpus.
+
+    .venv/bin/python benchmarks/retrieval.py ../shared/data/cranfield [--synthetic 200000]
+
+Queries run one at a time (top 100), as the page sends them. Latency excludes the first model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import in_fresh_process, latency_ms, peak_rss_mib, print_table, synthetic_corpus
+
+from search.corpus import Document, Query, load_corpus, split_documents
+from search.retrieval.dense import load_encoder
+from search.retrieval.first_stage import open_first_stage, open_retrievers
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, Settings
+
+
+def _case(dataset: str, documents: list[Document], queries: list[Query], index_dir: str) -> list[dict]:
+    settings = Settings().replace(index_dir=Path(index_dir))
+    passages = split_documents(documents, settings.passages)
+    load_encoder(settings.dense.encoder)
+    baseline = peak_rss_mib()
+    rows = []
+    retrievers = {}
+    for method in ("bm25", "dense"):
+        start = time.perf_counter()
+        retrievers |= open_retrievers(passages, settings, [method])
+        seconds = time.perf_counter() - start
+        rows.append({"dataset": dataset, "method": method, "passages": len(passages), "build s": f"{seconds:.1f}",
+                     "passages/s": f"{len(passages) / seconds:,.0f}",
+                     "peak MiB over imports": f"{peak_rss_mib() - baseline:.0f}"})
+    retrievers |= open_retrievers(passages, settings, ["hybrid"])
+    rows.append({"dataset": dataset, "method": "hybrid", "passages": len(passages)})
+    for row in rows:
+        retriever = retrievers[row["method"]]
+        median, p95 = latency_ms(lambda query, retriever=retriever: retriever.search(query.text, 100), queries)
+        row |= {"query ms median": f"{median:.1f}", "p95": f"{p95:.1f}"}
+    return rows
+
+
+def _warm_restart(index_dir: str) -> dict:
+    """Open the sample corpus twice in fresh processes: the first builds its indexes, the second loads them."""
+    command = [sys.executable, "-m", "search", "query", "coffee and sleep", "-k", "3", "--index-dir", index_dir]
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+        timings.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    open_first_stage(Settings().replace(corpus=SAMPLE_CORPUS, index_dir=Path(index_dir)))
+    in_process = time.perf_counter() - start
+    return {"first start s (builds)": f"{timings[0]:.1f}", "warm start s (whole command)": f"{timings[1]:.1f}",
+            "warm open s (in process, libraries loaded)": f"{in_process:.2f}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", type=Path, help="a BEIR folder (Cranfield)")
+    parser.add_argument("--synthetic", type=int, default=200_000, help="synthetic passages (0 to skip)")
+    parser.add_argument("--index-dir", type=Path, help="reuse indexes here (default: build afresh in a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        index_dir = str(args.index_dir or scratch)
+        corpus = load_corpus(CorpusSettings(corpus=args.dataset, skip_bad=True))
+        rows = in_fresh_process(_case, args.dataset.name, list(corpus.documents), list(corpus.queries), index_dir)
+        if args.synthetic:
+            documents, queries = synthetic_corpus(args.synthetic)
+            rows += in_fresh_process(_case, f"synthetic-{args.synthetic}", documents, queries, index_dir)
+        print_table(rows, ["dataset", "method", "passages", "build s", "passages/s", "peak MiB over imports",
+                           "query ms median", "p95"])
+        print()
+        restart = _warm_restart(tempfile.mkdtemp(dir=scratch))
+        print_table([restart], list(restart))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The command line: ``python -m search index | query | eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+from search.corpus import Corpus, CorpusError
+from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
+from search.progress import console_progress
+from search.retrieval.first_stage import FirstStage, open_first_stage
+from search.retrieval.ranking import Candidate
+from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
+
+METHODS: tuple[RetrievalMethod, ...] = get_args(RetrievalMethod)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _report_load(corpus: Corpus, passage_count: int) -> None:
+    for problem in corpus.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    dropped = f", {corpus.dropped} record(s) dropped" if corpus.dropped else ""
+    print(f"{corpus.source}: {len(corpus.documents)} documents, {passage_count} passages{dropped}", file=sys.stderr)
+
+
+def _open(settings: Settings, methods: Sequence[RetrievalMethod]) -> FirstStage:
+    first_stage = open_first_stage(settings, methods, console_progress())
+    _report_load(first_stage.corpus, len(first_stage.passages))
+    return first_stage
+
+
+def _candidate_json(candidate: Candidate) -> dict:
+    passage = candidate.passage
+    return {
+        "rank": candidate.rank, "score": candidate.score, "passage_id": passage.passage_id, "doc_id": passage.doc_id,
+        "title": passage.title, "text": passage.text,
+        "provenance": {stage: {"rank": hit.rank, "score": hit.score} for stage, hit in candidate.provenance.items()},
+    }
+
+
+def _candidate_line(candidate: Candidate) -> str:
+    stages = "  ".join(f"{stage} #{hit.rank} ({hit.score:.3f})" for stage, hit in candidate.provenance.items())
+    snippet = " ".join(candidate.passage.contents.split())[:100]
+    return f"{candidate.rank:>3}. {candidate.passage.passage_id}  [{stages}]\n     {snippet}"
+
+
+def command_index(args: argparse.Namespace, settings: Settings) -> int:
+    first_stage = _open(settings, ("bm25", "dense"))
+    print(f"indexes ready in {settings.index_dir} ({', '.join(first_stage.retrievers)})")
+    return 0
+
+
+def command_query(args: argparse.Namespace, settings: Settings) -> int:
+    first_stage = _open(settings, (settings.fusion.method,))
+    ranking = first_stage.search(args.text, args.k)
+    for candidate in ranking.candidates:
+        print(json.dumps(_candidate_json(candidate), ensure_ascii=False) if args.json else _candidate_line(candidate))
+    if not ranking.candidates and not args.json:
+        print("no passage matches this query", file=sys.stderr)
+    return 0
+
+
+def command_eval(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.replace(corpus=args.dataset)
+    methods = (args.method,) if args.method else METHODS
+    first_stage = _open(settings, methods)
+    corpus = first_stage.corpus
+    queries = [query for query in corpus.queries if query.query_id in corpus.qrels]
+    if not queries:
+        raise CorpusError(f"{args.dataset}: needs queries.jsonl and qrels.tsv (or qrels/test.tsv) with matching ids")
+    depth = passage_depth(args.k, len(first_stage.passages), len(corpus.documents))
+    print(f"{'method':<8} {'nDCG@10':>8} {'Recall@100':>11} {'MRR@10':>8}   ({len(queries)} judged queries)")
+    for method in methods:
+        run = retrieve_run(first_stage.retrievers[method], queries, args.k, depth)
+        scores = evaluate(corpus.qrels, run)
+        print(f"{method:<8} {scores['nDCG@10']:>8.4f} {scores['Recall@100']:>11.4f} {scores['MRR@10']:>8.4f}")
+        if args.run_out and method == (args.method or settings.fusion.method):
+            write_trec_run(run, args.run_out, tag=f"explainable-search-{method}")
+            print(f"{method} run written to {args.run_out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m search",
+        description="Explainable Search: hybrid first-stage retrieval (BM25 + dense, fused) and evaluation.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="build (or load) the BM25 and dense indexes of a corpus")
+    add_arguments(index)
+    index.set_defaults(handler=command_index)
+
+    query = commands.add_parser("query", help="search a corpus and print the fused ranking with provenance")
+    query.add_argument("text", help="the query")
+    query.add_argument("-k", type=_positive, default=10, help="how many passages to print (default 10)")
+    query.add_argument("--json", action="store_true", help="one JSON object per passage instead of text")
+    add_arguments(query)
+    query.set_defaults(handler=command_query)
+
+    evaluation = commands.add_parser(
+        "eval", help="nDCG@10, Recall@100 and MRR@10 of BM25, dense and hybrid on a BEIR folder",
+        description="Without --method, all three first stages are evaluated.",
+    )
+    evaluation.add_argument("dataset", type=Path, metavar="BEIR_DIR", help="folder with corpus, queries and qrels")
+    evaluation.add_argument("--run-out", type=Path, metavar="FILE",
+                            help="write the TREC run (top 100 per query) of --method (default: hybrid)")
+    evaluation.add_argument("-k", type=_positive, default=100, help="documents per query in the run (default 100)")
+    add_arguments(evaluation, skip=("corpus",))
+    evaluation.set_defaults(handler=command_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = from_arguments(args)
+        return args.handler(args, settings)
+    except (CorpusError, SettingsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

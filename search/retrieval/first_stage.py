@@ -1,0 +1,77 @@
+"""The first stage as one object: corpus loaded, split into passages, indexes opened (or built) and fused."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from search.corpus import Corpus, Passage, fingerprint_passages, load_corpus, split_documents
+from search.progress import Progress, no_progress
+from search.retrieval.bm25 import BM25Retriever
+from search.retrieval.dense import DenseRetriever, encoder_identity
+from search.retrieval.fusion import FusedRetriever
+from search.retrieval.ranking import Ranking, Retriever
+from search.retrieval.store import IndexStore
+from search.settings import RetrievalMethod, Settings
+
+
+def _dense_structure(passage_count: int, settings: Settings) -> str:
+    dense = settings.dense
+    if passage_count <= dense.exact_max_passages:
+        return "flat"
+    return f"hnsw(m={dense.hnsw_m},ef_construction={dense.hnsw_ef_construction})"
+
+
+def open_retrievers(passages: tuple[Passage, ...], settings: Settings, methods: Iterable[RetrievalMethod],
+                    progress: Progress = no_progress) -> dict[RetrievalMethod, Retriever]:
+    """One retriever per method; each index is opened once even when several methods share it."""
+    wanted = set(methods)
+    store = IndexStore(root=settings.index_dir)
+    corpus_key = fingerprint_passages(passages)
+    opened: dict[str, Retriever] = {}
+    if wanted & {"bm25", "hybrid"}:
+        opened["bm25"] = store.open(
+            "bm25",
+            {"corpus": corpus_key, "settings": dataclasses.asdict(settings.bm25),
+             "bm25s": importlib.metadata.version("bm25s")},
+            build=lambda: BM25Retriever.build(passages, settings.bm25, progress),
+            save=BM25Retriever.save,
+            load=lambda folder: BM25Retriever.load(folder, passages, settings.bm25),
+        )
+    if wanted & {"dense", "hybrid"}:
+        opened["dense"] = store.open(
+            "dense",
+            {"corpus": corpus_key, "encoder": encoder_identity(settings.dense.encoder),
+             "structure": _dense_structure(len(passages), settings)},
+            build=lambda: DenseRetriever.build(passages, settings.dense, progress),
+            save=DenseRetriever.save,
+            load=lambda folder: DenseRetriever.load(folder, passages, settings.dense),
+        )
+    if "hybrid" in wanted:
+        opened["hybrid"] = FusedRetriever([opened["bm25"], opened["dense"]], settings.fusion)
+    return {method: opened[method] for method in wanted}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FirstStage:
+    """Everything needed to answer queries over one corpus with the configured retrievers."""
+
+    corpus: Corpus
+    passages: tuple[Passage, ...]
+    retrievers: Mapping[RetrievalMethod, Retriever]
+    method: RetrievalMethod
+
+    def search(self, query: str, k: int, method: RetrievalMethod | None = None) -> Ranking:
+        return self.retrievers[method or self.method].search(query, k)
+
+
+def open_first_stage(settings: Settings, methods: Iterable[RetrievalMethod] | None = None,
+                     progress: Progress = no_progress) -> FirstStage:
+    """Load the corpus and open its indexes, building what is missing. Raises ``CorpusError`` on bad input."""
+    corpus = load_corpus(settings.loading)
+    passages = split_documents(corpus.documents, settings.passages)
+    methods = tuple(methods) if methods is not None else (settings.fusion.method,)
+    retrievers = open_retrievers(passages, settings, methods, progress)
+    return FirstStage(corpus=corpus, passages=passages, retrievers=retrievers, method=methods[0])

@@ -1,0 +1,241 @@
+"""One typed settings object for every entry point.
+
+Values come from the defaults below, then environment variables (``EXPLAINABLE_SEARCH_<FIELD>``), then
+command-line flags (``--field-name``). Flags and variables are derived from the field names, so a new
+setting is one line here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "EXPLAINABLE_SEARCH_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CORPUS = REPO_ROOT / "sample_corpus"
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+FusionMethod = Literal["rrf", "weighted"]
+RetrievalMethod = Literal["bm25", "dense", "hybrid"]
+BM25Backend = Literal["auto", "numba", "numpy"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the setting."""
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _default_index_dir() -> Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "explainable-search" / "indexes"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CorpusSettings:
+    """Where the corpus is and how its records are read."""
+
+    corpus: Path = _setting(SAMPLE_CORPUS, "corpus: a BEIR folder, a JSONL/CSV/TSV file or a folder of .txt/.md")
+    id_field: str = _setting("", "record field holding the document id (default: _id, id, docid or doc_id)")
+    title_field: str = _setting("", "record field holding the title (default: title, if present)")
+    text_field: str = _setting("", "record field holding the text (default: text, contents or body)")
+    skip_bad: bool = _setting(False, "load the good records of a corpus with bad ones, and report what was dropped")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PassageSettings:
+    """How long documents are split into passages."""
+
+    passage_window: int = _setting(256, "passage length in units (0: never split)")
+    passage_overlap: int = _setting(32, "units shared by consecutive passages of one document")
+    passage_unit: str = _setting("words", "'words', or a tokenizer (hub id or folder) whose tokens are counted")
+
+    def __post_init__(self) -> None:
+        if self.passage_window < 0:
+            raise SettingsError(f"passage_window must be 0 or more, got {self.passage_window}")
+        if self.passage_window and not 0 <= self.passage_overlap < self.passage_window:
+            raise SettingsError(
+                f"passage_overlap must be at least 0 and smaller than passage_window ({self.passage_window}), "
+                f"got {self.passage_overlap}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BM25Settings:
+    """Lexical retrieval (Lucene BM25 as in bm25s)."""
+
+    bm25_k1: float = _setting(1.2, "BM25 term-frequency saturation")
+    bm25_b: float = _setting(0.75, "BM25 length normalisation")
+    bm25_stemmer: str = _setting("english", "Snowball stemmer language ('' for none)")
+    bm25_stopwords: str = _setting("en", "stopword list language ('' for none)")
+    bm25_backend: BM25Backend = _setting("auto", "scoring backend: numba (fast, compiled), numpy, or auto")
+
+    def __post_init__(self) -> None:
+        if self.bm25_k1 < 0 or not 0 <= self.bm25_b <= 1:
+            raise SettingsError(f"bm25_k1 must be >= 0 and bm25_b in [0, 1], got {self.bm25_k1} and {self.bm25_b}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DenseSettings:
+    """Dense retrieval: a sentence-transformers encoder over a FAISS index."""
+
+    encoder: str = _setting(DEFAULT_ENCODER, "sentence-transformers model: hub id or local folder")
+    exact_max_passages: int = _setting(100_000, "exact inner-product search up to this many passages, HNSW above")
+    hnsw_m: int = _setting(32, "HNSW graph degree")
+    hnsw_ef_construction: int = _setting(80, "HNSW candidate list size while building")
+    hnsw_ef_search: int = _setting(128, "HNSW candidate list size while searching")
+    encode_batch_size: int = _setting(64, "passages encoded per batch")
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "encode_batch_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FusionSettings:
+    """How the BM25 and dense rankings are combined."""
+
+    method: RetrievalMethod = _setting("hybrid", "first stage: bm25, dense, or hybrid (both, fused)")
+    fusion: FusionMethod = _setting("rrf", "rrf: reciprocal rank fusion; weighted: weighted min-max scores")
+    rrf_k: int = _setting(60, "RRF constant k in 1 / (k + rank)")
+    bm25_weight: float = _setting(0.5, "weighted fusion: weight of BM25 (dense gets 1 - this)")
+    fusion_depth: int = _setting(100, "passages taken from each retriever before fusing")
+
+    def __post_init__(self) -> None:
+        if self.rrf_k < 0 or not 0 <= self.bm25_weight <= 1 or self.fusion_depth < 1:
+            raise SettingsError(
+                f"rrf_k must be >= 0, bm25_weight in [0, 1] and fusion_depth >= 1; "
+                f"got {self.rrf_k}, {self.bm25_weight}, {self.fusion_depth}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Everything the first stage needs, grouped by the component that reads it."""
+
+    loading: CorpusSettings = field(default_factory=CorpusSettings)
+    passages: PassageSettings = field(default_factory=PassageSettings)
+    bm25: BM25Settings = field(default_factory=BM25Settings)
+    dense: DenseSettings = field(default_factory=DenseSettings)
+    fusion: FusionSettings = field(default_factory=FusionSettings)
+    index_dir: Path = _setting(_default_index_dir(), "where built indexes are kept, keyed by fingerprint")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``EXPLAINABLE_SEARCH_*`` variables."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for option in options():
+            raw = environ.get(option.env_name)
+            if raw is not None:
+                values[option.name] = option.parse(raw, source=option.env_name)
+        return cls().replace(**values)
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with the named fields changed, wherever in the groups they live."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        by_name = {option.name: option for option in options()}
+        for name, value in values.items():
+            if name not in by_name:
+                raise SettingsError(f"unknown setting {name!r}")
+            section = by_name[name].section
+            if section:
+                sections.setdefault(section, {})[name] = value
+            else:
+                top[name] = value
+        for section, changes in sections.items():
+            top[section] = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **top)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Option:
+    """One setting as the command line and the environment see it."""
+
+    section: str | None
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return typing.get_args(self.type) if typing.get_origin(self.type) is Literal else None
+
+    def parse(self, raw: str, *, source: str) -> Any:
+        """Convert text from a flag or variable, or say which one was wrong."""
+        if self.choices is not None:
+            if raw not in self.choices:
+                raise SettingsError(f"{source} must be one of {', '.join(self.choices)}; got {raw!r}")
+            return raw
+        if self.type is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise SettingsError(f"{source} must be true or false; got {raw!r}")
+        try:
+            return self.type(raw)
+        except ValueError:
+            raise SettingsError(f"{source} must be {self.type.__name__}; got {raw!r}") from None
+
+
+def _fields_of(cls: type, section: str | None) -> Iterator[Option]:
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if "help" in item.metadata:
+            yield Option(section=section, name=item.name, type=hints[item.name], default=item.default,
+                         help=item.metadata["help"])
+        else:
+            yield from _fields_of(hints[item.name], item.name)
+
+
+def options() -> list[Option]:
+    """Every leaf setting, in declaration order."""
+    return list(_fields_of(Settings, None))
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per setting; all default to None so unset flags keep the environment's value."""
+    for option in options():
+        if option.name in skip:
+            continue
+        help_text = f"{option.help} (env {option.env_name}; default {option.default!s:.60})"
+        if option.type is bool:
+            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(
+                option.flag, default=None, choices=option.choices, metavar=None if option.choices else "VALUE",
+                help=help_text,
+            )
+
+
+def from_arguments(namespace: argparse.Namespace, base: Settings | None = None) -> Settings:
+    """Settings from the environment, overridden by every flag the user gave."""
+    base = Settings.from_env() if base is None else base
+    values = {}
+    for option in options():
+        raw = getattr(namespace, option.name, None)
+        if raw is None:
+            continue
+        values[option.name] = raw if isinstance(raw, bool) else option.parse(raw, source=option.flag)
+    return base.replace(**values)

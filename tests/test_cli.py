@@ -1,0 +1,56 @@
+"""The command line as a user runs it: a real process, real indexes on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from search.settings import REPO_ROOT
+
+
+def run(*arguments: str, index_dir: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "EXPLAINABLE_SEARCH_INDEX_DIR": str(index_dir)}
+    return subprocess.run([sys.executable, "-m", "search", *arguments], cwd=REPO_ROOT, env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_commands(index_dir: Path) -> None:
+    result = run("--help", index_dir=index_dir)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("index", "query", "eval"))
+    assert "--run-out" in run("eval", "--help", index_dir=index_dir).stdout
+
+
+def test_query_prints_json_with_provenance(index_dir: Path) -> None:
+    result = run("query", "which planets have no moons", "-k", "3", "--json", index_dir=index_dir)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    assert set(rows[0]["provenance"]) <= {"bm25", "dense", "fused"} and "fused" in rows[0]["provenance"]
+    assert "310 documents, 310 passages" in result.stderr
+
+
+def test_eval_prints_metrics_and_writes_the_run(index_dir: Path, tmp_path: Path) -> None:
+    run_file = tmp_path / "bm25.run"
+    result = run("eval", "sample_corpus", "--method", "bm25", "--run-out", str(run_file), index_dir=index_dir)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["method", "nDCG@10", "Recall@100", "MRR@10"]
+    assert row.split()[0] == "bm25" and 0 < float(row.split()[1]) <= 1
+    lines = run_file.read_text().splitlines()
+    assert len({line.split()[0] for line in lines}) == 35
+    assert all(line.endswith("explainable-search-bm25") for line in lines)
+
+
+def test_bad_corpus_exits_with_file_and_line(index_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"_id": "a", "text": "fine"}\n{"_id": "a", "text": "twice"}\n')
+    result = run("query", "fine", "--corpus", str(corpus), index_dir=index_dir)
+    assert result.returncode == 2
+    assert f"{corpus}:2: duplicate id 'a' (first seen at line 1)" in result.stderr
+    skipped = run("query", "fine", "--corpus", str(corpus), "--skip-bad", "--method", "bm25", index_dir=index_dir)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "1 record(s) dropped" in skipped.stderr

@@ -15,8 +15,9 @@ from search.settings import SAMPLE_CORPUS, CorpusSettings
 
 
 def synthetic_corpus(size: int, words_per_passage: int = 60, seed: int = 13) -> tuple[list[Document], list[Query]]:
-    """``size`` passages of Zipf-distributed words (English words from the sample corpus plus made-up ones),
-    and 100 queries of 3 to 6 words taken from random passages so that every query has matches."""
+    """``size`` passages of Zipf-distributed words, and 100 queries of 3 to 6 words taken from random passages
+    so that every query has matches. The frequent words are the sample corpus's English ones; a long tail of
+    made-up words gives BM25 a realistic vocabulary without making passages far longer in encoder tokens."""
     rng = random.Random(seed)
     english = sorted({
         word.strip(".,;:()'\"").lower()
@@ -24,9 +25,11 @@ def synthetic_corpus(size: int, words_per_passage: int = 60, seed: int = 13) -> 
         for word in document.text.split()
     } - {""})
     syllables = ["ka", "lo", "mi", "ren", "tu", "sa", "vor", "el", "quin", "da", "po", "ny", "ish", "ber", "gal"]
-    invented = {"".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))) for _ in range(60_000)}
-    vocabulary = english + sorted(invented - set(english))
-    rng.shuffle(vocabulary)
+    invented = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))) for _ in range(60_000)})
+    rng.shuffle(english)
+    rng.shuffle(invented)
+    known = set(english)
+    vocabulary = english + [word for word in invented if word not in known]
     weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]
     documents = []
     for number in range(size):

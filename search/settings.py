@@ -215,15 +215,22 @@ def options() -> list[Option]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per setting; all default to None so unset flags keep the environment's value."""
+    """Add one flag per setting, grouped by section; all default to None so unset flags keep the environment's
+    value."""
+    groups: dict[str | None, argparse._ArgumentGroup] = {}
     for option in options():
         if option.name in skip:
             continue
-        help_text = f"{option.help} (env {option.env_name}; default {option.default!s:.60})"
+        if option.section not in groups:
+            title = f"{option.section} settings" if option.section else "storage settings"
+            groups[option.section] = parser.add_argument_group(title)
+        group = groups[option.section]
+        default = f"; default {option.default}" if option.default not in ("", None) else ""
+        help_text = f"{option.help} (env {option.env_name}{default})"
         if option.type is bool:
-            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(
+            group.add_argument(
                 option.flag, default=None, choices=option.choices, metavar=None if option.choices else "VALUE",
                 help=help_text,
             )

@@ -54,3 +54,18 @@ def test_bad_corpus_exits_with_file_and_line(index_dir: Path, tmp_path: Path) ->
     skipped = run("query", "fine", "--corpus", str(corpus), "--skip-bad", "--method", "bm25", index_dir=index_dir)
     assert skipped.returncode == 0, skipped.stderr
     assert "1 record(s) dropped" in skipped.stderr
+
+
+def test_index_builds_then_query_loads(tmp_path: Path) -> None:
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    (corpus / "tides.md").write_text("# Tides\n\nThe Moon's pull raises the tides.\n")
+    (corpus / "bread.txt").write_text("Soda bread rises without yeast.\n")
+    built = run("index", "--corpus", str(corpus), index_dir=tmp_path / "indexes")
+    assert built.returncode == 0, built.stderr
+    assert "indexes ready" in built.stdout
+    assert "encoding passages" in built.stderr
+    queried = run("query", "what raises the tides", "--corpus", str(corpus), "-k", "1", index_dir=tmp_path / "indexes")
+    assert queried.returncode == 0, queried.stderr
+    assert "tides.md" in queried.stdout
+    assert "encoding passages" not in queried.stderr

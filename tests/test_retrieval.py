@@ -128,3 +128,17 @@ def test_split_passages_map_back_to_their_document(tmp_path: Path) -> None:
     assert ranking.candidates[0].passage.passage_id == "long#3"
     assert ranking.documents()[0][0] == "long"
     assert dataclasses.replace(PassageSettings(), passage_window=0).passage_window == 0
+
+
+def test_numba_and_numpy_backends_rank_alike(first_stage: FirstStage, settings: Settings) -> None:
+    queries = [query.text for query in first_stage.corpus.queries]
+    rankings = {
+        backend: open_retrievers(first_stage.passages, settings.replace(bm25_backend=backend), ["bm25"])["bm25"]
+        .search_many(queries, 10)
+        for backend in ("numpy", "numba")
+    }
+    for numpy_ranking, numba_ranking in zip(rankings["numpy"], rankings["numba"], strict=True):
+        assert [c.passage.passage_id for c in numpy_ranking.candidates] == [
+            c.passage.passage_id for c in numba_ranking.candidates
+        ]
+        assert [c.score for c in numpy_ranking.candidates] == pytest.approx([c.score for c in numba_ranking.candidates])

@@ -15,12 +15,22 @@ from search.progress import Progress, no_progress
 from search.retrieval.ranking import Ranking, Retriever, ranking_from_scores
 from search.settings import BM25Settings
 
+NUMBA_MIN_PASSAGES = 50_000
 
-def _backend(settings: BM25Settings) -> str:
-    """numba scores queries far faster on large corpora (see benchmarks/bm25_engines.py); numpy needs nothing."""
+
+def _backend(settings: BM25Settings, passage_count: int) -> str:
+    """At 200k passages numba answers a query in about 1 ms where numpy takes about 30, but it compiles for
+    several seconds in every new process; "auto" pays that only on large corpora (benchmarks/bm25_engines.py)."""
     if settings.bm25_backend != "auto":
         return settings.bm25_backend
-    return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+    large = passage_count >= NUMBA_MIN_PASSAGES
+    return "numba" if large and importlib.util.find_spec("numba") is not None else "numpy"
+
+
+def _tokenizer_options(settings: BM25Settings) -> dict[str, object]:
+    """The same stopwords and stemmer for passages and queries."""
+    return {"stopwords": settings.bm25_stopwords or None,
+            "stemmer": Stemmer.Stemmer(settings.bm25_stemmer) if settings.bm25_stemmer else None}
 
 
 class BM25Retriever(Retriever):
@@ -29,34 +39,34 @@ class BM25Retriever(Retriever):
     def __init__(self, model: bm25s.BM25, passages: Sequence[Passage], settings: BM25Settings) -> None:
         self._model = model
         self._passages = passages
-        self._stemmer = Stemmer.Stemmer(settings.bm25_stemmer) if settings.bm25_stemmer else None
-        self._stopwords = settings.bm25_stopwords or None
-
-    def _tokenize(self, texts: Sequence[str], *, ids: bool) -> bm25s.tokenization.Tokenized | list[list[str]]:
-        return bm25s.tokenize(list(texts), stopwords=self._stopwords, stemmer=self._stemmer, return_ids=ids,
-                              show_progress=False)
+        self._tokenizer_options = _tokenizer_options(settings)
+        if model.backend == "numba" and model.vocab_dict:
+            model.retrieve([[next(iter(model.vocab_dict))]], k=1, show_progress=False, n_threads=1)  # compile now
 
     @classmethod
     def build(cls, passages: Sequence[Passage], settings: BM25Settings,
               progress: Progress = no_progress) -> BM25Retriever:
         progress("BM25 index", 0, 1)
-        model = bm25s.BM25(k1=settings.bm25_k1, b=settings.bm25_b, method="lucene", backend=_backend(settings))
-        retriever = cls(model, passages, settings)
-        model.index(retriever._tokenize([passage.contents for passage in passages], ids=True), show_progress=False)
+        model = bm25s.BM25(k1=settings.bm25_k1, b=settings.bm25_b, method="lucene",
+                           backend=_backend(settings, len(passages)))
+        tokens = bm25s.tokenize([passage.contents for passage in passages], show_progress=False,
+                                **_tokenizer_options(settings))
+        model.index(tokens, show_progress=False)
         progress("BM25 index", 1, 1)
-        return retriever
+        return cls(model, passages, settings)
 
     def save(self, folder: Path) -> None:
         self._model.save(str(folder), show_progress=False)
 
     @classmethod
     def load(cls, folder: Path, passages: Sequence[Passage], settings: BM25Settings) -> BM25Retriever:
-        model = bm25s.BM25.load(str(folder), show_progress=False, override_params={"backend": _backend(settings)})
+        model = bm25s.BM25.load(str(folder), show_progress=False,
+                                override_params={"backend": _backend(settings, len(passages))})
         return cls(model, passages, settings)
 
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, len(self._passages))
-        tokens = self._tokenize(queries, ids=False)
+        tokens = bm25s.tokenize(list(queries), return_ids=False, show_progress=False, **self._tokenizer_options)
         known = [[token for token in query if token in self._model.vocab_dict] for query in tokens]
         rankings = [ranking_from_scores(query, self.name, []) for query in queries]
         asked = [index for index, query_tokens in enumerate(known) if query_tokens]

@@ -92,7 +92,12 @@ class DenseRetriever(Retriever):
             batch = passages[start:start + chunk]
             parts.append(_encode(encoder, [passage.contents for passage in batch], settings.encode_batch_size))
             progress("encoding passages", start + len(batch), len(passages))
-        embeddings = np.concatenate(parts)
+        return cls.from_embeddings(encoder, np.concatenate(parts), passages, settings, progress)
+
+    @classmethod
+    def from_embeddings(cls, encoder: SentenceTransformer, embeddings: np.ndarray, passages: Sequence[Passage],
+                        settings: DenseSettings, progress: Progress = no_progress) -> DenseRetriever:
+        """Index normalised ``embeddings`` (one row per passage): exact up to the configured size, HNSW above."""
         index = _new_index(embeddings.shape[1], len(passages), settings)
         progress("building vector index", 0, 1)
         index.add(embeddings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from search.corpus import Corpus, Passage, fingerprint_passages, load_corpus, split_documents
@@ -14,7 +14,7 @@ from search.retrieval.dense import DenseRetriever, encoder_identity
 from search.retrieval.fusion import FusedRetriever
 from search.retrieval.ranking import Ranking, Retriever
 from search.retrieval.store import IndexStore
-from search.settings import RetrievalMethod, Settings
+from search.settings import BM25Settings, RetrievalMethod, Settings
 
 
 def _dense_structure(passage_count: int, settings: Settings) -> str:
@@ -24,7 +24,12 @@ def _dense_structure(passage_count: int, settings: Settings) -> str:
     return f"hnsw(m={dense.hnsw_m},ef_construction={dense.hnsw_ef_construction})"
 
 
-def open_retrievers(passages: tuple[Passage, ...], settings: Settings, methods: Iterable[RetrievalMethod],
+def _index_shaping(bm25: BM25Settings) -> dict[str, object]:
+    """The BM25 settings stored in the index; the scoring backend is chosen again at every load."""
+    return {name: value for name, value in dataclasses.asdict(bm25).items() if name != "bm25_backend"}
+
+
+def open_retrievers(passages: Sequence[Passage], settings: Settings, methods: Iterable[RetrievalMethod],
                     progress: Progress = no_progress) -> dict[RetrievalMethod, Retriever]:
     """One retriever per method; each index is opened once even when several methods share it."""
     wanted = set(methods)
@@ -34,7 +39,7 @@ def open_retrievers(passages: tuple[Passage, ...], settings: Settings, methods: 
     if wanted & {"bm25", "hybrid"}:
         opened["bm25"] = store.open(
             "bm25",
-            {"corpus": corpus_key, "settings": dataclasses.asdict(settings.bm25),
+            {"corpus": corpus_key, "settings": _index_shaping(settings.bm25),
              "bm25s": importlib.metadata.version("bm25s")},
             build=lambda: BM25Retriever.build(passages, settings.bm25, progress),
             save=BM25Retriever.save,

@@ -138,7 +138,8 @@ def test_numba_and_numpy_backends_rank_alike(first_stage: FirstStage, settings: 
         for backend in ("numpy", "numba")
     }
     for numpy_ranking, numba_ranking in zip(rankings["numpy"], rankings["numba"], strict=True):
-        assert [c.passage.passage_id for c in numpy_ranking.candidates] == [
-            c.passage.passage_id for c in numba_ranking.candidates
-        ]
-        assert [c.score for c in numpy_ranking.candidates] == pytest.approx([c.score for c in numba_ranking.candidates])
+        numpy_scores, numba_scores = ({c.passage.passage_id: c.score for c in ranking.candidates}
+                                      for ranking in (numpy_ranking, numba_ranking))
+        assert sorted(numpy_scores.values()) == pytest.approx(sorted(numba_scores.values()))
+        shared = numpy_scores.keys() & numba_scores.keys()  # equal scores may be cut at k in either order
+        assert [numpy_scores[key] for key in shared] == pytest.approx([numba_scores[key] for key in shared])

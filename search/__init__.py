@@ -2,6 +2,7 @@
 
 The first stage in three lines::
 
+    from pathlib import Path
     from search import Settings, open_first_stage
     first_stage = open_first_stage(Settings().replace(corpus=Path("my_corpus")))
     ranking = first_stage.search("which treatments do not need medication?", k=10)

@@ -25,7 +25,7 @@ import numpy as np
 from common import in_fresh_process, latency_ms, peak_rss_mib, print_table, synthetic_corpus
 
 from search.corpus import Document, Passage, Query, load_corpus, split_documents
-from search.retrieval.dense import DenseRetriever, load_encoder
+from search.retrieval.dense import DenseRetriever, encode_texts, load_encoder
 from search.retrieval.first_stage import open_first_stage, open_retrievers
 from search.retrieval.fusion import FusedRetriever
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, Settings
@@ -37,8 +37,7 @@ def _sampled_dense(passages: list[Passage], settings: Settings, sample: int) -> 
     encoder = load_encoder(settings.dense.encoder)
     chosen = random.Random(7).sample(passages, sample)
     start = time.perf_counter()
-    real = encoder.encode([passage.contents for passage in chosen], batch_size=settings.dense.encode_batch_size,
-                          normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    real = encode_texts(encoder, [passage.contents for passage in chosen], settings.dense.encode_batch_size)
     encode_rate = sample / (time.perf_counter() - start)
     noise = np.random.default_rng(7)
     embeddings = real[noise.integers(0, sample, len(passages))]

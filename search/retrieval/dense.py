@@ -56,7 +56,8 @@ def load_encoder(name: str) -> SentenceTransformer:
     return SentenceTransformer(encoder_location(name), device="cpu")
 
 
-def _encode(encoder: SentenceTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def encode_texts(encoder: SentenceTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """Unit-length float32 embeddings, the form every index here holds."""
     return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                           show_progress_bar=False).astype(np.float32)
 
@@ -90,7 +91,7 @@ class DenseRetriever(Retriever):
         parts = []
         for start in range(0, len(passages), chunk):
             batch = passages[start:start + chunk]
-            parts.append(_encode(encoder, [passage.contents for passage in batch], settings.encode_batch_size))
+            parts.append(encode_texts(encoder, [passage.contents for passage in batch], settings.encode_batch_size))
             progress("encoding passages", start + len(batch), len(passages))
         return cls.from_embeddings(encoder, np.concatenate(parts), passages, settings, progress)
 
@@ -113,7 +114,7 @@ class DenseRetriever(Retriever):
 
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, len(self._passages))
-        vectors = _encode(self._encoder, queries, self._settings.encode_batch_size)
+        vectors = encode_texts(self._encoder, queries, self._settings.encode_batch_size)
         scores, rows = self._index.search(vectors, k)
         return [
             ranking_from_scores(query, self.name, [

@@ -24,6 +24,7 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 FusionMethod = Literal["rrf", "weighted"]
 RetrievalMethod = Literal["bm25", "dense", "hybrid"]
 BM25Backend = Literal["auto", "numba", "numpy"]
+EngineKind = Literal["auto", "vllm", "openai", "transformers"]
 
 
 class SettingsError(ValueError):
@@ -34,9 +35,9 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _default_index_dir() -> Path:
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "explainable-search" / "indexes"
+def cache_home() -> Path:
+    """Where built indexes, converted models and cached judgments live."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "explainable-search"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,15 +120,49 @@ class FusionSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RerankSettings:
+    """The reasoning reranker: which model, on which engine, with how much room to think."""
+
+    model: str = _setting("auto", "reranker model: a registry name (rank1-7b, demo, ...), hub id or local folder")
+    engine: EngineKind = _setting("auto", "engine: vllm (in process), openai (remote servers), transformers")
+    top_k: int = _setting(20, "first-stage candidates (documents) reranked per query")
+    budget: int = _setting(0, "reasoning budget in new tokens (0: the model's default, 8192 for rank1)")
+    max_model_len: int = _setting(0, "context length in tokens (0: the model's default, 16000 for rank1)")
+    endpoints: str = _setting("", "comma-separated base URLs of OpenAI-compatible servers (openai engine)")
+    served_model: str = _setting("", "model name to request from the servers (default: the one they serve)")
+    request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
+    dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own)")
+    gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
+    batch_size: int = _setting(16, "transformers engine: requests generated together")
+    judgment_cache: bool = _setting(True, "keep judgments on disk and replay them for repeated queries")
+    judgment_cache_path: Path = _setting(cache_home() / "judgments.sqlite3", "SQLite file of cached judgments")
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("budget", "max_model_len"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be 0 (the model's default) or more, got {getattr(self, name)}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise SettingsError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    @property
+    def endpoint_urls(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.endpoints.split(",") if url.strip())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
-    """Everything the first stage needs, grouped by the component that reads it."""
+    """Every setting, grouped by the component that reads it."""
 
     loading: CorpusSettings = field(default_factory=CorpusSettings)
     passages: PassageSettings = field(default_factory=PassageSettings)
     bm25: BM25Settings = field(default_factory=BM25Settings)
     dense: DenseSettings = field(default_factory=DenseSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
-    index_dir: Path = _setting(_default_index_dir(), "where built indexes are kept, keyed by fingerprint")
+    rerank: RerankSettings = field(default_factory=RerankSettings)
+    index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import bm25s
 import numpy as np
 import Stemmer
 
@@ -15,7 +16,18 @@ from search.progress import Progress, no_progress
 from search.retrieval.ranking import Ranking, Retriever, ranking_from_scores
 from search.settings import BM25Settings
 
+if TYPE_CHECKING:
+    import bm25s
+
 NUMBA_MIN_PASSAGES = 50_000
+
+
+def _bm25s() -> ModuleType:
+    """bm25s, imported on first use: it loads numba and llvmlite at import, and vLLM's CPU engine processes
+    (spawned, re-importing the main script) fail to register their kernels when llvmlite is loaded."""
+    import bm25s
+
+    return bm25s
 
 
 def _backend(settings: BM25Settings, passage_count: int) -> str:
@@ -47,9 +59,9 @@ class BM25Retriever(Retriever):
     def build(cls, passages: Sequence[Passage], settings: BM25Settings,
               progress: Progress = no_progress) -> BM25Retriever:
         progress("BM25 index", 0, 1)
-        model = bm25s.BM25(k1=settings.bm25_k1, b=settings.bm25_b, method="lucene",
+        model = _bm25s().BM25(k1=settings.bm25_k1, b=settings.bm25_b, method="lucene",
                            backend=_backend(settings, len(passages)))
-        tokens = bm25s.tokenize([passage.contents for passage in passages], show_progress=False,
+        tokens = _bm25s().tokenize([passage.contents for passage in passages], show_progress=False,
                                 **_tokenizer_options(settings))
         model.index(tokens, show_progress=False)
         progress("BM25 index", 1, 1)
@@ -60,13 +72,13 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def load(cls, folder: Path, passages: Sequence[Passage], settings: BM25Settings) -> BM25Retriever:
-        model = bm25s.BM25.load(str(folder), show_progress=False,
+        model = _bm25s().BM25.load(str(folder), show_progress=False,
                                 override_params={"backend": _backend(settings, len(passages))})
         return cls(model, passages, settings)
 
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, len(self._passages))
-        tokens = bm25s.tokenize(list(queries), return_ids=False, show_progress=False, **self._tokenizer_options)
+        tokens = _bm25s().tokenize(list(queries), return_ids=False, show_progress=False, **self._tokenizer_options)
         known = [[token for token in query if token in self._model.vocab_dict] for query in tokens]
         rankings = [ranking_from_scores(query, self.name, []) for query in queries]
         asked = [index for index, query_tokens in enumerate(known) if query_tokens]

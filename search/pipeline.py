@@ -1,0 +1,81 @@
+"""The product's spine: query → first-stage candidates → the reranker's one stream of events. The page, the
+command line and the API all read this stream; ``rerank`` is the synchronous form for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from search.engines import Choice, choose, open_engine
+from search.rerank.cache import JudgmentCache
+from search.rerank.events import Failed, Judged, RerankEvent
+from search.rerank.rank1 import Rank1Reranker
+from search.retrieval.first_stage import FirstStage
+from search.retrieval.ranking import Candidate, Hit, Ranking
+from search.settings import RerankSettings
+
+
+def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
+    """The best passage of each of the ``top_k`` best documents (MaxP): one judgment per document."""
+    seen: dict[str, Candidate] = {}
+    for candidate in ranking.candidates:
+        if candidate.passage.doc_id not in seen:
+            seen[candidate.passage.doc_id] = candidate
+            if len(seen) == top_k:
+                break
+    return tuple(seen.values())
+
+
+def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
+    """The reranker on the engine chosen for this machine (or forced by the settings)."""
+    choice = choice or choose(settings)
+    engine = open_engine(choice, settings)
+    cache = JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
+    return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
+                         cache=cache), choice
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pipeline:
+    first_stage: FirstStage
+    reranker: Rank1Reranker
+    top_k: int
+
+    def candidates(self, query: str) -> tuple[Candidate, ...]:
+        depth = max(self.top_k * 5, 100)
+        return document_candidates(self.first_stage.search(query, depth), self.top_k)
+
+    async def stream(self, query: str, *, instruction: str = "") -> AsyncIterator[RerankEvent]:
+        async for event in self.reranker.stream(query, self.candidates(query), instruction=instruction):
+            yield event
+
+
+def reranked(query: str, candidates: Sequence[Candidate], judgments: dict[str, Judged | Failed]) -> Ranking:
+    """Candidates by P(true), ties in first-stage order; those that failed keep their first-stage order at
+    the end, with no rank1 score."""
+    scores = {doc_id: event.p_true for doc_id, event in judgments.items() if isinstance(event, Judged)}
+    judged = sorted((candidate for candidate in candidates if candidate.passage.doc_id in scores),
+                    key=lambda candidate: (-scores[candidate.passage.doc_id], candidate.rank))
+    rest = [candidate for candidate in candidates if candidate.passage.doc_id not in scores]
+    ordered = [
+        Candidate(passage=candidate.passage, stage=Rank1Reranker.name, provenance={
+            **candidate.provenance, Rank1Reranker.name: Hit(rank=rank, score=scores[candidate.passage.doc_id])})
+        for rank, candidate in enumerate(judged, start=1)
+    ]
+    return Ranking(query=query, stage=Rank1Reranker.name, candidates=(*ordered, *rest))
+
+
+async def collect(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
+                  ) -> tuple[Ranking, dict[str, Judged | Failed]]:
+    judgments: dict[str, Judged | Failed] = {}
+    async for event in reranker.stream(query, candidates, instruction=instruction):
+        if isinstance(event, Judged | Failed):
+            judgments[event.doc_id] = event
+    return reranked(query, candidates, judgments), judgments
+
+
+def rerank(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
+           ) -> Ranking:
+    """The final reranked ranking, for scripts that do not watch the stream."""
+    return asyncio.run(collect(reranker, query, candidates, instruction=instruction))[0]

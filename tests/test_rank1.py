@@ -1,0 +1,300 @@
+"""rank1's logic over a scripted engine: prompt, scores, forced verdicts, failures, truncation, cache, event
+order and cancellation. The real engines run the same code in test_engines.py."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from search.corpus import Passage
+from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
+from search.pipeline import collect, document_candidates
+from search.rerank.cache import JudgmentCache
+from search.rerank.events import Failed, Judged, Reasoning, RerankEvent, Started
+from search.rerank.rank1 import (
+    STOP_FALSE,
+    STOP_TRUE,
+    Rank1Reranker,
+    VerdictTokens,
+    forced_prompt,
+    p_true,
+    query_text,
+    render_prompt,
+)
+from search.retrieval.ranking import Candidate, Hit, Ranking
+
+Script = Callable[[GenerationRequest], Sequence[GenerationChunk] | Exception]
+
+
+class ScriptedEngine(Engine):
+    """Answers each request from a script, one chunk per loop turn, and records what it was asked."""
+
+    kind = "scripted"
+    model = "scripted"
+
+    def __init__(self, tokenizer: object, script: Script, *, max_model_len: int = 2048, pause_s: float = 0.0):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.script = script
+        self.pause_s = pause_s
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[GenerationRequest] = []
+        self.running = 0
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
+        self.running += 1
+        try:
+            result = self.script(request)
+            if isinstance(result, Exception):
+                raise result
+            for chunk in result:
+                await asyncio.sleep(self.pause_s)
+                yield chunk
+        except asyncio.CancelledError:
+            self.aborted.append(request)
+            raise
+        finally:
+            self.running -= 1
+
+    def active_requests(self) -> int:
+        return self.running
+
+    async def _shutdown(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model: Path) -> object:
+    return AutoTokenizer.from_pretrained(demo_model)
+
+
+@pytest.fixture(scope="module")
+def verdict(tokenizer: object) -> VerdictTokens:
+    return VerdictTokens.of(tokenizer)
+
+
+def candidate(doc_id: str, text: str, rank: int = 1, title: str = "") -> Candidate:
+    passage = Passage(passage_id=f"{doc_id}#0", doc_id=doc_id, index=0, title=title, text=text)
+    return Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=rank, score=10.0 - rank)})
+
+
+def reasoning(text: str) -> GenerationChunk:
+    return GenerationChunk(text=text, token_ids=(11,), logprobs=({},))
+
+
+def ending(token: int, logprobs: dict[int, float], *, finish: str = "stop", stop: str | None = None
+           ) -> GenerationChunk:
+    return GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason=finish, stop_reason=stop)
+
+
+def run(engine: Engine, candidates: Sequence[Candidate], *, cache: JudgmentCache | None = None,
+        instruction: str = "", budget: int = 64) -> list[RerankEvent]:
+    reranker = Rank1Reranker(engine, model_key="scripted", budget=budget, cache=cache)
+
+    async def events() -> list[RerankEvent]:
+        return [event async for event in reranker.stream("moons of mars", candidates, instruction=instruction)]
+
+    return asyncio.run(events())
+
+
+def test_prompt_matches_the_reference_byte_for_byte() -> None:
+    assert render_prompt("what is BM25", "Okapi BM25 A ranking function.") == (
+        "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
+        "Query: what is BM25\nPassage: Okapi BM25 A ranking function.\n<think>"
+    )
+
+
+def test_query_takes_the_instruction_and_the_template() -> None:
+    assert query_text("moons of mars", "Only count natural moons.") == "moons of mars Only count natural moons."
+    assert query_text("  moons ", "") == "moons"
+    template = "Can you find background information about the concepts used to answer the question: FILL_QUERY_HERE"
+    assert query_text("why is the sky blue", "", template).endswith("the question: why is the sky blue")
+
+
+def test_verdict_tokens_are_the_first_token_of_the_words_with_a_leading_space(tokenizer: object) -> None:
+    tokens = VerdictTokens.of(tokenizer)
+    assert tokenizer.decode([tokens.true_id]) == " true" and tokenizer.decode([tokens.false_id]) == " false"
+
+
+def test_probability_is_the_normalised_verdict_likelihood() -> None:
+    assert p_true(-0.1, -2.5) == pytest.approx(math.exp(-0.1) / (math.exp(-0.1) + math.exp(-2.5)), abs=1e-15)
+    assert p_true(-3000.0, -1.0) == pytest.approx(0.0) and p_true(-1.0, -3000.0) == pytest.approx(1.0)
+
+
+def test_forced_prompt_cuts_reasoning_at_its_last_sentence_end() -> None:
+    cut = forced_prompt("P<think>", "It orbits. Is it a moon? Yes! but then")
+    assert cut == "P<think>\nIt orbits. Is it a moon? Yes!\n</think>"
+    assert forced_prompt("P<think>", "no sentence end") == "P<think>\nno sentence end\n</think>"
+
+
+def test_a_verdict_reads_both_logprobs_at_the_verdict_position(tokenizer: object, verdict: VerdictTokens) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        verdict_logprobs = {verdict.true_id: -0.2, verdict.false_id: -1.9}
+        return [reasoning("Mars has two moons."), ending(verdict.true_id, verdict_logprobs, stop=STOP_TRUE)]
+
+    engine = ScriptedEngine(tokenizer, script)
+    events = run(engine, [candidate("mars", "Phobos and Deimos orbit Mars.", title="Mars")],
+                 instruction="Natural moons only.")
+    judged = events[-1]
+    assert isinstance(judged, Judged) and judged.verdict and not judged.forced and judged.end_reason == "verdict"
+    assert judged.p_true == p_true(-0.2, -1.9) and (judged.logprob_true, judged.logprob_false) == (-0.2, -1.9)
+    assert judged.reasoning == "Mars has two moons." and judged.tokens == 2
+    (request,) = engine.requests
+    assert request.prompt == render_prompt("moons of mars Natural moons only.", "Mars Phobos and Deimos orbit Mars.")
+    assert request.stop == (STOP_TRUE, STOP_FALSE) and request.watch_token_ids == verdict.ids
+    assert not request.allowed_token_ids
+
+
+@pytest.mark.parametrize(("last", "end_reason"), [
+    ("budget", "budget"), ("eos", "end_of_sequence"), ("no_logprob", "missing_logprobs"),
+])
+def test_incomplete_outputs_get_a_measured_forced_verdict(tokenizer: object, verdict: VerdictTokens, last: str,
+                                                          end_reason: str) -> None:
+    endings = {
+        "budget": ending(11, {}, finish="length"),
+        "eos": ending(tokenizer.eos_token_id, {}),
+        "no_logprob": ending(verdict.false_id, {verdict.false_id: -0.01}, stop=STOP_FALSE),
+    }
+
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        if request.allowed_token_ids:
+            return [ending(verdict.false_id, {verdict.true_id: -4.0, verdict.false_id: -0.5}, finish="length")]
+        return [reasoning("Phobos is a moon. It orbits Mars and"), endings[last]]
+
+    engine = ScriptedEngine(tokenizer, script)
+    judged = run(engine, [candidate("mars", "Phobos orbits Mars.")])[-1]
+    assert isinstance(judged, Judged) and judged.forced and judged.end_reason == end_reason
+    assert not judged.verdict and judged.p_true == p_true(-4.0, -0.5)
+    first, forced = engine.requests
+    assert forced.prompt == first.prompt + "\nPhobos is a moon.\n</think>"
+    assert forced.max_tokens == 1 and forced.allowed_token_ids == verdict.ids == forced.watch_token_ids
+
+
+def test_an_unmeasurable_verdict_fails_instead_of_scoring_one_half(tokenizer: object, verdict: VerdictTokens) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        if request.allowed_token_ids:
+            return [ending(verdict.true_id, {verdict.true_id: -0.1}, finish="length")]
+        return [reasoning("Unsure"), ending(11, {}, finish="length")]
+
+    failed = run(ScriptedEngine(tokenizer, script), [candidate("mars", "Phobos orbits Mars.")])[-1]
+    assert isinstance(failed, Failed) and "forced verdict step" in failed.reason and failed.reasoning == "Unsure"
+
+
+def test_an_engine_error_fails_that_document_only(tokenizer: object, verdict: VerdictTokens) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk] | Exception:
+        if "Deimos" in request.prompt:
+            return EngineError("server answered 500")
+        return [reasoning("ok."), ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0},
+                                         stop=STOP_TRUE)]
+
+    events = run(ScriptedEngine(tokenizer, script), [candidate("a", "Phobos."), candidate("b", "Deimos.", 2)])
+    ends = {event.doc_id: event for event in events if isinstance(event, Judged | Failed)}
+    assert isinstance(ends["a"], Judged) and isinstance(ends["b"], Failed) and "500" in ends["b"].reason
+
+
+def test_events_of_each_document_come_in_order_and_interleave_across_documents(tokenizer: object,
+                                                                               verdict: VerdictTokens) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        return [reasoning("One. "), reasoning("Two. "), reasoning("Three."),
+                ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0}, stop=STOP_TRUE)]
+
+    candidates = [candidate(f"d{index}", f"passage {index}", index + 1) for index in range(5)]
+    events = run(ScriptedEngine(tokenizer, script, pause_s=0.01), candidates)
+    for item in candidates:
+        own = [event for event in events if event.doc_id == item.passage.doc_id]
+        assert isinstance(own[0], Started) and own[0].first_stage_rank == item.rank
+        assert all(isinstance(event, Reasoning) for event in own[1:-1]) and isinstance(own[-1], Judged)
+        assert "".join(event.text for event in own[1:-1]) == own[-1].reasoning == "One. Two. Three."
+    first_end = next(index for index, event in enumerate(events) if isinstance(event, Judged))
+    assert len({event.doc_id for event in events[:first_end] if isinstance(event, Reasoning)}) == 5
+
+
+def test_a_long_passage_is_cut_by_tokens_to_fit_the_context(tokenizer: object, verdict: VerdictTokens) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        return [ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0}, stop=STOP_TRUE)]
+
+    engine = ScriptedEngine(tokenizer, script, max_model_len=256)
+    events = run(engine, [candidate("long", "moons " * 1000), candidate("short", "moons", 2)], budget=64)
+    ends = {event.doc_id: event for event in events if isinstance(event, Judged)}
+    assert ends["long"].truncated_passage and not ends["short"].truncated_passage
+    long_prompt = next(request.prompt for request in engine.requests if "moons moons" in request.prompt)
+    assert long_prompt.endswith("moons\n<think>")
+    assert len(tokenizer(long_prompt).input_ids) <= 256 - 64 - 8
+
+
+def test_a_query_that_leaves_no_room_fails_with_the_reason(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, lambda request: [], max_model_len=64)
+    failed = run(engine, [candidate("a", "moons")], budget=64)[-1]
+    assert isinstance(failed, Failed) and "no room for the passage" in failed.reason and not engine.requests
+
+
+def test_repeated_query_replays_from_the_cache(tokenizer: object, verdict: VerdictTokens, tmp_path: Path) -> None:
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        return [reasoning("Two moons."), ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0},
+                                                stop=STOP_TRUE)]
+
+    cache = JudgmentCache(tmp_path / "judgments.sqlite3")
+    first_engine = ScriptedEngine(tokenizer, script)
+    first = run(first_engine, [candidate("mars", "Phobos.")], cache=cache)[-1]
+    again_engine = ScriptedEngine(tokenizer, script)
+    again = run(again_engine, [candidate("mars", "Phobos.")], cache=JudgmentCache(tmp_path / "judgments.sqlite3"))
+    assert not again_engine.requests and isinstance(again[-1], Judged) and again[-1].from_cache
+    assert (again[-1].p_true, again[-1].reasoning) == (first.p_true, first.reasoning) and not first.from_cache
+    other_budget = ScriptedEngine(tokenizer, script)
+    run(other_budget, [candidate("mars", "Phobos.")], cache=cache, budget=32)
+    assert other_budget.requests  # another budget is another judgment
+
+
+def test_closing_the_stream_aborts_the_engine_requests(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, lambda request: [reasoning("thinking ")] * 10_000, pause_s=0.001)
+    reranker = Rank1Reranker(engine, model_key="scripted", budget=64)
+
+    async def read_a_little() -> None:
+        stream = reranker.stream("q", [candidate(f"d{index}", "text", index + 1) for index in range(3)])
+        seen = 0
+        async for event in stream:
+            seen += isinstance(event, Reasoning)
+            if seen == 10:
+                break
+        await stream.aclose()
+        for _ in range(100):
+            if engine.active_requests() == 0:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(read_a_little())
+    assert engine.active_requests() == 0 and len(engine.aborted) == 3
+
+
+def test_reranked_order_is_by_probability_with_failures_last(tokenizer: object, verdict: VerdictTokens) -> None:
+    scores = {"Passage: weak": -3.0, "Passage: strong": -0.1}
+
+    def script(request: GenerationRequest) -> list[GenerationChunk] | Exception:
+        for name, value in scores.items():
+            if name in request.prompt:
+                return [ending(verdict.true_id, {verdict.true_id: value, verdict.false_id: -1.0}, stop=STOP_TRUE)]
+        return EngineError("down")
+
+    candidates = [candidate("a", "weak", 1), candidate("b", "broken", 2), candidate("c", "strong", 3)]
+    reranker = Rank1Reranker(ScriptedEngine(tokenizer, script), model_key="scripted", budget=64)
+    ranking, judgments = asyncio.run(collect(reranker, "q", candidates))
+    assert [item.passage.doc_id for item in ranking.candidates] == ["c", "a", "b"]
+    assert ranking.candidates[0].provenance["rank1"].rank == 1 and "rank1" not in ranking.candidates[2].provenance
+    assert isinstance(judgments["b"], Failed)
+
+
+def test_one_candidate_per_document_from_the_best_passage() -> None:
+    passages = [("a", 0), ("a", 1), ("b", 0), ("c", 0)]
+    ranking = Ranking(query="q", stage="bm25", candidates=tuple(
+        Candidate(passage=Passage(passage_id=f"{doc}#{index}", doc_id=doc, index=index, title="", text="t"),
+                  stage="bm25", provenance={"bm25": Hit(rank=rank, score=1.0 / rank)})
+        for rank, (doc, index) in enumerate(passages, start=1)))
+    chosen = document_candidates(ranking, 2)
+    assert [item.passage.passage_id for item in chosen] == ["a#0", "b#0"]

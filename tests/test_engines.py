@@ -25,8 +25,8 @@ from search.retrieval.ranking import Candidate, Hit
 MAX_MODEL_LEN = 2048
 BUDGET = 24
 FORCED_TOLERANCE = 0.02
-"""transformers and vLLM compute in bf16 with different kernels: forced-verdict probabilities from the same
-prompt agree to within this (seen: up to 0.003)."""
+"""transformers and vLLM compute in bf16 with different kernels, so forced-verdict probabilities from the same
+prompt differ slightly: seen here up to 0.0075 (mean 0.0026) over 32 sample-corpus passages."""
 # Text the demo model continues with "</think> false" after the prompt's "<think>": the real verdict path.
 ECHO = "Echo.\n<think> no </think> false\n<think> no </think> false\n<think> no </think> false"
 # Text the demo model keeps writing about for hundreds of tokens: something to cancel.

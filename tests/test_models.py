@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from search.engines import EngineError, close_engines
 from search.engines.models import CPU_DEFAULT, DEMO, REGISTRY, choose, resolve_model
+from search.pipeline import open_reranker
 from search.settings import RerankSettings, Settings, SettingsError
 
 
@@ -53,3 +55,12 @@ def test_reranker_settings_come_from_flags_and_environment() -> None:
         Settings.from_env({"EXPLAINABLE_SEARCH_ENGINE": "tgi"})
     with pytest.raises(SettingsError, match="top_k must be at least 1"):
         RerankSettings(top_k=0)
+
+
+def test_a_budget_the_context_cannot_hold_is_refused(demo_model: Path) -> None:
+    settings = RerankSettings(model=DEMO, engine="transformers", budget=4096, judgment_cache=False)
+    try:
+        with pytest.raises(EngineError, match=r"4096 tokens\) leaves no room .* 2048-token context; lower --budget"):
+            open_reranker(settings)
+    finally:
+        close_engines()

@@ -14,7 +14,7 @@ from search.corpus import Corpus, CorpusError
 from search.engines import EngineError, choose, close_engines
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
-from search.pipeline import document_candidates, open_reranker, reranked
+from search.pipeline import Pipeline, open_reranker, reranked
 from search.progress import console_progress
 from search.rerank.events import Failed, Judged, RerankEvent, event_to_json
 from search.retrieval.first_stage import FirstStage, open_first_stage
@@ -107,13 +107,13 @@ def _event_line(event: RerankEvent) -> str | None:
 
 def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
     first_stage = _open(settings, (settings.fusion.method,))
-    top_k = settings.rerank.top_k
-    candidates = document_candidates(first_stage.search(args.query, max(top_k * 5, 100)), top_k)
     choice = choose(settings.rerank)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
     reranker, _ = open_reranker(settings.rerank, choice)
+    pipeline = Pipeline(first_stage=first_stage, reranker=reranker, top_k=settings.rerank.top_k)
+    candidates = pipeline.candidates(args.query)
     print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
           f"budget {reranker.budget} tokens", file=sys.stderr)
 

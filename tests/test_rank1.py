@@ -298,3 +298,9 @@ def test_one_candidate_per_document_from_the_best_passage() -> None:
         for rank, (doc, index) in enumerate(passages, start=1)))
     chosen = document_candidates(ranking, 2)
     assert [item.passage.passage_id for item in chosen] == ["a#0", "b#0"]
+
+
+def test_a_stream_that_ends_unfinished_fails_and_keeps_the_partial_reasoning(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, lambda request: [reasoning("Half a thought")])
+    failed = run(engine, [candidate("a", "Phobos.")])[-1]
+    assert isinstance(failed, Failed) and "ended unfinished" in failed.reason and failed.reasoning == "Half a thought"

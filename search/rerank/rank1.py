@@ -175,14 +175,13 @@ class Rank1Reranker:
             emit(Reasoning(doc_id=passage.doc_id, text=cached.reasoning))
             emit(dataclasses.replace(cached, **ids, from_cache=True))
             return
-        reasoning = ""
+        parts: list[str] = []
         try:
-            outcome = await self._reason(emit, passage.doc_id, prepared.prompt)
-            reasoning = outcome.reasoning
+            outcome = await self._reason(emit, passage.doc_id, prepared.prompt, parts)
             judged = outcome.judged(ids, prepared.truncated_passage) if outcome.measured else await self._force(
                 ids, prepared, outcome)
         except EngineError as error:
-            emit(Failed(**ids, reason=f"engine error: {error}", reasoning=reasoning))
+            emit(Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts)))
             return
         if isinstance(judged, Failed):
             emit(judged)
@@ -192,10 +191,12 @@ class Rank1Reranker:
                            prompt=prepared.prompt)
         emit(judged)
 
-    async def _reason(self, emit: Callable[[RerankEvent | None], None], doc_id: str, prompt: str) -> _Outcome:
+    async def _reason(self, emit: Callable[[RerankEvent | None], None], doc_id: str, prompt: str,
+                      parts: list[str]) -> _Outcome:
+        """Generate the reasoning (collected into ``parts`` as it streams) and read the verdict if the model
+        gave one."""
         request = GenerationRequest(prompt=prompt, max_tokens=self.budget, stop=(STOP_TRUE, STOP_FALSE),
                                     watch_token_ids=self.verdict_tokens.ids)
-        parts: list[str] = []
         tokens = 0
         last_token: int | None = None
         last_logprobs: dict[int, float] = {}
@@ -209,7 +210,9 @@ class Rank1Reranker:
                 last_token = chunk.token_ids[-1]
                 last_logprobs = dict(chunk.logprobs[-1]) if chunk.logprobs else {}
             finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
-        outcome = _Outcome(reasoning="".join(parts), tokens=tokens, verdict_tokens=self.verdict_tokens)
+        if finish is None or finish == "abort":
+            raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
+        outcome = _Outcome(reasoning="".join(parts), tokens=tokens)
         if finish == "length":
             outcome.end_reason = "budget"
         elif stop not in (STOP_TRUE, STOP_FALSE) or last_token not in self.verdict_tokens.ids:
@@ -245,7 +248,6 @@ class _Outcome:
 
     reasoning: str
     tokens: int
-    verdict_tokens: VerdictTokens
     end_reason: EndReason = "verdict"
     verdict: bool = False
     logprobs: tuple[float, float] | None = None

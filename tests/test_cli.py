@@ -97,3 +97,14 @@ def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
                  index_dir=index_dir)
     assert result.returncode == 2
     assert "error: no OpenAI-compatible endpoint is usable: http://127.0.0.1:9" in result.stderr
+
+
+def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp_path: Path) -> None:
+    """Also the path where vLLM spawns its engine process, which imports ``python -m search`` again."""
+    result = run("rerank", "--query", "bread without yeast", "--top-k", "2", "--model", "demo", "--engine", "vllm",
+                 "--budget", "8", "--no-judgment-cache", "--jsonl", index_dir=index_dir,
+                 extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [event["type"] for event in events].count("judged") == 2
+    assert "starting vllm with demo" in result.stderr

@@ -16,7 +16,7 @@ RANK1_BUDGET = 8192
 RANK1_MAX_MODEL_LEN = 16000
 DEMO_BUDGET = 128
 DEMO_MAX_MODEL_LEN = 2048
-HUB_PROBE_URL = "https://huggingface.co/api/models/jhu-clsp/rank1-7b"
+HUB_PROBE_PATH = "/api/models/jhu-clsp/rank1-7b"
 
 Family = Literal["rank1", "demo"]
 ResolvedEngine = Literal["vllm", "openai", "transformers"]
@@ -91,8 +91,9 @@ def hub_offline() -> bool:
         return True
     import httpx
 
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
-        httpx.head(HUB_PROBE_URL, timeout=3.0)
+        httpx.head(endpoint + HUB_PROBE_PATH, timeout=3.0)
     except httpx.HTTPError:
         return True
     return False

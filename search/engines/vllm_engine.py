@@ -26,6 +26,9 @@ class VLLMEngine(Engine):
 
     def __init__(self, *, model: str, location: str, max_model_len: int, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, seed: int = 0) -> None:
+        # vLLM logs to standard output by default, into the command line's JSON lines; send it to standard error
+        # (its engine processes inherit the setting).
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             import vllm  # noqa: F401
         except ImportError:

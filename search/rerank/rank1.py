@@ -172,7 +172,8 @@ class Rank1Reranker:
         key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prepared.prompt)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
-            emit(Reasoning(doc_id=passage.doc_id, text=cached.reasoning))
+            if cached.reasoning:
+                emit(Reasoning(doc_id=passage.doc_id, text=cached.reasoning))
             emit(dataclasses.replace(cached, **ids, from_cache=True))
             return
         parts: list[str] = []

@@ -1,6 +1,7 @@
-"""Start the Explainable Search page: ``python app.py [--corpus PATH] [--host H] [--port P]``.
+"""Start the Explainable Search page: ``python app.py [--corpus PATH] [--model NAME] [--engine KIND] ...``.
 
-Also the Hugging Face Spaces entry point (``app_file``); Spaces sets GRADIO_SERVER_NAME and the port.
+Also the Hugging Face Spaces entry point (``app_file``); Spaces sets GRADIO_SERVER_NAME and the port. Every
+setting also comes from its EXPLAINABLE_SEARCH_* environment variable, as Spaces users set them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,33 @@ from collections.abc import Sequence
 from typing import get_args
 
 from search.corpus import CorpusError
+from search.engines import EngineError
+from search.engines.demo_model import DemoModelError
+from search.pipeline import open_reranker
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
-from search.settings import RetrievalMethod, SettingsError, add_arguments, from_arguments
-from ui.app import build_app
-from ui.results import CSS
+from search.settings import RerankSettings, RetrievalMethod, SettingsError, add_arguments, from_arguments
+from ui.app import CSS, HEAD, RerankerStatus, build_app
+
+
+def open_status(settings: RerankSettings) -> RerankerStatus:
+    """The reranker the machine can run, or why there is none (the page then serves the first stage)."""
+    try:
+        reranker, choice = open_reranker(settings)
+    except (EngineError, DemoModelError) as error:
+        print(f"warning: no reranker: {error}", file=sys.stderr)
+        return RerankerStatus(reranker=None, choice=None, problem=str(error))
+    for note in choice.notes:
+        print(f"model: {note}", file=sys.stderr)
+    return RerankerStatus(reranker=reranker, choice=choice)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Explainable Search: the web page.")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or GRADIO_SERVER_PORT)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="rerank runs served at once; more wait in the queue (default 8)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -34,9 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for problem in first_stage.corpus.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    build_app(first_stage).queue().launch(server_name=args.host, server_port=args.port, css=CSS)
+    status = open_status(settings.rerank)
+    app = build_app(first_stage, status, top_k=settings.rerank.top_k, concurrency=args.concurrency)
+    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, head=HEAD)
     return 0
 
 
+# Guarded: vLLM starts its engine processes with spawn, which imports this module again.
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,48 +1,168 @@
-"""The Gradio page: layout and wiring only; every decision is made in search/."""
+"""The Gradio page: layout and wiring only; every decision is made in search/.
+
+Typing a query shows the first-stage list at once; then every candidate's card streams the reranker's
+reasoning and ends with its verdict and P(true), and the list re-sorts as judgments land.
+"""
 
 from __future__ import annotations
 
-from typing import get_args
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
 
 import gradio as gr
 
+from search.engines.models import Choice
+from search.pipeline import document_candidates
+from search.rerank.board import Board
+from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import FirstStage
 from search.settings import RetrievalMethod
+from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
+from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
 
 MAX_QUERY_CHARS = 2_000
+MAX_CANDIDATES = 50
+UPDATE_EVERY_S = 0.3
+"""Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
+CSS = RESULTS_CSS + CARDS_CSS
+HEAD = KEEP_OPEN_JS
 
 
-def build_app(first_stage: FirstStage) -> gr.Blocks:
-    """A search page over ``first_stage``: query in, ranked passages with their provenance out."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankerStatus:
+    """What the page says about the reranker: the one that runs, or why none does."""
+
+    reranker: Rank1Reranker | None
+    choice: Choice | None
+    problem: str = ""
+
+    def notices(self) -> list[str]:
+        if self.reranker is None or self.choice is None:
+            return [f"The reasoning reranker is not available: {self.problem} The first-stage results still work."]
+        notices = [f"Reranker: {self.reranker.engine.description}, reasoning budget {self.reranker.budget} tokens."]
+        if self.choice.model.is_demo:
+            notices.append(
+                "Demo model: SmolLM2-135M runs offline so that every part of the page works, but it is not a "
+                "trained reranker and its verdicts are not meaningful. For real rank1 judgments run on a GPU with "
+                "vLLM (rank1-7b is chosen automatically there), or point --endpoints at an OpenAI-compatible "
+                "server running a rank1 model."
+            )
+        notices.append(
+            "Every P(true) is measured from the model's two verdict tokens. \"forced verdict\" marks a judgment "
+            "where the model gave no verdict itself and one was read after closing its reasoning; a document "
+            "with no measurable verdict is marked failed, never given a made-up score."
+        )
+        return notices
+
+
+def _validate(query: str) -> str | None:
+    if not query:
+        return "Type a query to search."
+    if len(query) > MAX_QUERY_CHARS:
+        return f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}."
+    return None
+
+
+def build_app(first_stage: FirstStage, status: RerankerStatus | None = None, *, top_k: int = 20,
+              concurrency: int = 8) -> gr.Blocks:
+    """The page over ``first_stage``, reranking with ``status.reranker`` when there is one; at most
+    ``concurrency`` rerank runs at a time share the engine (more wait in Gradio's queue)."""
     corpus = first_stage.corpus
+    status = status or RerankerStatus(reranker=None, choice=None, problem="none was configured.")
+    reranker = status.reranker
+    exports = Path(tempfile.mkdtemp(prefix="explainable-search-"))
 
     def search(query: str, method: RetrievalMethod, k: int) -> str:
         query = query.strip()
-        if not query:
-            return render_notice("Type a query to search.")
-        if len(query) > MAX_QUERY_CHARS:
-            return render_notice(f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}.")
+        problem = _validate(query)
+        if problem:
+            return render_notice(problem)
         return render_ranking(first_stage.search(query, int(k), method))
+
+    async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
+                     by_probability: bool) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
+        query, instruction = query.strip(), instruction.strip()
+        problem = _validate(query)
+        if problem:
+            yield render_notice(problem), "", None, []
+            return
+        depth = max(int(candidates) * 5, 100)
+        board = Board(query=query, instruction=instruction,
+                      candidates=document_candidates(first_stage.search(query, depth, method), int(candidates)))
+        yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
+        if reranker is None or not board.documents:
+            return
+        last = time.monotonic()
+        async for event in reranker.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction):
+            board.apply(event)
+            if time.monotonic() - last >= UPDATE_EVERY_S:
+                last = time.monotonic()
+                yield (render_summary(board.summary()), render_board(board, by_probability=by_probability), board,
+                       board.rows())
+        yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
+
+    def resort(board: Board | None, by_probability: bool) -> str:
+        return render_board(board, by_probability=by_probability) if board else ""
+
+    def stopped(board: Board | None) -> str:
+        return render_summary(board.summary(), stopped=True) if board else ""
+
+    def export(board: Board | None) -> list[str]:
+        if board is None:
+            raise gr.Error("Run a query first; there is nothing to export yet.")
+        folder = Path(tempfile.mkdtemp(dir=exports))
+        run_file, traces = folder / "rerank.trec", folder / "rerank.jsonl"
+        run_file.write_text(board.trec_run(), encoding="utf-8")
+        traces.write_text(board.jsonl(), encoding="utf-8")
+        return [str(run_file), str(traces)]
 
     with gr.Blocks(title="Explainable Search") as app:
         gr.Markdown("# Explainable Search")
-        gr.HTML(render_notice(
-            f"{corpus.source.name}: {len(corpus.documents)} documents, {len(first_stage.passages)} passages. "
-            "This page shows the first stage (BM25 and dense retrieval, fused); the reasoning reranker that "
-            "explains each verdict is not wired in yet."
-        ))
+        gr.HTML("".join(render_notice(text) for text in [
+            f"{corpus.source.name}: {len(corpus.documents)} documents, {len(first_stage.passages)} passages.",
+            *status.notices(),
+        ]))
         with gr.Row():
             query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
                                scale=5, max_length=MAX_QUERY_CHARS)
-            button = gr.Button("Search", variant="primary", scale=1)
-        with gr.Row():
+            run_button = gr.Button("Search and rerank", variant="primary", scale=1)
+            stop_button = gr.Button("Stop", variant="stop", scale=1)
+        instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", lines=1,
+                                 max_length=MAX_QUERY_CHARS)
+        with gr.Accordion("Settings", open=False), gr.Row():
             method = gr.Radio(list(get_args(RetrievalMethod)), value=first_stage.method, label="First stage")
-            k = gr.Slider(1, 50, value=10, step=1, label="Passages")
+            candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
+            budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
+                               label="Reasoning budget (tokens)")
+        by_probability = gr.Checkbox(value=True, label="Sort by relevance probability (off: first-stage order)")
+        summary = gr.HTML()
         results = gr.HTML()
-        examples = [query.text for query in corpus.queries[:6]]
+        board = gr.State(None)
+        rows = gr.JSON(visible=False)
+        with gr.Row():
+            export_button = gr.Button("Export TREC run and JSONL traces", size="sm")
+            files = gr.File(label="Exports", file_count="multiple", interactive=False)
+        examples = [item.text for item in corpus.queries[:6]]
         if examples:
             gr.Examples(examples, inputs=query)
-        for trigger in (query.submit, button.click):
-            trigger(search, inputs=[query, method, k], outputs=results)
+        with gr.Row(visible=False):
+            k = gr.Number(value=10, precision=0)
+            first_stage_only = gr.HTML()
+            search_button = gr.Button()
+            runs = gr.Number(value=0, precision=0)
+        search_button.click(search, inputs=[query, method, k], outputs=first_stage_only, api_name="search")
+
+        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability],
+                          outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
+        # A new query first cancels this user's running one, then starts the next run.
+        gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs, cancels=[run],
+              api_visibility="private")
+        stop_button.click(stopped, inputs=board, outputs=summary, cancels=[run], api_visibility="private")
+        by_probability.change(resort, inputs=[board, by_probability], outputs=results)
+        export_button.click(export, inputs=board, outputs=files)
     return app

@@ -131,6 +131,11 @@ class Rank1Reranker:
         self.cache = cache
         self.verdict_tokens = VerdictTokens.of(engine.tokenizer)
 
+    def with_budget(self, budget: int) -> Rank1Reranker:
+        """The same reranker (engine, cache) with another reasoning budget."""
+        return self if budget == self.budget else Rank1Reranker(self.engine, model_key=self.model_key, budget=budget,
+                                                                cache=self.cache)
+
     async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
                      template: str = "") -> AsyncIterator[RerankEvent]:
         """Every candidate's events as they happen. Closing the stream early cancels the engine requests."""

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from gradio_client import Client
 
 from search.corpus import Passage
+from search.engines import close_engines
+from search.pipeline import open_reranker
+from search.rerank.board import Board
+from search.rerank.events import Judged, Reasoning, Started
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import ranking_from_scores
-from ui.app import build_app
+from search.settings import RerankSettings
+from ui.app import CSS, HEAD, RerankerStatus, build_app
+from ui.cards import render_board
 from ui.results import render_ranking
+
+BUDGET = 16
 
 
 @pytest.fixture(scope="module")
-def client(first_stage: FirstStage) -> Iterator[Client]:
-    app = build_app(first_stage)
-    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+def status(demo_model: object) -> Iterator[RerankerStatus]:
+    reranker, choice = open_reranker(RerankSettings(model="demo", engine="transformers", budget=BUDGET,
+                                                    judgment_cache=False))
+    yield RerankerStatus(reranker=reranker, choice=choice)
+    close_engines()
+
+
+@pytest.fixture(scope="module")
+def client(first_stage: FirstStage, status: RerankerStatus) -> Iterator[Client]:
+    app = build_app(first_stage, status, top_k=5)
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, head=HEAD)
     yield Client(url, verbose=False)
     app.close()
 
@@ -40,3 +57,52 @@ def test_document_text_is_escaped() -> None:
     html = render_ranking(ranking_from_scores("q", "bm25", [(hostile, 1.0)]))
     assert "<script>" not in html and "<img" not in html and "<b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&amp; more" in html
+
+
+def test_rerank_streams_updates_and_ends_sorted_by_probability(client: Client) -> None:
+    job = client.submit("which planets have no moons", "", "hybrid", 5, BUDGET, True, api_name="/rerank")
+    job.result()
+    updates = job.outputs()
+    assert len(updates) >= 2
+    first_rows, final_rows = updates[0][2], updates[-1][2]
+    assert [row["status"] for row in first_rows] == ["waiting"] * 5  # the first-stage list, before any verdict
+    assert "astro-venus-no-moons" in updates[0][1]
+    assert all(row["status"] == "judged" for row in final_rows) and len(final_rows) == 5
+    probabilities = [row["p_true"] for row in final_rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all({"doc_id", "p_true", "verdict", "reasoning"} <= set(row) for row in final_rows)
+    assert "5/5 judged" in updates[-1][0] and "done" in updates[-1][0]
+
+
+def test_demo_model_notice_says_its_verdicts_are_not_meaningful(status: RerankerStatus) -> None:
+    notices = " ".join(status.notices())
+    assert "verdicts are not meaningful" in notices and "GPU with vLLM" in notices and "--endpoints" in notices
+    assert "not available" in " ".join(RerankerStatus(reranker=None, choice=None, problem="engine down.").notices())
+
+
+def hostile_board() -> Board:
+    passage = Passage(passage_id="p", doc_id="evil", index=0, title="<script>alert(1)</script>",
+                      text="${alert(1)} `tick` back\\slash <img src=x onerror=alert(2)>")
+    candidate = ranking_from_scores("q", "bm25", [(passage, 1.0)]).candidates[0]
+    board = Board(query="q", instruction="", candidates=[candidate])
+    board.apply(Started(doc_id="evil", passage_id="p", first_stage_rank=1))
+    board.apply(Reasoning(doc_id="evil", text="<b>bold</b> ${alert(3)}"))
+    return board
+
+
+def test_cards_escape_document_text_and_model_output() -> None:
+    html = render_board(hostile_board(), by_probability=True)
+    assert "<script>" not in html and "<img" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html and "back\\slash" in html
+
+
+def test_exports_parse() -> None:
+    board = hostile_board()
+    board.apply(Judged(doc_id="evil", passage_id="p", verdict=False, p_true=0.25, logprob_true=-2.0,
+                       logprob_false=-0.9, reasoning="<b>bold</b>", tokens=3, end_reason="budget", forced=True,
+                       truncated_passage=False))
+    (line,) = board.trec_run(query_id="q1").splitlines()
+    assert line.split() == ["q1", "Q0", "evil", "1", "0.250000", "explainable-search-rank1"]
+    (record,) = [json.loads(text) for text in board.jsonl().splitlines()]
+    assert (record["query"], record["doc_id"], record["p_true"], record["forced"]) == ("q", "evil", 0.25, True)
+    assert record["reasoning"] == "<b>bold</b>"

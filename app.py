@@ -18,7 +18,7 @@ from search.pipeline import open_reranker
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
 from search.settings import RerankSettings, RetrievalMethod, SettingsError, add_arguments, from_arguments
-from ui.app import CSS, HEAD, RerankerStatus, build_app
+from ui.app import CSS, JS, RerankerStatus, build_app
 
 
 def open_status(settings: RerankSettings) -> RerankerStatus:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     status = open_status(settings.rerank)
     app = build_app(first_stage, status, top_k=settings.rerank.top_k, concurrency=args.concurrency)
-    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, head=HEAD)
+    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS)
     return 0
 
 

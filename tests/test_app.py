@@ -16,7 +16,7 @@ from search.rerank.events import Judged, Reasoning, Started
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import ranking_from_scores
 from search.settings import RerankSettings
-from ui.app import CSS, HEAD, RerankerStatus, build_app
+from ui.app import CSS, JS, RerankerStatus, build_app
 from ui.cards import render_board
 from ui.results import render_ranking
 
@@ -34,7 +34,7 @@ def status(demo_model: object) -> Iterator[RerankerStatus]:
 @pytest.fixture(scope="module")
 def client(first_stage: FirstStage, status: RerankerStatus) -> Iterator[Client]:
     app = build_app(first_stage, status, top_k=5)
-    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, head=HEAD)
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield Client(url, verbose=False)
     app.close()
 

@@ -30,7 +30,7 @@ MAX_CANDIDATES = 50
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
 CSS = RESULTS_CSS + CARDS_CSS
-HEAD = KEEP_OPEN_JS
+JS = KEEP_OPEN_JS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,24 +23,23 @@ CARDS_CSS = """
 .es-summary { font-family: var(--font-mono); }
 """
 
-# The page replaces the cards' HTML on every update; this keeps the <details> a reader opened open while the
-# trace below them keeps streaming.
+# Run on page load. The page replaces the cards' HTML on every update; this remembers which <details> the reader
+# opened (by click) and keeps them open while their trace keeps streaming.
 KEEP_OPEN_JS = """
-<script>
-(() => {
+() => {
   const open = new Set();
-  document.addEventListener("toggle", (event) => {
-    const id = event.target.dataset && event.target.dataset.keep;
-    if (!id) return;
-    if (event.target.open) open.add(id); else open.delete(id);
+  document.addEventListener("click", (event) => {
+    const summary = event.target.closest && event.target.closest("details[data-keep] > summary");
+    if (!summary) return;
+    const details = summary.parentElement;
+    if (details.open) open.delete(details.dataset.keep); else open.add(details.dataset.keep);
   }, true);
-  new MutationObserver(() => {
-    document.querySelectorAll("details[data-keep]").forEach((element) => {
-      if (open.has(element.dataset.keep) && !element.open) element.open = true;
-    });
-  }).observe(document.documentElement, {childList: true, subtree: true});
-})();
-</script>
+  const reopen = () => document.querySelectorAll("details[data-keep]").forEach((element) => {
+    if (open.has(element.dataset.keep) && !element.open) element.open = true;
+  });
+  new MutationObserver(reopen).observe(document.documentElement,
+    {childList: true, subtree: true, attributes: true, attributeFilter: ["open"]});
+}
 """
 
 FLAG_TEXT = {

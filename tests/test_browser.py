@@ -1,0 +1,136 @@
+"""The page in a real browser (Debian Chromium driven by Playwright): live reasoning in several cards at once,
+probabilities and the re-sorted list, Stop, expanded traces that stay open, exports, and hostile text that
+shows as text. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from search.engines import close_engines
+from search.pipeline import open_reranker
+from search.retrieval.first_stage import open_first_stage
+from search.settings import REPO_ROOT, RerankSettings, Settings
+from ui.app import CSS, JS, RerankerStatus, build_app
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+HOSTILE_TITLE = "<script>window.hacked = 1</script> cat story"
+HOSTILE_TEXT = "${window.hacked = 2} `cat` story with a back\\slash <img src=x onerror=\"window.hacked = 3\">"
+# The demo model keeps writing after these for hundreds of tokens: long enough to watch and to stop.
+STORIES = [f"Write a long story about a cat named {name}." for name in ("Tom", "Mia", "Leo")]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: `make test` installs it (apt-get install chromium)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, demo_model: Path) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("browser")
+    records = [{"_id": f"story-{index}", "title": f"Cat story {index}", "text": text}
+               for index, text in enumerate(STORIES)]
+    records.append({"_id": "hostile", "title": HOSTILE_TITLE, "text": HOSTILE_TEXT})
+    corpus = write(folder / "corpus.jsonl", "".join(json.dumps(record) + "\n" for record in records))
+    first_stage = open_first_stage(Settings().replace(corpus=corpus, index_dir=index_dir), ("hybrid",))
+    reranker, choice = open_reranker(RerankSettings(model="demo", engine="transformers", budget=160,
+                                                    judgment_cache=False))
+    app = build_app(first_stage, RerankerStatus(reranker=reranker, choice=choice), top_k=4)
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
+    yield url
+    app.close()
+    close_engines()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def trace_lengths(page: Page) -> dict[str, int]:
+    """Characters of reasoning shown in each card, by document id."""
+    lengths = {}
+    for card in page.locator(".es-rcard").all():
+        summary = card.locator("details[data-keep^='trace:'] summary").inner_text()
+        lengths[card.get_attribute("data-doc")] = int(re.search(r"\((\d+) characters\)", summary).group(1))
+    return lengths
+
+
+def shoot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(page_url)
+    expect(page.get_by_text("verdicts are not meaningful")).to_be_visible()
+    query = page.get_by_label("Query")
+    query.fill("cat story")
+    query.press("Enter")
+    expect(page.locator(".es-rcard")).to_have_count(4, timeout=10_000)  # the first-stage list, at once
+
+    # Reasoning grows in at least two cards at the same time.
+    page.wait_for_function("document.querySelectorAll('.es-trace:not(:empty)').length >= 2", timeout=60_000)
+    before = trace_lengths(page)
+    time.sleep(2)
+    after = trace_lengths(page)
+    assert sum(after[doc] > before[doc] for doc in after) >= 2, (before, after)
+
+    # A trace opened by the reader stays open while it keeps streaming.
+    growing = next(doc for doc in after if after[doc] > before[doc])
+    trace = page.locator(f".es-rcard[data-doc='{growing}'] details[data-keep^='trace:']")
+    trace.locator("summary").click()
+    time.sleep(1.5)
+    assert trace.evaluate("element => element.open")
+    shoot(page, "streaming")
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
+    shoot(page, "stopped")
+
+    # A short budget to the end: verdicts, probabilities, the re-sorted list.
+    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
+    budget = page.get_by_label("Reasoning budget (tokens)")
+    expect(budget).to_be_visible()
+    budget.fill("6")
+    budget.press("Tab")
+    assert budget.input_value() == "6"
+    page.get_by_role("button", name="Search and rerank").click()
+    expect(page.locator(".es-summary")).to_contain_text("done", timeout=120_000)
+    cards = " ".join(page.locator(".es-rcard").all_inner_texts())
+    probabilities = [float(text) for text in re.findall(r"P\(true\) ([0-9.]+)", cards)]
+    assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)
+    shoot(page, "judged")
+
+    # Hostile text is shown as text and runs nothing.
+    assert page.evaluate("window.hacked") is None
+    expect(page.locator(".es-rcard[data-doc='hostile'] h4")).to_contain_text("<script>window.hacked = 1</script>")
+    page.locator(".es-rcard[data-doc='hostile'] details[data-keep^='passage:'] summary").click()
+    expect(page.locator(".es-rcard[data-doc='hostile'] details[data-keep^='passage:'] p")).to_have_text(HOSTILE_TEXT)
+
+    page.get_by_role("button", name="Export TREC run and JSONL traces").click()
+    links = page.locator("a[download]")
+    expect(links).to_have_count(2, timeout=10_000)
+    contents = {Path(link.get_attribute("download") or "").suffix: page.request.get(link.get_attribute("href")).text()
+                for link in links.all()}
+    assert len(contents[".trec"].splitlines()) == 4 and all(len(line.split()) == 6
+                                                            for line in contents[".trec"].splitlines())
+    records = [json.loads(line) for line in contents[".jsonl"].splitlines()]
+    assert {record["doc_id"] for record in records} == {"story-0", "story-1", "story-2", "hostile"}
+    assert all(record["status"] == "judged" and record["tokens"] <= 6 for record in records)
+    shoot(page, "exported")

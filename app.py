@@ -18,6 +18,7 @@ from search.pipeline import open_reranker
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
 from search.settings import RerankSettings, RetrievalMethod, SettingsError, add_arguments, from_arguments
+from search.uploads import MAX_UPLOAD_BYTES, CorpusLibrary
 from ui.app import CSS, JS, RerankerStatus, build_app
 
 
@@ -51,9 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for problem in first_stage.corpus.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    library = CorpusLibrary(settings, methods)
+    library.add(first_stage.corpus.source.name, first_stage)
     status = open_status(settings.rerank)
-    app = build_app(first_stage, status, top_k=settings.rerank.top_k, concurrency=args.concurrency)
-    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS)
+    app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency)
+    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES)
     return 0
 
 

@@ -10,6 +10,7 @@ import pytest
 from search.engines.demo_model import ensure_demo_model
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.settings import SAMPLE_CORPUS, Settings
+from search.uploads import CorpusLibrary
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,13 @@ def settings(index_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def first_stage(settings: Settings) -> FirstStage:
     return open_first_stage(settings, ("hybrid", "bm25", "dense"))
+
+
+@pytest.fixture(scope="session")
+def library(settings: Settings, first_stage: FirstStage) -> CorpusLibrary:
+    corpora = CorpusLibrary(settings, ("hybrid", "bm25", "dense"))
+    corpora.add("sample_corpus", first_stage)
+    return corpora
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from search.engines import close_engines
 from search.pipeline import open_reranker
 from search.rerank.board import Board
 from search.rerank.events import Judged, Reasoning, Started
-from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import ranking_from_scores
 from search.settings import RerankSettings
+from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, RerankerStatus, build_app
 from ui.cards import render_board
 from ui.results import render_ranking
@@ -32,23 +32,24 @@ def status(demo_model: object) -> Iterator[RerankerStatus]:
 
 
 @pytest.fixture(scope="module")
-def client(first_stage: FirstStage, status: RerankerStatus) -> Iterator[Client]:
-    app = build_app(first_stage, status, top_k=5)
+def client(library: CorpusLibrary, status: RerankerStatus) -> Iterator[Client]:
+    app = build_app(library, status, top_k=5)
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield Client(url, verbose=False)
     app.close()
 
 
 def test_search_returns_ranked_cards(client: Client) -> None:
-    html = client.predict("how do bats find insects in the dark", "hybrid", 5, api_name="/search")
+    html = client.predict("how do bats find insects in the dark", "hybrid", 5, "sample_corpus",
+                          api_name="/search")
     assert html.count('class="es-card"') == 5
     assert "How bats hunt in the dark" in html
     assert "BM25 #" in html and "fused #" in html
 
 
 def test_empty_and_oversized_queries_get_a_message(client: Client) -> None:
-    assert "Type a query" in client.predict("   ", "bm25", 5, api_name="/search")
-    assert "the limit is 2000" in client.predict("word " * 500, "bm25", 5, api_name="/search")
+    assert "Type a query" in client.predict("   ", "bm25", 5, "sample_corpus", api_name="/search")
+    assert "the limit is 2000" in client.predict("word " * 500, "bm25", 5, "sample_corpus", api_name="/search")
 
 
 def test_document_text_is_escaped() -> None:
@@ -60,7 +61,8 @@ def test_document_text_is_escaped() -> None:
 
 
 def test_rerank_streams_updates_and_ends_sorted_by_probability(client: Client) -> None:
-    job = client.submit("which planets have no moons", "", "hybrid", 5, BUDGET, True, api_name="/rerank")
+    job = client.submit("which planets have no moons", "", "hybrid", 5, BUDGET, True, "sample_corpus",
+                        api_name="/rerank")
     job.result()
     updates = job.outputs()
     assert len(updates) >= 2

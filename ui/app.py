@@ -15,12 +15,13 @@ from typing import Any, get_args
 
 import gradio as gr
 
+from search.corpus import CorpusError
 from search.engines.models import Choice
 from search.pipeline import document_candidates
 from search.rerank.board import Board
 from search.rerank.rank1 import Rank1Reranker
-from search.retrieval.first_stage import FirstStage
 from search.settings import RetrievalMethod
+from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError, unpack_upload
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -68,29 +69,53 @@ def _validate(query: str) -> str | None:
     return None
 
 
-def build_app(first_stage: FirstStage, status: RerankerStatus | None = None, *, top_k: int = 20,
+def _describe(library: CorpusLibrary, name: str) -> str:
+    first_stage = library.get(name)
+    return f"{name}: {len(first_stage.corpus.documents)} documents, {len(first_stage.passages)} passages."
+
+
+def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, top_k: int = 20,
               concurrency: int = 8) -> gr.Blocks:
-    """The page over ``first_stage``, reranking with ``status.reranker`` when there is one; at most
-    ``concurrency`` rerank runs at a time share the engine (more wait in Gradio's queue)."""
-    corpus = first_stage.corpus
+    """The page over the corpora in ``library`` (the first is shown first; users can upload more), reranking
+    with ``status.reranker`` when there is one; at most ``concurrency`` rerank runs at a time share the engine
+    (more wait in Gradio's queue)."""
+    default_corpus = library.names()[0]
+    corpus = library.get(default_corpus).corpus
     status = status or RerankerStatus(reranker=None, choice=None, problem="none was configured.")
     reranker = status.reranker
     exports = Path(tempfile.mkdtemp(prefix="explainable-search-"))
 
-    def search(query: str, method: RetrievalMethod, k: int) -> str:
+    def search(query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
         query = query.strip()
         problem = _validate(query)
         if problem:
             return render_notice(problem)
-        return render_ranking(first_stage.search(query, int(k), method))
+        return render_ranking(library.get(corpus_name).search(query, int(k), method))
+
+    def upload(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, str]:  # noqa: B008
+        if not file:
+            return gr.update(), ""
+        path = Path(file)
+        unpacked = Path(tempfile.mkdtemp(dir=exports))
+        try:
+            corpus_path = unpack_upload(path, unpacked)
+            name = library.open(corpus_path, path.name,
+                                lambda task, done, total: progress(done / max(total, 1), desc=task))
+        except (UploadError, CorpusError) as error:
+            # Name the user's file, not where the server keeps it.
+            message = str(error).replace(f"{path.parent}/", "").replace(f"{unpacked}/", "")
+            return gr.update(), render_notice(f"Upload not loaded: {message}")
+        return gr.update(choices=library.names(), value=name), render_notice(f"Loaded {_describe(library, name)}")
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     by_probability: bool) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
+                     by_probability: bool, corpus_name: str
+                     ) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         problem = _validate(query)
         if problem:
             yield render_notice(problem), "", None, []
             return
+        first_stage = library.get(corpus_name)
         depth = max(int(candidates) * 5, 100)
         board = Board(query=query, instruction=instruction,
                       candidates=document_candidates(first_stage.search(query, depth, method), int(candidates)))
@@ -123,10 +148,13 @@ def build_app(first_stage: FirstStage, status: RerankerStatus | None = None, *, 
 
     with gr.Blocks(title="Explainable Search") as app:
         gr.Markdown("# Explainable Search")
-        gr.HTML("".join(render_notice(text) for text in [
-            f"{corpus.source.name}: {len(corpus.documents)} documents, {len(first_stage.passages)} passages.",
-            *status.notices(),
-        ]))
+        gr.HTML("".join(render_notice(text) for text in status.notices()))
+        with gr.Row():
+            corpus_name = gr.Dropdown(library.names(), value=default_corpus, label="Corpus", scale=2)
+            corpus_file = gr.File(label=f"Add a corpus ({', '.join(UPLOAD_SUFFIXES)}; up to "
+                                        f"{MAX_UPLOAD_BYTES // 2**20} MB)", file_types=list(UPLOAD_SUFFIXES),
+                                  scale=3)
+        corpus_status = gr.HTML(render_notice(_describe(library, default_corpus)))
         with gr.Row():
             query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
                                scale=5, max_length=MAX_QUERY_CHARS)
@@ -135,7 +163,8 @@ def build_app(first_stage: FirstStage, status: RerankerStatus | None = None, *, 
         instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", lines=1,
                                  max_length=MAX_QUERY_CHARS)
         with gr.Accordion("Settings", open=False), gr.Row():
-            method = gr.Radio(list(get_args(RetrievalMethod)), value=first_stage.method, label="First stage")
+            method = gr.Radio(list(get_args(RetrievalMethod)), value=library.get(default_corpus).method,
+                              label="First stage")
             candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
             budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
                                label="Reasoning budget (tokens)")
@@ -155,14 +184,18 @@ def build_app(first_stage: FirstStage, status: RerankerStatus | None = None, *, 
             first_stage_only = gr.HTML()
             search_button = gr.Button()
             runs = gr.Number(value=0, precision=0)
-        search_button.click(search, inputs=[query, method, k], outputs=first_stage_only, api_name="search")
+        search_button.click(search, inputs=[query, method, k, corpus_name], outputs=first_stage_only,
+                            api_name="search")
+        corpus_file.upload(upload, inputs=corpus_file, outputs=[corpus_name, corpus_status], api_visibility="private")
+        corpus_name.change(lambda name: render_notice(_describe(library, name)), inputs=corpus_name,
+                           outputs=corpus_status, api_visibility="private")
 
-        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability],
+        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name],
                           outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
         # A new query first cancels this user's running one, then starts the next run.
         gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs, cancels=[run],
               api_visibility="private")
-        stop_button.click(stopped, inputs=board, outputs=summary, cancels=[run], api_visibility="private")
+        stop_button.click(None, cancels=[run]).then(stopped, inputs=board, outputs=summary, api_visibility="private")
         by_probability.change(resort, inputs=[board, by_probability], outputs=results)
         export_button.click(export, inputs=board, outputs=files)
     return app

@@ -81,6 +81,10 @@ def trace_lengths(page: Page) -> dict[str, int]:
     return lengths
 
 
+def elapsed_s(page: Page) -> float:
+    return float(re.search(r"([0-9.]+) s ·", page.locator(".es-summary").inner_text()).group(1))
+
+
 def shoot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -110,6 +114,15 @@ def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page
     time.sleep(1.5)
     assert trace.evaluate("element => element.open")
     shoot(page, "streaming")
+
+    # A new query cancels the running one at once: the elapsed time starts again while the stories, which
+    # take far longer than this, would still be running.
+    running_for = elapsed_s(page)
+    query.fill("a cat story")
+    query.press("Enter")
+    page.wait_for_function(f"(() => {{ const match = document.querySelector('.es-summary')?.textContent"
+                           f".match(/([0-9.]+) s ·/); return match && parseFloat(match[1]) < {running_for}; }})()",
+                           timeout=5_000)
 
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
@@ -179,4 +192,5 @@ def test_uploads_add_a_corpus_and_bad_ones_say_where(browser: Browser, page_url:
     expect(page.locator(".es-rcard")).to_have_count(2, timeout=10_000)
     expect(page.locator(".es-rcard[data-doc='owl']")).to_be_visible()
     page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
     shoot(page, "uploaded")

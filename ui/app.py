@@ -193,8 +193,8 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name],
                           outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
         # A new query first cancels this user's running one, then starts the next run.
-        gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs, cancels=[run],
-              api_visibility="private")
+        gr.on([query.submit, run_button.click], None, cancels=[run]).then(
+            lambda count: count + 1, inputs=runs, outputs=runs, api_visibility="private")
         stop_button.click(None, cancels=[run]).then(stopped, inputs=board, outputs=summary, api_visibility="private")
         by_probability.change(resort, inputs=[board, by_probability], outputs=results)
         export_button.click(export, inputs=board, outputs=files)

@@ -64,6 +64,7 @@ class Engine(ABC):
 
     kind: str
     model: str
+    device: str = ""
     tokenizer: PreTrainedTokenizerBase
     max_model_len: int
 
@@ -83,7 +84,7 @@ class Engine(ABC):
 
     @property
     def description(self) -> str:
-        return f"{self.model} on {self.kind}"
+        return f"{self.model} on {self.kind}" + (f" ({self.device})" if self.device else "")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream ``request`` to the caller's loop. Closing this iterator early (or cancelling the task that

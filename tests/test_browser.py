@@ -194,3 +194,21 @@ def test_uploads_add_a_corpus_and_bad_ones_say_where(browser: Browser, page_url:
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
     shoot(page, "uploaded")
+
+
+def test_model_picker_reports_a_model_it_cannot_load_and_keeps_the_current_one(browser: Browser,
+                                                                                page_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(page_url)
+    page.get_by_role("button", name=re.compile("Model")).filter(has_text="▼").first.click()
+    model = page.get_by_label("Model (registry name, hub id or local folder)")
+    model.fill("rank1-0.5b")
+    model.press("Enter")
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Could not load rank1-0\.5b on transformers: jhu-clsp/rank1-0\.5b is not "
+                                       r"in the local Hugging Face cache"))).to_be_visible(timeout=30_000)
+    model.fill("demo")
+    model.press("Enter")
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Reranking with demo:.* on transformers \(cpu\)\. Its verdicts are not "
+                                       r"meaningful"))).to_be_visible(timeout=30_000)

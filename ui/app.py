@@ -6,21 +6,25 @@ reasoning and ends with its verdict and P(true), and the list re-sorts as judgme
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 import gradio as gr
 
 from search.corpus import CorpusError
-from search.engines.models import Choice
-from search.pipeline import document_candidates
+from search.engines import EngineError
+from search.engines.demo_model import DemoModelError
+from search.engines.models import REGISTRY, Choice
+from search.pipeline import document_candidates, open_reranker
 from search.rerank.board import Board
 from search.rerank.rank1 import Rank1Reranker
-from search.settings import RetrievalMethod
+from search.settings import RerankSettings, RetrievalMethod
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError, unpack_upload
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
 from ui.results import CSS as RESULTS_CSS
@@ -41,6 +45,7 @@ class RerankerStatus:
     reranker: Rank1Reranker | None
     choice: Choice | None
     problem: str = ""
+    settings: RerankSettings = field(default_factory=RerankSettings)
 
     def notices(self) -> list[str]:
         if self.reranker is None or self.choice is None:
@@ -82,8 +87,14 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
     default_corpus = library.names()[0]
     corpus = library.get(default_corpus).corpus
     status = status or RerankerStatus(reranker=None, choice=None, problem="none was configured.")
-    reranker = status.reranker
     exports = Path(tempfile.mkdtemp(prefix="explainable-search-"))
+    # Rerankers by "model · engine"; engines are shared by the whole process, each session picks one.
+    rerankers: dict[str, Rank1Reranker] = {}
+    default_key = ""
+    if status.reranker is not None and status.choice is not None:
+        default_key = f"{status.choice.model.name or status.reranker.engine.model} · {status.reranker.engine.kind}"
+        rerankers[default_key] = status.reranker
+    reranker = status.reranker
 
     def search(query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
         query = query.strip()
@@ -107,8 +118,22 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
             return gr.update(), render_notice(f"Upload not loaded: {message}")
         return gr.update(choices=library.names(), value=name), render_notice(f"Loaded {_describe(library, name)}")
 
+    async def load_model(name: str, engine: str, progress: gr.Progress = gr.Progress()  # noqa: B008
+                         ) -> tuple[Any, Any, str]:
+        key = f"{name} · {engine}"
+        if key not in rerankers:
+            progress(0, desc=f"starting {engine} with {name}")
+            settings = dataclasses.replace(status.settings, model=name, engine=engine)
+            try:
+                rerankers[key], _ = await asyncio.to_thread(open_reranker, settings)
+            except (EngineError, DemoModelError) as error:
+                return gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}")
+        loaded = rerankers[key]
+        demo = " Its verdicts are not meaningful (demo model)." if name == "demo" else ""
+        return key, loaded.budget, render_notice(f"Reranking with {loaded.engine.description}.{demo}")
+
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     by_probability: bool, corpus_name: str
+                     by_probability: bool, corpus_name: str, reranker_key: str = default_key
                      ) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         problem = _validate(query)
@@ -120,10 +145,11 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         board = Board(query=query, instruction=instruction,
                       candidates=document_candidates(first_stage.search(query, depth, method), int(candidates)))
         yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
-        if reranker is None or not board.documents:
+        chosen = rerankers.get(reranker_key)
+        if chosen is None or not board.documents:
             return
         last = time.monotonic()
-        async for event in reranker.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction):
+        async for event in chosen.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction):
             board.apply(event)
             if time.monotonic() - last >= UPDATE_EVERY_S:
                 last = time.monotonic()
@@ -168,6 +194,14 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
             candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
             budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
                                label="Reasoning budget (tokens)")
+        with gr.Accordion("Model", open=False), gr.Row():
+            current = default_key.split(" · ") if default_key else ["demo", "transformers"]
+            model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
+                                     label="Model (registry name, hub id or local folder)", scale=2)
+            engine_kind = gr.Radio(["vllm", "openai", "transformers"], value=current[1], label="Engine", scale=2)
+            load_button = gr.Button("Load", scale=1)
+        model_status = gr.HTML(render_notice(f"Reranking with {reranker.engine.description}.") if reranker else "")
+        selected = gr.State(default_key)
         by_probability = gr.Checkbox(value=True, label="Sort by relevance probability (off: first-stage order)")
         summary = gr.HTML()
         results = gr.HTML()
@@ -190,7 +224,10 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         corpus_name.change(lambda name: render_notice(_describe(library, name)), inputs=corpus_name,
                            outputs=corpus_status, api_visibility="private")
 
-        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name],
+        load_button.click(load_model, inputs=[model_name, engine_kind], outputs=[selected, budget, model_status],
+                          api_visibility="private")
+        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name,
+                                          selected],
                           outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
         # A new query first cancels this user's running one, then starts the next run.
         gr.on([query.submit, run_button.click], None, cancels=[run]).then(

@@ -108,3 +108,8 @@ def test_exports_parse() -> None:
     (record,) = [json.loads(text) for text in board.jsonl().splitlines()]
     assert (record["query"], record["doc_id"], record["p_true"], record["forced"]) == ("q", "evil", 0.25, True)
     assert record["reasoning"] == "<b>bold</b>"
+
+
+def test_an_unknown_corpus_is_named_in_the_error(client: Client) -> None:
+    with pytest.raises(Exception, match=r"nope is not in the list of choices: \['sample_corpus'\]"):
+        client.predict("moons", "bm25", 5, "nope", api_name="/search")

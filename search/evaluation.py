@@ -60,9 +60,14 @@ def evaluate(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str,
     }
 
 
-def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
+def format_trec_run(run: Mapping[str, Mapping[str, float]], tag: str) -> str:
     """The standard six-column TREC run format, in the run's order."""
-    with path.open("w", encoding="utf-8") as handle:
-        for query_id, scored in run.items():
-            for rank, (doc_id, score) in enumerate(scored.items(), start=1):
-                handle.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+    return "".join(
+        f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n"
+        for query_id, scored in run.items()
+        for rank, (doc_id, score) in enumerate(scored.items(), start=1)
+    )
+
+
+def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
+    path.write_text(format_trec_run(run, tag), encoding="utf-8")

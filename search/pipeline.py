@@ -10,6 +10,7 @@ from pathlib import Path
 
 from search.engines import Choice, EngineError, choose, open_engine
 from search.engines.models import hub_cached, hub_offline
+from search.rerank.board import Board
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Failed, Judged, RerankEvent
 from search.rerank.rank1 import Rank1Reranker
@@ -62,18 +63,21 @@ class Pipeline:
 
 
 def reranked(query: str, candidates: Sequence[Candidate], judgments: dict[str, Judged | Failed]) -> Ranking:
-    """Candidates by P(true), ties in first-stage order; those that failed keep their first-stage order at
-    the end, with no rank1 score."""
-    scores = {doc_id: event.p_true for doc_id, event in judgments.items() if isinstance(event, Judged)}
-    judged = sorted((candidate for candidate in candidates if candidate.passage.doc_id in scores),
-                    key=lambda candidate: (-scores[candidate.passage.doc_id], candidate.rank))
-    rest = [candidate for candidate in candidates if candidate.passage.doc_id not in scores]
-    ordered = [
-        Candidate(passage=candidate.passage, stage=Rank1Reranker.name, provenance={
-            **candidate.provenance, Rank1Reranker.name: Hit(rank=rank, score=scores[candidate.passage.doc_id])})
-        for rank, candidate in enumerate(judged, start=1)
-    ]
-    return Ranking(query=query, stage=Rank1Reranker.name, candidates=(*ordered, *rest))
+    """Candidates by P(true), ties in first-stage order; those without a verdict keep their first-stage order
+    at the end, with no rank1 score."""
+    board = Board(query=query, instruction="", candidates=candidates)
+    for event in judgments.values():
+        board.apply(event)
+    positions = board.reranked_positions()
+    ordered = []
+    for state in board.ordered():
+        candidate = state.candidate
+        if state.judged is not None:
+            hit = Hit(rank=positions[state.doc_id], score=state.judged.p_true)
+            candidate = Candidate(passage=candidate.passage, stage=Rank1Reranker.name,
+                                  provenance={**candidate.provenance, Rank1Reranker.name: hit})
+        ordered.append(candidate)
+    return Ranking(query=query, stage=Rank1Reranker.name, candidates=tuple(ordered))
 
 
 async def collect(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from search.evaluation import format_trec_run
 from search.rerank.events import Failed, Judged, Reasoning, RerankEvent, Started
 from search.retrieval.ranking import Candidate
 
@@ -127,8 +128,6 @@ class Board:
     def trec_run(self, *, query_id: str = "query", tag: str = "explainable-search-rank1") -> str:
         """Judged documents scored by P(true); documents without a verdict follow in first-stage order with
         score -(first-stage rank), which no probability can be mistaken for."""
-        lines = []
-        for position, state in enumerate(self.ordered(), start=1):
-            score = state.judged.p_true if state.judged else -float(state.first_stage_rank)
-            lines.append(f"{query_id} Q0 {state.doc_id} {position} {score:.6f} {tag}\n")
-        return "".join(lines)
+        scores = {state.doc_id: state.judged.p_true if state.judged else -float(state.first_stage_rank)
+                  for state in self.ordered()}
+        return format_trec_run({query_id: scores}, tag)

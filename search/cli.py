@@ -14,7 +14,7 @@ from search.corpus import Corpus, CorpusError
 from search.engines import EngineError, choose, close_engines
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
-from search.pipeline import Pipeline, open_reranker, reranked
+from search.pipeline import open_reranker, rerank_candidates, reranked
 from search.progress import console_progress
 from search.rerank.events import Failed, Judged, RerankEvent, event_to_json
 from search.retrieval.first_stage import FirstStage, open_first_stage
@@ -112,8 +112,7 @@ def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
     reranker, _ = open_reranker(settings.rerank, choice)
-    pipeline = Pipeline(first_stage=first_stage, reranker=reranker, top_k=settings.rerank.top_k)
-    candidates = pipeline.candidates(args.query)
+    candidates = rerank_candidates(first_stage, args.query, settings.rerank.top_k)
     print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
           f"budget {reranker.budget} tokens", file=sys.stderr)
 

@@ -4,19 +4,18 @@ command line and the API all read this stream; ``rerank`` is the synchronous for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from search.engines import Choice, EngineError, choose, open_engine
 from search.engines.models import hub_cached, hub_offline
 from search.rerank.board import Board
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import Failed, Judged, RerankEvent
+from search.rerank.events import Failed, Judged
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit, Ranking
-from search.settings import RerankSettings
+from search.settings import RerankSettings, RetrievalMethod
 
 
 def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
@@ -46,20 +45,11 @@ def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tup
                          cache=cache), choice
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Pipeline:
-    first_stage: FirstStage
-    reranker: Rank1Reranker
-    top_k: int
-
-    def candidates(self, query: str) -> tuple[Candidate, ...]:
-        depth = max(self.top_k * 5, 100)
-        return document_candidates(self.first_stage.search(query, depth), self.top_k)
-
-    async def stream(self, query: str, *, instruction: str = "", template: str = "") -> AsyncIterator[RerankEvent]:
-        async for event in self.reranker.stream(query, self.candidates(query), instruction=instruction,
-                                                template=template):
-            yield event
+def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: RetrievalMethod | None = None
+                      ) -> tuple[Candidate, ...]:
+    """What the reranker judges for ``query``: the best passage of each of the ``top_k`` best documents, from a
+    first-stage search deep enough that long documents split into many passages still fill ``top_k``."""
+    return document_candidates(first_stage.search(query, max(top_k * 5, 100), method), top_k)
 
 
 def reranked(query: str, candidates: Sequence[Candidate], judgments: dict[str, Judged | Failed]) -> Ranking:

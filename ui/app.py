@@ -21,7 +21,7 @@ from search.corpus import CorpusError
 from search.engines import EngineError
 from search.engines.demo_model import DemoModelError
 from search.engines.models import REGISTRY, Choice
-from search.pipeline import document_candidates, open_reranker
+from search.pipeline import open_reranker, rerank_candidates
 from search.rerank.board import Board
 from search.rerank.rank1 import Rank1Reranker
 from search.settings import RerankSettings, RetrievalMethod
@@ -141,9 +141,8 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
             yield render_notice(problem), "", None, []
             return
         first_stage = library.get(corpus_name)
-        depth = max(int(candidates) * 5, 100)
         board = Board(query=query, instruction=instruction,
-                      candidates=document_candidates(first_stage.search(query, depth, method), int(candidates)))
+                      candidates=rerank_candidates(first_stage, query, int(candidates), method))
         yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
         chosen = rerankers.get(reranker_key)
         if chosen is None or not board.documents:

@@ -132,8 +132,13 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         demo = " Its verdicts are not meaningful (demo model)." if name == "demo" else ""
         return key, loaded.budget, render_notice(f"Reranking with {loaded.engine.description}.{demo}")
 
+    # The run each session shows. Stop and a new query replace it, and a replaced run ends at its next event:
+    # Gradio's cancel alone has been seen to miss a run that had only just started.
+    current_runs: dict[str, Board | None] = {}
+
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     by_probability: bool, corpus_name: str, reranker_key: str = default_key
+                     by_probability: bool, corpus_name: str, reranker_key: str = default_key,
+                     request: gr.Request | None = None
                      ) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         problem = _validate(query)
@@ -143,23 +148,32 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         first_stage = library.get(corpus_name)
         board = Board(query=query, instruction=instruction,
                       candidates=rerank_candidates(first_stage, query, int(candidates), method))
+        session = request.session_hash if request else ""
+        current_runs[session] = board
         yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
         chosen = rerankers.get(reranker_key)
         if chosen is None or not board.documents:
             return
         last = time.monotonic()
-        async for event in chosen.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction):
-            board.apply(event)
-            if time.monotonic() - last >= UPDATE_EVERY_S:
-                last = time.monotonic()
-                yield (render_summary(board.summary()), render_board(board, by_probability=by_probability), board,
-                       board.rows())
+        events = chosen.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction)
+        try:
+            async for event in events:
+                if current_runs.get(session) is not board:
+                    return  # stopped, or replaced by a newer query
+                board.apply(event)
+                if time.monotonic() - last >= UPDATE_EVERY_S:
+                    last = time.monotonic()
+                    yield (render_summary(board.summary()), render_board(board, by_probability=by_probability),
+                           board, board.rows())
+        finally:
+            await events.aclose()  # ends the engine requests
         yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
 
     def resort(board: Board | None, by_probability: bool) -> str:
         return render_board(board, by_probability=by_probability) if board else ""
 
-    def stopped(board: Board | None) -> str:
+    def stopped(board: Board | None, request: gr.Request | None = None) -> str:
+        current_runs[request.session_hash if request else ""] = None
         return render_summary(board.summary(), stopped=True) if board else ""
 
     def export(board: Board | None) -> list[str]:
@@ -228,10 +242,12 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name,
                                           selected],
                           outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
-        # A new query first cancels this user's running one, then starts the next run.
-        gr.on([query.submit, run_button.click], None, cancels=[run]).then(
+        # A new query first cancels this user's running one, then starts the next run. Stop cancels both the run
+        # and a start still on its way, so that a run cannot begin just after Stop.
+        start = gr.on([query.submit, run_button.click], None, cancels=[run]).then(
             lambda count: count + 1, inputs=runs, outputs=runs, api_visibility="private")
-        stop_button.click(None, cancels=[run]).then(stopped, inputs=board, outputs=summary, api_visibility="private")
+        stop_button.click(None, cancels=[run, start]).then(stopped, inputs=board, outputs=summary,
+                                                           api_visibility="private")
         by_probability.change(resort, inputs=[board, by_probability], outputs=results)
         export_button.click(export, inputs=board, outputs=files)
     return app

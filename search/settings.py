@@ -40,6 +40,11 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "explainable-search"
 
 
+def data_home() -> Path:
+    """Where work that must not be lost lives (annotation projects): not a cache."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "explainable-search"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CorpusSettings:
     """Where the corpus is and how its records are read."""
@@ -163,6 +168,7 @@ class Settings:
     fusion: FusionSettings = field(default_factory=FusionSettings)
     rerank: RerankSettings = field(default_factory=RerankSettings)
     index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
+    annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

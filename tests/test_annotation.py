@@ -1,0 +1,209 @@
+"""Annotation store, export/import and agreement statistics (checked against values computed by hand)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search.annotation.agreement import annotator_agreement, model_agreement
+from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
+from search.annotation.store import (
+    AnnotationError,
+    AnnotationStore,
+    HumanJudgment,
+    ModelJudgment,
+    Position,
+    Project,
+    Span,
+    StoredCandidate,
+)
+
+QUERIES = [("q1", "first query"), ("q2", "second query")]
+
+
+def candidate(query_id: str, doc_id: str, rank: int) -> StoredCandidate:
+    return StoredCandidate(query_id=query_id, doc_id=doc_id, rank=rank, passage_id=f"{doc_id}#0",
+                           title=f"Title {doc_id}", passage=f"Passage of {doc_id} — with <b>text</b>.")
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> AnnotationStore:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="demo", corpus="sample", guideline="Be strict.",
+                                 guideline_as_instruction=True), QUERIES, {"q1": {"d1": 2}})
+    store.add_candidates("demo", [candidate("q1", f"d{rank}", rank) for rank in (1, 2, 3)])
+    store.add_candidates("demo", [candidate("q2", f"d{rank}", rank - 3) for rank in (4, 5, 6)])
+    return store
+
+
+def human(annotator: str, query_id: str, doc_id: str, grade: int, **fields: object) -> HumanJudgment:
+    return HumanJudgment(annotator=annotator, query_id=query_id, doc_id=doc_id, grade=grade, **fields)
+
+
+def model(query_id: str, doc_id: str, p_true: float | None) -> ModelJudgment:
+    return ModelJudgment(query_id=query_id, doc_id=doc_id, model="demo", verdict=None if p_true is None
+                         else p_true >= 0.5, p_true=p_true, reasoning=f"thinking about {doc_id}", forced=True,
+                         end_reason="budget" if p_true is not None else "failed",
+                         failure="" if p_true is not None else "no verdict logprobs")
+
+
+def test_judgments_are_kept_with_their_history(store: AnnotationStore) -> None:
+    store.judge("demo", human("ann", "q1", "d1", 1))
+    store.judge("demo", human("ann", "q1", "d1", 3, note="exact answer", span=Span(start=0, end=7)))
+    store.clear("demo", "ann", "q1", "d2")
+    [kept] = store.judgments("demo")
+    assert (kept.grade, kept.note, kept.span) == (3, "exact answer", Span(start=0, end=7))
+    assert [grade for _, grade in store.history("demo", "ann", "q1", "d1")] == [1, 3]
+    store.clear("demo", "ann", "q1", "d1")
+    assert store.judgments("demo") == []
+    assert [grade for _, grade in store.history("demo", "ann", "q1", "d1")] == [1, 3, None]
+    assert store.project("demo").instruction == "Be strict."
+
+
+def test_bad_judgments_are_refused_with_the_field(store: AnnotationStore) -> None:
+    cases = {
+        "grade": human("ann", "q1", "d1", 4),
+        "annotator": human(" ", "q1", "d1", 1),
+        "doc_id": human("ann", "q1", "d9", 1),
+        "span": human("ann", "q1", "d1", 1, span=Span(start=5, end=500)),
+    }
+    for field, judgment in cases.items():
+        with pytest.raises(AnnotationError, match=f"^{field}:"):
+            store.judge("demo", judgment)
+    with pytest.raises(AnnotationError, match="already exists"):
+        store.create_project(Project(name="demo", corpus="x"), QUERIES)
+    with pytest.raises(AnnotationError, match="query id 'q1' appears more than once"):
+        store.create_project(Project(name="other", corpus="x"), [*QUERIES, ("q1", "again")])
+    assert store.judgments("demo") == []
+
+
+def test_positions_survive_reopening(store: AnnotationStore) -> None:
+    store.set_position("demo", "ann", Position(query_id="q2", doc_id="d5"))
+    store.judge("demo", human("ann", "q2", "d5", 2))
+    store.close()
+    reopened = AnnotationStore(store.path)
+    assert reopened.position("demo", "ann") == Position(query_id="q2", doc_id="d5")
+    assert reopened.position("demo", "other") is None
+    assert [item.grade for item in reopened.judgments("demo")] == [2]
+
+
+def test_export_import_round_trips_exactly(store: AnnotationStore, tmp_path: Path) -> None:
+    store.put_model_judgment("demo", model("q1", "d1", 0.75))
+    store.put_model_judgment("demo", model("q1", "d2", None))
+    store.judge("demo", human("ann", "q1", "d1", 2, note="note with \"quotes\" and ünïcode",
+                              span=Span(start=11, end=13)))
+    store.judge("demo", human("bob", "q1", "d1", 1))
+    store.judge("demo", human("ann", "q2", "d4", 0))
+    exported = jsonl_text(store, "demo")
+    records = [json.loads(line) for line in exported.splitlines()]
+    [first] = [record for record in records if record["type"] == "judgment" and record["annotator"] == "ann"
+               and record["doc_id"] == "d1"]
+    assert first["span"]["text"] == "d1" and first["query"] == "first query"
+    assert first["model"]["p_true"] == 0.75 and first["model"]["reasoning"] == "thinking about d1"
+    assert qrels_text(store, "demo", "ann") == "q1 0 d1 2\nq2 0 d4 0\n"
+
+    elsewhere = AnnotationStore(tmp_path / "elsewhere.sqlite3")
+    assert import_jsonl(elsewhere, exported) == "demo"
+    assert jsonl_text(elsewhere, "demo") == exported
+    # Importing again changes nothing; a newer judgment from elsewhere replaces the older one.
+    import_jsonl(elsewhere, exported)
+    assert jsonl_text(elsewhere, "demo") == exported
+    elsewhere.judge("demo", human("ann", "q1", "d1", 3))
+    import_jsonl(store, jsonl_text(elsewhere, "demo"))
+    assert [item.grade for item in store.judgments("demo", annotator="ann", query_id="q1")] == [3]
+
+
+def test_bad_imports_name_the_line_and_write_nothing(store: AnnotationStore, tmp_path: Path) -> None:
+    lines = jsonl_text(store, "demo").splitlines()
+    target = AnnotationStore(tmp_path / "target.sqlite3")
+    broken = {
+        "upload.jsonl: line 2: not JSON": [lines[0], "{oops"],
+        "upload.jsonl: line 1: the first line must be the project": lines[1:],
+        "upload.jsonl: line 2: field 'text' must be str": [lines[0], json.dumps({"type": "query", "query_id": "x"})],
+        "upload.jsonl: line 2: unknown type 'vote'": [lines[0], json.dumps({"type": "vote"})],
+        "doc_id: 'nope' is not a candidate": [*lines, json.dumps({
+            "type": "judgment", "query_id": "q1", "doc_id": "nope", "annotator": "a", "grade": 1, "note": "",
+            "span": None, "judged_at": "2026-01-01"})],
+    }
+    for message, text in broken.items():
+        with pytest.raises(AnnotationError, match=message):
+            import_jsonl(target, "\n".join(text), source="upload.jsonl")
+    assert target.project_names() == []
+
+
+def test_agreement_with_the_model_matches_hand_computed_values(store: AnnotationStore) -> None:
+    grades = {("q1", "d1"): 0, ("q1", "d2"): 1, ("q1", "d3"): 2, ("q2", "d4"): 3, ("q2", "d5"): 2, ("q2", "d6"): 0}
+    p_true = {("q1", "d1"): 0.1, ("q1", "d2"): 0.65, ("q1", "d3"): 0.85, ("q2", "d4"): 0.3, ("q2", "d5"): 0.95,
+              ("q2", "d6"): 0.25}
+    judgments = [human("ann", query_id, doc_id, grade) for (query_id, doc_id), grade in grades.items()]
+    models = {key: model(*key, p) for key, p in p_true.items()}
+    models["q2", "d7"] = model("q2", "d7", None)  # a failed model judgment is left out, not scored 0.5
+    result = model_agreement(judgments, models, annotator="ann", threshold=0.5, relevant_from=2)
+    # Human relevant (>= 2): 0 0 1 1 1 0; model (p >= 0.5): 0 1 1 0 1 0.
+    assert result.confusion == ((2, 1), (1, 2))
+    assert result.kappa == pytest.approx(1 / 3)  # p_o = 4/6, p_e = 1/2
+    assert [(item.query_id, item.items) for item in result.per_query] == [("q1", 3), ("q2", 3)]
+    assert [item.agreement for item in result.per_query] == pytest.approx([2 / 3, 2 / 3])
+    assert [item.kappa for item in result.per_query] == pytest.approx([0.4, 0.4])  # p_o = 2/3, p_e = 4/9
+    assert [grade for grade, _, _ in result.p_true_by_grade] == [0, 1, 2, 3]
+    assert [count for _, count, _ in result.p_true_by_grade] == [2, 1, 2, 1]
+    assert [mean for _, _, mean in result.p_true_by_grade] == pytest.approx([0.175, 0.65, 0.9, 0.3])
+    bins = [(item.low, item.count, item.mean_p_true, item.share_relevant) for item in result.calibration]
+    assert [value for row in bins for value in row] == pytest.approx(
+        [0.0, 1, 0.1, 0.0, 0.2, 2, 0.275, 0.5, 0.6, 1, 0.65, 0.0, 0.8, 2, 0.9, 1.0])
+    everyone_agrees = model_agreement(judgments[:1], models, annotator="ann", threshold=0.5, relevant_from=2)
+    assert everyone_agrees.kappa is None  # undefined on one item, not a made-up number
+
+
+def test_agreement_between_annotators_matches_hand_computed_values() -> None:
+    first, second = [0, 1, 2, 3, 3], [0, 2, 2, 3, 1]
+    keys = [("q1", "d1"), ("q1", "d2"), ("q1", "d3"), ("q2", "d4"), ("q2", "d5")]
+    judgments = [human(name, *key, grade) for name, grades in (("ann", first), ("bob", second))
+                 for key, grade in zip(keys, grades, strict=True)]
+    judgments.append(human("cat", "q1", "d1", 0))
+    result = annotator_agreement(judgments, relevant_from=2)
+    pair = next(item for item in result.pairs if (item.first, item.second) == ("ann", "bob"))
+    assert pair.items == 5
+    assert pair.kappa == pytest.approx(0.36 / 0.76)  # p_o = 3/5, p_e = 6/25
+    assert pair.binary_kappa == pytest.approx(0.08 / 0.48)  # p_o = 3/5, p_e = 13/25
+    # Ordinal alpha by hand: coincidences o_12 = o_13 = 1 each way, n = (2, 2, 3, 3) over grades 0-3 plus cat's 0
+    # on d1 (which changes it); without cat: 1 - 9 * 73 / 1550.
+    without_cat = annotator_agreement(judgments[:-1], relevant_from=2)
+    assert without_cat.alpha == pytest.approx(1 - 9 * 73 / 1550)
+    assert result.alpha is not None and result.alpha != without_cat.alpha
+    assert [item.query_id for item in result.per_query] == ["q1", "q2"]
+    lone = annotator_agreement([human("ann", "q1", "d1", 3), human("bob", "q1", "d1", 3)], relevant_from=2)
+    assert lone.alpha is None and lone.pairs[0].kappa is None
+
+
+KILL_WRITER = """
+import sys
+from pathlib import Path
+from search.annotation.store import AnnotationStore, HumanJudgment
+store = AnnotationStore(Path(sys.argv[1]))
+for number in range(100_000):
+    store.judge("demo", HumanJudgment(annotator=f"a{number}", query_id="q1", doc_id="d1", grade=number % 4))
+    print(number, flush=True)
+"""
+
+
+def test_a_killed_writer_loses_no_acknowledged_judgment(store: AnnotationStore) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(store.path)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert writer.stdout is not None
+    acknowledged = -1
+    deadline = time.monotonic() + 60
+    while acknowledged < 200 and time.monotonic() < deadline:
+        acknowledged = int(writer.stdout.readline())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert acknowledged >= 200
+    kept = {item.annotator for item in AnnotationStore(store.path).judgments("demo")}
+    assert {f"a{number}" for number in range(acknowledged + 1)} <= kept

@@ -7,10 +7,14 @@ setting also comes from its EXPLAINABLE_SEARCH_* environment variable, as Spaces
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import get_args
 
+from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
 from search.engines import EngineError
 from search.engines.demo_model import DemoModelError
@@ -34,16 +38,42 @@ def open_status(settings: RerankSettings) -> RerankerStatus:
     return RerankerStatus(reranker=reranker, choice=choice, settings=settings)
 
 
+def parse_auth(text: str) -> list[tuple[str, str]]:
+    """``user:password,user:password`` as Gradio's launch takes it."""
+    pairs = []
+    for item in (item.strip() for item in text.split(",") if item.strip()):
+        user, colon, password = item.partition(":")
+        if not colon or not user or not password:
+            raise SettingsError(f"--auth: expected user:password, got {user + ':…' if colon else item!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def browser_secret(annotations: Path) -> str:
+    """The key the page encrypts what the browser remembers with; kept beside the annotations so that a
+    restarted app can still read it."""
+    path = annotations.with_name(annotations.name + ".browser-key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Explainable Search: the web page.")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or GRADIO_SERVER_PORT)")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="rerank runs served at once; more wait in the queue (default 8)")
+    parser.add_argument("--auth", default=os.environ.get("EXPLAINABLE_SEARCH_AUTH", ""),
+                        help="sign-in: user:password[,user:password...]; each annotator judges under their user "
+                             "name (env EXPLAINABLE_SEARCH_AUTH)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = from_arguments(args)
+        auth = parse_auth(args.auth)
         default = settings.fusion.method
         methods = (default, *(method for method in get_args(RetrievalMethod) if method != default))
         first_stage = open_first_stage(settings, methods, console_progress())
@@ -55,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     library = CorpusLibrary(settings, methods)
     library.add(first_stage.corpus.source.name, first_stage)
     status = open_status(settings.rerank)
-    app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency)
-    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES)
+    annotations = AnnotationStore(settings.annotations)
+    app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency,
+                    annotations=annotations, browser_secret=browser_secret(settings.annotations), auth=bool(auth))
+    app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
+                       auth=auth or None)
     return 0
 
 

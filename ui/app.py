@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 import gradio as gr
 
+from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
 from search.engines import EngineError
 from search.engines.demo_model import DemoModelError
@@ -26,6 +27,8 @@ from search.rerank.board import Board
 from search.rerank.rank1 import Rank1Reranker
 from search.settings import RerankSettings, RetrievalMethod
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError, unpack_upload
+from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
+from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -34,8 +37,8 @@ MAX_QUERY_CHARS = 2_000
 MAX_CANDIDATES = 50
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
-CSS = RESULTS_CSS + CARDS_CSS
-JS = KEEP_OPEN_JS
+CSS = RESULTS_CSS + CARDS_CSS + ANNOTATION_CSS
+JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); }}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,10 +83,12 @@ def _describe(library: CorpusLibrary, name: str) -> str:
 
 
 def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, top_k: int = 20,
-              concurrency: int = 8) -> gr.Blocks:
+              concurrency: int = 8, annotations: AnnotationStore | None = None, browser_secret: str = "",
+              auth: bool = False) -> gr.Blocks:
     """The page over the corpora in ``library`` (the first is shown first; users can upload more), reranking
     with ``status.reranker`` when there is one; at most ``concurrency`` rerank runs at a time share the engine
-    (more wait in Gradio's queue)."""
+    (more wait in Gradio's queue). With an ``annotations`` store it has the annotator workbench too, where the
+    signed-in user is the annotator when ``auth`` is on."""
     default_corpus = library.names()[0]
     corpus = library.get(default_corpus).corpus
     status = status or RerankerStatus(reranker=None, choice=None, problem="none was configured.")
@@ -188,49 +193,51 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
     with gr.Blocks(title="Explainable Search") as app:
         gr.Markdown("# Explainable Search")
         gr.HTML("".join(render_notice(text) for text in status.notices()))
-        with gr.Row():
-            corpus_name = gr.Dropdown(library.names(), value=default_corpus, label="Corpus", scale=2)
-            corpus_file = gr.File(label=f"Add a corpus ({', '.join(UPLOAD_SUFFIXES)}; up to "
-                                        f"{MAX_UPLOAD_BYTES // 2**20} MB)", file_types=list(UPLOAD_SUFFIXES),
-                                  scale=3)
-        corpus_status = gr.HTML(render_notice(_describe(library, default_corpus)))
-        with gr.Row():
-            query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
-                               scale=5, max_length=MAX_QUERY_CHARS)
-            run_button = gr.Button("Search and rerank", variant="primary", scale=1)
-            stop_button = gr.Button("Stop", variant="stop", scale=1)
-        instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", lines=1,
-                                 max_length=MAX_QUERY_CHARS)
-        with gr.Accordion("Settings", open=False), gr.Row():
-            method = gr.Radio(list(get_args(RetrievalMethod)), value=library.get(default_corpus).method,
-                              label="First stage")
-            candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
-            budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
-                               label="Reasoning budget (tokens)")
-        with gr.Accordion("Model", open=False), gr.Row():
-            current = default_key.split(" · ") if default_key else ["demo", "transformers"]
-            model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
-                                     label="Model (registry name, hub id or local folder)", scale=2)
-            engine_kind = gr.Radio(["vllm", "openai", "transformers"], value=current[1], label="Engine", scale=2)
-            load_button = gr.Button("Load", scale=1)
-        model_status = gr.HTML(render_notice(f"Reranking with {reranker.engine.description}.") if reranker else "")
-        selected = gr.State(default_key)
-        by_probability = gr.Checkbox(value=True, label="Sort by relevance probability (off: first-stage order)")
-        summary = gr.HTML()
-        results = gr.HTML()
-        board = gr.State(None)
-        rows = gr.JSON(visible=False)
-        with gr.Row():
-            export_button = gr.Button("Export TREC run and JSONL traces", size="sm")
-            files = gr.File(label="Exports", file_count="multiple", interactive=False)
-        examples = [item.text for item in corpus.queries[:6]]
-        if examples:
-            gr.Examples(examples, inputs=query)
-        with gr.Row(visible=False):
-            k = gr.Number(value=10, precision=0)
-            first_stage_only = gr.HTML()
-            search_button = gr.Button()
-            runs = gr.Number(value=0, precision=0)
+        remembered = remembered_state(browser_secret) if annotations is not None else None
+        with gr.Tab("Search", id="search"):
+            with gr.Row():
+                corpus_name = gr.Dropdown(library.names(), value=default_corpus, label="Corpus", scale=2)
+                corpus_file = gr.File(label=f"Add a corpus ({', '.join(UPLOAD_SUFFIXES)}; up to "
+                                            f"{MAX_UPLOAD_BYTES // 2**20} MB)", file_types=list(UPLOAD_SUFFIXES),
+                                      scale=3)
+            corpus_status = gr.HTML(render_notice(_describe(library, default_corpus)))
+            with gr.Row():
+                query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
+                                   scale=5, max_length=MAX_QUERY_CHARS)
+                run_button = gr.Button("Search and rerank", variant="primary", scale=1)
+                stop_button = gr.Button("Stop", variant="stop", scale=1)
+            instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", lines=1,
+                                     max_length=MAX_QUERY_CHARS)
+            with gr.Accordion("Settings", open=False), gr.Row():
+                method = gr.Radio(list(get_args(RetrievalMethod)), value=library.get(default_corpus).method,
+                                  label="First stage")
+                candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
+                budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
+                                   label="Reasoning budget (tokens)")
+            with gr.Accordion("Model", open=False), gr.Row():
+                current = default_key.split(" · ") if default_key else ["demo", "transformers"]
+                model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
+                                         label="Model (registry name, hub id or local folder)", scale=2)
+                engine_kind = gr.Radio(["vllm", "openai", "transformers"], value=current[1], label="Engine", scale=2)
+                load_button = gr.Button("Load", scale=1)
+            model_status = gr.HTML(render_notice(f"Reranking with {reranker.engine.description}.") if reranker else "")
+            selected = gr.State(default_key)
+            by_probability = gr.Checkbox(value=True, label="Sort by relevance probability (off: first-stage order)")
+            summary = gr.HTML()
+            results = gr.HTML()
+            board = gr.State(None)
+            rows = gr.JSON(visible=False)
+            with gr.Row():
+                export_button = gr.Button("Export TREC run and JSONL traces", size="sm")
+                files = gr.File(label="Exports", file_count="multiple", interactive=False)
+            examples = [item.text for item in corpus.queries[:6]]
+            if examples:
+                gr.Examples(examples, inputs=query)
+            with gr.Row(visible=False):
+                k = gr.Number(value=10, precision=0)
+                first_stage_only = gr.HTML()
+                search_button = gr.Button()
+                runs = gr.Number(value=0, precision=0)
         search_button.click(search, inputs=[query, method, k, corpus_name], outputs=first_stage_only,
                             api_name="search")
         corpus_file.upload(upload, inputs=corpus_file, outputs=[corpus_name, corpus_status], api_visibility="private")
@@ -250,4 +257,9 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                                                            api_visibility="private")
         by_probability.change(resort, inputs=[board, by_probability], outputs=results)
         export_button.click(export, inputs=board, outputs=files)
+        if annotations is not None and remembered is not None:
+            with gr.Tab("Annotate", id="annotate"):
+                context = AnnotationContext(store=annotations, library=library, reranker_for=rerankers.get,
+                                            top_k=top_k)
+                build_annotate_tab(app, context, selected, remembered, auth=auth, concurrency=concurrency)
     return app

@@ -123,6 +123,7 @@ def import_jsonl(store: AnnotationStore, text: str, *, source: str = "import") -
                                   guideline=_field(record, "guideline", str, line),
                                   guideline_as_instruction=bool(record.get("guideline_as_instruction")),
                                   grades=tuple(str(grade) for grade in grades),
+                                  depth=_field(record, "depth", int, line),
                                   created_at=_field(record, "created_at", str, line))
             elif project is None:
                 raise AnnotationError(f"line {line}: the first line must be the project")

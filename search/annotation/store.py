@@ -23,11 +23,13 @@ DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relev
 """The TREC Deep Learning scale, 0 to 3."""
 MAX_GRADES = 10
 """One keyboard digit per grade."""
+MAX_DEPTH = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY, corpus TEXT NOT NULL, guideline TEXT NOT NULL,
-    guideline_as_instruction INTEGER NOT NULL, grades TEXT NOT NULL, created_at TEXT NOT NULL);
+    guideline_as_instruction INTEGER NOT NULL, grades TEXT NOT NULL, depth INTEGER NOT NULL,
+    created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queries (
     project TEXT NOT NULL, query_id TEXT NOT NULL, position INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (project, query_id));
@@ -73,6 +75,8 @@ class Project:
     guideline_as_instruction: bool = False
     grades: tuple[str, ...] = DEFAULT_GRADES
     """Grade ``i`` is labelled ``grades[i]``; 0 is not relevant."""
+    depth: int = 20
+    """Candidates (documents) judged per query."""
     created_at: str = ""
 
     @property
@@ -230,6 +234,8 @@ class AnnotationStore:
             raise AnnotationError("project name: give the project a name")
         if not queries:
             raise AnnotationError("queries: the project needs at least one query")
+        if not 1 <= project.depth <= MAX_DEPTH:
+            raise AnnotationError(f"candidates per query: choose 1 to {MAX_DEPTH}, got {project.depth}")
         if not 2 <= len(project.grades) <= MAX_GRADES:
             raise AnnotationError(f"grades: give 2 to {MAX_GRADES} grade labels, got {len(project.grades)}")
         ids = [query_id for query_id, _ in queries]
@@ -238,7 +244,7 @@ class AnnotationStore:
             raise AnnotationError(f"queries: query id {duplicate!r} appears more than once")
         created = Project(name=name, corpus=project.corpus, guideline=project.guideline,
                           guideline_as_instruction=project.guideline_as_instruction, grades=project.grades,
-                          created_at=project.created_at or now())
+                          depth=project.depth, created_at=project.created_at or now())
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM projects WHERE name = ?", (name,)).fetchone():
                 raise AnnotationError(f"project name: a project called {name!r} already exists")
@@ -252,9 +258,9 @@ class AnnotationStore:
 
     @staticmethod
     def _insert_project(db: sqlite3.Connection, project: Project) -> None:
-        db.execute("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (project.name, project.corpus, project.guideline, int(project.guideline_as_instruction),
-                    json.dumps(list(project.grades)), project.created_at))
+                    json.dumps(list(project.grades)), project.depth, project.created_at))
 
     def project_names(self) -> list[str]:
         return [row["name"] for row in self._rows("SELECT name FROM projects ORDER BY created_at, name")]
@@ -266,7 +272,7 @@ class AnnotationStore:
         row = rows[0]
         return Project(name=row["name"], corpus=row["corpus"], guideline=row["guideline"],
                        guideline_as_instruction=bool(row["guideline_as_instruction"]),
-                       grades=tuple(json.loads(row["grades"])), created_at=row["created_at"])
+                       grades=tuple(json.loads(row["grades"])), depth=row["depth"], created_at=row["created_at"])
 
     def queries(self, project: str) -> list[AnnotationQuery]:
         return [AnnotationQuery(query_id=row["query_id"], text=row["text"], position=row["position"])

@@ -1,0 +1,206 @@
+"""The annotator workbench as annotators use it: the real app process (app.py), a real browser, the keyboard,
+restarts, and a server killed with SIGKILL in the middle of a burst of judgments."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from servers import free_port
+from test_browser import CHROMIUM_FLAGS, chromium_path, shoot
+
+from search.annotation.exchange import import_jsonl, jsonl_text
+from search.annotation.store import AnnotationStore, Project, StoredCandidate
+from search.settings import REPO_ROOT, SAMPLE_CORPUS
+
+START_TIMEOUT_S = 240
+QUERIES = "how do vaccines train the immune system\nwhy is the sky blue"
+
+
+@contextlib.contextmanager
+def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
+                ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python app.py`` on the sample corpus with the demo model (short budget), serving until the block ends;
+    yields its URL and process."""
+    port = port or free_port()
+    command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
+               "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
+               "--no-judgment-cache", "--top-k", "4", "--port", str(port), *extra]
+    with log.open("ab") as output:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"app.py exited: see {log}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code in (200, 401):
+                    break
+            assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s: see {log}"
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def your_grades(page: Page) -> list[str]:
+    """The "you" column of the candidate list, in rank order."""
+    return [cell.strip() for cell in page.locator(".es-list tr td:nth-child(5)").all_inner_texts()]
+
+
+def open_annotate(page: Page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Annotate").click()
+
+
+def download(page: Page, suffix: str) -> str:
+    link = page.locator(f"a[download$='{suffix}']").first
+    expect(link).to_be_visible(timeout=15_000)
+    return page.request.get(link.get_attribute("href")).text()
+
+
+def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
+        browser: Browser, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
+    annotations, log = tmp_path / "annotations.sqlite3", tmp_path / "app.log"
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
+    page = context.new_page()
+    port = free_port()  # the same after the restart: what the browser remembers is kept per address
+    with app_process(annotations, index_dir, log, port=port) as (url, _):
+        open_annotate(page, url)
+        page.get_by_label("Annotator (your name)").fill("ada")
+        page.get_by_label("Project name").fill("vaccines & sky")
+        page.get_by_label(re.compile("or type queries")).fill(QUERIES)
+        page.get_by_label("Annotation guideline (shown to annotators)").fill("Relevant <b>means</b> it answers.")
+        page.get_by_role("button", name="Create project").click()
+        expect(page.locator(".es-list tr")).to_have_count(5, timeout=60_000)  # a header and 4 candidates
+        expect(page.get_by_text("Guideline: Relevant <b>means</b> it answers.")).to_be_visible()
+        # The model's reasoning streams in while the annotator reads.
+        expect(page.locator(".es-list")).to_contain_text(re.compile(r"0\.\d\d"), timeout=120_000)
+
+        # Three judgments with the keyboard, as fast as one can type: each grade moves on to the next document.
+        page.locator("h1").click()
+        for key in "203":
+            page.keyboard.press(key)
+        expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
+        assert your_grades(page) == ["2", "0", "3", ""]
+        # Marking evidence: select words of the passage and press s; a note; the grade saves all three.
+        page.locator("#annotate-passage").evaluate("""element => {
+            const text = element.firstChild; const range = document.createRange();
+            range.setStart(text, 0); range.setEnd(text, 12);
+            window.getSelection().removeAllRanges(); window.getSelection().addRange(range); }""")
+        page.keyboard.press("s")
+        expect(page.locator("#annotate-passage mark")).to_have_count(1, timeout=10_000)
+        page.get_by_label("Note (saved with the grade)").fill("only partly <i>answers</i>")
+        page.locator("h1").click()
+        page.keyboard.press("1")
+        expect(page.locator("#annotate-document")).to_contain_text("You: 1 · related", timeout=10_000)
+        assert your_grades(page) == ["2", "0", "3", "1"]
+        shoot(page, "annotate-judged")
+
+    # The app process is gone; a new one on the same file, and the page reloaded: the browser remembers the
+    # annotator and project, and the workbench returns to the same document with every judgment.
+    with app_process(annotations, index_dir, log, port=port) as (url, _):
+        open_annotate(page, url)
+        expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=60_000)
+        assert your_grades(page) == ["2", "0", "3", "1"]
+        expect(page.get_by_label("Annotator (your name)")).to_have_value("ada")
+        expect(page.locator("#annotate-passage mark")).to_have_count(1)
+        expect(page.get_by_label("Note (saved with the grade)")).to_have_value("only partly <i>answers</i>")
+        page.keyboard.press("k")  # back to #3 and on again
+        expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#3", timeout=15_000)
+        page.keyboard.press("j")
+        expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
+        page.keyboard.press("n")
+        expect(page.locator("h3")).to_contain_text("why is the sky blue", timeout=30_000)
+        shoot(page, "annotate-restarted")
+
+        page.get_by_role("button", name=re.compile("Export")).filter(has_text="▼").first.click()
+        page.get_by_role("button", name="Export my qrels and the project's JSONL").click()
+        exported = download(page, ".jsonl")
+        qrels = download(page, ".qrels")
+        assert [line.split()[-1] for line in qrels.splitlines()] == ["2", "0", "3", "1"]
+        assert '"note": "only partly <i>answers</i>"' in exported and '"span": {"start": 0, "end": 12' in exported
+
+        # Import through the page as a copy, export the copy: the same bytes.
+        copy = exported.replace('"name": "vaccines & sky"', '"name": "copy"', 1)
+        (tmp_path / "copy.jsonl").write_text(copy, encoding="utf-8")
+        page.get_by_role("button", name=re.compile("Import a project")).click()
+        page.locator("#annotate-import input[type=file]").set_input_files(str(tmp_path / "copy.jsonl"))
+        expect(page.get_by_text("Imported project 'copy' from copy.jsonl")).to_be_visible(timeout=15_000)
+    elsewhere = AnnotationStore(tmp_path / "elsewhere.sqlite3")
+    import_jsonl(elsewhere, exported)
+    assert jsonl_text(elsewhere, "vaccines & sky") == exported
+    assert jsonl_text(AnnotationStore(annotations), "copy") == copy
+
+
+def test_sigkill_in_a_burst_loses_no_acknowledged_judgment(tmp_path: Path, index_dir: Path, demo_model: Path
+                                                             ) -> None:
+    annotations = tmp_path / "annotations.sqlite3"
+    store = AnnotationStore(annotations)
+    store.create_project(Project(name="burst", corpus="sample_corpus"), [("q1", "a query")])
+    store.add_candidates("burst", [StoredCandidate(query_id="q1", doc_id=f"d{rank}", rank=rank, passage_id="p",
+                                                   title="", passage="text") for rank in range(1, 6)])
+    store.close()
+    acknowledged: list[str] = []
+    with app_process(annotations, index_dir, tmp_path / "app.log") as (url, process):
+        client = Client(url, verbose=False)
+
+        def burst() -> None:
+            with contextlib.suppress(Exception):  # the server dies under it
+                for number in range(10_000):
+                    client.predict("burst", f"annotator-{number}", "q1", f"d{number % 5 + 1}", number % 4, "",
+                                   api_name="/judge")
+                    acknowledged.append(f"annotator-{number}")
+
+        sender = threading.Thread(target=burst, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        sender.join(timeout=30)
+    assert len(acknowledged) >= 30
+    kept = {item.annotator for item in AnnotationStore(annotations).judgments("burst")}
+    assert set(acknowledged) <= kept
+
+
+def test_signed_in_users_judge_under_their_own_name(tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
+    annotations = tmp_path / "annotations.sqlite3"
+    store = AnnotationStore(annotations)
+    store.create_project(Project(name="auth", corpus="sample_corpus"), [("q1", "a query")])
+    store.add_candidates("auth", [StoredCandidate(query_id="q1", doc_id="d1", rank=1, passage_id="p", title="",
+                                                  passage="text")])
+    with app_process(annotations, index_dir, tmp_path / "app.log", "--auth", "ada:secret1,bob:secret2") as (url, _):
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client's error for a refused login varies
+            Client(url, auth=("ada", "wrong"), verbose=False)
+        saved = Client(url, auth=("bob", "secret2"), verbose=False).predict(
+            "auth", "ada", "q1", "d1", 1, "", api_name="/judge")
+    assert saved["annotator"] == "bob"  # the signed-in user, whatever name the request gives
+    assert [item.annotator for item in AnnotationStore(annotations).judgments("auth")] == ["bob"]

@@ -1,0 +1,439 @@
+"""The annotator workbench tab: layout and wiring only; projects, judgments and agreement live in
+search/annotation/.
+
+Each grade is committed to SQLite before the page hears back, so closing the tab, restarting or killing the
+app loses nothing, and reopening the project returns the annotator to the document they were on. Edits of
+every session go through one queue, one at a time and in order, so that fast keyboard grading never races.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from search.annotation.agreement import annotator_agreement, model_agreement
+from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
+from search.annotation.store import (
+    DEFAULT_GRADES,
+    MAX_DEPTH,
+    MAX_GRADES,
+    AnnotationError,
+    AnnotationStore,
+    HumanJudgment,
+    Project,
+    Span,
+)
+from search.annotation.workbench import FILTERS, Filter, Workbench
+from search.corpus import load_qrels, load_queries
+from search.pipeline import rerank_candidates
+from search.rerank.rank1 import Rank1Reranker
+from search.retrieval.ranking import Candidate
+from search.uploads import CorpusLibrary
+from ui.annotation_cards import SELECTION_JS, render_document, render_list, render_model, render_progress
+from ui.results import render_notice
+
+UPDATE_EVERY_S = 0.3
+EDITS = "annotation-edits"
+"""The concurrency group of every change: one at a time, in the order they arrive."""
+MAX_IMPORT_BYTES = 200 * 2**20
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnnotationContext:
+    """What the tab needs from the app."""
+
+    store: AnnotationStore
+    library: CorpusLibrary
+    reranker_for: Callable[[str], Rank1Reranker | None]
+    """The reranker a session chose (by its key in the Model panel), or None."""
+    top_k: int
+
+
+def _format_kappa(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _typed_queries(text: str) -> list[tuple[str, str]]:
+    """One query per line; ``id<TAB>text`` keeps an id, otherwise queries are numbered q1, q2, …"""
+    queries = []
+    for number, line in enumerate((line for line in text.splitlines() if line.strip()), start=1):
+        query_id, tab, rest = line.partition("\t")
+        queries.append((query_id.strip(), rest.strip()) if tab else (f"q{number}", line.strip()))
+    return queries
+
+
+def _shown_name(error: Exception, path: Path) -> str:
+    """An error about an uploaded file, naming the file as the user knows it."""
+    return str(error).replace(str(path), path.name)
+
+
+def remembered_state(secret: str) -> gr.BrowserState:
+    """What the browser remembers (annotator and project) across reloads and restarts. Render it outside the
+    tabs: a component in a tab not yet shown is not mounted, and would read as empty when the page loads."""
+    return gr.BrowserState({}, storage_key="explainable-search-annotator", secret=secret)
+
+
+def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key: gr.State,
+                       remembered: gr.BrowserState, *, auth: bool = False, concurrency: int = 8) -> None:
+    """The tab's components and events, inside ``app``; ``reranker_key`` is the session's model choice from the
+    search tab, ``remembered`` from ``remembered_state``."""
+    store, library = context.store, context.library
+    benches: dict[str, Workbench] = {}
+    """Each browser session's open workbench."""
+
+    def find_candidates(corpus: str, query: str, depth: int) -> list[Candidate]:
+        if corpus not in library.names():
+            raise AnnotationError(f"corpus: this project is over {corpus!r}, which is not loaded now; upload it "
+                                  "again on the Search tab or start the app with --corpus")
+        return list(rerank_candidates(library.get(corpus), query, depth))
+
+    def bench_of(request: gr.Request) -> Workbench:
+        bench = benches.get(request.session_hash or "")
+        if bench is None:
+            raise gr.Error("Open a project first (name and project at the top of this tab).")
+        return bench
+
+    def who(annotator: str, request: gr.Request) -> str:
+        return request.username if auth and request.username else annotator
+
+    def views(bench: Workbench, span: Span | None = None) -> tuple[str, str, str, str, str, int, int]:
+        """Everything that changes when the annotator moves or grades: the note and span fields show the
+        current document's stored ones."""
+        mine = bench.judgments().get(bench.doc_id)
+        span = span or (mine.span if mine else None)
+        return (render_progress(bench), render_document(bench, span), render_model(bench), render_list(bench),
+                mine.note if mine else "", span.start if span else -1, span.end if span else -1)
+
+    def edit(change: Callable[[Workbench], object]) -> Callable[..., tuple]:
+        def handler(request: gr.Request) -> tuple:
+            bench = bench_of(request)
+            try:
+                change(bench)
+            except AnnotationError as error:
+                raise gr.Error(str(error)) from None
+            return views(bench)
+        return handler
+
+    def pending_span(start: float | None, end: float | None) -> Span | None:
+        return Span(start=int(start), end=int(end)) if start is not None and end is not None and start >= 0 \
+            and end > start else None
+
+    # Projects ------------------------------------------------------------------------------------------
+
+    def restore(remembered: dict[str, str] | None, request: gr.Request) -> tuple[Any, ...]:
+        remembered = remembered or {}
+        name = request.username if auth and request.username else remembered.get("annotator", "")
+        project = remembered.get("project") if remembered.get("project") in store.project_names() else None
+        return (gr.update(value=name, interactive=not auth), gr.update(choices=store.project_names(), value=project))
+
+    def open_project(annotator: str, project: str | None, reranker: str, request: gr.Request
+                     ) -> tuple[Any, ...]:
+        annotator = who(annotator, request)
+        if not project:
+            raise gr.Error("project: choose a project, or start one under “New project”.")
+        chosen = context.reranker_for(reranker)
+        try:
+            bench = Workbench.open(store, project, annotator, find_candidates,
+                                   model=chosen.model_key if chosen else "")
+        except AnnotationError as error:
+            raise gr.Error(str(error)) from None
+        benches[request.session_hash or ""] = bench
+        grades = bench.project.grades
+        buttons = [gr.update(visible=index < len(grades), value=f"{index} · {grades[index]}" if index < len(grades)
+                             else str(index)) for index in range(MAX_GRADES)]
+        guideline = render_notice(f"Guideline: {bench.project.guideline}") if bench.project.guideline else ""
+        relevant = gr.update(maximum=len(grades) - 1, value=bench.relevant_from)
+        return (*views(bench), *buttons, guideline, relevant, {"annotator": annotator, "project": project},
+                gr.update(visible=True), gr.update(open=False))
+
+    def create_project(name: str, corpus: str, queries_file: str | None, typed: str, qrels_file: str | None,
+                       guideline: str, to_model: bool, grades: str, depth: float) -> Any:
+        if queries_file:
+            path = Path(queries_file)
+            loaded, problems = load_queries(path)
+            if problems:
+                raise gr.Error(f"Queries not loaded: {_shown_name(problems[0], path)}")
+            queries = [(query.query_id, query.text) for query in loaded]
+        else:
+            queries = _typed_queries(typed)
+        reference: dict[str, dict[str, int]] = {}
+        if qrels_file:
+            path = Path(qrels_file)
+            reference, problems = load_qrels(path)
+            if problems:
+                raise gr.Error(f"Qrels not loaded: {_shown_name(problems[0], path)}")
+        labels = tuple(label.strip() for label in grades.split(",") if label.strip())
+        try:
+            created = store.create_project(Project(name=name, corpus=corpus, guideline=guideline.strip(),
+                                                   guideline_as_instruction=to_model, grades=labels,
+                                                   depth=int(depth)), queries, reference)
+        except AnnotationError as error:
+            raise gr.Error(str(error)) from None
+        return gr.update(choices=store.project_names(), value=created.name)
+
+    def import_project(file: str | None) -> tuple[Any, str]:
+        if not file:
+            return gr.update(), ""
+        path = Path(file)
+        if path.suffix.lower() not in {".jsonl", ".ndjson"} or path.stat().st_size > MAX_IMPORT_BYTES:
+            raise gr.Error(f"{path.name}: import a .jsonl export of at most {MAX_IMPORT_BYTES // 2**20} MB")
+        try:
+            name = import_jsonl(store, path.read_text(encoding="utf-8"), source=path.name)
+        except (AnnotationError, UnicodeDecodeError) as error:
+            raise gr.Error(f"Not imported: {error}") from None
+        return (gr.update(choices=store.project_names(), value=name),
+                render_notice(f"Imported project {name!r} from {path.name}; open it to go on."))
+
+    # The model -----------------------------------------------------------------------------------------
+
+    async def judge_with_model(reranker: str, request: gr.Request) -> AsyncIterator[tuple[str, str, str]]:
+        """The model's reasoning about this query's documents it has not judged, stored as each verdict lands.
+        Ends when the annotator opens another query."""
+        session = request.session_hash or ""
+        bench = benches.get(session)
+        chosen = context.reranker_for(reranker)
+        if bench is None:
+            yield gr.skip(), gr.skip(), gr.skip()  # a generator that yields nothing would blank its outputs
+            return
+        query = bench.query
+        pending = bench.unjudged_by_model()
+        if chosen is None or not pending or bench.live:
+            yield render_progress(bench), render_model(bench), render_list(bench)
+            return
+        bench.live = {item.passage.doc_id: "" for item in pending}
+        events = chosen.stream(query.text, pending, instruction=bench.project.instruction)
+        last = time.monotonic()
+        try:
+            async for event in events:
+                if benches.get(session) is not bench or bench.query != query:
+                    return
+                bench.apply(query.query_id, event)
+                if time.monotonic() - last >= UPDATE_EVERY_S:
+                    last = time.monotonic()
+                    yield render_progress(bench), render_model(bench), render_list(bench)
+        finally:
+            await events.aclose()
+        yield render_progress(bench), render_model(bench), render_list(bench)
+
+    # Agreement and export ------------------------------------------------------------------------------
+
+    def agreement(threshold: float, relevant_from: float, request: gr.Request) -> tuple[Any, ...]:
+        bench = bench_of(request)
+        project = bench.project.name
+        judgments = store.judgments(project)
+        models = store.model_judgments(project)
+        versus = model_agreement(judgments, models, annotator=bench.annotator, threshold=threshold,
+                                 relevant_from=int(relevant_from))
+        between = annotator_agreement(judgments, relevant_from=int(relevant_from))
+        (tn, fp), (fn, tp) = versus.confusion
+        confusion = pd.DataFrame({"": ["you: not relevant", "you: relevant"], "model: not relevant": [tn, fn],
+                                  "model: relevant": [fp, tp]})
+        per_query = pd.DataFrame([{"query": item.query_id, "documents": item.items,
+                                   "agreement": round(item.agreement or 0.0, 3), "kappa": _format_kappa(item.kappa)}
+                                  for item in versus.per_query], columns=["query", "documents", "agreement", "kappa"])
+        by_grade = pd.DataFrame([{"grade": str(grade), "documents": count, "mean P(true)": mean}
+                                 for grade, count, mean in versus.p_true_by_grade],
+                                columns=["grade", "documents", "mean P(true)"])
+        calibration = pd.DataFrame([{"mean P(true)": item.mean_p_true, "share you judged relevant":
+                                     item.share_relevant, "documents": item.count} for item in versus.calibration],
+                                   columns=["mean P(true)", "share you judged relevant", "documents"])
+        pairs = pd.DataFrame([{"annotators": f"{item.first} · {item.second}", "documents": item.items,
+                               "kappa (grades)": _format_kappa(item.kappa),
+                               "kappa (relevant or not)": _format_kappa(item.binary_kappa)} for item in between.pairs],
+                             columns=["annotators", "documents", "kappa (grades)", "kappa (relevant or not)"])
+        alpha_by_query = pd.DataFrame([{"query": item.query_id, "documents": item.items,
+                                        "Krippendorff's alpha": _format_kappa(item.agreement)}
+                                       for item in between.per_query],
+                                      columns=["query", "documents", "Krippendorff's alpha"])
+        summary = (f"You vs the model on {versus.items} documents (model relevant when P(true) ≥ {threshold:.2f}, "
+                   f"you when grade ≥ {int(relevant_from)}): Cohen's kappa {_format_kappa(versus.kappa)}. "
+                   f"Annotators ({', '.join(between.annotators) or 'none yet'}): Krippendorff's alpha (ordinal) "
+                   f"{_format_kappa(between.alpha)}. Undefined means the statistic has no value on these "
+                   "judgments (too few, or one grade throughout).")
+        return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query
+
+    exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
+
+    def export(request: gr.Request) -> list[str]:
+        bench = bench_of(request)
+        folder = Path(tempfile.mkdtemp(dir=exports))
+        stem = "".join(char if char.isalnum() or char in "-_" else "_" for char in bench.project.name)
+        qrels = folder / f"{stem}.{''.join(c if c.isalnum() else '_' for c in bench.annotator)}.qrels"
+        qrels.write_text(qrels_text(store, bench.project.name, bench.annotator), encoding="utf-8")
+        records = folder / f"{stem}.jsonl"
+        records.write_text(jsonl_text(store, bench.project.name), encoding="utf-8")
+        return [str(qrels), str(records)]
+
+    def judge_api(project: str, annotator: str, query_id: str, doc_id: str, grade: int, note: str = "",
+                  request: gr.Request | None = None) -> dict[str, Any]:
+        """Record one judgment (committed before this returns); with authentication, as the signed-in user."""
+        if auth and request is not None and request.username:
+            annotator = request.username
+        try:
+            saved = store.judge(project, HumanJudgment(annotator=annotator, query_id=query_id, doc_id=doc_id,
+                                                       grade=int(grade), note=note))
+        except AnnotationError as error:
+            raise gr.Error(str(error)) from None
+        return {"project": project, "annotator": saved.annotator, "query_id": saved.query_id,
+                "doc_id": saved.doc_id, "grade": saved.grade, "note": saved.note, "judged_at": saved.judged_at}
+
+    # Layout ------------------------------------------------------------------------------------------------
+
+    with gr.Row():
+        annotator = gr.Textbox(label="Annotator" + (" (signed in)" if auth else " (your name)"), scale=1,
+                               max_length=100, interactive=not auth)
+        project = gr.Dropdown(store.project_names(), value=None, label="Project", scale=2)
+        open_button = gr.Button("Open", scale=0, variant="primary")
+    with gr.Accordion("New project", open=not store.project_names()) as new_project:
+        with gr.Row():
+            new_name = gr.Textbox(label="Project name", max_length=100)
+            new_corpus = gr.Dropdown(library.names(), value=library.names()[0], label="Corpus to annotate")
+            depth = gr.Slider(1, MAX_DEPTH, value=context.top_k, step=1, label="Candidates per query")
+        with gr.Row():
+            queries_file = gr.File(label="Queries (queries.jsonl or id<TAB>text .tsv)",
+                                   file_types=[".jsonl", ".tsv"])
+            typed = gr.Textbox(label="… or type queries, one per line (id<TAB>text keeps an id)", lines=4)
+            qrels_file = gr.File(label="Existing qrels to compare against (optional)", file_types=[".tsv", ".txt",
+                                                                                                  ".qrels"])
+        guideline = gr.Textbox(label="Annotation guideline (shown to annotators)", lines=3, max_length=10_000)
+        with gr.Row():
+            to_model = gr.Checkbox(label="Give the guideline to the model as its instruction")
+            grades = gr.Textbox(value=", ".join(DEFAULT_GRADES), label="Grades from 0 up (comma-separated labels)")
+            create_button = gr.Button("Create project")
+    with gr.Accordion("Import a project (an earlier JSONL export)", open=False):
+        import_file = gr.File(label=f"JSONL export (up to {MAX_IMPORT_BYTES // 2**20} MB)",
+                              file_types=[".jsonl", ".ndjson"], elem_id="annotate-import")
+    message = gr.HTML()
+    with gr.Column(visible=False, elem_id="annotate-workbench") as workbench:
+        guideline_view = gr.HTML()
+        progress = gr.HTML()
+        with gr.Row():
+            prev_query = gr.Button("◀ Previous query (p)", elem_id="annotate-prev-query", size="sm")
+            prev_doc = gr.Button("↑ Previous document (k)", elem_id="annotate-prev-doc", size="sm")
+            next_doc = gr.Button("↓ Next document (j)", elem_id="annotate-next-doc", size="sm")
+            next_query = gr.Button("Next query (n) ▶", elem_id="annotate-next-query", size="sm")
+        with gr.Row():
+            grade_buttons = [gr.Button(str(index), elem_id=f"annotate-grade-{index}", size="sm",
+                                       visible=index < len(DEFAULT_GRADES)) for index in range(MAX_GRADES)]
+            clear_button = gr.Button("Clear my grade (x)", elem_id="annotate-clear", size="sm", variant="stop")
+        with gr.Row():
+            with gr.Column(scale=3):
+                document = gr.HTML(elem_id="annotate-document")
+                with gr.Row():
+                    note = gr.Textbox(label="Note (saved with the grade)", max_length=5_000, scale=3)
+                    with gr.Column(scale=1, min_width=160):
+                        span_button = gr.Button("Mark selected text as evidence (s)", elem_id="annotate-span",
+                                                size="sm")
+                        save_button = gr.Button("Save note and evidence", size="sm")
+            with gr.Column(scale=2):
+                model_panel = gr.HTML()
+        with gr.Row():
+            view_filter = gr.Radio([(label, key) for key, label in FILTERS.items()], value="all", label="Show")
+            threshold = gr.Slider(0, 1, value=0.5, step=0.05, label="Model says relevant at P(true) ≥")
+            relevant_from = gr.Slider(1, len(DEFAULT_GRADES) - 1, value=2, step=1,
+                                      label="A grade counts as relevant from")
+            show_others = gr.Checkbox(label="Show other annotators' grades")
+        listing = gr.HTML()
+        with gr.Accordion("Agreement", open=False):
+            agreement_button = gr.Button("Compute agreement", size="sm")
+            agreement_summary = gr.HTML()
+            with gr.Row():
+                confusion = gr.Dataframe(label="You vs the model: confusion matrix", interactive=False)
+                per_query = gr.Dataframe(label="You vs the model, per query", interactive=False)
+            with gr.Row():
+                by_grade = gr.BarPlot(x="grade", y="mean P(true)", y_lim=[0, 1], label="Mean P(true) by your grade")
+                calibration = gr.ScatterPlot(x="mean P(true)", y="share you judged relevant", x_lim=[0, 1],
+                                             y_lim=[0, 1], label="Calibration: P(true) bins vs your judgments")
+            with gr.Row():
+                pairs = gr.Dataframe(label="Between annotators: Cohen's kappa per pair", interactive=False)
+                alpha_by_query = gr.Dataframe(label="Between annotators, per query", interactive=False)
+        with gr.Accordion("Export", open=False):
+            export_button = gr.Button("Export my qrels and the project's JSONL", size="sm")
+            files = gr.File(label="Annotation exports", file_count="multiple", interactive=False)
+    span_start = gr.Number(-1, visible=False, precision=0)
+    span_end = gr.Number(-1, visible=False, precision=0)
+
+    # Events ------------------------------------------------------------------------------------------------
+
+    shown = [progress, document, model_panel, listing, note, span_start, span_end]
+    model_views = [progress, model_panel, listing]
+    edits: dict[str, Any] = {"concurrency_id": EDITS, "concurrency_limit": 1, "trigger_mode": "multiple",
+                             "api_visibility": "private"}
+    model_run: dict[str, Any] = {"concurrency_limit": concurrency, "api_visibility": "private"}
+
+    opened = [*shown, *grade_buttons, guideline_view, relevant_from, remembered, workbench, new_project]
+    gr.on([open_button.click, project.select], open_project, inputs=[annotator, project, reranker_key],
+          outputs=opened, api_visibility="private").success(judge_with_model, inputs=reranker_key,
+                                                            outputs=model_views, **model_run)
+    create_button.click(create_project, inputs=[new_name, new_corpus, queries_file, typed, qrels_file, guideline,
+                                                to_model, grades, depth], outputs=project,
+                        api_visibility="private").success(
+        open_project, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").success(
+        judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+    import_file.upload(import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
+
+    for step, button in ((-1, prev_query), (1, next_query)):
+        button.click(edit(lambda bench, step=step: bench.move_query(step)), outputs=shown, **edits).success(
+            judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+    for step, button in ((-1, prev_doc), (1, next_doc)):
+        button.click(edit(lambda bench, step=step: bench.move(step)), outputs=shown, **edits)
+    for value, button in enumerate(grade_buttons):
+        def grade(note: str, start: float, end: float, request: gr.Request, value: int = value) -> tuple:
+            return edit(lambda bench: bench.grade(value, note=note, span=pending_span(start, end)))(request)
+        button.click(grade, inputs=[note, span_start, span_end], outputs=shown, **edits)
+    clear_button.click(edit(lambda bench: bench.clear()), outputs=shown, **edits)
+
+    def save(note: str, start: float, end: float, request: gr.Request) -> tuple:
+        return edit(lambda bench: bench.annotate(note=note, span=pending_span(start, end)))(request)
+
+    def mark(note: str, start: float, end: float, request: gr.Request) -> tuple:
+        """Show the marked evidence; it is saved at once when the document already has a grade."""
+        bench = bench_of(request)
+        span = pending_span(start, end)
+        if span is None:
+            raise gr.Error("Select some text of the passage first, then mark it.")
+        if bench.doc_id in bench.judgments():
+            return save(note, start, end, request)
+        return (*views(bench, span)[:4], note, span.start, span.end)
+
+    save_button.click(save, inputs=[note, span_start, span_end], outputs=shown, **edits)
+    span_button.click(None, inputs=[span_start, span_end], outputs=[span_start, span_end], js=SELECTION_JS).then(
+        mark, inputs=[note, span_start, span_end], outputs=shown, **edits)
+
+    def set_view(choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> tuple:
+        bench = bench_of(request)
+        bench.filter, bench.threshold, bench.relevant_from, bench.show_others = choice, at, int(relevant), others
+        return render_document(bench), render_list(bench)
+
+    gr.on([view_filter.change, threshold.change, relevant_from.change, show_others.change], set_view,
+          inputs=[view_filter, threshold, relevant_from, show_others], outputs=[document, listing],
+          api_visibility="private")
+    agreement_button.click(agreement, inputs=[threshold, relevant_from],
+                           outputs=[agreement_summary, confusion, per_query, by_grade, calibration, pairs,
+                                    alpha_by_query], api_visibility="private")
+    export_button.click(export, outputs=files, api_visibility="private")
+    gr.api(judge_api, api_name="judge", concurrency_id=EDITS, concurrency_limit=1)
+
+    def resume(annotator_name: str, project_name: str | None, reranker: str, request: gr.Request
+               ) -> tuple[Any, ...]:
+        """Back to work after a reload or restart, when the browser remembers who and which project."""
+        if not annotator_name or not project_name:
+            return tuple(gr.skip() for _ in opened)
+        return open_project(annotator_name, project_name, reranker, request)
+
+    def forget(request: gr.Request) -> None:
+        benches.pop(request.session_hash or "", None)
+
+    annotator.blur(lambda name, value: {**(value or {}), "annotator": name}, inputs=[annotator, remembered],
+                   outputs=remembered, api_visibility="private")
+    app.load(restore, inputs=remembered, outputs=[annotator, project], api_visibility="private").then(
+        resume, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").then(
+        judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+    app.unload(forget)

@@ -1,0 +1,164 @@
+"""Escaped HTML for the annotator workbench: the document being judged, the model's reasoning about it, the
+query's candidate list and the annotator's progress. Passages, notes, names and model output are untrusted:
+every piece goes through escape()."""
+
+from __future__ import annotations
+
+from html import escape
+
+from search.annotation.store import HumanJudgment, ModelJudgment, Span, StoredCandidate
+from search.annotation.workbench import FILTERS, Workbench
+
+ANNOTATION_CSS = """
+#annotate-passage { white-space: pre-wrap; line-height: 1.5; padding: 8px; border-radius: 6px;
+                    background: var(--background-fill-secondary); }
+#annotate-passage mark { background: #fff3a0; color: inherit; }
+.es-list { width: 100%; border-collapse: collapse; font-size: 0.9em; }
+.es-list td, .es-list th { padding: 2px 6px; border-bottom: 1px solid var(--border-color-primary); text-align: left; }
+.es-list tr.es-current { background: var(--background-fill-secondary); font-weight: 600; }
+.es-grade { font-family: var(--font-mono); }
+.es-disagree { color: #cf222e; }
+.es-keys kbd { border: 1px solid var(--border-color-primary); border-radius: 3px; padding: 0 4px;
+               font-family: var(--font-mono); }
+"""
+
+# Run on page load: the workbench's keys. They act only while the Annotate tab shows the workbench and the
+# focus is not in a text field, by clicking the same buttons a mouse would. "s" takes the text selected in the
+# passage as the evidence span (character offsets into the passage).
+KEYS_JS = """
+() => {
+  const click = (id) => { const button = document.getElementById(id); if (button) button.click(); };
+  const keys = {j: "annotate-next-doc", ArrowDown: "annotate-next-doc", k: "annotate-prev-doc",
+                ArrowUp: "annotate-prev-doc", n: "annotate-next-query", p: "annotate-prev-query",
+                x: "annotate-clear", s: "annotate-span"};
+  document.addEventListener("keydown", (event) => {
+    const bench = document.getElementById("annotate-workbench");
+    if (!bench || bench.offsetParent === null || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const id = /^[0-9]$/.test(event.key) ? `annotate-grade-${event.key}` : keys[event.key];
+    if (!id || !document.getElementById(id)) return;
+    event.preventDefault();
+    click(id);
+  });
+}
+"""
+
+SELECTION_JS = """
+(start, end) => {
+  const passage = document.getElementById("annotate-passage");
+  const selection = window.getSelection();
+  if (!passage || !selection || selection.rangeCount === 0 || selection.isCollapsed) return [-1, -1];
+  const range = selection.getRangeAt(0);
+  if (!passage.contains(range.startContainer) || !passage.contains(range.endContainer)) return [-1, -1];
+  const before = document.createRange();
+  before.selectNodeContents(passage);
+  before.setEnd(range.startContainer, range.startOffset);
+  const from = before.toString().length;
+  return [from, from + range.toString().length];
+}
+"""
+"""Character offsets of the selection inside the passage; [-1, -1] when nothing there is selected."""
+
+
+def grade_label(grades: tuple[str, ...], grade: int) -> str:
+    return f"{grade} · {grades[grade]}" if 0 <= grade < len(grades) else str(grade)
+
+
+def _passage(candidate: StoredCandidate, span: Span | None) -> str:
+    text = candidate.passage
+    if span is None:
+        return escape(text)
+    start, end = span.start, span.end
+    return f"{escape(text[:start])}<mark>{escape(text[start:end])}</mark>{escape(text[end:])}"
+
+
+def _judgment_line(bench: Workbench, judgment: HumanJudgment, who: str) -> str:
+    note = f" — {escape(judgment.note)}" if judgment.note else ""
+    span = " · evidence marked" if judgment.span else ""
+    label = grade_label(bench.project.grades, judgment.grade)
+    return f'<div><b>{escape(who)}</b>: <span class="es-grade">{escape(label)}</span>{span}{note}</div>'
+
+
+def render_document(bench: Workbench | None, evidence: Span | None = None) -> str:
+    """The query and the passage being judged, with this annotator's judgment (and others' when asked); the
+    ``evidence`` span marked, else the stored one."""
+    if bench is None:
+        return ""
+    candidate = bench.current()
+    query = f"<h3>Query {escape(bench.query.query_id)}: {escape(bench.query.text)}</h3>"
+    if candidate is None:
+        return query + "<p>This query has no candidates.</p>"
+    mine = bench.judgments().get(candidate.doc_id)
+    lines = [_judgment_line(bench, mine, "You")] if mine else ["<div><b>You</b>: not judged yet</div>"]
+    if bench.show_others:
+        others = bench.others().get(candidate.doc_id, [])
+        lines += [_judgment_line(bench, item, item.annotator) for item in others] or [
+            "<div>No other annotator has judged this document.</div>"]
+    return (f"{query}<h4>#{candidate.rank} · {escape(candidate.title or candidate.doc_id)} "
+            f'<span class="es-meta">{escape(candidate.doc_id)}</span></h4>'
+            f'<div id="annotate-passage">{_passage(candidate, evidence or (mine.span if mine else None))}</div>'
+            f'{"".join(lines)}')
+
+
+def _model_summary(judgment: ModelJudgment | None, live: str | None) -> str:
+    if judgment is None:
+        return "reasoning…" if live is not None else "waiting for the model"
+    if judgment.p_true is None:
+        return f"no verdict: {escape(judgment.failure)}"
+    forced = ' <span class="es-flag">forced verdict</span>' if judgment.forced else ""
+    return f'<b>{"relevant" if judgment.verdict else "not relevant"}</b> · P(true) {judgment.p_true:.3f}{forced}'
+
+
+def render_model(bench: Workbench | None) -> str:
+    """The model's reasoning about the current document, live while it thinks."""
+    if bench is None or bench.current() is None:
+        return ""
+    judgment = bench.model_judgments().get(bench.doc_id)
+    live = bench.live.get(bench.doc_id)
+    reasoning = judgment.reasoning if judgment is not None else (live or "")
+    percent = f"{judgment.p_true * 100:.1f}" if judgment is not None and judgment.p_true is not None else "0"
+    return (f"<div><b>Model</b>: {_model_summary(judgment, live)}</div>"
+            f'<div class="es-bar"><div style="width: {percent}%"></div></div>'
+            f'<div class="es-trace">{escape(reasoning)}</div>')
+
+
+def render_list(bench: Workbench | None) -> str:
+    """The query's candidates the filter keeps (and the current one), with model and human grades."""
+    if bench is None:
+        return ""
+    judgments, models, others = bench.judgments(), bench.model_judgments(), bench.others()
+    rows = []
+    for item in bench.candidates():
+        if item.doc_id != bench.doc_id and not bench.shown(item, judgments, models):
+            continue
+        model, mine = models.get(item.doc_id), judgments.get(item.doc_id)
+        if model is None:
+            said = "…" if item.doc_id in bench.live else "—"
+        else:
+            said = "failed" if model.p_true is None else f"{model.p_true:.2f}"
+        flag = '<span class="es-disagree" title="model and you disagree">≠</span>' \
+            if bench.disagrees(mine, model) else ""
+        theirs = ", ".join(f"{escape(other.annotator)}: {other.grade}" for other in others.get(item.doc_id, []))
+        current = ' class="es-current"' if item.doc_id == bench.doc_id else ""
+        rows.append(f'<tr{current} data-doc="{escape(item.doc_id)}"><td>{"▶" if current else ""}</td>'
+                    f"<td>#{item.rank}</td><td>{escape(item.title or item.doc_id)}</td><td>{said}</td>"
+                    f'<td class="es-grade">{mine.grade if mine else ""}</td><td>{flag}</td>'
+                    f"{f'<td>{theirs}</td>' if bench.show_others else ''}</tr>")
+    header = ("<tr><th></th><th>rank</th><th>document</th><th>model P(true)</th><th>you</th><th></th>"
+              f"{'<th>others</th>' if bench.show_others else ''}</tr>")
+    empty = f"<p>No document left under “{escape(FILTERS[bench.filter])}”.</p>" if not rows else ""
+    return f'<table class="es-list">{header}{"".join(rows)}</table>{empty}'
+
+
+def render_progress(bench: Workbench | None) -> str:
+    if bench is None:
+        return ""
+    judged, candidates, opened = bench.progress()
+    here = len(bench.judgments())
+    return (f'<div class="es-summary">{escape(bench.annotator)} · project {escape(bench.project.name)} · query '
+            f"{bench.query_index + 1} of {len(bench.queries)} · {here} of {len(bench.candidates())} judged here · "
+            f"{judged} of {candidates} in the {opened} queries opened</div>"
+            '<div class="es-keys">Keys: <kbd>0</kbd>–<kbd>9</kbd> grade and go on · <kbd>j</kbd>/<kbd>k</kbd> '
+            "next/previous document · <kbd>n</kbd>/<kbd>p</kbd> next/previous query · <kbd>s</kbd> mark the "
+            "selected passage text as evidence · <kbd>x</kbd> clear my grade</div>")

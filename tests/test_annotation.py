@@ -24,6 +24,10 @@ from search.annotation.store import (
     Span,
     StoredCandidate,
 )
+from search.annotation.workbench import Workbench, rerank_candidate
+from search.rerank.events import Failed, Judged, Reasoning
+from search.retrieval.ranking import Candidate
+from ui.annotation_cards import render_document, render_list, render_model, render_progress
 
 QUERIES = [("q1", "first query"), ("q2", "second query")]
 
@@ -207,3 +211,75 @@ def test_a_killed_writer_loses_no_acknowledged_judgment(store: AnnotationStore) 
     assert acknowledged >= 200
     kept = {item.annotator for item in AnnotationStore(store.path).judgments("demo")}
     assert {f"a{number}" for number in range(acknowledged + 1)} <= kept
+
+
+def passages(corpus: str, query: str, depth: int) -> list[Candidate]:
+    """A first stage for the workbench: ``depth`` documents, the last with hostile text."""
+    if corpus != "sample":
+        raise AnnotationError(f"corpus: {corpus!r} is not loaded")
+    texts = [f"{query} passage {rank}" for rank in range(1, depth)] + [HOSTILE]
+    return [rerank_candidate(StoredCandidate(query_id="", doc_id=f"{query[:2]}-d{rank}", rank=rank, passage_id="p",
+                                             title=f"<b>{rank}</b>", passage=text))
+            for rank, text in enumerate(texts, start=1)]
+
+
+HOSTILE = '<img src=x onerror="alert(1)"> & <script>alert(2)</script>'
+
+
+def test_the_workbench_moves_grades_filters_and_returns_where_it_was(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="p", corpus="sample", depth=4), QUERIES)
+    bench = Workbench.open(store, "p", "ann", passages, model="m")
+    assert [item.doc_id for item in bench.candidates()] == ["fi-d1", "fi-d2", "fi-d3", "fi-d4"]
+    bench.grade(2, note="good")
+    bench.grade(0)
+    assert bench.doc_id == "fi-d3"  # each grade moves on
+    bench.apply("q1", Reasoning(doc_id="fi-d1", text="think"))
+    assert bench.live == {"fi-d1": "think"}
+    for doc_id, p_true in (("fi-d1", 0.2), ("fi-d2", 0.9)):
+        bench.apply("q1", Judged(doc_id=doc_id, passage_id="p", verdict=p_true > 0.5, p_true=p_true,
+                                 logprob_true=0.0, logprob_false=0.0, reasoning="r", tokens=1, end_reason="verdict",
+                                 forced=False, truncated_passage=False))
+    assert bench.live == {} and [item.passage.doc_id for item in bench.unjudged_by_model()] == ["fi-d3", "fi-d4"]
+    bench.filter = "disagree"  # ann: 2 (relevant from 2) vs 0.2; 0 vs 0.9: both disagree
+    bench.move(-1)
+    assert bench.doc_id == "fi-d2"
+    bench.move(-1)
+    assert bench.doc_id == "fi-d1"
+    bench.filter = "unjudged"
+    bench.move(1)
+    assert bench.doc_id == "fi-d3"
+    bench.move_query(1)
+    assert (bench.query.query_id, bench.doc_id) == ("q2", "se-d1")
+
+    back = Workbench.open(store, "p", "ann", passages, model="m")
+    assert (back.query.query_id, back.doc_id) == ("q2", "se-d1")
+    back.move_query(-1)
+    assert [item.doc_id for item in back.candidates()] == ["fi-d1", "fi-d2", "fi-d3", "fi-d4"]  # kept, not re-found
+    assert set(back.model_judgments()) == {"fi-d1", "fi-d2"}
+    assert Workbench.open(store, "p", "ann", passages, model="other").model_judgments() == {}
+
+    other = Workbench.open(store, "p", "bob", passages)
+    other.move_query(-1)
+    other.grade(1)
+    assert other.doc_id == "fi-d2" and [item.annotator for item in back.others()["fi-d1"]] == ["bob"]
+    with pytest.raises(AnnotationError, match=r"^grade: give this document a grade first"):
+        other.annotate(note="n", span=None)
+
+
+def test_the_workbench_shows_untrusted_text_as_text(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="p", corpus="sample", depth=2), QUERIES)
+    bench = Workbench.open(store, "p", "<b>ann</b>", passages)
+    bench.move(1)
+    bench.grade(1, note="<script>alert(3)</script>", span=Span(start=0, end=4))
+    bench.apply("q1", Failed(doc_id="fi-d2", passage_id="p", reason="<i>bad</i>", reasoning="<svg onload=x>"))
+    bench.show_others = True
+    pages = [render_document(bench), render_model(bench), render_list(bench), render_progress(bench)]
+    html = "".join(pages)
+    for hostile in ("<img", "<script", "<b>2", "<i>bad", "<svg", "<b>ann"):
+        assert hostile not in html
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html.replace("<mark>", "").replace("</mark>", "")
+    with pytest.raises(AnnotationError, match=r"^corpus: 'elsewhere' is not loaded"):
+        store.create_project(Project(name="q", corpus="elsewhere"), QUERIES)
+        Workbench.open(store, "q", "ann", passages)

@@ -136,6 +136,21 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#3", timeout=15_000)
         page.keyboard.press("j")
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
+        # A second annotator judges through the API; ada sees bob's grades when she asks, and the agreement.
+        candidates = AnnotationStore(annotations).candidates("vaccines & sky", "q1")
+        client = Client(url, verbose=False)
+        for item, grade in zip(candidates, (3, 0, 1, 1), strict=True):
+            client.predict("vaccines & sky", "bob", "q1", item.doc_id, grade, "", api_name="/judge")
+        page.get_by_label("Show other annotators' grades").check()
+        expect(page.locator(".es-list")).to_contain_text("bob: 3", timeout=10_000)
+        page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
+        page.get_by_role("button", name="Compute agreement").click()
+        # ada 2 0 3 1 vs bob 3 0 1 1: kappa on grades (2/4 - 4/16) / (1 - 4/16) = 1/3.
+        expect(page.get_by_text(re.compile(r"You vs the model on 4 documents .* Cohen's kappa"))).to_be_visible(
+            timeout=15_000)
+        expect(page.locator("#annotate-pairs")).to_contain_text("ada · bob")
+        expect(page.locator("#annotate-pairs")).to_contain_text("0.333")
+        shoot(page, "annotate-agreement")
         page.keyboard.press("n")
         expect(page.locator("h3")).to_contain_text("why is the sky blue", timeout=30_000)
         shoot(page, "annotate-restarted")

@@ -352,7 +352,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                 calibration = gr.ScatterPlot(x="mean P(true)", y="share you judged relevant", x_lim=[0, 1],
                                              y_lim=[0, 1], label="Calibration: P(true) bins vs your judgments")
             with gr.Row():
-                pairs = gr.Dataframe(label="Between annotators: Cohen's kappa per pair", interactive=False)
+                pairs = gr.Dataframe(label="Between annotators: Cohen's kappa per pair", interactive=False,
+                                     elem_id="annotate-pairs")
                 alpha_by_query = gr.Dataframe(label="Between annotators, per query", interactive=False)
         with gr.Accordion("Export", open=False):
             export_button = gr.Button("Export my qrels and the project's JSONL", size="sm")

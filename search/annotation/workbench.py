@@ -155,8 +155,12 @@ class Workbench:
     def move_query(self, step: int) -> None:
         index = min(max(self.query_index + step, 0), len(self.queries) - 1)
         if index != self.query_index:
-            self.query_index = index
-            self._enter_query()
+            previous, self.query_index = self.query_index, index
+            try:
+                self._enter_query()
+            except AnnotationError:
+                self.query_index = previous  # stay on the query that works
+                raise
 
     def move(self, step: int) -> None:
         """To the next (``step`` 1) or previous (-1) document the filter keeps; stays put at either end."""

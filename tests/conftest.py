@@ -1,15 +1,19 @@
 """Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder; the demo
-model converted once (into the user cache, where the app keeps it too)."""
+model converted once (into the user cache, where the app keeps it too); one headless Chromium for the browser
+tests, whose screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from search.engines.demo_model import ensure_demo_model
 from search.retrieval.first_stage import FirstStage, open_first_stage
-from search.settings import SAMPLE_CORPUS, Settings
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, Settings
 from search.uploads import CorpusLibrary
 
 
@@ -48,3 +52,25 @@ def write(path: Path, text: str | bytes) -> Path:
     else:
         path.write_text(text, encoding="utf-8")
     return path
+
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def shoot(page: Page, name: str) -> None:
+    """A full-page screenshot into test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

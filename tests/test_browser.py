@@ -6,37 +6,27 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from conftest import shoot, write
+from playwright.sync_api import Browser, Page, expect
 
 from search.engines import close_engines
 from search.engines.models import choose
 from search.pipeline import open_reranker
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import open_first_stage
-from search.settings import REPO_ROOT, RerankSettings, Settings
+from search.settings import RerankSettings, Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, RerankerStatus, build_app
 
-ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 HOSTILE_TITLE = "<script>window.hacked = 1</script> cat story"
 HOSTILE_TEXT = "${window.hacked = 2} `cat` story with a back\\slash <img src=x onerror=\"window.hacked = 3\">"
 # The demo model keeps writing after these for hundreds of tokens: long enough to watch and to stop.
 STORIES = [f"Write a long story about a cat named {name}." for name in ("Tom", "Mia", "Leo")]
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Chromium is missing: `make test` installs it (apt-get install chromium)"
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +54,6 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, reranker
     app.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
 def trace_lengths(page: Page) -> dict[str, int]:
     """Characters of reasoning shown in each card, by document id."""
     lengths = {}
@@ -83,11 +65,6 @@ def trace_lengths(page: Page) -> dict[str, int]:
 
 def elapsed_s(page: Page) -> float:
     return float(re.search(r"([0-9.]+) s ·", page.locator(".es-summary").inner_text()).group(1))
-
-
-def shoot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page_url: str,

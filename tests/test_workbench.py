@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import shoot
 from gradio_client import Client
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from servers import free_port
-from test_browser import CHROMIUM_FLAGS, chromium_path, shoot
 
 from search.annotation.exchange import import_jsonl, jsonl_text
 from search.annotation.store import AnnotationStore, Project, StoredCandidate
@@ -59,14 +59,6 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
                 process.wait(timeout=30)
             process.kill()
             process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 def your_grades(page: Page) -> list[str]:

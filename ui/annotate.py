@@ -299,7 +299,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         with gr.Row():
             queries_file = gr.File(label="Queries (queries.jsonl or id<TAB>text .tsv)",
                                    file_types=[".jsonl", ".tsv"])
-            typed = gr.Textbox(label="… or type queries, one per line (id<TAB>text keeps an id)", lines=4)
+            typed = gr.Textbox(label="… or type queries, one per line (id<TAB>text keeps an id)", lines=4,
+                               max_length=200_000)
             qrels_file = gr.File(label="Existing qrels to compare against (optional)", file_types=[".tsv", ".txt",
                                                                                                   ".qrels"])
         guideline = gr.Textbox(label="Annotation guideline (shown to annotators)", lines=3, max_length=10_000)

@@ -59,9 +59,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium driven by Playwright."""
+    """Debian's Chromium driven by Playwright; per module, because Playwright's synchronous API keeps an event
+    loop running on the main thread, where later tests call asyncio.run."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     assert path, "Chromium is missing: `make test` installs it (apt-get install chromium)"
     with sync_playwright() as playwright:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from search.annotation.agreement import annotator_agreement, model_agreement
+from search.annotation.agreement import REFERENCE, annotator_agreement, model_agreement, reference_judgments
 from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
 from search.annotation.store import (
     AnnotationError,
@@ -187,6 +187,17 @@ def test_agreement_between_annotators_matches_hand_computed_values() -> None:
     assert lone.alpha is None and lone.pairs[0].kappa is None
 
 
+def test_existing_qrels_are_compared_like_an_annotator() -> None:
+    reference = reference_judgments({"q1": {"d1": 0, "d2": 2, "d3": 1}})
+    assert [(item.annotator, item.doc_id, item.grade) for item in reference] == [
+        (REFERENCE, "d1", 0), (REFERENCE, "d2", 2), (REFERENCE, "d3", 1)]
+    mine = [human("ann", "q1", "d1", 0), human("ann", "q1", "d2", 2), human("ann", "q1", "d3", 2)]
+    [pair] = annotator_agreement([*mine, *reference], relevant_from=2).pairs
+    assert (pair.first, pair.second, pair.items) == ("ann", REFERENCE, 3)
+    assert pair.kappa == pytest.approx((2 / 3 - 3 / 9) / (1 - 3 / 9))  # p_o = 2/3; p_e = (1 + 0 + 2) / 9
+    assert pair.binary_kappa == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))  # 0 1 1 vs 0 1 0: p_e = 4/9
+
+
 KILL_WRITER = """
 import sys
 from pathlib import Path
@@ -228,9 +239,10 @@ HOSTILE = '<img src=x onerror="alert(1)"> & <script>alert(2)</script>'
 
 def test_the_workbench_moves_grades_filters_and_returns_where_it_was(tmp_path: Path) -> None:
     store = AnnotationStore(tmp_path / "annotations.sqlite3")
-    store.create_project(Project(name="p", corpus="sample", depth=4), QUERIES)
+    store.create_project(Project(name="p", corpus="sample", depth=4), QUERIES, {"q1": {"fi-d1": 3}})
     bench = Workbench.open(store, "p", "ann", passages, model="m")
     assert [item.doc_id for item in bench.candidates()] == ["fi-d1", "fi-d2", "fi-d3", "fi-d4"]
+    assert "<th>existing qrels</th>" in render_list(bench) and "<td>3</td>" in render_list(bench)
     bench.grade(2, note="good")
     bench.grade(0)
     assert bench.doc_id == "fi-d3"  # each grade moves on
@@ -274,6 +286,7 @@ def test_the_workbench_shows_untrusted_text_as_text(tmp_path: Path) -> None:
     bench.move(1)
     bench.grade(1, note="<script>alert(3)</script>", span=Span(start=0, end=4))
     bench.apply("q1", Failed(doc_id="fi-d2", passage_id="p", reason="<i>bad</i>", reasoning="<svg onload=x>"))
+    assert [item.passage.doc_id for item in bench.unjudged_by_model()] == ["fi-d1", "fi-d2"]  # failed: again
     bench.show_others = True
     pages = [render_document(bench), render_model(bench), render_list(bench), render_progress(bench)]
     html = "".join(pages)
@@ -283,3 +296,18 @@ def test_the_workbench_shows_untrusted_text_as_text(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match=r"^corpus: 'elsewhere' is not loaded"):
         store.create_project(Project(name="q", corpus="elsewhere"), QUERIES)
         Workbench.open(store, "q", "ann", passages)
+
+
+def test_moving_on_keeps_a_changed_note_and_refuses_to_drop_an_unsaved_one(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="p", corpus="sample", depth=3), QUERIES)
+    bench = Workbench.open(store, "p", "ann", passages)
+    with pytest.raises(AnnotationError, match=r"^note: grade this document to keep its note"):
+        bench.keep(note="typed, not graded", span=None)
+    bench.grade(1)
+    bench.move(-1)
+    bench.keep(note="added later", span=Span(start=0, end=5))
+    [kept] = store.judgments("p")
+    assert (kept.grade, kept.note, kept.span) == (1, "added later", Span(start=0, end=5))
+    bench.keep(note="added later", span=Span(start=0, end=5))
+    assert len(store.history("p", "ann", "q1", kept.doc_id)) == 2  # unchanged: nothing written

@@ -26,7 +26,7 @@ from search.annotation.store import AnnotationStore, Project, StoredCandidate
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
 
 START_TIMEOUT_S = 240
-QUERIES = "how do vaccines train the immune system\nwhy is the sky blue"
+QUERIES = "q01\twhat are the health effects of caffeine\nq02\twhich planets have no moons"
 
 
 @contextlib.contextmanager
@@ -61,9 +61,9 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
             process.wait()
 
 
-def your_grades(page: Page) -> list[str]:
-    """The "you" column of the candidate list, in rank order."""
-    return [cell.strip() for cell in page.locator(".es-list tr td:nth-child(5)").all_inner_texts()]
+def expect_your_grades(page: Page, grades: list[str]) -> None:
+    """The "you" column of the candidate list, in rank order (the list follows edits within a timer tick)."""
+    expect(page.locator(".es-list tr td:nth-child(5)")).to_have_text(grades, timeout=10_000)
 
 
 def open_annotate(page: Page, url: str) -> None:
@@ -86,11 +86,15 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
     with app_process(annotations, index_dir, log, port=port) as (url, _):
         open_annotate(page, url)
         page.get_by_label("Annotator (your name)").fill("ada")
-        page.get_by_label("Project name").fill("vaccines & sky")
+        page.get_by_label("Project name").fill("caffeine & planets")
         page.get_by_label(re.compile("or type queries")).fill(QUERIES)
+        page.locator("#annotate-qrels input[type=file]").set_input_files(str(SAMPLE_CORPUS / "qrels.tsv"))
+        expect(page.locator("#annotate-qrels")).to_contain_text("qrels.tsv")
         page.get_by_label("Annotation guideline (shown to annotators)").fill("Relevant <b>means</b> it answers.")
         page.get_by_role("button", name="Create project").click()
         expect(page.locator(".es-list tr")).to_have_count(5, timeout=60_000)  # a header and 4 candidates
+        expect(page.locator(".es-list tr").first).to_contain_text("existing qrels")
+        assert "2" in page.locator(".es-list tr td:nth-child(7)").all_inner_texts()  # from sample qrels
         expect(page.get_by_text("Guideline: Relevant <b>means</b> it answers.")).to_be_visible()
         # The model's reasoning streams in while the annotator reads.
         expect(page.locator(".es-list")).to_contain_text(re.compile(r"0\.\d\d"), timeout=120_000)
@@ -100,7 +104,7 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         for key in "203":
             page.keyboard.press(key)
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
-        assert your_grades(page) == ["2", "0", "3", ""]
+        expect_your_grades(page, ["2", "0", "3", ""])
         # Marking evidence: select words of the passage and press s; a note; the grade saves all three.
         page.locator("#annotate-passage").evaluate("""element => {
             const text = element.firstChild; const range = document.createRange();
@@ -112,7 +116,7 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         page.locator("h1").click()
         page.keyboard.press("1")
         expect(page.locator("#annotate-document")).to_contain_text("You: 1 · related", timeout=10_000)
-        assert your_grades(page) == ["2", "0", "3", "1"]
+        expect_your_grades(page, ["2", "0", "3", "1"])
         shoot(page, "annotate-judged")
 
     # The app process is gone; a new one on the same file, and the page reloaded: the browser remembers the
@@ -120,7 +124,7 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
     with app_process(annotations, index_dir, log, port=port) as (url, _):
         open_annotate(page, url)
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=60_000)
-        assert your_grades(page) == ["2", "0", "3", "1"]
+        expect_your_grades(page, ["2", "0", "3", "1"])
         expect(page.get_by_label("Annotator (your name)")).to_have_value("ada")
         expect(page.locator("#annotate-passage mark")).to_have_count(1)
         expect(page.get_by_label("Note (saved with the grade)")).to_have_value("only partly <i>answers</i>")
@@ -129,22 +133,22 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         page.keyboard.press("j")
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
         # A second annotator judges through the API; ada sees bob's grades when she asks, and the agreement.
-        candidates = AnnotationStore(annotations).candidates("vaccines & sky", "q1")
+        candidates = AnnotationStore(annotations).candidates("caffeine & planets", "q01")
         client = Client(url, verbose=False)
         for item, grade in zip(candidates, (3, 0, 1, 1), strict=True):
-            client.predict("vaccines & sky", "bob", "q1", item.doc_id, grade, "", api_name="/judge")
+            client.predict("caffeine & planets", "bob", "q01", item.doc_id, grade, "", api_name="/judge")
         page.get_by_label("Show other annotators' grades").check()
         expect(page.locator(".es-list")).to_contain_text("bob: 3", timeout=10_000)
         page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
         page.get_by_role("button", name="Compute agreement").click()
         # ada 2 0 3 1 vs bob 3 0 1 1: kappa on grades (2/4 - 4/16) / (1 - 4/16) = 1/3.
-        expect(page.get_by_text(re.compile(r"You vs the model on 4 documents .* Cohen's kappa"))).to_be_visible(
-            timeout=15_000)
+        expect(page.get_by_text(re.compile(r"You vs the model on 4 documents .* Cohen's kappa .* The model vs the "
+                                           r"existing qrels on [1-4] documents"))).to_be_visible(timeout=15_000)
         expect(page.locator("#annotate-pairs")).to_contain_text("ada · bob")
         expect(page.locator("#annotate-pairs")).to_contain_text("0.333")
         shoot(page, "annotate-agreement")
         page.keyboard.press("n")
-        expect(page.locator("h3")).to_contain_text("why is the sky blue", timeout=30_000)
+        expect(page.locator("h3")).to_contain_text("which planets have no moons", timeout=30_000)
         shoot(page, "annotate-restarted")
 
         page.get_by_role("button", name=re.compile("Export")).filter(has_text="▼").first.click()
@@ -155,14 +159,14 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         assert '"note": "only partly <i>answers</i>"' in exported and '"span": {"start": 0, "end": 12' in exported
 
         # Import through the page as a copy, export the copy: the same bytes.
-        copy = exported.replace('"name": "vaccines & sky"', '"name": "copy"', 1)
+        copy = exported.replace('"name": "caffeine & planets"', '"name": "copy"', 1)
         (tmp_path / "copy.jsonl").write_text(copy, encoding="utf-8")
         page.get_by_role("button", name=re.compile("Import a project")).click()
         page.locator("#annotate-import input[type=file]").set_input_files(str(tmp_path / "copy.jsonl"))
         expect(page.get_by_text("Imported project 'copy' from copy.jsonl")).to_be_visible(timeout=15_000)
     elsewhere = AnnotationStore(tmp_path / "elsewhere.sqlite3")
     import_jsonl(elsewhere, exported)
-    assert jsonl_text(elsewhere, "vaccines & sky") == exported
+    assert jsonl_text(elsewhere, "caffeine & planets") == exported
     assert jsonl_text(AnnotationStore(annotations), "copy") == copy
 
 

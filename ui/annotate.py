@@ -9,8 +9,7 @@ every session go through one queue, one at a time and in order, so that fast key
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from search.annotation.agreement import annotator_agreement, model_agreement
+from search.annotation.agreement import REFERENCE, annotator_agreement, model_agreement, reference_judgments
 from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
 from search.annotation.store import (
     DEFAULT_GRADES,
@@ -39,7 +38,8 @@ from search.uploads import CorpusLibrary
 from ui.annotation_cards import SELECTION_JS, render_document, render_list, render_model, render_progress
 from ui.results import render_notice
 
-UPDATE_EVERY_S = 0.3
+REFRESH_EVERY_S = 0.3
+"""How often the model panel and the list are brought up to date (sent only when they changed)."""
 EDITS = "annotation-edits"
 """The concurrency group of every change: one at a time, in the order they arrive."""
 MAX_IMPORT_BYTES = 200 * 2**20
@@ -103,13 +103,14 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
     def who(annotator: str, request: gr.Request) -> str:
         return request.username if auth and request.username else annotator
 
-    def views(bench: Workbench, span: Span | None = None) -> tuple[str, str, str, str, str, int, int]:
-        """Everything that changes when the annotator moves or grades: the note and span fields show the
-        current document's stored ones."""
+    def views(bench: Workbench, span: Span | None = None) -> tuple[str, str, str, int, int]:
+        """What an edit answers with: progress, the document (with ``span`` marked, else the stored one) and
+        the note and span fields holding the current document's stored ones. The model panel and the list
+        follow on the next tick of the refresh timer."""
         mine = bench.judgments().get(bench.doc_id)
         span = span or (mine.span if mine else None)
-        return (render_progress(bench), render_document(bench, span), render_model(bench), render_list(bench),
-                mine.note if mine else "", span.start if span else -1, span.end if span else -1)
+        return (render_progress(bench), render_document(bench, span), mine.note if mine else "",
+                span.start if span else -1, span.end if span else -1)
 
     def edit(change: Callable[[Workbench], object]) -> Callable[..., tuple]:
         def handler(request: gr.Request) -> tuple:
@@ -151,7 +152,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         guideline = render_notice(f"Guideline: {bench.project.guideline}") if bench.project.guideline else ""
         relevant = gr.update(maximum=len(grades) - 1, value=bench.relevant_from)
         return (*views(bench), *buttons, guideline, relevant, {"annotator": annotator, "project": project},
-                gr.update(visible=True), gr.update(open=False))
+                gr.update(visible=True), gr.update(open=False), gr.Timer(active=True))
 
     def create_project(name: str, corpus: str, queries_file: str | None, typed: str, qrels_file: str | None,
                        guideline: str, to_model: bool, grades: str, depth: float) -> Any:
@@ -193,34 +194,44 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
 
     # The model -----------------------------------------------------------------------------------------
 
-    async def judge_with_model(reranker: str, request: gr.Request) -> AsyncIterator[tuple[str, str, str]]:
-        """The model's reasoning about this query's documents it has not judged, stored as each verdict lands.
-        Ends when the annotator opens another query."""
+    async def judge_with_model(reranker: str, request: gr.Request) -> None:
+        """The model's reasoning about this query's documents it has not judged, stored as each verdict lands;
+        the refresh timer shows it. Ends when the annotator opens another query."""
         session = request.session_hash or ""
         bench = benches.get(session)
         chosen = context.reranker_for(reranker)
-        if bench is None:
-            yield gr.skip(), gr.skip(), gr.skip()  # a generator that yields nothing would blank its outputs
+        if bench is None or chosen is None or bench.live:
             return
         query = bench.query
         pending = bench.unjudged_by_model()
-        if chosen is None or not pending or bench.live:
-            yield render_progress(bench), render_model(bench), render_list(bench)
+        if not pending:
             return
         bench.live = {item.passage.doc_id: "" for item in pending}
         events = chosen.stream(query.text, pending, instruction=bench.project.instruction)
-        last = time.monotonic()
         try:
             async for event in events:
                 if benches.get(session) is not bench or bench.query != query:
                     return
                 bench.apply(query.query_id, event)
-                if time.monotonic() - last >= UPDATE_EVERY_S:
-                    last = time.monotonic()
-                    yield render_progress(bench), render_model(bench), render_list(bench)
         finally:
             await events.aclose()
-        yield render_progress(bench), render_model(bench), render_list(bench)
+            if bench.query == query:
+                bench.live = {}  # whatever was not judged is judged again the next time the query opens
+
+    last_shown: dict[str, tuple[str, str]] = {}
+
+    def refresh(request: gr.Request) -> tuple[Any, Any]:
+        """The model panel and the candidate list, re-rendered on every tick and sent only when they changed.
+        They have this one writer, so an update computed before an edit cannot arrive after it and stay."""
+        session = request.session_hash or ""
+        bench = benches.get(session)
+        if bench is None:
+            return gr.skip(), gr.skip()
+        shown_now = (render_model(bench), render_list(bench))
+        if last_shown.get(session) == shown_now:
+            return gr.skip(), gr.skip()
+        last_shown[session] = shown_now
+        return shown_now
 
     # Agreement and export ------------------------------------------------------------------------------
 
@@ -232,6 +243,9 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         versus = model_agreement(judgments, models, annotator=bench.annotator, threshold=threshold,
                                  relevant_from=int(relevant_from))
         between = annotator_agreement(judgments, relevant_from=int(relevant_from))
+        # The qrels the project started with are compared like one more annotator, but not counted in alpha.
+        reference = reference_judgments(store.reference(project))
+        with_reference = annotator_agreement([*judgments, *reference], relevant_from=int(relevant_from))
         (tn, fp), (fn, tp) = versus.confusion
         confusion = pd.DataFrame({"": ["you: not relevant", "you: relevant"], "model: not relevant": [tn, fn],
                                   "model: relevant": [fp, tp]})
@@ -246,7 +260,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                                    columns=["mean P(true)", "share you judged relevant", "documents"])
         pairs = pd.DataFrame([{"annotators": f"{item.first} · {item.second}", "documents": item.items,
                                "kappa (grades)": _format_kappa(item.kappa),
-                               "kappa (relevant or not)": _format_kappa(item.binary_kappa)} for item in between.pairs],
+                               "kappa (relevant or not)": _format_kappa(item.binary_kappa)}
+                              for item in with_reference.pairs],
                              columns=["annotators", "documents", "kappa (grades)", "kappa (relevant or not)"])
         alpha_by_query = pd.DataFrame([{"query": item.query_id, "documents": item.items,
                                         "Krippendorff's alpha": _format_kappa(item.agreement)}
@@ -257,6 +272,11 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                    f"Annotators ({', '.join(between.annotators) or 'none yet'}): Krippendorff's alpha (ordinal) "
                    f"{_format_kappa(between.alpha)}. Undefined means the statistic has no value on these "
                    "judgments (too few, or one grade throughout).")
+        if reference:
+            model_reference = model_agreement(reference, models, annotator=REFERENCE, threshold=threshold,
+                                              relevant_from=int(relevant_from))
+            summary += (f" The model vs the existing qrels on {model_reference.items} documents: Cohen's kappa "
+                        f"{_format_kappa(model_reference.kappa)}.")
         return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query
 
     exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
@@ -301,8 +321,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                                    file_types=[".jsonl", ".tsv"])
             typed = gr.Textbox(label="… or type queries, one per line (id<TAB>text keeps an id)", lines=4,
                                max_length=200_000)
-            qrels_file = gr.File(label="Existing qrels to compare against (optional)", file_types=[".tsv", ".txt",
-                                                                                                  ".qrels"])
+            qrels_file = gr.File(label="Existing qrels to compare against (optional)",
+                                 file_types=[".tsv", ".txt", ".qrels"], elem_id="annotate-qrels")
         guideline = gr.Textbox(label="Annotation guideline (shown to annotators)", lines=3, max_length=10_000)
         with gr.Row():
             to_model = gr.Checkbox(label="Give the guideline to the model as its instruction")
@@ -359,37 +379,48 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         with gr.Accordion("Export", open=False):
             export_button = gr.Button("Export my qrels and the project's JSONL", size="sm")
             files = gr.File(label="Annotation exports", file_count="multiple", interactive=False)
+    ticks = gr.Timer(REFRESH_EVERY_S, active=False)
     span_start = gr.Number(-1, visible=False, precision=0)
     span_end = gr.Number(-1, visible=False, precision=0)
 
     # Events ------------------------------------------------------------------------------------------------
 
-    shown = [progress, document, model_panel, listing, note, span_start, span_end]
-    model_views = [progress, model_panel, listing]
+    shown = [progress, document, note, span_start, span_end]
     edits: dict[str, Any] = {"concurrency_id": EDITS, "concurrency_limit": 1, "trigger_mode": "multiple",
-                             "api_visibility": "private"}
-    model_run: dict[str, Any] = {"concurrency_limit": concurrency, "api_visibility": "private"}
+                             "api_visibility": "private", "show_progress": "hidden"}
+    model_run: dict[str, Any] = {"concurrency_limit": concurrency, "api_visibility": "private",
+                                 "show_progress": "hidden"}
 
-    opened = [*shown, *grade_buttons, guideline_view, relevant_from, remembered, workbench, new_project]
+    opened = [*shown, *grade_buttons, guideline_view, relevant_from, remembered, workbench, new_project, ticks]
     gr.on([open_button.click, project.select], open_project, inputs=[annotator, project, reranker_key],
           outputs=opened, api_visibility="private").success(judge_with_model, inputs=reranker_key,
-                                                            outputs=model_views, **model_run)
+                                                            **model_run)
     create_button.click(create_project, inputs=[new_name, new_corpus, queries_file, typed, qrels_file, guideline,
                                                 to_model, grades, depth], outputs=project,
                         api_visibility="private").success(
         open_project, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").success(
-        judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+        judge_with_model, inputs=reranker_key, **model_run)
     import_file.upload(import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
 
+    def navigate(move: Callable[[Workbench], object]) -> Callable[..., tuple]:
+        """A move that first keeps the note and evidence typed for the document being left."""
+        def handler(note: str, start: float, end: float, request: gr.Request) -> tuple:
+            def keep_then_move(bench: Workbench) -> None:
+                bench.keep(note=note, span=pending_span(start, end))
+                move(bench)
+            return edit(keep_then_move)(request)
+        return handler
+
+    fields = [note, span_start, span_end]
     for step, button in ((-1, prev_query), (1, next_query)):
-        button.click(edit(lambda bench, step=step: bench.move_query(step)), outputs=shown, **edits).success(
-            judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+        button.click(navigate(lambda bench, step=step: bench.move_query(step)), inputs=fields, outputs=shown,
+                     **edits).success(judge_with_model, inputs=reranker_key, **model_run)
     for step, button in ((-1, prev_doc), (1, next_doc)):
-        button.click(edit(lambda bench, step=step: bench.move(step)), outputs=shown, **edits)
+        button.click(navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown, **edits)
     for value, button in enumerate(grade_buttons):
         def grade(note: str, start: float, end: float, request: gr.Request, value: int = value) -> tuple:
             return edit(lambda bench: bench.grade(value, note=note, span=pending_span(start, end)))(request)
-        button.click(grade, inputs=[note, span_start, span_end], outputs=shown, **edits)
+        button.click(grade, inputs=fields, outputs=shown, **edits)
     clear_button.click(edit(lambda bench: bench.clear()), outputs=shown, **edits)
 
     def save(note: str, start: float, end: float, request: gr.Request) -> tuple:
@@ -403,19 +434,19 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
             raise gr.Error("Select some text of the passage first, then mark it.")
         if bench.doc_id in bench.judgments():
             return save(note, start, end, request)
-        return (*views(bench, span)[:4], note, span.start, span.end)
+        return (*views(bench, span)[:2], note, span.start, span.end)
 
-    save_button.click(save, inputs=[note, span_start, span_end], outputs=shown, **edits)
+    save_button.click(save, inputs=fields, outputs=shown, **edits)
     span_button.click(None, inputs=[span_start, span_end], outputs=[span_start, span_end], js=SELECTION_JS).then(
-        mark, inputs=[note, span_start, span_end], outputs=shown, **edits)
+        mark, inputs=fields, outputs=shown, **edits)
 
-    def set_view(choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> tuple:
+    def set_view(choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> str:
         bench = bench_of(request)
         bench.filter, bench.threshold, bench.relevant_from, bench.show_others = choice, at, int(relevant), others
-        return render_document(bench), render_list(bench)
+        return render_document(bench)
 
     gr.on([view_filter.change, threshold.change, relevant_from.change, show_others.change], set_view,
-          inputs=[view_filter, threshold, relevant_from, show_others], outputs=[document, listing],
+          inputs=[view_filter, threshold, relevant_from, show_others], outputs=document,
           api_visibility="private")
     agreement_button.click(agreement, inputs=[threshold, relevant_from],
                            outputs=[agreement_summary, confusion, per_query, by_grade, calibration, pairs,
@@ -432,10 +463,14 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
 
     def forget(request: gr.Request) -> None:
         benches.pop(request.session_hash or "", None)
+        last_shown.pop(request.session_hash or "", None)
+
+    ticks.tick(refresh, outputs=[model_panel, listing], concurrency_limit=None, api_visibility="private",
+               show_progress="hidden")
 
     annotator.blur(lambda name, value: {**(value or {}), "annotator": name}, inputs=[annotator, remembered],
                    outputs=remembered, api_visibility="private")
     app.load(restore, inputs=remembered, outputs=[annotator, project], api_visibility="private").then(
         resume, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").then(
-        judge_with_model, inputs=reranker_key, outputs=model_views, **model_run)
+        judge_with_model, inputs=reranker_key, **model_run)
     app.unload(forget)

@@ -128,6 +128,10 @@ def render_list(bench: Workbench | None) -> str:
     if bench is None:
         return ""
     judgments, models, others = bench.judgments(), bench.model_judgments(), bench.others()
+    reference = bench.reference()
+    compared = bool(bench.store.reference(bench.project.name))
+    headers = ["", "rank", "document", "model P(true)", "you", ""]
+    headers += ["existing qrels"] * compared + ["others"] * bench.show_others
     rows = []
     for item in bench.candidates():
         if item.doc_id != bench.doc_id and not bench.shown(item, judgments, models):
@@ -139,14 +143,16 @@ def render_list(bench: Workbench | None) -> str:
             said = "failed" if model.p_true is None else f"{model.p_true:.2f}"
         flag = '<span class="es-disagree" title="model and you disagree">≠</span>' \
             if bench.disagrees(mine, model) else ""
-        theirs = ", ".join(f"{escape(other.annotator)}: {other.grade}" for other in others.get(item.doc_id, []))
-        current = ' class="es-current"' if item.doc_id == bench.doc_id else ""
-        rows.append(f'<tr{current} data-doc="{escape(item.doc_id)}"><td>{"▶" if current else ""}</td>'
-                    f"<td>#{item.rank}</td><td>{escape(item.title or item.doc_id)}</td><td>{said}</td>"
-                    f'<td class="es-grade">{mine.grade if mine else ""}</td><td>{flag}</td>'
-                    f"{f'<td>{theirs}</td>' if bench.show_others else ''}</tr>")
-    header = ("<tr><th></th><th>rank</th><th>document</th><th>model P(true)</th><th>you</th><th></th>"
-              f"{'<th>others</th>' if bench.show_others else ''}</tr>")
+        current = item.doc_id == bench.doc_id
+        cells = ["▶" if current else "", f"#{item.rank}", escape(item.title or item.doc_id), said,
+                 str(mine.grade) if mine else "", flag]
+        cells += [str(reference.get(item.doc_id, "–"))] * compared
+        cells += [", ".join(f"{escape(other.annotator)}: {other.grade}"
+                            for other in others.get(item.doc_id, []))] * bench.show_others
+        marked = ' class="es-current"' if current else ""
+        rows.append(f'<tr{marked} data-doc="{escape(item.doc_id)}">' + "".join(f"<td>{cell}</td>" for cell in cells)
+                    + "</tr>")
+    header = "<tr>" + "".join(f"<th>{name}</th>" for name in headers) + "</tr>"
     empty = f"<p>No document left under “{escape(FILTERS[bench.filter])}”.</p>" if not rows else ""
     return f'<table class="es-list">{header}{"".join(rows)}</table>{empty}'
 

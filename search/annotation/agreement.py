@@ -22,6 +22,15 @@ from search.annotation.store import HumanJudgment, ModelJudgment
 
 Key = tuple[str, str]
 """(query id, doc id)"""
+REFERENCE = "existing qrels"
+"""The name the project's reference qrels go by when compared like an annotator."""
+
+
+def reference_judgments(reference: Mapping[str, Mapping[str, int]]) -> list[HumanJudgment]:
+    """The qrels a project started with, as judgments by ``REFERENCE``: so the model and every annotator can be
+    compared with them the same way as with each other."""
+    return [HumanJudgment(annotator=REFERENCE, query_id=query_id, doc_id=doc_id, grade=grade)
+            for query_id, graded in reference.items() for doc_id, grade in graded.items()]
 
 
 def cohen_kappa(first: Sequence[int], second: Sequence[int]) -> float | None:

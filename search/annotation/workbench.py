@@ -108,6 +108,10 @@ class Workbench:
         return {item.doc_id: item for item in self.store.judgments(self.project.name, annotator=self.annotator,
                                                                    query_id=self.query.query_id)}
 
+    def reference(self) -> dict[str, int]:
+        """The grades the project's existing qrels give this query's documents, by doc id."""
+        return dict(self.store.reference(self.project.name).get(self.query.query_id, {}))
+
     def others(self) -> dict[str, list[HumanJudgment]]:
         """Other annotators' judgments of this query's documents, by doc id."""
         found: dict[str, list[HumanJudgment]] = {}
@@ -194,15 +198,26 @@ class Workbench:
             annotator=self.annotator, query_id=self.query.query_id, doc_id=self.doc_id, grade=mine.grade,
             note=note, span=span))
 
+    def keep(self, *, note: str, span: Span | None) -> None:
+        """Before moving away: save a changed note or span of a graded document; refuse to leave an ungraded one
+        with a note or span, which would be lost."""
+        mine = self.judgments().get(self.doc_id)
+        if mine is None and (note.strip() or span is not None):
+            raise AnnotationError("note: grade this document to keep its note and evidence, or clear them, "
+                                  "before moving on")
+        if mine is not None and (note != mine.note or span != mine.span):
+            self.annotate(note=note, span=span)
+
     def clear(self) -> None:
         self.store.clear(self.project.name, self.annotator, self.query.query_id, self.doc_id)
 
     # The model -------------------------------------------------------------------------------------------
 
     def unjudged_by_model(self) -> list[Candidate]:
-        """This query's candidates the current model has not judged yet."""
+        """This query's candidates the current model has not judged yet, or failed to (it may pass this time)."""
         models = self.model_judgments()
-        return [rerank_candidate(item) for item in self.candidates() if item.doc_id not in models]
+        return [rerank_candidate(item) for item in self.candidates()
+                if item.doc_id not in models or models[item.doc_id].p_true is None]
 
     def apply(self, query_id: str, event: RerankEvent) -> None:
         """Fold one reranker event of ``query_id``; final judgments are stored at once."""

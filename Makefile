@@ -62,6 +62,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/bm25_engines.py $(DATASET)
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)
 	$(BIN)/python benchmarks/rerank.py
+	$(BIN)/python benchmarks/annotation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,10 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     library = CorpusLibrary(settings, methods)
     library.add(first_stage.corpus.source.name, first_stage)
+    try:
+        annotations = AnnotationStore(settings.annotations)
+        secret = browser_secret(settings.annotations)
+    except (OSError, sqlite3.Error) as error:
+        print(f"error: --annotations {settings.annotations}: cannot open it: {error}", file=sys.stderr)
+        return 2
     status = open_status(settings.rerank)
-    annotations = AnnotationStore(settings.annotations)
     app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency,
-                    annotations=annotations, browser_secret=browser_secret(settings.annotations), auth=bool(auth))
+                    annotations=annotations, browser_secret=secret, auth=bool(auth))
     app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
                        auth=auth or None)
     return 0

@@ -215,3 +215,15 @@ def test_signed_in_users_judge_under_their_own_name(tmp_path: Path, index_dir: P
             "auth", "ada", "q1", "d1", 1, "", api_name="/judge")
     assert saved["annotator"] == "bob"  # the signed-in user, whatever name the request gives
     assert [item.annotator for item in AnnotationStore(annotations).judgments("auth")] == ["bob"]
+
+
+def test_bad_sign_in_and_annotation_settings_are_named(tmp_path: Path, index_dir: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    cases = {("--auth", "ada"): "error: --auth: expected user:password, got 'ada'",
+             ("--annotations", str(blocker / "annotations.sqlite3")):
+                 f"error: --annotations {blocker / 'annotations.sqlite3'}: cannot open it"}
+    for flags, message in cases.items():
+        result = subprocess.run([sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir",
+                                 str(index_dir), *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

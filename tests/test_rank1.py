@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from scripted import ScriptedEngine, candidate
 from transformers import AutoTokenizer
 
 from search.corpus import Passage
@@ -28,47 +29,6 @@ from search.rerank.rank1 import (
 )
 from search.retrieval.ranking import Candidate, Hit, Ranking
 
-Script = Callable[[GenerationRequest], Sequence[GenerationChunk] | Exception]
-
-
-class ScriptedEngine(Engine):
-    """Answers each request from a script, one chunk per loop turn, and records what it was asked."""
-
-    kind = "scripted"
-    model = "scripted"
-
-    def __init__(self, tokenizer: object, script: Script, *, max_model_len: int = 2048, pause_s: float = 0.0):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
-        self.script = script
-        self.pause_s = pause_s
-        self.requests: list[GenerationRequest] = []
-        self.aborted: list[GenerationRequest] = []
-        self.running = 0
-
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        self.requests.append(request)
-        self.running += 1
-        try:
-            result = self.script(request)
-            if isinstance(result, Exception):
-                raise result
-            for chunk in result:
-                await asyncio.sleep(self.pause_s)
-                yield chunk
-        except asyncio.CancelledError:
-            self.aborted.append(request)
-            raise
-        finally:
-            self.running -= 1
-
-    def active_requests(self) -> int:
-        return self.running
-
-    async def _shutdown(self) -> None:
-        return None
-
 
 @pytest.fixture(scope="module")
 def tokenizer(demo_model: Path) -> object:
@@ -78,11 +38,6 @@ def tokenizer(demo_model: Path) -> object:
 @pytest.fixture(scope="module")
 def verdict(tokenizer: object) -> VerdictTokens:
     return VerdictTokens.of(tokenizer)
-
-
-def candidate(doc_id: str, text: str, rank: int = 1, title: str = "") -> Candidate:
-    passage = Passage(passage_id=f"{doc_id}#0", doc_id=doc_id, index=0, title=title, text=text)
-    return Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=rank, score=10.0 - rank)})
 
 
 def reasoning(text: str) -> GenerationChunk:

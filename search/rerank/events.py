@@ -1,7 +1,10 @@
 """The one event vocabulary of a rerank run, shared by the page, the command line and the API.
 
-For each candidate a run emits ``Started``, any number of ``Reasoning`` deltas, then exactly one ``Judged``
-or ``Failed``. Events of different candidates interleave; the order within one candidate is fixed.
+Pointwise (rank1): for each candidate a run emits ``Started``, any number of ``Reasoning`` deltas, then exactly
+one ``Judged`` or ``Failed``. Events of different candidates interleave; the order within one candidate is fixed.
+
+Listwise (ReasonRank): for each window in turn, ``WindowStarted``, ``WindowReasoning`` deltas and one
+``WindowRanked``; then one ``RankingDone``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,65 @@ class Failed:
 
 RerankEvent = Started | Reasoning | Judged | Failed
 
+WindowStatus = Literal["ok", "repaired", "truncated", "failed"]
 
-def event_to_json(event: RerankEvent) -> dict[str, Any]:
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WindowStarted:
+    """A listwise window went to the engine: ``doc_ids`` in their current order, positions ``start`` to
+    ``end`` (0-based, end excluded) of the list being reranked. Windows are numbered in processing order."""
+
+    type: ClassVar[str] = "window_started"
+    window: int
+    start: int
+    end: int
+    doc_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WindowReasoning:
+    """New reasoning text of one window, as the model writes it."""
+
+    type: ClassVar[str] = "reasoning"
+    window: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WindowRanked:
+    """The window's new order, read only from the model's ``<answer>`` after ``</think>``.
+
+    ``ok``: a full permutation. ``repaired``: ``duplicates`` and ``out_of_range`` identifiers (1-based, as the
+    model wrote them) were dropped and ``missing`` ones appended in their prior order. ``truncated``: no answer
+    (the budget ran out, or the model never answered), so the window keeps its order. ``failed``: the engine
+    failed (``failure`` says why); the order is kept too.
+    """
+
+    type: ClassVar[str] = "window_ranked"
+    window: int
+    status: WindowStatus
+    doc_ids: tuple[str, ...]
+    answer: str
+    missing: tuple[int, ...] = ()
+    duplicates: tuple[int, ...] = ()
+    out_of_range: tuple[int, ...] = ()
+    reasoning: str = ""
+    tokens: int = 0
+    failure: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RankingDone:
+    """Every window has been ranked: the final order of the candidates, best first. Ranks only; ReasonRank
+    gives no probabilities."""
+
+    type: ClassVar[str] = "done"
+    doc_ids: tuple[str, ...]
+
+
+ListwiseEvent = WindowStarted | WindowReasoning | WindowRanked | RankingDone
+
+
+def event_to_json(event: RerankEvent | ListwiseEvent) -> dict[str, Any]:
     """A JSON object with the event's ``type`` first, for JSON lines and the API."""
     return {"type": event.type, **dataclasses.asdict(event)}

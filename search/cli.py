@@ -6,17 +6,26 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from search.corpus import Corpus, CorpusError
-from search.engines import EngineError, choose, close_engines
+from search.engines import Choice, EngineError, choose, close_engines
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
-from search.pipeline import open_reranker, rerank_candidates, reranked
+from search.pipeline import open_listwise_reranker, open_reranker, rerank_candidates, reranked
 from search.progress import console_progress
-from search.rerank.events import Failed, Judged, RerankEvent, event_to_json
+from search.rerank.events import (
+    Failed,
+    Judged,
+    ListwiseEvent,
+    RankingDone,
+    RerankEvent,
+    WindowRanked,
+    WindowStarted,
+    event_to_json,
+)
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.retrieval.ranking import Candidate
 from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
@@ -105,38 +114,74 @@ def _event_line(event: RerankEvent) -> str | None:
     return None
 
 
+def _window_line(event: ListwiseEvent) -> str | None:
+    if isinstance(event, WindowStarted):
+        return f"window {event.window + 1}: positions {event.start + 1}–{event.end}"
+    if isinstance(event, WindowRanked):
+        details = [f"{name.replace('_', ' ')} {list(getattr(event, name))}"
+                   for name in ("missing", "duplicates", "out_of_range") if getattr(event, name)]
+        reason = f": {event.failure}" if event.failure else (f" ({', '.join(details)})" if details else "")
+        return f"window {event.window + 1}: {event.status}{reason} ({event.tokens} tokens)"
+    return None
+
+
+def _print_stream(events: AsyncIterator[Any], *, jsonl: bool, line_of: Callable[[Any], str | None]) -> list[Any]:
+    """Print a reranker's events as they come (JSON lines, or a line for those worth one) and return them all;
+    the engines are closed at the end."""
+    async def run() -> list[Any]:
+        seen = []
+        async for event in events:
+            seen.append(event)
+            line = json.dumps(event_to_json(event), ensure_ascii=False) if jsonl else line_of(event)
+            if line is not None:
+                print(line, flush=True)
+        return seen
+
+    try:
+        return asyncio.run(run())
+    finally:
+        close_engines()
+
+
+def _print_ranking(title: str, doc_ids: Sequence[str], candidates: Sequence[Candidate]) -> None:
+    first_rank = {candidate.passage.doc_id: candidate.rank for candidate in candidates}
+    print(f"\n{title}:")
+    for position, doc_id in enumerate(doc_ids, start=1):
+        print(f"{position:>3}. (first stage #{first_rank[doc_id]:>3}) {doc_id}")
+
+
+def command_rerank_listwise(args: argparse.Namespace, settings: Settings, choice: Choice,
+                            candidates: tuple[Candidate, ...]) -> int:
+    """ReasonRank: window by window, then the final order (ranks; no probabilities)."""
+    reranker, _ = open_listwise_reranker(settings.rerank, choice)
+    print(f"reranking {len(candidates)} documents in windows of {reranker.window} (step {reranker.step}) with "
+          f"{reranker.engine.description}, budget {reranker.budget} tokens", file=sys.stderr)
+    events = _print_stream(reranker.stream(args.query, candidates, instruction=args.instruction), jsonl=args.jsonl,
+                           line_of=_window_line)
+    done = [event for event in events if isinstance(event, RankingDone)]
+    if not args.jsonl and done:
+        _print_ranking("reranked (ReasonRank gives ranks, not probabilities)", done[-1].doc_ids, candidates)
+    return 0
+
+
 def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
     first_stage = _open(settings, (settings.fusion.method,))
     choice = choose(settings.rerank)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
-    reranker, _ = open_reranker(settings.rerank, choice)
     candidates = rerank_candidates(first_stage, args.query, settings.rerank.top_k)
+    if settings.rerank.reranker == "reasonrank":
+        return command_rerank_listwise(args, settings, choice, candidates)
+    reranker, _ = open_reranker(settings.rerank, choice)
     print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
           f"budget {reranker.budget} tokens", file=sys.stderr)
-
-    async def run() -> dict[str, Judged | Failed]:
-        judgments: dict[str, Judged | Failed] = {}
-        async for event in reranker.stream(args.query, candidates, instruction=args.instruction,
-                                           template=args.template):
-            if isinstance(event, Judged | Failed):
-                judgments[event.doc_id] = event
-            line = json.dumps(event_to_json(event), ensure_ascii=False) if args.jsonl else _event_line(event)
-            if line is not None:
-                print(line, flush=True)
-        return judgments
-
-    try:
-        judgments = asyncio.run(run())
-    finally:
-        close_engines()
+    events = _print_stream(reranker.stream(args.query, candidates, instruction=args.instruction,
+                                           template=args.template), jsonl=args.jsonl, line_of=_event_line)
     if not args.jsonl:
-        first_rank = {candidate.passage.doc_id: candidate.rank for candidate in candidates}
-        print("\nreranked:")
-        for position, candidate in enumerate(reranked(args.query, candidates, judgments).candidates, start=1):
-            doc_id = candidate.passage.doc_id
-            print(f"{position:>3}. (first stage #{first_rank[doc_id]:>3}) {doc_id}")
+        judgments = {event.doc_id: event for event in events if isinstance(event, Judged | Failed)}
+        ranking = reranked(args.query, candidates, judgments)
+        _print_ranking("reranked", [candidate.passage.doc_id for candidate in ranking.candidates], candidates)
     return 0
 
 
@@ -171,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(handler=command_eval)
 
     rerank = commands.add_parser(
-        "rerank", help="rerank a query's first-stage candidates with rank1, streaming its reasoning",
+        "rerank", help="rerank a query's first-stage candidates with rank1 (or --reranker reasonrank), streaming "
+                       "the reasoning",
         description="Each candidate document (its best passage) is judged by the reasoning model; --jsonl prints "
                     "every event (started, reasoning, judged, failed) as one JSON object per line.",
     )

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from search.engines import Choice, EngineError, choose, open_engine
+from search.engines.base import Engine
 from search.engines.models import hub_cached, hub_offline
 from search.rerank.board import Board
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Failed, Judged
 from search.rerank.rank1 import Rank1Reranker
+from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit, Ranking
 from search.settings import RerankSettings, RetrievalMethod
@@ -29,8 +31,8 @@ def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
     return tuple(seen.values())
 
 
-def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
-    """The reranker on the engine chosen for this machine (or forced by the settings)."""
+def _open_engine(settings: RerankSettings, choice: Choice | None) -> tuple[Engine, Choice]:
+    """The engine chosen for this machine (or forced by the settings), refused early when it cannot work."""
     choice = choice or choose(settings)
     location = choice.model.location
     if location and not Path(location).is_dir() and not hub_cached(location) and hub_offline():
@@ -40,9 +42,24 @@ def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tup
     if choice.model.budget >= engine.max_model_len:
         raise EngineError(f"the reasoning budget ({choice.model.budget} tokens) leaves no room for the prompt in "
                           f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
+    return engine, choice
+
+
+def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
+    """rank1 on the engine chosen for this machine (or forced by the settings)."""
+    engine, choice = _open_engine(settings, choice)
     cache = JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
     return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
                          cache=cache), choice
+
+
+def open_listwise_reranker(settings: RerankSettings, choice: Choice | None = None
+                           ) -> tuple[ReasonRankReranker, Choice]:
+    """ReasonRank on the engine chosen for this machine (or forced by the settings)."""
+    engine, choice = _open_engine(settings, choice)
+    return ReasonRankReranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
+                              window=settings.window, step=settings.step,
+                              passage_tokens=settings.passage_tokens), choice
 
 
 def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: RetrievalMethod | None = None

@@ -25,6 +25,7 @@ FusionMethod = Literal["rrf", "weighted"]
 RetrievalMethod = Literal["bm25", "dense", "hybrid"]
 BM25Backend = Literal["auto", "numba", "numpy"]
 EngineKind = Literal["auto", "vllm", "openai", "transformers"]
+RerankerKind = Literal["rank1", "reasonrank"]
 
 
 class SettingsError(ValueError):
@@ -128,7 +129,10 @@ class FusionSettings:
 class RerankSettings:
     """The reasoning reranker: which model, on which engine, with how much room to think."""
 
-    model: str = _setting("auto", "reranker model: a registry name (rank1-7b, demo, ...), hub id or local folder")
+    reranker: RerankerKind = _setting("rank1", "rank1 (pointwise, P(true) per document) or reasonrank (listwise "
+                                               "windows, ranks only)")
+    model: str = _setting("auto", "reranker model: a registry name (rank1-7b, reasonrank-7b, demo, ...), hub id or "
+                                  "local folder")
     engine: EngineKind = _setting("auto", "engine: vllm (in process), openai (remote servers), transformers")
     top_k: int = _setting(20, "first-stage candidates (documents) reranked per query")
     budget: int = _setting(0, "reasoning budget in new tokens (0: the model's default, 8192 for rank1)")
@@ -139,10 +143,16 @@ class RerankSettings:
     dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(16, "transformers engine: requests generated together")
+    window: int = _setting(20, "reasonrank: passages per window")
+    step: int = _setting(10, "reasonrank: how far each window slides (back of the list to the front)")
+    passage_tokens: int = _setting(512, "reasonrank: each passage cut to its first this many tokens")
     judgment_cache: bool = _setting(True, "keep judgments on disk and replay them for repeated queries")
     judgment_cache_path: Path = _setting(cache_home() / "judgments.sqlite3", "SQLite file of cached judgments")
 
     def __post_init__(self) -> None:
+        if self.window < 2 or not 1 <= self.step <= self.window or self.passage_tokens < 1:
+            raise SettingsError(f"window must be at least 2, step 1 to window ({self.window}) and passage_tokens at "
+                                f"least 1; got {self.window}, {self.step} and {self.passage_tokens}")
         for name in ("top_k", "batch_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")

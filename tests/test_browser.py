@@ -101,7 +101,7 @@ def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page
     query.press("Enter")
     page.wait_for_function(f"(() => {{ const match = document.querySelector('.es-summary')?.textContent"
                            f".match(/([0-9.]+) s ·/); return match && parseFloat(match[1]) < {running_for}; }})()",
-                           timeout=5_000)
+                           timeout=10_000)
 
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)

@@ -273,11 +273,14 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                           api_visibility="private")
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, by_probability, corpus_name,
                                           reranker_kind, selected],
-                          outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency)
-        # A new query first cancels this user's running one, then starts the next run. Stop cancels both the run
-        # and a start still on its way, so that a run cannot begin just after Stop.
-        start = gr.on([query.submit, run_button.click], None, cancels=[run]).then(
-            lambda count: count + 1, inputs=runs, outputs=runs, api_visibility="private")
+                          outputs=[summary, results, board, rows], api_name="rerank", concurrency_limit=concurrency,
+                          trigger_mode="multiple")
+        # A new query starts the next run at once; the run it replaces ends at its next event (current_runs).
+        # Seen: cancelling the old run with Gradio's cancel at the same moment sometimes landed on the new run
+        # instead (about one time in eight), which then never showed. Stop cancels both the run and a start still
+        # on its way, so that a run cannot begin just after Stop.
+        start = gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs,
+                      api_visibility="private")
         stop_button.click(None, cancels=[run, start]).then(stopped, inputs=board, outputs=summary,
                                                            api_visibility="private")
         by_probability.change(resort, inputs=[board, by_probability], outputs=results)

@@ -15,6 +15,8 @@ from search.engines.base import Engine, EngineError, GenerationChunk, Generation
 
 BATCH_WAIT_S = 0.05
 """How long the worker waits for more requests to fill a batch once the first one arrives."""
+WORKER_JOIN_S = 60
+"""The longest a closing engine waits for the batch in progress."""
 
 
 @dataclass(kw_only=True, slots=True, eq=False)
@@ -77,7 +79,10 @@ class TransformersEngine(Engine):
         return self._pending.qsize() + sum(not row.done and not row.cancelled for row in self._running)
 
     async def _shutdown(self) -> None:
+        """Stop the worker and wait for its batch to end: a process that exits while the worker is still inside
+        generate() aborts ("terminate called without an active exception", seen in CI)."""
         self._pending.put(None)
+        await asyncio.to_thread(self._worker.join, WORKER_JOIN_S)
 
     def _work(self) -> None:
         while True:

@@ -69,6 +69,11 @@ def _typed_queries(text: str) -> list[tuple[str, str]]:
     return queries
 
 
+def _file_safe(name: str) -> str:
+    """A project or annotator name as part of an export's file name."""
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in name)
+
+
 def _shown_name(error: Exception, path: Path) -> str:
     """An error about an uploaded file, naming the file as the user knows it."""
     return str(error).replace(str(path), path.name)
@@ -284,8 +289,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
     def export(request: gr.Request) -> list[str]:
         bench = bench_of(request)
         folder = Path(tempfile.mkdtemp(dir=exports))
-        stem = "".join(char if char.isalnum() or char in "-_" else "_" for char in bench.project.name)
-        qrels = folder / f"{stem}.{''.join(c if c.isalnum() else '_' for c in bench.annotator)}.qrels"
+        stem = _file_safe(bench.project.name)
+        qrels = folder / f"{stem}.{_file_safe(bench.annotator)}.qrels"
         qrels.write_text(qrels_text(store, bench.project.name, bench.annotator), encoding="utf-8")
         records = folder / f"{stem}.jsonl"
         records.write_text(jsonl_text(store, bench.project.name), encoding="utf-8")

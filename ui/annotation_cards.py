@@ -129,7 +129,7 @@ def render_list(bench: Workbench | None) -> str:
         return ""
     judgments, models, others = bench.judgments(), bench.model_judgments(), bench.others()
     reference = bench.reference()
-    compared = bool(bench.store.reference(bench.project.name))
+    compared = bench.has_reference
     headers = ["", "rank", "document", "model P(true)", "you", ""]
     headers += ["existing qrels"] * compared + ["others"] * bench.show_others
     rows = []

@@ -65,6 +65,8 @@ class Workbench:
     threshold: float = 0.5
     relevant_from: int = 1
     show_others: bool = False
+    has_reference: bool = False
+    """Whether the project started with existing qrels (read once, when the workbench opens)."""
     live: dict[str, str] = field(default_factory=dict)
     """Reasoning so far of documents the model is judging now."""
 
@@ -78,6 +80,7 @@ class Workbench:
         bench = cls(store=store, project=store.project(project), annotator=annotator,
                     find_candidates=find_candidates, model=model, queries=store.queries(project))
         bench.relevant_from = default_relevant_from(bench.project.grades)
+        bench.has_reference = bool(store.reference(project))
         position = store.position(project, annotator)
         ids = [query.query_id for query in bench.queries]
         if position is not None and position.query_id in ids:

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     status = open_status(settings.rerank)
     app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency,
-                    annotations=annotations, browser_secret=secret, auth=bool(auth))
+                    annotations=annotations, browser_secret=secret, auth=bool(auth), batches=settings.batches)
     app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
                        auth=auth or None)
     return 0

@@ -114,7 +114,7 @@ _Parsed = _Record | LoadProblem
 # Reading files
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | LoadProblem]]:
+def decoded_lines(path: Path) -> Iterator[tuple[int, str | LoadProblem]]:
     """Each line of a UTF-8 file with its 1-based number; an undecodable line becomes a problem."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -129,8 +129,18 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str | LoadProblem]]:
             yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
+def column_lines(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int, list[str]]]:
+    """The whitespace-separated cells of each non-blank line (qrels, runs); undecodable lines go to
+    ``problems``."""
+    for number, line in decoded_lines(path):
+        if isinstance(line, LoadProblem):
+            problems.append(line)
+        elif cells := line.split():
+            yield number, cells
+
+
 def _jsonl_records(path: Path) -> Iterator[_Parsed]:
-    for number, line in _decoded_lines(path):
+    for number, line in decoded_lines(path):
         if isinstance(line, LoadProblem):
             yield line
             continue
@@ -152,7 +162,7 @@ def _table_records(path: Path, delimiter: str) -> Iterator[_Parsed]:
     line_numbers: list[int] = []
 
     def good_lines() -> Iterator[str]:
-        for number, line in _decoded_lines(path):
+        for number, line in decoded_lines(path):
             if isinstance(line, LoadProblem):
                 problems.append(line)
                 continue
@@ -280,7 +290,7 @@ def _documents_from_text_folder(root: Path) -> _Collector:
                 LoadProblem(path=path, line=None, message="links outside the corpus folder; left out")
             )
             continue
-        lines = list(_decoded_lines(path))
+        lines = list(decoded_lines(path))
         bad = [line for _, line in lines if isinstance(line, LoadProblem)]
         if bad:
             collector.problems.extend(bad)
@@ -336,12 +346,8 @@ def load_qrels(path: Path) -> tuple[dict[str, dict[str, int]], list[LoadProblem]
     """Judgments from BEIR TSV (``query-id corpus-id score``, header optional) or TREC qrels (4 columns)."""
     qrels: dict[str, dict[str, int]] = {}
     problems: list[LoadProblem] = []
-    for number, line in _decoded_lines(path):
-        if isinstance(line, LoadProblem):
-            problems.append(line)
-            continue
-        cells = line.split()
-        if not cells or (number == 1 and cells[0] in {"query-id", "query_id", "qid"}):
+    for number, cells in column_lines(path, problems):
+        if number == 1 and cells[0] in {"query-id", "query_id", "qid"}:
             continue
         if len(cells) not in (3, 4):
             problems.append(LoadProblem(path=path, line=number,

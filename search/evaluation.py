@@ -9,18 +9,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import ir_measures
 from ir_measures import RR, R, nDCG
 
-from search.corpus import Qrels, Query
+from search.corpus import CorpusError, LoadProblem, Qrels, Query, column_lines, load_qrels
 from search.retrieval.ranking import Ranking, Retriever
 
 MEASURES = (nDCG @ 10, R @ 100, RR @ 10)
-MEASURE_NAMES = dict(zip(map(str, MEASURES), ("nDCG@10", "Recall@100", "MRR@10"), strict=True))
 
 Run = dict[str, dict[str, float]]
+"""Query id → document id → score, each query's documents best first."""
+
+
+def measure_name(measure: object) -> str:
+    """The name people read: nDCG@10, Recall@100, MRR@10 (ir-measures says R@100 and RR@10)."""
+    name = str(measure)
+    for short, long in (("RR@", "MRR@"), ("R@", "Recall@")):
+        if name.startswith(short):
+            return long + name[len(short):]
+    return name
+
+
+def load_run(path: Path) -> tuple[Run, list[LoadProblem]]:
+    """A six-column TREC run (``query Q0 doc rank score tag``), each query's documents ordered by score, ties
+    by the file's rank; a document listed twice keeps its first line. Problems name their line."""
+    rows: dict[str, dict[str, tuple[float, int]]] = {}
+    problems: list[LoadProblem] = []
+    for number, cells in column_lines(path, problems):
+        if len(cells) != 6:
+            problems.append(LoadProblem(path=path, line=number, message=f"expected 6 columns (query Q0 doc rank "
+                                                                        f"score tag), found {len(cells)}"))
+            continue
+        query_id, _, doc_id, rank, score = cells[:5]
+        try:
+            scored = (float(score), int(rank))
+        except ValueError:
+            problems.append(LoadProblem(path=path, line=number, message=f"rank {rank!r} must be an integer and "
+                                                                        f"score {score!r} a number"))
+            continue
+        rows.setdefault(query_id, {}).setdefault(doc_id, scored)
+    run = {query_id: {doc_id: score for doc_id, (score, _) in sorted(docs.items(), key=lambda item: (
+        -item[1][0], item[1][1]))} for query_id, docs in rows.items()}
+    return run, problems
 
 
 def passage_depth(k: int, passage_count: int, document_count: int) -> int:
@@ -46,24 +79,75 @@ def retrieve_run(retriever: Retriever, queries: Sequence[Query], k: int, depth: 
     return run
 
 
-def evaluate(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str, float]:
-    """Mean of each measure over every judged query (graded gains for nDCG, relevance >= 1 otherwise)."""
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """Judgments (BEIR TSV or TREC qrels), refused with every bad line named."""
+    qrels, problems = load_qrels(path)
+    if problems or not qrels:
+        raise CorpusError(f"{path}: {len(problems)} bad line(s), {len(qrels)} judged queries; expected "
+                          "query-id corpus-id score (BEIR) or query 0 doc grade (TREC)", problems)
+    return qrels
+
+
+def read_run(path: Path) -> Run:
+    """A TREC run, refused with every bad line named."""
+    run, problems = load_run(path)
+    if problems or not run:
+        raise CorpusError(f"{path}: {len(problems)} bad line(s), {len(run)} queries; expected query Q0 doc rank "
+                          "score tag", problems)
+    return run
+
+
+def per_query(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str, dict[str, float]]:
+    """Each measure's value for every judged query (0 where the run has nothing for it), by measure name."""
     measures = tuple(measures)
-    per_query: dict[str, dict[str, float]] = {str(measure): {} for measure in measures}
+    values: dict[str, dict[str, float]] = {measure_name(measure): dict.fromkeys(qrels, 0.0) for measure in measures}
     qrels_input = {query_id: dict(judged) for query_id, judged in qrels.items()}
     for metric in ir_measures.iter_calc(measures, qrels_input, run):
-        per_query[str(metric.measure)][metric.query_id] = metric.value
-    judged = list(qrels)
-    return {
-        MEASURE_NAMES.get(name, name): sum(values.get(query_id, 0.0) for query_id in judged) / max(len(judged), 1)
-        for name, values in per_query.items()
-    }
+        values[measure_name(metric.measure)][metric.query_id] = metric.value
+    return values
+
+
+def evaluate(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str, float]:
+    """Mean of each measure over every judged query (graded gains for nDCG, relevance >= 1 otherwise)."""
+    return {name: sum(by_query.values()) / max(len(by_query), 1)
+            for name, by_query in per_query(qrels, run, measures).items()}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Comparison:
+    """Two runs on the same judged queries: each measure's mean before and after, and per query."""
+
+    measures: tuple[str, ...]
+    before: dict[str, float]
+    after: dict[str, float]
+    per_query: dict[str, dict[str, tuple[float, float]]]
+    """Query id → measure → (before, after)."""
+
+    def delta(self, measure: str, query_id: str) -> float:
+        before, after = self.per_query[query_id][measure]
+        return after - before
+
+
+def compare(qrels: Qrels, before: Run, after: Run, measures: Iterable = MEASURES) -> Comparison:
+    """``before`` and ``after`` measured on every query of ``qrels``."""
+    measures = tuple(measures)
+    old, new = per_query(qrels, before, measures), per_query(qrels, after, measures)
+    names = tuple(old)
+    return Comparison(
+        measures=names,
+        before={name: sum(old[name].values()) / max(len(qrels), 1) for name in names},
+        after={name: sum(new[name].values()) / max(len(qrels), 1) for name in names},
+        per_query={query_id: {name: (old[name][query_id], new[name][query_id]) for name in names}
+                   for query_id in qrels},
+    )
 
 
 def format_trec_run(run: Mapping[str, Mapping[str, float]], tag: str) -> str:
-    """The standard six-column TREC run format, in the run's order."""
+    """The standard six-column TREC run format, in the run's order. Scores are written in full (the shortest
+    text that reads back as the same number): rounding would tie close probabilities, and tools order ties by
+    document id, not by our order."""
     return "".join(
-        f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n"
+        f"{query_id} Q0 {doc_id} {rank} {float(score)!r} {tag}\n"
         for query_id, scored in run.items()
         for rank, (doc_id, score) in enumerate(scored.items(), start=1)
     )

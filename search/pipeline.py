@@ -49,8 +49,20 @@ def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tup
     """rank1 on the engine chosen for this machine (or forced by the settings)."""
     engine, choice = _open_engine(settings, choice)
     cache = JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
-    return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
-                         cache=cache), choice
+    return _rank1(engine, choice, cache), choice
+
+
+def _rank1(engine: Engine, choice: Choice, cache: JudgmentCache | None) -> Rank1Reranker:
+    return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget, cache=cache)
+
+
+def open_batch_reranker(settings: RerankSettings, choice: Choice, cache: JudgmentCache
+                        ) -> Rank1Reranker | ReasonRankReranker:
+    """The reranker the settings name, for a batch run: rank1 keeps its judgments in the batch's own cache."""
+    if settings.reranker == "reasonrank":
+        return open_listwise_reranker(settings, choice)[0]
+    engine, choice = _open_engine(settings, choice)
+    return _rank1(engine, choice, cache)
 
 
 def open_listwise_reranker(settings: RerankSettings, choice: Choice | None = None

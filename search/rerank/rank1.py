@@ -9,6 +9,7 @@ measured from both verdict log-probabilities; a judgment that cannot be measured
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -137,11 +138,15 @@ class Rank1Reranker:
                                                                 cache=self.cache)
 
     async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
-                     template: str = "") -> AsyncIterator[RerankEvent]:
-        """Every candidate's events as they happen. Closing the stream early cancels the engine requests."""
+                     template: str = "", slots: asyncio.Semaphore | None = None) -> AsyncIterator[RerankEvent]:
+        """Every candidate's events as they happen. Closing the stream early cancels the engine requests.
+
+        ``slots`` bounds the judgments reasoning at once, shared by every stream given the same one (a batch
+        run's many queries); cached judgments replay without waiting for a slot."""
         text = query_text(query, instruction, template)
         queue: asyncio.Queue[RerankEvent | None] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate)) for candidate in candidates]
+        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate, slots))
+                 for candidate in candidates]
         try:
             remaining = len(tasks)
             while remaining:
@@ -157,14 +162,15 @@ class Rank1Reranker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _judge_into(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate
-                          ) -> None:
+    async def _judge_into(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate,
+                          slots: asyncio.Semaphore | None) -> None:
         try:
-            await self._judge(emit, query, candidate)
+            await self._judge(emit, query, candidate, slots or contextlib.nullcontext())
         finally:
             emit(None)
 
-    async def _judge(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate) -> None:
+    async def _judge(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate,
+                     slot: contextlib.AbstractAsyncContextManager) -> None:
         passage = candidate.passage
         ids = {"doc_id": passage.doc_id, "passage_id": passage.passage_id}
         emit(Started(**ids, first_stage_rank=candidate.rank))
@@ -183,9 +189,10 @@ class Rank1Reranker:
             return
         parts: list[str] = []
         try:
-            outcome = await self._reason(emit, passage.doc_id, prepared.prompt, parts)
-            judged = outcome.judged(ids, prepared.truncated_passage) if outcome.measured else await self._force(
-                ids, prepared, outcome)
+            async with slot:
+                outcome = await self._reason(emit, passage.doc_id, prepared.prompt, parts)
+                judged = outcome.judged(ids, prepared.truncated_passage) if outcome.measured else await self._force(
+                    ids, prepared, outcome)
         except EngineError as error:
             emit(Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts)))
             return

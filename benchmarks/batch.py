@@ -1,0 +1,126 @@
+"""Batch reranking throughput on the demo model: the same batch through one vLLM OpenAI server on loopback
+against the in-process vLLM engine (the cost of going over HTTP; target: at least 0.9 of its judgments per
+second), then through two servers (the share of requests each took).
+
+    .venv/bin/python benchmarks/batch.py [--queries 12] [--top-k 4] [--budget 64] [--concurrency 16]
+
+Each case runs rank1 over the same run file (BM25 on the sample corpus) in a fresh process with a fresh batch
+folder, after a warm-up batch on other queries. On a 2-core machine two servers share the same cores, so the
+two-server case shows how the work spreads, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from common import in_fresh_process, print_table
+
+from search.batch import BatchSpec, BatchStore, load_batch, run_batch
+from search.corpus import load_corpus
+from search.engines.base import Engine
+from search.engines.demo_model import ensure_demo_model
+from search.evaluation import retrieve_run, write_trec_run
+from search.rerank.rank1 import Rank1Reranker
+from search.retrieval.first_stage import open_first_stage
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, Settings
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from servers import vllm_servers  # the tests' loopback vLLM server helper
+
+MAX_MODEL_LEN = 2048
+
+
+def _batch(engine: Engine, run: Path, budget: int, concurrency: int) -> dict:
+    """Rerank the run file's queries into a fresh folder; seconds and counts."""
+    inputs = load_batch(load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS)), None, run, 10_000)
+    reranker = Rank1Reranker(engine, model_key="demo", budget=budget)
+    with tempfile.TemporaryDirectory() as out:
+        spec = BatchSpec(inputs=inputs.digest(), top_k=10_000, reranker="rank1", model="demo", budget=budget)
+        store = BatchStore.open(Path(out), spec, inputs, sources={})
+        start = time.perf_counter()
+        progress = asyncio.run(run_batch(inputs, store, reranker, concurrency=concurrency, report=lambda _: None))
+        seconds = time.perf_counter() - start
+        store.close()
+    return {"judgments": progress.documents_done, "failed": progress.failed, "tokens": progress.tokens,
+            "seconds": seconds}
+
+
+def _measured(engine: Engine, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+    _batch(engine, warmup, budget, concurrency)
+    return _batch(engine, run, budget, concurrency)
+
+
+def in_process_case(warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+    from search.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(model="demo", location=str(ensure_demo_model()), max_model_len=MAX_MODEL_LEN)
+    try:
+        return {"case": "in-process vLLM", **_measured(engine, warmup, run, budget, concurrency)}
+    finally:
+        engine.close()
+
+
+def server_case(urls: list[str], warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+    from search.engines.openai_engine import OpenAIEngine
+
+    engine = OpenAIEngine(endpoints=urls, tokenizer_location=str(ensure_demo_model()))
+    try:
+        result = _measured(engine, warmup, run, budget, concurrency)
+        served = [endpoint.served for endpoint in engine.endpoints]
+    finally:
+        engine.close()
+    shares = ", ".join(f"{count / max(sum(served), 1):.0%}" for count in served)
+    return {"case": f"{len(urls)} vLLM server{'s' if len(urls) > 1 else ''} (HTTP)", **result, "shares": shares}
+
+
+@contextlib.contextmanager
+def run_files(queries: int, top_k: int) -> Iterator[tuple[Path, Path]]:
+    """A BM25 run of the sample corpus: a warm-up file (other queries) and the measured one."""
+    with tempfile.TemporaryDirectory() as folder:
+        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=Path(folder) / "indexes")
+        first_stage = open_first_stage(settings, ("bm25",))
+        measured = first_stage.corpus.queries[:queries]
+        warm = first_stage.corpus.queries[queries:queries + 4]
+        paths = Path(folder) / "warmup.trec", Path(folder) / "run.trec"
+        for chosen, path in zip((warm, measured), paths, strict=True):
+            write_trec_run(retrieve_run(first_stage.retrievers["bm25"], chosen, top_k, 50), path, tag="bm25")
+        yield paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=12)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = ensure_demo_model()
+    settings = (args.budget, args.concurrency)
+    with run_files(args.queries, args.top_k) as (warmup, run), tempfile.TemporaryDirectory() as logs:
+        rows = [in_fresh_process(in_process_case, warmup, run, *settings)]
+        with vllm_servers(model, Path(logs), 1) as (server,):
+            rows.append(in_fresh_process(server_case, [server.url], warmup, run, *settings))
+        with vllm_servers(model, Path(logs), 2) as servers:
+            rows.append(in_fresh_process(server_case, [item.url for item in servers], warmup, run, *settings))
+    base = rows[0]["judgments"] / rows[0]["seconds"]
+    for row in rows:
+        rate = row["judgments"] / row["seconds"]
+        row.update({"judgments/s": f"{rate:.2f}", "tokens/s": f"{row['tokens'] / row['seconds']:.0f}",
+                    "vs in-process": f"{rate / base:.2f}", "seconds": f"{row['seconds']:.1f}"})
+    print(f"{args.queries} queries × top {args.top_k}, budget {args.budget}, {args.concurrency} at once")
+    print_table(rows, ["case", "judgments", "failed", "seconds", "judgments/s", "tokens/s", "vs in-process",
+                       "shares"])
+
+
+# Guarded: vLLM starts its engine processes with spawn, which imports this module again.
+if __name__ == "__main__":
+    main()

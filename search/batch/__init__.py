@@ -1,0 +1,14 @@
+"""Batch reranking of first-stage run files: resumable, observable, on one engine or many servers.
+
+``load_batch`` reads what to rerank, ``BatchStore`` keeps the state in the output folder, ``run_batch``
+reranks what is not yet done, and ``view_batch`` / ``write_outputs`` turn the state into a run, traces and a
+report. ``python -m search rerank-run`` wires them together; the Evaluation tab reads the same state.
+"""
+
+from search.batch.inputs import BatchInputs, BatchSpec, load_batch
+from search.batch.report import BatchView, comparison, view_batch, write_outputs
+from search.batch.runner import BatchProgress, run_batch
+from search.batch.store import BatchStore, BatchStoreError
+
+__all__ = ["BatchInputs", "BatchProgress", "BatchSpec", "BatchStore", "BatchStoreError", "BatchView", "comparison",
+           "load_batch", "run_batch", "view_batch", "write_outputs"]

@@ -1,0 +1,307 @@
+"""Batch reranking of run files: the pure logic (inputs, resume, report) over a scripted engine, then real
+`python -m search rerank-run` processes against real vLLM servers on loopback: killed and resumed, and spread
+over two servers one of which dies mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write
+from scripted import ScriptedEngine
+from servers import VLLMServer, finished_requests, running_requests, vllm_servers
+from transformers import AutoTokenizer
+
+from search.batch import BatchSpec, BatchStore, BatchStoreError, load_batch, run_batch, view_batch, write_outputs
+from search.batch.report import comparison
+from search.batch.store import STATE_FILE
+from search.corpus import Corpus, CorpusError, Document
+from search.engines.base import EngineError, GenerationChunk, GenerationRequest
+from search.engines.openai_engine import spanning_stop
+from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
+from search.rerank.events import Judged
+from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
+from search.retrieval.first_stage import FirstStage
+from search.settings import REPO_ROOT, SAMPLE_CORPUS
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def test_a_run_file_is_read_by_score_and_bad_lines_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "run.trec", "q1 Q0 a 2 1.5 t\nq1 Q0 b 1 2.5 t\nq1 Q0 c 3 1.5 t\nq1 Q0 a 9 0.1 t\n"
+                                        "\nq2 Q0 x 1 1 t\nq2 Q0 y one 0.5 t\nq3 Q0 z 1\n")
+    run, problems = load_run(path)
+    assert list(run["q1"]) == ["b", "a", "c"]  # by score; the tie by the file's rank; a's second line ignored
+    assert run["q1"]["a"] == 1.5 and list(run["q2"]) == ["x"]
+    assert [(problem.line, problem.message.split(" ")[0]) for problem in problems] == [(7, "rank"), (8, "expected")]
+    with pytest.raises(CorpusError, match=r"run.trec:7: rank 'one' must be an integer"):
+        read_run(path)
+
+
+def corpus_of(*doc_ids: str) -> Corpus:
+    return Corpus(source=Path("corpus"), documents=tuple(
+        Document(doc_id=doc_id, title=f"Title {doc_id}", text=f"text of {doc_id}") for doc_id in doc_ids))
+
+
+def test_a_batch_takes_each_querys_top_k_and_names_what_the_corpus_lacks(tmp_path: Path) -> None:
+    queries = write(tmp_path / "queries.jsonl", '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n')
+    run = write(tmp_path / "run.trec", "q1 Q0 a 1 3 t\nq1 Q0 b 2 2 t\nq1 Q0 c 3 1 t\nq2 Q0 ghost 1 1 t\n"
+                                       "q9 Q0 a 1 1 t\n")
+    with pytest.raises(CorpusError) as refused:
+        load_batch(corpus_of("a", "b", "c"), queries, run, 2)
+    assert "query 'q2': document 'ghost' is not in the corpus" in str(refused.value)
+    assert "query 'q9' is not in the queries" in str(refused.value)
+    inputs = load_batch(corpus_of("a", "b", "c"), queries, run, 2, skip_bad=True)
+    assert [item.query.query_id for item in inputs.queries] == ["q1"] and len(inputs.problems) == 2
+    assert [(c.passage.doc_id, c.rank, c.passage.contents) for c in inputs.queries[0].candidates] == [
+        ("a", 1, "Title a text of a"), ("b", 2, "Title b text of b")]
+    assert inputs.first_stage == {"q1": {"a": 3.0, "b": 2.0}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resume and report, on a scripted engine
+
+
+@pytest.fixture(scope="module")
+def verdict(demo_model: Path) -> VerdictTokens:
+    return VerdictTokens.of(AutoTokenizer.from_pretrained(demo_model))
+
+
+class Judge:
+    """A scripted rank1: "good" passages get P(true) 0.8 (a verdict), others 0.2 (forced); passages named in
+    ``failing`` make the engine fail."""
+
+    def __init__(self, verdict: VerdictTokens, failing: tuple[str, ...] = ()) -> None:
+        self.verdict = verdict
+        self.failing = failing
+
+    def __call__(self, request: GenerationRequest) -> list[GenerationChunk] | Exception:
+        if any(f"text of {doc_id}\n" in request.prompt for doc_id in self.failing):
+            return EngineError("server gone")
+        good = "good" in request.prompt.split("Passage:")[-1]
+        logprobs = {self.verdict.true_id: math.log(0.8 if good else 0.2),
+                    self.verdict.false_id: math.log(0.2 if good else 0.8)}
+        token = self.verdict.true_id if good else self.verdict.false_id
+        if request.allowed_token_ids:  # the forced verdict step
+            return [GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="length")]
+        thinking = GenerationChunk(text="thinking.", token_ids=(11,), logprobs=({},))
+        if not good:
+            return [thinking, GenerationChunk(text="", token_ids=(12,), logprobs=({},), finish_reason="length")]
+        return [thinking, GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="stop",
+                                          stop_reason=STOP_TRUE if good else STOP_FALSE)]
+
+
+@pytest.fixture
+def small_batch(tmp_path: Path) -> tuple[Path, Path, Corpus]:
+    queries = write(tmp_path / "queries.jsonl", "".join(
+        json.dumps({"_id": f"q{number}", "text": f"query {number}"}) + "\n" for number in (1, 2, 3)))
+    run = write(tmp_path / "run.trec", "".join(
+        f"q{number} Q0 {doc_id} {rank} {10 - rank} bm25\n"
+        for number in (1, 2, 3) for rank, doc_id in enumerate(("d1", "d2-good", "d3"), start=1)))
+    return queries, run, corpus_of("d1", "d2-good", "d3")
+
+
+def rerank(store: BatchStore, inputs: object, engine: ScriptedEngine) -> None:
+    reranker = Rank1Reranker(engine, model_key="scripted", budget=8, cache=store.judgment_cache())
+    asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
+
+
+def spec_of(inputs: object, **changes: object) -> BatchSpec:
+    return BatchSpec(**{"inputs": inputs.digest(), "top_k": 3, "reranker": "rank1", "model": "scripted", "budget": 8,
+                        **changes})
+
+
+def test_a_batch_resumes_retries_failures_and_replays_what_it_had_not_recorded(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], verdict: VerdictTokens, demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    out = tmp_path / "out"
+    store = BatchStore.open(out, spec_of(inputs), inputs, sources={"run": str(run)})
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    rerank(store, inputs, ScriptedEngine(tokenizer, Judge(verdict, failing=("d3",))))
+    view = view_batch(store)
+    assert (view.judged, view.failed, view.complete) == (6, 3, True)
+
+    # A judgment that reached the cache but not the batch's record (the process was killed in between).
+    with sqlite3.connect(out / STATE_FILE) as db:
+        db.execute("DELETE FROM outcomes WHERE query_id = 'q2' AND doc_id = 'd1'")
+    engine = ScriptedEngine(tokenizer, Judge(verdict))
+    rerank(store, inputs, engine)
+    prompts = [request.prompt for request in engine.requests if not request.allowed_token_ids]
+    assert len(prompts) == 3 and all("text of d3\n" in prompt for prompt in prompts)  # only the failed ones
+    outcomes = {(outcome.query_id, outcome.event.doc_id): outcome for outcome in store.outcomes()}
+    assert outcomes["q2", "d1"].replayed and outcomes["q1", "d3"].attempts == 2
+    view = view_batch(store)
+    assert (view.judged, view.failed) == (9, 0)
+    assert list(view.reranked_run()["q1"]) == ["d2-good", "d1", "d3"]
+
+    with pytest.raises(BatchStoreError, match=r"top_k: 3 → 2.*same arguments to resume"):
+        BatchStore.open(out, spec_of(inputs, top_k=2), inputs, sources={})
+    with pytest.raises(BatchStoreError, match="the queries, run or documents differ"):
+        other = load_batch(corpus_of("d1", "d2-good", "d3"), queries, run, 2)
+        BatchStore.open(out, spec_of(other), other, sources={})
+
+
+def test_the_report_measures_before_and_after_and_writes_every_output(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], verdict: VerdictTokens, demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    qrels = {"q1": {"d2-good": 1}, "q2": {"d2-good": 2, "d1": 1}, "q9": {"x": 1}}
+    store = BatchStore.open(tmp_path, spec_of(inputs), inputs, sources={"run": str(run)}, qrels=qrels)
+    assert store.qrels() == {"q1": {"d2-good": 1}, "q2": {"d2-good": 2, "d1": 1}}  # the batch's queries only
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    rerank(store, inputs, ScriptedEngine(tokenizer, Judge(verdict, failing=("d3",))))
+    view = view_batch(store)
+    result = comparison(view, store.qrels())
+    assert result.measures == ("nDCG@10", "Recall@3", "MRR@10")
+    assert result.per_query["q1"]["MRR@10"] == (0.5, 1.0)
+    ideal = 2 + 1 / math.log2(3)
+    assert result.per_query["q2"]["nDCG@10"] == pytest.approx(((1 + 2 / math.log2(3)) / ideal, 1.0))
+    assert result.after["MRR@10"] == 1.0 and result.before["MRR@10"] == 0.75
+
+    written = {path.name for path in write_outputs(tmp_path, view, store.qrels())}
+    assert written == {"run.trec", "traces.jsonl", "report.md", "metrics.json", "per_query.tsv", "gains.png",
+                       "p_true_by_grade.png"}
+    lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
+    assert [(line[2], line[3]) for line in lines[:3]] == [("d2-good", "1"), ("d1", "2"), ("d3", "3")]
+    assert [float(line[4]) for line in lines[:3]] == pytest.approx([0.8, 0.2, -3.0])  # failed last, below any P
+    traces = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert {(trace["query_id"], trace["doc_id"]): trace["status"] for trace in traces}["q3", "d3"] == "failed"
+    good = next(trace for trace in traces if trace["query_id"] == "q1" and trace["doc_id"] == "d2-good")
+    assert (good["verdict"], good["p_true"], good["reasoning"], good["forced"]) == (True, 0.8, "thinking.", False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["queries"] == 2 and metrics["per_query"]["q1"]["MRR@10"] == {"before": 0.5, "after": 1.0}
+    assert "3 failed (run the batch again to retry them)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "gains.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_stop_string_across_a_continuation_seam_is_found() -> None:
+    stops = (STOP_TRUE, STOP_FALSE)
+    assert spanning_stop("so it fits.</thi", "nk> true", stops) == STOP_TRUE
+    assert spanning_stop("so it fits.</think>", " false", stops) == STOP_FALSE
+    assert spanning_stop("so it fits.", "</think> true", stops) is None  # wholly new: the server finds it
+    assert spanning_stop("so it fits.</thi", "nk>\n", stops) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real thing: `python -m search rerank-run` against vLLM servers on loopback
+
+QUERY_COUNT = 8
+TOP_K = 3
+
+
+@pytest.fixture(scope="module")
+def servers(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
+    with vllm_servers(demo_model, tmp_path_factory.mktemp("servers"), 2) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def first_stage_run(first_stage: FirstStage, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    queries = first_stage.corpus.queries[:QUERY_COUNT]
+    run = retrieve_run(first_stage.retrievers["bm25"], queries, TOP_K, 30)
+    path = tmp_path_factory.mktemp("runs") / "bm25.trec"
+    write_trec_run(run, path, tag="bm25")
+    return path
+
+
+def command(out: Path, run: Path, *urls: str, concurrency: int = 1) -> list[str]:
+    """rerank-run on the demo model through the servers at ``urls``."""
+    return [sys.executable, "-m", "search", "rerank-run", "--corpus", str(SAMPLE_CORPUS), "--run", str(run),
+            "--out", str(out), "--engine", "openai", "--endpoints", ",".join(urls), "--model", "demo",
+            "--top-k", str(TOP_K), "--budget", "16", "--concurrency", str(concurrency)]
+
+
+ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def recorded(out: Path) -> dict[tuple[str, str], Judged]:
+    """The judgments a batch folder holds now (its process may still be writing)."""
+    if not (out / STATE_FILE).is_file():
+        return {}
+    store = BatchStore.read(out)
+    try:
+        return {(outcome.query_id, outcome.event.doc_id): outcome for outcome in store.outcomes()}
+    finally:
+        store.close()
+
+
+def requests_for(outcomes: object) -> int:
+    """Engine requests that computing these judgments takes: the reasoning, and a forced step if it was one."""
+    return sum(1 + outcome.event.forced for outcome in outcomes if not outcome.replayed)
+
+
+def wait_for(condition: object, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_killed_batch_resumes_to_the_same_run_without_judging_anything_twice(
+        servers: list[VLLMServer], first_stage_run: Path, tmp_path: Path) -> None:
+    server = servers[0]
+    total = QUERY_COUNT * TOP_K
+    mark = finished_requests(server.url)
+    whole = subprocess.run(command(tmp_path / "whole", first_stage_run, server.url), cwd=REPO_ROOT,
+                           env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    uninterrupted = recorded(tmp_path / "whole")
+    assert len(uninterrupted) == total and all(isinstance(o.event, Judged) for o in uninterrupted.values())
+    assert finished_requests(server.url) - mark == requests_for(uninterrupted.values())  # the counter is exact
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(command(out, first_stage_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(recorded(out)) >= total // 3)
+    process.kill()
+    process.wait()
+    kept = recorded(out)
+    assert total // 3 <= len(kept) < total
+    wait_for(lambda: running_requests(server.url) == 0, 60)  # the killed process's requests are aborted
+    mark = finished_requests(server.url)
+
+    resumed = subprocess.run(command(out, first_stage_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"({len(kept)} judged before," in resumed.stdout
+    final = recorded(out)
+    assert len(final) == total and all(isinstance(o.event, Judged) for o in final.values())
+    assert all(final[key].event == kept[key].event for key in kept)  # nothing judged was lost or redone
+    new = [outcome for key, outcome in final.items() if key not in kept]
+    assert finished_requests(server.url) - mark == requests_for(new)  # only the missing ones reached the server
+    # One judgment at a time, so every request is computed alone and the same way in both batches: the runs
+    # are byte for byte the same (with several at once, CPU batching moves the demo model's greedy path).
+    assert (out / "run.trec").read_bytes() == (tmp_path / "whole" / "run.trec").read_bytes()
+    assert "nDCG@10" in resumed.stdout and (out / "gains.png").is_file()
+
+
+def test_a_batch_keeps_two_servers_busy_and_finishes_when_one_dies(
+        servers: list[VLLMServer], first_stage_run: Path, tmp_path: Path) -> None:
+    marks = [finished_requests(server.url) for server in servers]
+    out = tmp_path / "spread"
+    process = subprocess.Popen(command(out, first_stage_run, *(server.url for server in servers), concurrency=8),
+                               cwd=REPO_ROOT, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for(lambda: finished_requests(servers[1].url) - marks[1] >= 4 and len(recorded(out)) >= 8)
+    second_share = finished_requests(servers[1].url) - marks[1]
+    servers[1].kill()  # mid-stream for the requests it was serving
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    final = recorded(out)
+    assert len(final) == QUERY_COUNT * TOP_K and all(isinstance(o.event, Judged) for o in final.values())
+    first_share = finished_requests(servers[0].url) - marks[0]
+    assert first_share > 0 and second_share > 0
+    assert re.search(rf"{servers[0].url}: \d+ requests \(\d+%\)\n", stdout), stdout
+    assert re.search(rf"{servers[1].url}: \d+ requests \(\d+%\), taken out \d+ time", stdout), stdout

@@ -1,0 +1,83 @@
+"""The Evaluation tab: the report of a rerank-run batch, finished or still running (refreshed every few seconds
+until it is complete): where it stands, metrics before and after reranking, the plots and per-query deltas.
+Wiring only: the numbers come from ``search.batch``."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from search.batch import BatchStore, comparison, view_batch
+from search.batch.report import GAIN_MEASURE, gains_figure, p_true_by_grade, p_true_figure
+from search.batch.store import batch_folders
+
+REFRESH_S = 5.0
+NOTHING_CHOSEN = "Choose a batch. Batches are the folders that `python -m search rerank-run --out DIR` wrote under "
+
+
+def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
+    """Status, metrics table, gains plot, P(true) plot, per-query table, and whether the batch is complete."""
+    if not name or name not in batch_folders(root):
+        return (NOTHING_CHOSEN + f"`{html.escape(str(root))}`.", None, None, None, None, True)
+    store = BatchStore.read(root / name)
+    try:
+        view = view_batch(store)
+        qrels = store.qrels()
+    finally:
+        store.close()
+    result = comparison(view, qrels) if qrels else None
+    status = html.escape(view.status())
+    if result is None:
+        reason = "no qrels were given with it" if qrels is None else "none of its finished queries is judged yet"
+        return (f"{status}\n\nNo metrics: {reason}.", None, None, None, None, view.complete)
+    metrics = pd.DataFrame([[name, round(result.before[name], 4), round(result.after[name], 4),
+                             round(result.after[name] - result.before[name], 4)] for name in result.measures],
+                           columns=["measure", "before", "after", "Δ"])
+    rows = []
+    for query_id, values in result.per_query.items():
+        before, after = values[GAIN_MEASURE]
+        rows.append([query_id, round(before, 4), round(after, 4), round(after - before, 4)])
+    per_query = pd.DataFrame(sorted(rows, key=lambda row: row[3]),
+                             columns=["query", f"{GAIN_MEASURE} before", f"{GAIN_MEASURE} after", "Δ"])
+    groups = p_true_by_grade(view, qrels)
+    return (f"{status}\n\nMetrics over {len(result.per_query)} finished, judged queries.", metrics,
+            gains_figure(result), p_true_figure(groups) if groups else None, per_query, view.complete)
+
+
+def build_evaluate_tab(app: gr.Blocks, root: Path) -> None:
+    with gr.Row():
+        chosen = gr.Dropdown(label=f"Batch (rerank-run output folders in {root})", choices=batch_folders(root),
+                             value=None, elem_id="evaluation-batch", scale=4)
+        refresh = gr.Button("Refresh", elem_id="evaluation-refresh", scale=1)
+    status = gr.Markdown(NOTHING_CHOSEN + f"`{html.escape(str(root))}`.", elem_id="evaluation-status")
+    metrics = gr.Dataframe(label="Before (first stage) and after reranking", interactive=False,
+                           elem_id="evaluation-metrics")
+    with gr.Row():
+        gains = gr.Plot(label="Per-query gain", show_label=False, elem_id="evaluation-gains")
+        p_true = gr.Plot(label="P(true) by relevance grade", show_label=False, elem_id="evaluation-p-true")
+    per_query = gr.Dataframe(label=f"Per query, by Δ {GAIN_MEASURE}", interactive=False,
+                             elem_id="evaluation-per-query")
+    complete = gr.State(True)
+    outputs = [status, metrics, gains, p_true, per_query, complete]
+
+    def show(name: str | None) -> tuple[Any, ...]:
+        return batch_report(root, name)
+
+    def follow(name: str | None, was_complete: bool) -> tuple[Any, ...]:
+        """A running batch's report, again; nothing once it is complete."""
+        return tuple(gr.skip() for _ in outputs) if was_complete else batch_report(root, name)
+
+    def listed(name: str | None) -> Any:
+        folders = batch_folders(root)
+        return gr.Dropdown(choices=folders, value=name if name in folders else None)
+
+    chosen.change(show, inputs=chosen, outputs=outputs, api_visibility="private")
+    refresh.click(listed, inputs=chosen, outputs=chosen, api_visibility="private").then(
+        show, inputs=chosen, outputs=outputs, api_visibility="private")
+    gr.Timer(REFRESH_S).tick(follow, inputs=[chosen, complete], outputs=outputs, show_progress="hidden",
+                             api_visibility="private")
+    app.load(listed, inputs=chosen, outputs=chosen, api_visibility="private")

@@ -63,6 +63,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)
 	$(BIN)/python benchmarks/rerank.py
 	$(BIN)/python benchmarks/annotation.py
+	$(BIN)/python benchmarks/batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

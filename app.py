@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth", default=os.environ.get("EXPLAINABLE_SEARCH_AUTH", ""),
                         help="sign-in: user:password[,user:password...]; each annotator judges under their user "
                              "name (env EXPLAINABLE_SEARCH_AUTH)")
-    add_arguments(parser)
+    add_arguments(parser, skip=("concurrency",))  # rerank-run's; the page has its own --concurrency above
     args = parser.parse_args(argv)
     try:
         settings = from_arguments(args)

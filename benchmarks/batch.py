@@ -75,10 +75,12 @@ def server_case(urls: list[str], warmup: Path, run: Path, budget: int, concurren
     try:
         result = _measured(engine, warmup, run, budget, concurrency)
         served = [endpoint.served for endpoint in engine.endpoints]
+        outages = sum(endpoint.outages for endpoint in engine.endpoints)
     finally:
         engine.close()
     shares = ", ".join(f"{count / max(sum(served), 1):.0%}" for count in served)
-    return {"case": f"{len(urls)} vLLM server{'s' if len(urls) > 1 else ''} (HTTP)", **result, "shares": shares}
+    return {"case": f"{len(urls)} vLLM server{'s' if len(urls) > 1 else ''} (HTTP)", **result, "shares": shares,
+            "outages": outages}
 
 
 @contextlib.contextmanager
@@ -118,7 +120,7 @@ def main() -> None:
                     "vs in-process": f"{rate / base:.2f}", "seconds": f"{row['seconds']:.1f}"})
     print(f"{args.queries} queries × top {args.top_k}, budget {args.budget}, {args.concurrency} at once")
     print_table(rows, ["case", "judgments", "failed", "seconds", "judgments/s", "tokens/s", "vs in-process",
-                       "shares"])
+                       "shares", "outages"])
 
 
 # Guarded: vLLM starts its engine processes with spawn, which imports this module again.

@@ -47,8 +47,9 @@ def load_run(path: Path) -> tuple[Run, list[LoadProblem]]:
         try:
             scored = (float(score), int(rank))
         except ValueError:
-            problems.append(LoadProblem(path=path, line=number, message=f"rank {rank!r} must be an integer and "
-                                                                        f"score {score!r} a number"))
+            wrong = f"rank {rank!r} is not an integer" if not rank.lstrip("-").isdigit() else \
+                f"score {score!r} is not a number"
+            problems.append(LoadProblem(path=path, line=number, message=wrong))
             continue
         rows.setdefault(query_id, {}).setdefault(doc_id, scored)
     run = {query_id: {doc_id: score for doc_id, (score, _) in sorted(docs.items(), key=lambda item: (

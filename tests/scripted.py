@@ -4,6 +4,7 @@ test_engines.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from search.corpus import Passage
@@ -57,3 +58,13 @@ def candidate(doc_id: str, text: str, rank: int = 1, title: str = "") -> Candida
     return Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=rank, score=10.0 - rank)})
 
 
+
+
+def reversing(request: GenerationRequest) -> list[GenerationChunk]:
+    """A scripted ReasonRank: reasons briefly, then answers its window reversed; the answer's end is the stop
+    string, as vLLM ends."""
+    count = len(re.findall(r"^\[\d+\] ", request.prompt, re.MULTILINE))
+    answer = " > ".join(f"[{number}]" for number in range(count, 0, -1))
+    return [GenerationChunk(text="<think>reversing", token_ids=(1,), logprobs=({},)),
+            GenerationChunk(text=f"</think> <answer>{answer}", token_ids=(2,), logprobs=({},), finish_reason="stop",
+                            stop_reason="</answer>")]

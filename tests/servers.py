@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -111,3 +112,50 @@ def running_requests(url: str) -> float:
         if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+class CuttingProxy:
+    """A loopback OpenAI endpoint that forwards to ``upstream`` but breaks each completion stream off (the
+    connection drops mid-response) after ``cut_after`` events: a server that dies mid-stream, on demand."""
+
+    def __init__(self, upstream: str, cut_after: int) -> None:
+        import uvicorn
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, StreamingResponse
+
+        self.cuts = 0
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        def models() -> JSONResponse:
+            return JSONResponse(httpx.get(f"{upstream}/v1/models", timeout=10).json())
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> StreamingResponse:
+            body = await request.json()
+
+            async def relay() -> AsyncIterator[bytes]:
+                async with httpx.AsyncClient(timeout=120) as client, client.stream(
+                        "POST", f"{upstream}/v1/completions", json=body) as response:
+                    events = 0
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            events += 1
+                            if events > cut_after:
+                                self.cuts += 1
+                                raise ConnectionAbortedError("cut on purpose")
+                        yield (line + "\n").encode()
+
+            return StreamingResponse(relay(), media_type="text/event-stream")
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
-from scripted import ScriptedEngine
+from scripted import ScriptedEngine, reversing
 from servers import VLLMServer, finished_requests, running_requests, vllm_servers
 from transformers import AutoTokenizer
 
@@ -31,6 +31,7 @@ from search.engines.openai_engine import spanning_stop
 from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
 from search.rerank.events import Judged
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
+from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
 
@@ -45,7 +46,7 @@ def test_a_run_file_is_read_by_score_and_bad_lines_are_named(tmp_path: Path) -> 
     assert list(run["q1"]) == ["b", "a", "c"]  # by score; the tie by the file's rank; a's second line ignored
     assert run["q1"]["a"] == 1.5 and list(run["q2"]) == ["x"]
     assert [(problem.line, problem.message.split(" ")[0]) for problem in problems] == [(7, "rank"), (8, "expected")]
-    with pytest.raises(CorpusError, match=r"run.trec:7: rank 'one' must be an integer"):
+    with pytest.raises(CorpusError, match=r"run.trec:7: rank 'one' is not an integer"):
         read_run(path)
 
 
@@ -184,6 +185,31 @@ def test_the_report_measures_before_and_after_and_writes_every_output(
     assert metrics["queries"] == 2 and metrics["per_query"]["q1"]["MRR@10"] == {"before": 0.5, "after": 1.0}
     assert "3 failed (run the batch again to retry them)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "gains.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_reasonrank_batch_keeps_each_finished_querys_windows_and_resumes_the_rest(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    spec = spec_of(inputs, reranker="reasonrank", window=2, step=1, passage_tokens=64)
+    store = BatchStore.open(tmp_path, spec, inputs, sources={})
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(demo_model), reversing)
+    reranker = ReasonRankReranker(engine, model_key="scripted", budget=8, window=2, step=1, passage_tokens=64)
+    first = inputs.__class__(queries=inputs.queries[:2], first_stage=inputs.first_stage)
+    asyncio.run(run_batch(first, store, reranker, concurrency=2, report=lambda progress: None))
+    assert len(engine.requests) == 4  # two windows for each of the two queries
+    view = view_batch(store)
+    assert view.status().startswith("running or stopped: 2 of 3 queries, 6 of 9 documents ranked by ReasonRank")
+    asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
+    assert len(engine.requests) == 6  # only the third query's windows
+    view = view_batch(store)
+    # Windows of 2 stepping 1 from the back: (d2, d3) reversed, then (d1, d3) reversed.
+    assert view.complete and list(view.reranked_run()["q3"]) == ["d3", "d1", "d2-good"]
+    write_outputs(tmp_path, view, None)
+    lines = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert [line["type"] for line in lines if line["query_id"] == "q1"] == ["window"] * 2 + ["document"] * 3
+    assert lines[0]["status"] == "ok" and lines[0]["reasoning"].startswith("<think>reversing")
+    assert [line.split()[4] for line in (tmp_path / "run.trec").read_text().splitlines()[:3]] == ["3.0", "2.0", "1.0"]
 
 
 def test_a_stop_string_across_a_continuation_seam_is_found() -> None:

@@ -46,6 +46,36 @@ def test_eval_prints_metrics_and_writes_the_run(index_dir: Path, tmp_path: Path)
     assert all(line.endswith("explainable-search-bm25") for line in lines)
 
 
+def test_eval_measures_any_run_files_against_qrels(index_dir: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first.run"
+    written = run("eval", "sample_corpus", "--method", "bm25", "--run-out", str(first), index_dir=index_dir)
+    assert written.returncode == 0, written.stderr
+    perfect = tmp_path / "perfect.run"
+    perfect.write_text("".join(f"{line.split()[0]} Q0 {line.split()[1]} 1 9 qrels\n"
+                               for line in (REPO_ROOT / "sample_corpus" / "qrels.tsv").read_text().splitlines()[1:]
+                               if line.split()[2] != "0"))
+    result = run("eval", "--run", str(first), "--run", str(perfect), "--qrels", "sample_corpus/qrels.tsv",
+                 index_dir=index_dir)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert 0 < float(rows[str(first)][0]) < 1 and rows[str(perfect)][1:] == ["1.0000", "1.0000"]
+    broken = tmp_path / "broken.run"
+    broken.write_text("q01 Q0 doc 1 high tag\n")
+    result = run("eval", "sample_corpus", "--run", str(broken), index_dir=index_dir)
+    assert result.returncode == 2 and f"{broken}:1: score 'high' is not a number" in result.stderr
+
+
+def test_rerank_run_names_what_the_corpus_lacks_before_starting_a_model(index_dir: Path, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("q01 Q0 bev-caffeine-alertness 1 2 t\nq01 Q0 no-such-doc 2 1 t\nq77 Q0 x 1 1 t\n")
+    result = run("rerank-run", "--run", str(run_file), "--out", str(tmp_path / "out"), "--model", "demo",
+                 index_dir=index_dir)
+    assert result.returncode == 2
+    assert "query 'q01': document 'no-such-doc' is not in the corpus" in result.stderr
+    assert "query 'q77' is not in the queries" in result.stderr and "--skip-bad" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_corpus_exits_with_file_and_line(index_dir: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text('{"_id": "a", "text": "fine"}\n{"_id": "a", "text": "twice"}\n')

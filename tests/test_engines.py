@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import free_port, running_requests, vllm_server
+from servers import CuttingProxy, free_port, running_requests, vllm_server
 
 from search.corpus import Passage
-from search.engines.base import Engine
+from search.engines.base import Engine, GenerationChunk, GenerationRequest
 from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
 from search.engines.vllm_engine import VLLMEngine
@@ -29,7 +29,7 @@ from search.rerank.events import (
     WindowReasoning,
     WindowStarted,
 )
-from search.rerank.rank1 import Rank1Reranker, p_true
+from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, p_true, render_prompt
 from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
@@ -224,3 +224,36 @@ def test_reasonrank_runs_its_windows_on_vllm_and_stops_when_closed(vllm_engine: 
 
     assert asyncio.run(read_a_little()) == 1
     assert wait_until(lambda: vllm_engine.active_requests() == 0)
+
+
+def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_happened(
+        server_url: str, demo_model: Path) -> None:
+    request = GenerationRequest(prompt=render_prompt("cats", STORY), max_tokens=40, stop=(STOP_TRUE, STOP_FALSE),
+                                watch_token_ids=(1, 2))
+
+    def generate(endpoints: list[str]) -> tuple[list[GenerationChunk], OpenAIEngine]:
+        engine = OpenAIEngine(endpoints=endpoints, tokenizer_location=str(demo_model), timeout_s=120)
+
+        async def chunks() -> list[GenerationChunk]:
+            return [chunk async for chunk in engine.generate(request)]
+
+        try:
+            return asyncio.run(chunks()), engine
+        finally:
+            engine.close()
+
+    whole, _ = generate([server_url])
+    proxy = CuttingProxy(server_url, cut_after=7)
+    try:
+        continued, engine = generate([proxy.url, server_url])
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1 and [endpoint.outages for endpoint in engine.endpoints] == [1, 0]
+    assert "".join(chunk.text for chunk in continued) == "".join(chunk.text for chunk in whole)
+    assert [token for chunk in continued for token in chunk.token_ids] == [
+        token for chunk in whole for token in chunk.token_ids]
+    pairs = zip([entry for chunk in continued for entry in chunk.logprobs],
+                [entry for chunk in whole for entry in chunk.logprobs], strict=True)
+    for entry, other in pairs:
+        assert entry.keys() == other.keys() and all(abs(entry[key] - other[key]) < 1e-3 for key in entry)
+    assert continued[-1].finish_reason == whole[-1].finish_reason == "length"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scripted import ScriptedEngine, candidate
+from scripted import ScriptedEngine, candidate, reversing
 from transformers import AutoTokenizer
 
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
@@ -95,15 +95,6 @@ def test_windows_slide_from_the_back_as_the_reference() -> None:
 def numbers_in(prompt: str) -> list[str]:
     """The passages of a window in the order the prompt lists them (their texts are their doc ids)."""
     return re.findall(r"^\[\d+\] (\S+)$", prompt, re.MULTILINE)
-
-
-def reversing(request: GenerationRequest) -> list[GenerationChunk]:
-    """Reasons briefly, then answers the window reversed; the answer's end is the stop string, as vLLM ends."""
-    count = len(numbers_in(request.prompt))
-    answer = " > ".join(f"[{number}]" for number in range(count, 0, -1))
-    return [GenerationChunk(text="<think>reversing", token_ids=(1,), logprobs=({},)),
-            GenerationChunk(text=f"</think> <answer>{answer}", token_ids=(2,), logprobs=({},), finish_reason="stop",
-                            stop_reason="</answer>")]
 
 
 def run(engine: ScriptedEngine, count: int, *, window: int = 4, step: int = 2) -> list[ListwiseEvent]:

@@ -185,6 +185,9 @@ class OpenAIEngine(Engine):
         """One try on one endpoint, continuing after ``delivered_ids`` when an earlier try broke off."""
         body = self._body(request)
         if delivered_ids:
+            if len(delivered_ids) >= request.max_tokens:  # broken off just before its last chunk
+                yield GenerationChunk(text="", token_ids=(), logprobs=(), finish_reason="length")
+                return
             body["prompt"] = self.tokenizer(request.prompt).input_ids + delivered_ids
             body["max_tokens"] = request.max_tokens - len(delivered_ids)
         try:

@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 START_TIMEOUT_S = 300
 
@@ -119,10 +122,6 @@ class CuttingProxy:
     connection drops mid-response) after ``cut_after`` events: a server that dies mid-stream, on demand."""
 
     def __init__(self, upstream: str, cut_after: int) -> None:
-        import uvicorn
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, StreamingResponse
-
         self.cuts = 0
         app = FastAPI()
 

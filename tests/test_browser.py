@@ -224,5 +224,4 @@ def test_reasonrank_streams_window_by_window_and_exports_its_traces(browser: Bro
     records = [json.loads(line) for line in contents[".jsonl"].splitlines()]
     assert [record["type"] for record in records] == ["window", "window"] + ["document"] * 4
     assert all(record["status"] in ("ok", "repaired", "truncated") for record in records[:2])
-    assert [line.split()[4] for line in contents[".trec"].splitlines()] == ["4.000000", "3.000000", "2.000000",
-                                                                            "1.000000"]
+    assert [line.split()[4] for line in contents[".trec"].splitlines()] == ["4.0", "3.0", "2.0", "1.0"]

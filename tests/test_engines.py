@@ -226,6 +226,9 @@ def test_reasonrank_runs_its_windows_on_vllm_and_stops_when_closed(vllm_engine: 
     assert wait_until(lambda: vllm_engine.active_requests() == 0)
 
 
+CUT_AFTER = 7
+
+
 def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_happened(
         server_url: str, demo_model: Path) -> None:
     request = GenerationRequest(prompt=render_prompt("cats", STORY), max_tokens=40, stop=(STOP_TRUE, STOP_FALSE),
@@ -243,7 +246,7 @@ def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_h
             engine.close()
 
     whole, _ = generate([server_url])
-    proxy = CuttingProxy(server_url, cut_after=7)
+    proxy = CuttingProxy(server_url, cut_after=CUT_AFTER)
     try:
         continued, engine = generate([proxy.url, server_url])
     finally:
@@ -252,8 +255,10 @@ def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_h
     assert "".join(chunk.text for chunk in continued) == "".join(chunk.text for chunk in whole)
     assert [token for chunk in continued for token in chunk.token_ids] == [
         token for chunk in whole for token in chunk.token_ids]
-    pairs = zip([entry for chunk in continued for entry in chunk.logprobs],
-                [entry for chunk in whole for entry in chunk.logprobs], strict=True)
-    for entry, other in pairs:
-        assert entry.keys() == other.keys() and all(abs(entry[key] - other[key]) < 1e-3 for key in entry)
+    # What rank1 reads is the log-odds of the watched tokens. Up to the cut they are the same numbers; after it
+    # the server has recomputed the received tokens by prefill, which moves bf16 logits a little (seen: up to
+    # 0.125 in log-odds on this model; the greedy tokens do not move).
+    odds = [[entry[1] - entry[2] for chunk in chunks for entry in chunk.logprobs] for chunks in (continued, whole)]
+    assert odds[0][:CUT_AFTER] == odds[1][:CUT_AFTER]
+    assert all(abs(mine - theirs) <= 0.25 for mine, theirs in zip(*odds, strict=True))
     assert continued[-1].finish_reason == whole[-1].finish_reason == "length"

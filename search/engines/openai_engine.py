@@ -4,8 +4,8 @@ machines, or a hosted rank1 API.
 Each request goes to the least busy endpoint that has room (at most ``max_in_flight`` requests each). An
 endpoint that refuses, fails or breaks off a stream is taken out for a while (1 s, doubling up to a minute)
 and tried again after that; the request moves on to another endpoint. A stream broken mid-way continues
-there from the tokens already received (prompt + those tokens as token ids), so readers never see text
-twice.
+there from the tokens already received (prompt + those tokens as token ids), so readers see the same text
+as from an unbroken stream, never any twice.
 """
 
 from __future__ import annotations
@@ -185,6 +185,12 @@ class OpenAIEngine(Engine):
         """One try on one endpoint, continuing after ``delivered_ids`` when an earlier try broke off."""
         body = self._body(request)
         if delivered_ids:
+            # With stop strings, vLLM holds back the text of the last few tokens (it could be a stop string's
+            # start); the broken stream never sent it, so it is ours to give.
+            decoded = self.tokenizer.decode(delivered_ids, skip_special_tokens=False)
+            if decoded.startswith(delivered_text) and len(decoded) > len(delivered_text):
+                yield GenerationChunk(text=decoded[len(delivered_text):], token_ids=(), logprobs=())
+                delivered_text = decoded
             if len(delivered_ids) >= request.max_tokens:  # broken off just before its last chunk
                 yield GenerationChunk(text="", token_ids=(), logprobs=(), finish_reason="length")
                 return

@@ -45,11 +45,14 @@ def _open_engine(settings: RerankSettings, choice: Choice | None) -> tuple[Engin
     return engine, choice
 
 
+def _settings_cache(settings: RerankSettings) -> JudgmentCache | None:
+    return JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
+
+
 def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
     """rank1 on the engine chosen for this machine (or forced by the settings)."""
     engine, choice = _open_engine(settings, choice)
-    cache = JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
-    return _rank1(engine, choice, cache), choice
+    return _rank1(engine, choice, _settings_cache(settings)), choice
 
 
 def _rank1(engine: Engine, choice: Choice, cache: JudgmentCache | None) -> Rank1Reranker:
@@ -58,10 +61,10 @@ def _rank1(engine: Engine, choice: Choice, cache: JudgmentCache | None) -> Rank1
 
 def open_batch_reranker(settings: RerankSettings, choice: Choice, cache: JudgmentCache
                         ) -> Rank1Reranker | ReasonRankReranker:
-    """The reranker the settings name, for a batch run: rank1 keeps its judgments in the batch's own cache."""
-    if settings.reranker == "reasonrank":
-        return open_listwise_reranker(settings, choice)[0]
+    """The reranker the settings name, for a batch run, keeping its outputs in the batch's own cache."""
     engine, choice = _open_engine(settings, choice)
+    if settings.reranker == "reasonrank":
+        return _reasonrank(engine, choice, settings, cache)
     return _rank1(engine, choice, cache)
 
 
@@ -69,9 +72,14 @@ def open_listwise_reranker(settings: RerankSettings, choice: Choice | None = Non
                            ) -> tuple[ReasonRankReranker, Choice]:
     """ReasonRank on the engine chosen for this machine (or forced by the settings)."""
     engine, choice = _open_engine(settings, choice)
+    return _reasonrank(engine, choice, settings, _settings_cache(settings)), choice
+
+
+def _reasonrank(engine: Engine, choice: Choice, settings: RerankSettings, cache: JudgmentCache | None
+                ) -> ReasonRankReranker:
     return ReasonRankReranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
-                              window=settings.window, step=settings.step,
-                              passage_tokens=settings.passage_tokens), choice
+                              window=settings.window, step=settings.step, passage_tokens=settings.passage_tokens,
+                              cache=cache)
 
 
 def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: RetrievalMethod | None = None

@@ -13,6 +13,7 @@ from scripted import ScriptedEngine, candidate, reversing
 from transformers import AutoTokenizer
 
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
+from search.rerank.cache import JudgmentCache
 from search.rerank.events import ListwiseEvent, RankingDone, WindowRanked, WindowReasoning, WindowStarted
 from search.rerank.reasonrank import (
     SYSTEM,
@@ -172,3 +173,33 @@ def test_queries_interleave_and_each_query_s_windows_run_in_order(tokenizer: obj
     first_b = min(moment for who, moment in starts if who == "b")
     last_a = max(moment for who, moment in starts if who == "a")
     assert first_b < last_a  # b did not wait for all of a's windows
+
+
+def test_cached_windows_replay_so_a_query_cut_off_mid_way_resumes_without_redoing_them(
+        tokenizer: object, tmp_path: Path) -> None:
+    cache = JudgmentCache(tmp_path / "cache.sqlite3")
+    engine = ScriptedEngine(tokenizer, reversing)
+    reranker = ReasonRankReranker(engine, model_key="scripted", budget=32, window=4, step=2, cache=cache)
+    candidates = [candidate(f"d{number}", f"d{number}", number + 1) for number in range(8)]
+
+    async def cut_after_first_window() -> None:
+        stream = reranker.stream("moons", candidates)
+        async for event in stream:
+            if isinstance(event, WindowRanked):
+                break
+        await stream.aclose()
+
+    async def all_events() -> list[ListwiseEvent]:
+        return [event async for event in reranker.stream("moons", candidates)]
+
+    asyncio.run(cut_after_first_window())
+    assert len(engine.requests) == 1
+    events = asyncio.run(all_events())
+    ranked = [event for event in events if isinstance(event, WindowRanked)]
+    assert len(engine.requests) == 3  # the first window came from the cache; the other two were generated
+    assert [event.from_cache for event in ranked] == [True, False, False]
+    assert [event.text for event in events if isinstance(event, WindowReasoning) and event.window == 0] == [
+        "<think>reversing</think> <answer>[4] > [3] > [2] > [1]"]
+    fresh = run(ScriptedEngine(tokenizer, reversing), 8)
+    assert events[-1] == fresh[-1]  # the same final order as a run that was never cut
+    assert [event.doc_ids for event in ranked] == [event.doc_ids for event in fresh if isinstance(event, WindowRanked)]

@@ -158,7 +158,7 @@ def build_app(library: CorpusLibrary, status: RerankerStatus | None = None, *, t
         rerank_settings = status.settings
         return ReasonRankReranker(chosen.engine, model_key=chosen.model_key, budget=budget,
                                   window=rerank_settings.window, step=rerank_settings.step,
-                                  passage_tokens=rerank_settings.passage_tokens)
+                                  passage_tokens=rerank_settings.passage_tokens, cache=chosen.cache)
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
                      by_probability: bool, corpus_name: str, kind: RerankerKind = "rank1",

@@ -1,8 +1,9 @@
 """Rerank every query of a batch, recording each judgment as it lands, with progress.
 
 Judgments already recorded are not sent again; those a killed run finished but did not record come back
-from the judgment cache. Up to ``concurrency`` judgments reason at once across queries (rank1); ReasonRank
-runs that many queries at once, each window after the previous.
+from the judgment cache (a ReasonRank query cut off mid-way replays its finished windows from it). Up to
+``concurrency`` judgments reason at once across queries (rank1); ReasonRank runs that many queries at once,
+each window after the previous.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from search.batch.inputs import BatchInputs, BatchQuery
 from search.batch.store import BatchStore
-from search.rerank.events import Failed, Judged, ListwiseEvent, RankingDone
+from search.rerank.events import Failed, Judged, ListwiseEvent, RankingDone, WindowRanked
 from search.rerank.rank1 import Rank1Reranker
 from search.rerank.reasonrank import ReasonRankReranker
 
@@ -123,7 +124,8 @@ async def _listwise_query(item: BatchQuery, store: BatchStore, reranker: ReasonR
     events: list[ListwiseEvent] = []
     async for event in reranker.stream(query.text, item.candidates, instruction=query.instruction):
         events.append(event)
-        progress.tokens += getattr(event, "tokens", 0)
+        if isinstance(event, WindowRanked) and not event.from_cache:
+            progress.tokens += event.tokens
     if events and isinstance(events[-1], RankingDone):
         store.record_ranking(query.query_id, events)
         progress.documents_done += len(item.candidates)

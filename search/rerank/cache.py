@@ -1,4 +1,5 @@
-"""Judgments on disk (SQLite), so that a repeated query replays at once instead of reasoning again.
+"""Judgments on disk (SQLite), so that a repeated query replays at once instead of reasoning again: rank1's
+judgments and ReasonRank's window responses.
 
 A judgment is keyed by everything that determines it: the model, the prompt recipe version, the reasoning
 budget and the exact prompt (which holds the query, the instruction or template, and the passage text).
@@ -13,6 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from search.rerank.events import Judged
 
@@ -46,16 +48,25 @@ class JudgmentCache:
         self._db.execute(SCHEMA)
 
     def get(self, key: str) -> Judged | None:
-        with self._lock:
-            row = self._db.execute("SELECT judgment FROM judgments WHERE key = ?", (key,)).fetchone()
-        return None if row is None else Judged(**json.loads(row[0]))
+        record = self.get_record(key)
+        return None if record is None else Judged(**record)
 
     def put(self, key: str, judged: Judged, *, model: str, recipe: str, budget: int, prompt: str) -> None:
-        record = json.dumps(dataclasses.asdict(judged))
+        self.put_record(key, dataclasses.asdict(judged), model=model, recipe=recipe, budget=budget, prompt=prompt)
+
+    def get_record(self, key: str) -> dict[str, Any] | None:
+        """Any recipe's stored output (a rank1 judgment, a ReasonRank window's response) as JSON data."""
+        with self._lock:
+            row = self._db.execute("SELECT judgment FROM judgments WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_record(self, key: str, record: dict[str, Any], *, model: str, recipe: str, budget: int,
+                   prompt: str) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, recipe, budget, hashlib.sha256(prompt.encode()).hexdigest(), record, time.time()),
+                (key, model, recipe, budget, hashlib.sha256(prompt.encode()).hexdigest(), json.dumps(record),
+                 time.time()),
             )
 
     def __len__(self) -> int:

@@ -104,7 +104,8 @@ class WindowRanked:
     ``ok``: a full permutation. ``repaired``: ``duplicates`` and ``out_of_range`` identifiers (1-based, as the
     model wrote them) were dropped and ``missing`` ones appended in their prior order. ``truncated``: no answer
     (the budget ran out, or the model never answered), so the window keeps its order. ``failed``: the engine
-    failed (``failure`` says why); the order is kept too.
+    failed (``failure`` says why); the order is kept too. ``from_cache``: the same prompt was answered before
+    and its response was read again, not generated.
     """
 
     type: ClassVar[str] = "window_ranked"
@@ -118,6 +119,7 @@ class WindowRanked:
     reasoning: str = ""
     tokens: int = 0
     failure: str = ""
+    from_cache: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

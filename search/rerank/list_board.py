@@ -80,7 +80,8 @@ class ListBoard:
         end = self.finished_at or time.monotonic()
         return Summary(total=self.window_count, judged=sum(item.status != "failed" for item in ranked),
                        failed=sum(item.status == "failed" for item in ranked),
-                       tokens=sum(item.tokens for item in ranked), elapsed_s=end - self.started_at)
+                       tokens=sum(item.tokens for item in ranked if not item.from_cache),
+                       elapsed_s=end - self.started_at)
 
     def rows(self) -> list[dict[str, Any]]:
         """The current list, best first, as plain data: ranks and trajectories, no probabilities."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from search.engines.base import Engine, EngineError, GenerationRequest
+from search.rerank.cache import JudgmentCache, judgment_key
 from search.rerank.events import ListwiseEvent, RankingDone, WindowRanked, WindowReasoning, WindowStarted, WindowStatus
 from search.retrieval.ranking import Candidate
 
@@ -27,6 +28,9 @@ SYSTEM = (
     "</think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> "
     "answer here </answer>."
 )
+RECIPE = "reasonrank-v1"
+"""Changes whenever the prompt or decoding changes, so cached window responses of another recipe are not
+read again."""
 ANSWER_ROOM = 100
 """New tokens allowed beyond the reasoning budget, for the answer (as the reference)."""
 ANSWER_END = "</answer>"
@@ -124,7 +128,7 @@ class ReasonRankReranker:
     name = "reasonrank"
 
     def __init__(self, engine: Engine, *, model_key: str, budget: int, window: int = 20, step: int = 10,
-                 passage_tokens: int = 512) -> None:
+                 passage_tokens: int = 512, cache: JudgmentCache | None = None) -> None:
         if window < 2 or not 1 <= step <= window or passage_tokens < 1:
             raise ValueError(f"window must be at least 2, step 1 to window and passage_tokens at least 1; got "
                              f"{window}, {step} and {passage_tokens}")
@@ -134,6 +138,7 @@ class ReasonRankReranker:
         self.window = window
         self.step = step
         self.passage_tokens = passage_tokens
+        self.cache = cache
 
     def prompt(self, query: str, candidates: Sequence[Candidate]) -> str:
         tokenizer = self.engine.tokenizer
@@ -160,19 +165,30 @@ class ReasonRankReranker:
             yield WindowStarted(window=number, start=start, end=end, doc_ids=doc_ids)
             parts: list[str] = []
             tokens = 0
+            cached = None
             try:
                 prompt = self.prompt(text, window)
                 self._check_room(prompt)
-                request = GenerationRequest(prompt=prompt, max_tokens=self.budget + ANSWER_ROOM, stop=(ANSWER_END,))
-                finish = stop = None
-                async for chunk in self.engine.generate(request):
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        yield WindowReasoning(window=number, text=chunk.text)
-                    tokens += len(chunk.token_ids)
-                    finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
-                if finish is None or finish == "abort":
-                    raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
+                key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
+                cached = self.cache.get_record(key) if self.cache is not None else None
+                if cached is not None:
+                    parts, tokens, stop = [cached["reasoning"]], cached["tokens"], cached["stop"]
+                    yield WindowReasoning(window=number, text=cached["reasoning"])
+                else:
+                    request = GenerationRequest(prompt=prompt, max_tokens=self.budget + ANSWER_ROOM,
+                                                stop=(ANSWER_END,))
+                    finish = stop = None
+                    async for chunk in self.engine.generate(request):
+                        if chunk.text:
+                            parts.append(chunk.text)
+                            yield WindowReasoning(window=number, text=chunk.text)
+                        tokens += len(chunk.token_ids)
+                        finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
+                    if finish is None or finish == "abort":
+                        raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
+                    if self.cache is not None:
+                        self.cache.put_record(key, {"reasoning": "".join(parts), "tokens": tokens, "stop": stop},
+                                              model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
             except (EngineError, ValueError) as error:
                 failure = f"engine error: {error}" if isinstance(error, EngineError) else str(error)
                 yield WindowRanked(window=number, status="failed", doc_ids=doc_ids, answer="",
@@ -184,5 +200,6 @@ class ReasonRankReranker:
             yield WindowRanked(window=number, status=parsed.status,
                                doc_ids=tuple(item.passage.doc_id for item in order[start:end]), answer=parsed.answer,
                                missing=parsed.missing, duplicates=parsed.duplicates,
-                               out_of_range=parsed.out_of_range, reasoning="".join(parts), tokens=tokens)
+                               out_of_range=parsed.out_of_range, reasoning="".join(parts), tokens=tokens,
+                               from_cache=cached is not None)
         yield RankingDone(doc_ids=tuple(item.passage.doc_id for item in order))

@@ -2,8 +2,9 @@
 stopped and the Evaluation tab can read a running batch.
 
 It holds the batch's fingerprint, each judgment's outcome by (query, document), each ReasonRank query's
-windows and final order, and rank1's judgment cache (the same table and keys as the app's), so a judgment
-the killed process finished but had not yet recorded is replayed, not reasoned again.
+windows and final order, and the judgment cache (rank1's judgments and ReasonRank's window responses; the
+same table and keys as the app's), so whatever the killed process finished but had not yet recorded is
+replayed, not reasoned again.
 """
 
 from __future__ import annotations

@@ -22,7 +22,16 @@ from scripted import ScriptedEngine, reversing
 from servers import VLLMServer, finished_requests, running_requests, vllm_servers
 from transformers import AutoTokenizer
 
-from search.batch import BatchSpec, BatchStore, BatchStoreError, load_batch, run_batch, view_batch, write_outputs
+from search.batch import (
+    BatchInputs,
+    BatchSpec,
+    BatchStore,
+    BatchStoreError,
+    load_batch,
+    run_batch,
+    view_batch,
+    write_outputs,
+)
 from search.batch.report import comparison
 from search.batch.store import STATE_FILE
 from search.corpus import Corpus, CorpusError, Document
@@ -67,7 +76,7 @@ def test_a_batch_takes_each_querys_top_k_and_names_what_the_corpus_lacks(tmp_pat
     assert [item.query.query_id for item in inputs.queries] == ["q1"] and len(inputs.problems) == 2
     assert [(c.passage.doc_id, c.rank, c.passage.contents) for c in inputs.queries[0].candidates] == [
         ("a", 1, "Title a text of a"), ("b", 2, "Title b text of b")]
-    assert inputs.first_stage == {"q1": {"a": 3.0, "b": 2.0}}
+    assert [c.score for c in inputs.queries[0].candidates] == [3.0, 2.0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,7 +204,7 @@ def test_a_reasonrank_batch_keeps_each_finished_querys_windows_and_resumes_the_r
     store = BatchStore.open(tmp_path, spec, inputs, sources={})
     engine = ScriptedEngine(AutoTokenizer.from_pretrained(demo_model), reversing)
     reranker = ReasonRankReranker(engine, model_key="scripted", budget=8, window=2, step=1, passage_tokens=64)
-    first = inputs.__class__(queries=inputs.queries[:2], first_stage=inputs.first_stage)
+    first = BatchInputs(queries=inputs.queries[:2])
     asyncio.run(run_batch(first, store, reranker, concurrency=2, report=lambda progress: None))
     assert len(engine.requests) == 4  # two windows for each of the two queries
     view = view_batch(store)

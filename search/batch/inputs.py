@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.corpus import Corpus, CorpusError, LoadProblem, Passage, Query, load_queries
-from search.evaluation import Run, load_run
+from search.evaluation import load_run
 from search.retrieval.ranking import Candidate, Hit
 
 RUN_STAGE = "run"
@@ -60,8 +60,6 @@ class BatchQuery:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BatchInputs:
     queries: tuple[BatchQuery, ...]
-    first_stage: Run
-    """The run file's top-k per reranked query: the "before" of the report."""
     problems: tuple[LoadProblem, ...] = ()
     """What was left out (with ``--skip-bad``): documents or queries the run names that are not loaded."""
 
@@ -105,7 +103,6 @@ def load_batch(corpus: Corpus, queries_path: Path | None, run_path: Path, top_k:
     by_id = {query.query_id: query for query in queries}
     problems: list[LoadProblem] = []
     batch: list[BatchQuery] = []
-    first_stage: Run = {}
     for query_id, scored in run.items():
         query = by_id.get(query_id)
         if query is None:
@@ -123,7 +120,6 @@ def load_batch(corpus: Corpus, queries_path: Path | None, run_path: Path, top_k:
                 RUN_STAGE: Hit(rank=len(candidates) + 1, score=score)}))
         if candidates:
             batch.append(BatchQuery(query=query, candidates=tuple(candidates)))
-            first_stage[query_id] = {candidate.passage.doc_id: candidate.score for candidate in candidates}
     _refuse_or_keep(problems, "run entries that the queries or corpus lack", skip_bad)
-    return BatchInputs(queries=tuple(batch), first_stage=first_stage, problems=tuple(problems))
+    return BatchInputs(queries=tuple(batch), problems=tuple(problems))
 

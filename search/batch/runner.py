@@ -88,13 +88,10 @@ async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Rank1Reran
         parallel_queries = math.ceil(concurrency / top_k) + 1
         judge = _pointwise_query
         slots = asyncio.Semaphore(concurrency)
-    queue: asyncio.Queue[BatchQuery] = asyncio.Queue()
-    for item in pending:
-        queue.put_nowait(item)
+    waiting = iter(pending)
 
     async def worker() -> None:
-        while not queue.empty():
-            item = queue.get_nowait()
+        for item in waiting:  # shared by the workers: each takes the next query not yet taken
             await judge(item, store, reranker, slots, progress)
             progress.queries_done += 1
             report(progress)

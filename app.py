@@ -19,24 +19,26 @@ from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
 from search.engines import EngineError
 from search.engines.demo_model import DemoModelError
-from search.pipeline import open_reranker
+from search.pipeline import open_model, open_reranker
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
-from search.settings import RerankSettings, RetrievalMethod, SettingsError, add_arguments, from_arguments
+from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
 from search.uploads import MAX_UPLOAD_BYTES, CorpusLibrary
-from ui.app import CSS, JS, RerankerStatus, build_app
+from ui.app import CSS, JS, ModelStatus, build_app
 
 
-def open_status(settings: RerankSettings) -> RerankerStatus:
-    """The reranker the machine can run, or why there is none (the page then serves the first stage)."""
+def open_status(settings: Settings) -> ModelStatus:
+    """The model the machine can run for the settings' reranker, or why there is none (the page then serves the
+    first stage)."""
     try:
-        reranker, choice = open_reranker(settings)
+        loaded = open_model(settings.serving, settings.rerank.reranker)
+        open_reranker(settings.rerank, loaded)  # refuses a budget the context cannot hold
     except (EngineError, DemoModelError) as error:
         print(f"warning: no reranker: {error}", file=sys.stderr)
-        return RerankerStatus(reranker=None, choice=None, problem=str(error), settings=settings)
-    for note in choice.notes:
+        return ModelStatus(loaded=None, problem=str(error), settings=settings)
+    for note in loaded.notes:
         print(f"model: {note}", file=sys.stderr)
-    return RerankerStatus(reranker=reranker, choice=choice, settings=settings)
+    return ModelStatus(loaded=loaded, settings=settings)
 
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
@@ -91,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as error:
         print(f"error: --annotations {settings.annotations}: cannot open it: {error}", file=sys.stderr)
         return 2
-    status = open_status(settings.rerank)
-    app = build_app(library, status, top_k=settings.rerank.top_k, concurrency=args.concurrency,
-                    annotations=annotations, browser_secret=secret, auth=bool(auth), batches=settings.batches)
+    status = open_status(settings)
+    app = build_app(library, status, concurrency=args.concurrency, annotations=annotations, browser_secret=secret,
+                    auth=bool(auth), batches=settings.batches)
     app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
                        auth=auth or None)
     return 0

@@ -30,7 +30,7 @@ from search.engines.demo_model import ensure_demo_model
 from search.evaluation import retrieve_run, write_trec_run
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import open_first_stage
-from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, Settings
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, RerankSettings, Settings
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from servers import vllm_servers  # the tests' loopback vLLM server helper
@@ -41,7 +41,7 @@ MAX_MODEL_LEN = 2048
 def _batch(engine: Engine, run: Path, budget: int, concurrency: int) -> dict:
     """Rerank the run file's queries into a fresh folder; seconds and counts."""
     inputs = load_batch(load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS)), None, run, 10_000)
-    reranker = Rank1Reranker(engine, model_key="demo", budget=budget)
+    reranker = Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
     with tempfile.TemporaryDirectory() as out:
         spec = BatchSpec(inputs=inputs.digest(), top_k=10_000, reranker="rank1", model="demo", budget=budget)
         store = BatchStore.open(Path(out), spec, inputs, sources={})

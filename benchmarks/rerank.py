@@ -25,7 +25,7 @@ from search.engines.demo_model import ensure_demo_model
 from search.rerank.events import Reasoning
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens, render_prompt
 from search.retrieval.ranking import Candidate, ranking_from_scores
-from search.settings import SAMPLE_CORPUS, CorpusSettings
+from search.settings import SAMPLE_CORPUS, CorpusSettings, RerankSettings
 
 MAX_MODEL_LEN = 2048
 WARMUP_QUERY = "how do engines warm up"
@@ -108,7 +108,7 @@ def engine_case(kind: str, count: int, budget: int) -> dict:
 def reranker_case(kind: str, count: int, budget: int) -> dict:
     engine = _open(kind)
     query, candidates = _workload(count)
-    reranker = Rank1Reranker(engine, model_key="demo", budget=budget)
+    reranker = Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
 
     async def run(text: str, chosen: list[Candidate]) -> tuple[int, float | None, int]:
         start = time.perf_counter()

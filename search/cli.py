@@ -7,9 +7,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from search.batch import (
     BatchProgress,
@@ -24,29 +24,14 @@ from search.batch import (
 from search.batch.report import REPORT_FILE
 from search.batch.store import STATE_FILE
 from search.corpus import Corpus, CorpusError, load_corpus
-from search.engines import Choice, EngineError, choose, close_engines
+from search.engines import EngineError, close_engines
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, passage_depth, read_qrels, read_run, retrieve_run, write_trec_run
-from search.pipeline import (
-    open_batch_reranker,
-    open_listwise_reranker,
-    open_reranker,
-    rerank_candidates,
-    reranked,
-)
+from search.pipeline import choose, open_model, open_reranker, rerank_candidates
 from search.progress import console_progress
+from search.rerank import RERANKERS, Reranker
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import (
-    Failed,
-    Judged,
-    ListwiseEvent,
-    RankingDone,
-    RerankEvent,
-    WindowRanked,
-    WindowStarted,
-    event_to_json,
-)
-from search.rerank.reasonrank import ReasonRankReranker
+from search.rerank.events import event_to_json
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.retrieval.ranking import Candidate
 from search.settings import (
@@ -155,84 +140,41 @@ def command_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _event_line(event: RerankEvent) -> str | None:
-    if isinstance(event, Judged):
-        flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(event, name))
-        return (f"{'true ' if event.verdict else 'false'} P(true)={event.p_true:.3f}  {event.doc_id}  "
-                f"({event.tokens} tokens, {event.end_reason.replace('_', ' ')}{', ' + flags if flags else ''})")
-    if isinstance(event, Failed):
-        return f"failed             {event.doc_id}  {event.reason}"
-    return None
-
-
-def _window_line(event: ListwiseEvent) -> str | None:
-    if isinstance(event, WindowStarted):
-        return f"window {event.window + 1}: positions {event.start + 1}–{event.end}"
-    if isinstance(event, WindowRanked):
-        details = [f"{name.replace('_', ' ')} {list(getattr(event, name))}"
-                   for name in ("missing", "duplicates", "out_of_range") if getattr(event, name)]
-        reason = f": {event.failure}" if event.failure else (f" ({', '.join(details)})" if details else "")
-        return f"window {event.window + 1}: {event.status}{reason} ({event.tokens} tokens)"
-    return None
-
-
-def _print_stream(events: AsyncIterator[Any], *, jsonl: bool, line_of: Callable[[Any], str | None]) -> list[Any]:
-    """Print a reranker's events as they come (JSON lines, or a line for those worth one) and return them all;
-    the engines are closed at the end."""
-    async def run() -> list[Any]:
-        seen = []
-        async for event in events:
-            seen.append(event)
-            line = json.dumps(event_to_json(event), ensure_ascii=False) if jsonl else line_of(event)
-            if line is not None:
-                print(line, flush=True)
-        return seen
-
-    try:
-        return asyncio.run(run())
-    finally:
-        close_engines()
-
-
-def _print_ranking(title: str, doc_ids: Sequence[str], candidates: Sequence[Candidate]) -> None:
-    first_rank = {candidate.passage.doc_id: candidate.rank for candidate in candidates}
-    print(f"\n{title}:")
-    for position, doc_id in enumerate(doc_ids, start=1):
-        print(f"{position:>3}. (first stage #{first_rank[doc_id]:>3}) {doc_id}")
-
-
-def command_rerank_listwise(args: argparse.Namespace, settings: Settings, choice: Choice,
-                            candidates: tuple[Candidate, ...]) -> int:
-    """ReasonRank: window by window, then the final order (ranks; no probabilities)."""
-    reranker, _ = open_listwise_reranker(settings.rerank, choice)
-    print(f"reranking {len(candidates)} documents in windows of {reranker.window} (step {reranker.step}) with "
-          f"{reranker.engine.description}, budget {reranker.budget} tokens", file=sys.stderr)
-    events = _print_stream(reranker.stream(args.query, candidates, instruction=args.instruction), jsonl=args.jsonl,
-                           line_of=_window_line)
-    done = [event for event in events if isinstance(event, RankingDone)]
-    if not args.jsonl and done:
-        _print_ranking("reranked (ReasonRank gives ranks, not probabilities)", done[-1].doc_ids, candidates)
-    return 0
-
-
-def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
-    first_stage = _open(settings, (settings.fusion.method,))
-    choice = choose(settings.rerank)
+def _open_reranker(settings: Settings, cache: JudgmentCache | None = None) -> Reranker:
+    """The reranker the settings name on the engine they choose, saying what was chosen."""
+    choice = choose(settings.serving, settings.rerank.reranker)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
+    return open_reranker(settings.rerank, open_model(settings.serving, settings.rerank.reranker, choice), cache)
+
+
+def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
+    """Stream the reranker's events (one line for each worth one, or every event as JSON), then the ranking."""
+    first_stage = _open(settings, (settings.fusion.method,))
     candidates = rerank_candidates(first_stage, args.query, settings.rerank.top_k)
-    if settings.rerank.reranker == "reasonrank":
-        return command_rerank_listwise(args, settings, choice, candidates)
-    reranker, _ = open_reranker(settings.rerank, choice)
-    print(f"reranking {len(candidates)} documents with {reranker.engine.description}, "
-          f"budget {reranker.budget} tokens", file=sys.stderr)
-    events = _print_stream(reranker.stream(args.query, candidates, instruction=args.instruction,
-                                           template=args.template), jsonl=args.jsonl, line_of=_event_line)
+    reranker = _open_reranker(settings)
+    print(f"reranking {len(candidates)} documents with {reranker.describe()}", file=sys.stderr)
+    run = reranker.start_run(args.query, candidates, instruction=args.instruction)
+
+    async def watch() -> None:
+        async for event in reranker.stream(args.query, candidates, instruction=args.instruction,
+                                           template=args.template):
+            run.apply(event)
+            line = json.dumps(event_to_json(event), ensure_ascii=False) if args.jsonl else run.describe(event)
+            if line is not None:
+                print(line, flush=True)
+
+    try:
+        asyncio.run(watch())
+    finally:
+        close_engines()
     if not args.jsonl:
-        judgments = {event.doc_id: event for event in events if isinstance(event, Judged | Failed)}
-        ranking = reranked(args.query, candidates, judgments)
-        _print_ranking("reranked", [candidate.passage.doc_id for candidate in ranking.candidates], candidates)
+        print(f"\nreranked by {run.score_name}:")
+        for position, candidate in enumerate(run.ordered(), start=1):
+            score = run.score(candidate.passage.doc_id)
+            shown = f"{score:.3f}" if score is not None else "no score"
+            print(f"{position:>3}. (first stage #{candidate.rank:>3}) {candidate.passage.doc_id}  {shown}")
     return 0
 
 
@@ -271,23 +213,15 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"left out: {problem}", file=sys.stderr)
     qrels = read_qrels(args.qrels) if args.qrels else (corpus.qrels or None)
     print(f"{len(inputs.queries)} queries, {inputs.document_count} documents to rerank", file=sys.stderr)
-    choice = choose(settings.rerank)
-    for note in choice.notes:
-        print(f"model: {note}", file=sys.stderr)
-    print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    reranker = open_batch_reranker(settings.rerank, choice, JudgmentCache(args.out / STATE_FILE))
+    reranker = _open_reranker(settings, JudgmentCache(args.out / STATE_FILE))
     rerank = settings.rerank
-    listwise = isinstance(reranker, ReasonRankReranker)
-    spec = BatchSpec(inputs=inputs.digest(), top_k=rerank.top_k, reranker=rerank.reranker, model=reranker.model_key,
-                     budget=reranker.budget, window=rerank.window if listwise else 0,
-                     step=rerank.step if listwise else 0, passage_tokens=rerank.passage_tokens if listwise else 0)
+    spec = BatchSpec.of(inputs.digest(), rerank, reranker)
     sources = {"corpus": str(corpus.source), "queries": str(args.queries or corpus.source / "queries.jsonl"),
                "run": str(args.run)}
     store = BatchStore.open(args.out, spec, inputs, sources=sources, qrels=qrels)
     concurrency = rerank.concurrency or reranker.engine.capacity
-    print(f"reranking with {reranker.engine.description}, {concurrency} at once, budget {reranker.budget} tokens",
-          file=sys.stderr)
+    print(f"reranking with {reranker.describe()}, {concurrency} requests at once", file=sys.stderr)
     try:
         progress = asyncio.run(run_batch(inputs, store, reranker, concurrency=concurrency, report=_batch_bar()))
         for line in reranker.engine.report():
@@ -300,8 +234,8 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     view = view_batch(store)
     written = write_outputs(args.out, view, store.qrels())
     print((args.out / REPORT_FILE).read_text(encoding="utf-8"))
-    print(f"reasoned {progress.documents_done - progress.resumed - progress.replayed} documents in this run "
-          f"({progress.resumed} judged before, {progress.replayed} replayed from the cache)")
+    print(f"judged {progress.documents_done - progress.resumed} documents in this run ({progress.resumed} judged "
+          f"before; {progress.replayed} judgments replayed from the cache)")
     print("written: " + ", ".join(path.name for path in written), file=sys.stderr)
     return 1 if view.failed else 0
 
@@ -310,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search",
         description="Explainable Search: hybrid first-stage retrieval (BM25 + dense, fused), reasoning "
-                    "reranking with rank1, and evaluation.",
+                    f"reranking ({', '.join(RERANKERS)}), and evaluation.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -342,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(handler=command_eval)
 
     rerank = commands.add_parser(
-        "rerank", help="rerank a query's first-stage candidates with rank1 (or --reranker reasonrank), streaming "
-                       "the reasoning",
-        description="Each candidate document (its best passage) is judged by the reasoning model; --jsonl prints "
-                    "every event (started, reasoning, judged, failed) as one JSON object per line.",
+        "rerank", help=f"rerank a query's first-stage candidates ({', '.join(RERANKERS)}), streaming the reasoning",
+        description="The candidate documents (each one's best passage) are reranked by --reranker; --jsonl prints "
+                    "every event (started, reasoning, judged, graded, failed; window_started, window_reasoning, "
+                    "window_ranked, ranking_done) as one JSON object per line.",
     )
     rerank.add_argument("--query", required=True, help="the query")
     rerank.add_argument("--instruction", default="", help="relevance instruction appended to the query")

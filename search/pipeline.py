@@ -1,23 +1,112 @@
-"""The product's spine: query → first-stage candidates → the reranker's one stream of events. The page, the
-command line and the API all read this stream; ``rerank`` is the synchronous form for scripts."""
+"""The product's spine: query → first-stage candidates → a reranker's one stream of events. The page, the command
+line, the API and batch runs all go through here: ``open_model`` starts the engine the settings ask for (or the
+best this machine can run), ``open_reranker`` builds any reranker on it, and ``collect`` / ``rerank`` are the
+forms for scripts that do not watch the stream."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from search.engines import Choice, EngineError, choose, open_engine
-from search.engines.base import Engine
-from search.engines.models import hub_cached, hub_offline
-from search.rerank.board import Board
+from search.engines import Engine, EngineError, cuda_available, engine_kind, open_engine
+from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
+from search.rerank import RERANKERS, Reranker, Run
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import Failed, Judged
-from search.rerank.rank1 import Rank1Reranker
-from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
-from search.retrieval.ranking import Candidate, Hit, Ranking
-from search.settings import RerankSettings, RetrievalMethod
+from search.retrieval.ranking import Candidate, Ranking
+from search.settings import EngineKind, EngineSettings, RerankerName, RerankSettings, RetrievalMethod
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Choice:
+    """The model and engine picked, the context to open it with, and why (shown to the user)."""
+
+    model: ResolvedModel
+    engine: EngineKind
+    max_model_len: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadedModel:
+    """A started engine with the model it serves, as the catalogue knows it: what every reranker is built on."""
+
+    engine: Engine
+    model: ResolvedModel
+    notes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The weights' identity in caches and stored judgments."""
+        return self.model.key or self.engine.model
+
+
+def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
+    """Model and engine for this machine unless the settings force them: the reranker's own default model (its
+    GPU model with vLLM on a GPU, its small one elsewhere); with no hub and no cached copy, the demo model."""
+    defaults = RERANKERS[reranker].defaults
+    kind = engine_kind(serving)
+    notes = []
+    name = serving.model
+    if name == "auto" and kind == "openai":
+        name = ""  # whatever the servers serve
+    elif name == "auto":
+        on_gpu = kind == "vllm" and cuda_available()
+        name = defaults.model_on_gpu if on_gpu else defaults.model_elsewhere
+        if not hub_cached(REGISTRY[name].source) and hub_offline():
+            notes.append(f"the Hugging Face Hub is unreachable and {name} is not cached, so the demo model runs: "
+                         "its verdicts are not meaningful")
+            name = DEMO
+        else:
+            notes.append(f"{name} on {kind} ({'GPU' if on_gpu else 'CPU'})")
+    model = resolve_model(name) if name else ResolvedModel(name="", location="", key="", is_demo=False)
+    return Choice(model=model, engine=kind, notes=tuple(notes),
+                  max_model_len=serving.max_model_len or model.max_model_len or defaults.max_model_len)
+
+
+def open_model(serving: EngineSettings, reranker: RerankerName = "rank1", choice: Choice | None = None
+               ) -> LoadedModel:
+    """The engine chosen for this machine (or forced by the settings), with a context that holds ``reranker``'s
+    prompts; refused early when its weights cannot be had."""
+    choice = choice or choose(serving, reranker)
+    location = choice.model.location
+    if location and not Path(location).is_dir() and not hub_cached(location) and hub_offline():
+        raise EngineError(f"{location} is not in the local Hugging Face cache and the Hub cannot be reached; "
+                          "choose the demo model or a local folder")
+    engine = open_engine(choice.engine, model=choice.model.key, location=location,
+                         max_model_len=choice.max_model_len, settings=serving)
+    return LoadedModel(engine=engine, model=choice.model, notes=choice.notes)
+
+
+_caches: dict[Path, JudgmentCache] = {}
+_caches_lock = threading.Lock()
+
+
+def judgment_cache(settings: RerankSettings) -> JudgmentCache | None:
+    """The judgment cache the settings name (one connection per file, shared), or None when it is off."""
+    if not settings.judgment_cache:
+        return None
+    with _caches_lock:
+        cache = _caches.get(settings.judgment_cache_path)
+        if cache is None:
+            cache = _caches[settings.judgment_cache_path] = JudgmentCache(settings.judgment_cache_path)
+        return cache
+
+
+def open_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
+    """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
+    settings' judgment cache). Its budget: the settings', else the model's own need, else the reranker's."""
+    cls = RERANKERS[settings.reranker]
+    budget = settings.budget or loaded.model.budget or cls.defaults.budget
+    engine = loaded.engine
+    if budget >= engine.max_model_len:
+        raise EngineError(f"the reasoning budget ({budget} tokens) leaves no room for the prompt in "
+                          f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
+    return cls(engine, model_key=loaded.key, budget=budget, settings=settings,
+               cache=cache if cache is not None else judgment_cache(settings))
 
 
 def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
@@ -31,57 +120,6 @@ def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
     return tuple(seen.values())
 
 
-def _open_engine(settings: RerankSettings, choice: Choice | None) -> tuple[Engine, Choice]:
-    """The engine chosen for this machine (or forced by the settings), refused early when it cannot work."""
-    choice = choice or choose(settings)
-    location = choice.model.location
-    if location and not Path(location).is_dir() and not hub_cached(location) and hub_offline():
-        raise EngineError(f"{location} is not in the local Hugging Face cache and the Hub cannot be reached; "
-                          "choose the demo model or a local folder")
-    engine = open_engine(choice, settings)
-    if choice.model.budget >= engine.max_model_len:
-        raise EngineError(f"the reasoning budget ({choice.model.budget} tokens) leaves no room for the prompt in "
-                          f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
-    return engine, choice
-
-
-def _settings_cache(settings: RerankSettings) -> JudgmentCache | None:
-    return JudgmentCache(settings.judgment_cache_path) if settings.judgment_cache else None
-
-
-def open_reranker(settings: RerankSettings, choice: Choice | None = None) -> tuple[Rank1Reranker, Choice]:
-    """rank1 on the engine chosen for this machine (or forced by the settings)."""
-    engine, choice = _open_engine(settings, choice)
-    return _rank1(engine, choice, _settings_cache(settings)), choice
-
-
-def _rank1(engine: Engine, choice: Choice, cache: JudgmentCache | None) -> Rank1Reranker:
-    return Rank1Reranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget, cache=cache)
-
-
-def open_batch_reranker(settings: RerankSettings, choice: Choice, cache: JudgmentCache
-                        ) -> Rank1Reranker | ReasonRankReranker:
-    """The reranker the settings name, for a batch run, keeping its outputs in the batch's own cache."""
-    engine, choice = _open_engine(settings, choice)
-    if settings.reranker == "reasonrank":
-        return _reasonrank(engine, choice, settings, cache)
-    return _rank1(engine, choice, cache)
-
-
-def open_listwise_reranker(settings: RerankSettings, choice: Choice | None = None
-                           ) -> tuple[ReasonRankReranker, Choice]:
-    """ReasonRank on the engine chosen for this machine (or forced by the settings)."""
-    engine, choice = _open_engine(settings, choice)
-    return _reasonrank(engine, choice, settings, _settings_cache(settings)), choice
-
-
-def _reasonrank(engine: Engine, choice: Choice, settings: RerankSettings, cache: JudgmentCache | None
-                ) -> ReasonRankReranker:
-    return ReasonRankReranker(engine, model_key=choice.model.key or engine.model, budget=choice.model.budget,
-                              window=settings.window, step=settings.step, passage_tokens=settings.passage_tokens,
-                              cache=cache)
-
-
 def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: RetrievalMethod | None = None
                       ) -> tuple[Candidate, ...]:
     """What the reranker judges for ``query``: the best passage of each of the ``top_k`` best documents, from a
@@ -89,34 +127,16 @@ def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: R
     return document_candidates(first_stage.search(query, max(top_k * 5, 100), method), top_k)
 
 
-def reranked(query: str, candidates: Sequence[Candidate], judgments: dict[str, Judged | Failed]) -> Ranking:
-    """Candidates by P(true), ties in first-stage order; those without a verdict keep their first-stage order
-    at the end, with no rank1 score."""
-    board = Board(query=query, instruction="", candidates=candidates)
-    for event in judgments.values():
-        board.apply(event)
-    positions = board.reranked_positions()
-    ordered = []
-    for state in board.ordered():
-        candidate = state.candidate
-        if state.judged is not None:
-            hit = Hit(rank=positions[state.doc_id], score=state.judged.p_true)
-            candidate = Candidate(passage=candidate.passage, stage=Rank1Reranker.name,
-                                  provenance={**candidate.provenance, Rank1Reranker.name: hit})
-        ordered.append(candidate)
-    return Ranking(query=query, stage=Rank1Reranker.name, candidates=tuple(ordered))
-
-
-async def collect(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
-                  template: str = "") -> tuple[Ranking, dict[str, Judged | Failed]]:
-    judgments: dict[str, Judged | Failed] = {}
+async def collect(reranker: Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                  template: str = "") -> Run:
+    """The whole run of ``reranker`` over ``candidates``, folded."""
+    run = reranker.start_run(query, candidates, instruction=instruction)
     async for event in reranker.stream(query, candidates, instruction=instruction, template=template):
-        if isinstance(event, Judged | Failed):
-            judgments[event.doc_id] = event
-    return reranked(query, candidates, judgments), judgments
+        run.apply(event)
+    return run
 
 
-def rerank(reranker: Rank1Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+def rerank(reranker: Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
            template: str = "") -> Ranking:
     """The final reranked ranking, for scripts that do not watch the stream."""
-    return asyncio.run(collect(reranker, query, candidates, instruction=instruction, template=template))[0]
+    return asyncio.run(collect(reranker, query, candidates, instruction=instruction, template=template)).ranking()

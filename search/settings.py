@@ -24,8 +24,11 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 FusionMethod = Literal["rrf", "weighted"]
 RetrievalMethod = Literal["bm25", "dense", "hybrid"]
 BM25Backend = Literal["auto", "numba", "numpy"]
-EngineKind = Literal["auto", "vllm", "openai", "transformers"]
-RerankerKind = Literal["rank1", "reasonrank"]
+EngineKind = Literal["vllm", "openai", "transformers"]
+"""The engines, listed once (``search.engines`` opens them)."""
+EngineChoice = Literal["auto", EngineKind]
+RerankerName = Literal["rank1", "reasonrank", "assessor"]
+"""The rerankers, by the names ``search.rerank.RERANKERS`` maps to their classes."""
 
 
 class SettingsError(ValueError):
@@ -126,25 +129,45 @@ class FusionSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class RerankSettings:
-    """The reasoning reranker: which model, on which engine, with how much room to think."""
+class EngineSettings:
+    """Which weights, on which engine, and how that engine runs; nothing here knows about relevance."""
 
-    reranker: RerankerKind = _setting("rank1", "rank1 (pointwise, P(true) per document) or reasonrank (listwise "
-                                               "windows, ranks only)")
-    model: str = _setting("auto", "reranker model: a registry name (rank1-7b, reasonrank-7b, demo, ...), hub id or "
-                                  "local folder")
-    engine: EngineKind = _setting("auto", "engine: vllm (in process), openai (remote servers), transformers")
-    top_k: int = _setting(20, "first-stage candidates (documents) reranked per query")
-    budget: int = _setting(0, "reasoning budget in new tokens (0: the model's default, 8192 for rank1)")
-    max_model_len: int = _setting(0, "context length in tokens (0: the model's default, 16000 for rank1)")
+    model: str = _setting("auto", "model: a registry name (rank1-7b, reasonrank-7b, qwen2.5-7b-instruct, demo, ...), "
+                                  "hub id or local folder (auto: the reranker's default for this machine)")
+    engine: EngineChoice = _setting("auto", "engine: vllm (in process), openai (remote servers), transformers")
+    max_model_len: int = _setting(0, "context length in tokens (0: what the model and reranker need, e.g. 16000 "
+                                     "for rank1)")
     endpoints: str = _setting("", "comma-separated base URLs of OpenAI-compatible servers (openai engine)")
     served_model: str = _setting("", "model name to request from the servers (default: the one they serve)")
     request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
     endpoint_concurrency: int = _setting(64, "openai engine: most requests in flight on one server at once")
-    concurrency: int = _setting(0, "rerank-run: documents judged at once (0: what the engine can keep busy)")
     dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(16, "transformers engine: requests generated together")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "endpoint_concurrency"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_model_len < 0:
+            raise SettingsError(f"max_model_len must be 0 (the model's default) or more, got {self.max_model_len}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise SettingsError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    @property
+    def endpoint_urls(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.endpoints.split(",") if url.strip())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankSettings:
+    """The reasoning reranker: which one, over how many candidates, with how much room to think."""
+
+    reranker: RerankerName = _setting("rank1", "rank1 (pointwise, P(true) per document), reasonrank (listwise "
+                                               "windows, ranks only) or assessor (UMBRELA's graded 0–3 judgment)")
+    top_k: int = _setting(20, "first-stage candidates (documents) reranked per query")
+    budget: int = _setting(0, "reasoning budget in new tokens (0: the reranker's default, 8192 for rank1)")
+    concurrency: int = _setting(0, "rerank-run: documents judged at once (0: what the engine can keep busy)")
     window: int = _setting(20, "reasonrank: passages per window")
     step: int = _setting(10, "reasonrank: how far each window slides (back of the list to the front)")
     passage_tokens: int = _setting(512, "reasonrank: each passage cut to its first this many tokens")
@@ -155,18 +178,11 @@ class RerankSettings:
         if self.window < 2 or not 1 <= self.step <= self.window or self.passage_tokens < 1:
             raise SettingsError(f"window must be at least 2, step 1 to window ({self.window}) and passage_tokens at "
                                 f"least 1; got {self.window}, {self.step} and {self.passage_tokens}")
-        for name in ("top_k", "batch_size", "endpoint_concurrency"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("budget", "max_model_len", "concurrency"):
+        if self.top_k < 1:
+            raise SettingsError(f"top_k must be at least 1, got {self.top_k}")
+        for name in ("budget", "concurrency"):
             if getattr(self, name) < 0:
-                raise SettingsError(f"{name} must be 0 (the model's default) or more, got {getattr(self, name)}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise SettingsError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-
-    @property
-    def endpoint_urls(self) -> tuple[str, ...]:
-        return tuple(url.strip() for url in self.endpoints.split(",") if url.strip())
+                raise SettingsError(f"{name} must be 0 (the reranker's default) or more, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,6 +195,7 @@ class Settings:
     dense: DenseSettings = field(default_factory=DenseSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
     rerank: RerankSettings = field(default_factory=RerankSettings)
+    serving: EngineSettings = field(default_factory=EngineSettings)
     index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
     annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
     batches: Path = _setting(data_home() / "batches", "folder whose rerank-run outputs (one folder each) the "

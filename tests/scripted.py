@@ -1,14 +1,17 @@
-"""A scripted engine and candidates for the rerankers' pure-logic tests; the real engines run the same code in
-test_engines.py."""
+"""A scripted engine, candidates, and a scripted model for each reranker, for the rerankers' pure-logic tests; the
+real engines run the same code in test_engines.py and test_rerankers.py."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from search.corpus import Passage
 from search.engines.base import Engine, GenerationChunk, GenerationRequest
+from search.rerank.assessor import ANSWER, GradeTokens
+from search.rerank.rank1 import STOP_TRUE, VerdictTokens
 from search.retrieval.ranking import Candidate, Hit
 
 Script = Callable[[GenerationRequest], Sequence[GenerationChunk] | Exception]
@@ -58,7 +61,56 @@ def candidate(doc_id: str, text: str, rank: int = 1, title: str = "") -> Candida
     return Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=rank, score=10.0 - rank)})
 
 
+def tokens_of(tokenizer: object, text: str, logprobs: dict[int, dict[int, float]] | None = None
+              ) -> list[GenerationChunk]:
+    """``text`` as a real model streams it: one chunk per token of ``tokenizer`` (ids and text that agree), with
+    ``logprobs[position]`` at the positions given."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    chunks, shown = [], ""
+    for position in range(len(ids)):
+        decoded = tokenizer.decode(ids[: position + 1])
+        chunks.append(GenerationChunk(text=decoded[len(shown):], token_ids=(ids[position],),
+                                      logprobs=((logprobs or {}).get(position, {}),)))
+        shown = decoded
+    return chunks
 
+
+def rank1_judge(tokenizer: object) -> Script:
+    """A scripted rank1: reasons a sentence, then answers true with P(true) 0.8 (the stop string ends there)."""
+    verdict = VerdictTokens.of(tokenizer)
+    logprobs = {verdict.true_id: math.log(0.8), verdict.false_id: math.log(0.2)}
+
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        if request.allowed_token_ids:
+            return [GenerationChunk(text="", token_ids=(verdict.true_id,), logprobs=(logprobs,),
+                                    finish_reason="length")]
+        return [*tokens_of(tokenizer, "The passage names the moons."),
+                GenerationChunk(text="", token_ids=(verdict.true_id,), logprobs=(logprobs,), finish_reason="stop",
+                                stop_reason=STOP_TRUE)]
+
+    return script
+
+
+GRADE_SHARES = (0.1, 0.2, 0.6, 0.1)
+"""What the scripted assessor answers: grade 2 most likely, expected grade 1.7."""
+
+
+def grading(tokenizer: object) -> Script:
+    """A scripted assessor: reasons a line, then writes ``##final score: 2`` with the grade tokens'
+    log-probabilities at the grade position, and would go on writing (the assessor stops reading there)."""
+    grades = GradeTokens.of(tokenizer)
+    logprobs = {token: math.log(share) for token, share in zip(grades.bare, GRADE_SHARES, strict=True)}
+
+    def script(request: GenerationRequest) -> list[GenerationChunk]:
+        if request.allowed_token_ids:
+            return [GenerationChunk(text="", token_ids=(grades.bare[2],), logprobs=(logprobs,),
+                                    finish_reason="length")]
+        text = f"M: the passage answers it.\n{ANSWER} 2"
+        at = len(tokenizer(text, add_special_tokens=False).input_ids) - 1
+        return [*tokens_of(tokenizer, text, {at: logprobs}), *tokens_of(tokenizer, "\nMore text."),
+                GenerationChunk(text="", token_ids=(), logprobs=(), finish_reason="stop")]
+
+    return script
 
 def reversing(request: GenerationRequest) -> list[GenerationChunk]:
     """A scripted ReasonRank: reasons briefly, then answers its window reversed; the answer's end is the stop
@@ -68,3 +120,8 @@ def reversing(request: GenerationRequest) -> list[GenerationChunk]:
     return [GenerationChunk(text="<think>reversing", token_ids=(1,), logprobs=({},)),
             GenerationChunk(text=f"</think> <answer>{answer}", token_ids=(2,), logprobs=({},), finish_reason="stop",
                             stop_reason="</answer>")]
+
+
+SCRIPTS: dict[str, Callable[[object], Script]] = {"rank1": rank1_judge, "assessor": grading,
+                                                  "reasonrank": lambda tokenizer: reversing}
+"""A scripted model for every registered reranker, by name."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from search.annotation.store import (
     StoredCandidate,
 )
 from search.annotation.workbench import Workbench, rerank_candidate
-from search.rerank.events import Failed, Judged, Reasoning
+from search.rerank.events import Failed, Graded, Judged, Reasoning
 from search.retrieval.ranking import Candidate
 from ui.annotation_cards import render_document, render_list, render_model, render_progress
 
@@ -156,14 +157,92 @@ def test_agreement_with_the_model_matches_hand_computed_values(store: Annotation
     assert [(item.query_id, item.items) for item in result.per_query] == [("q1", 3), ("q2", 3)]
     assert [item.agreement for item in result.per_query] == pytest.approx([2 / 3, 2 / 3])
     assert [item.kappa for item in result.per_query] == pytest.approx([0.4, 0.4])  # p_o = 2/3, p_e = 4/9
-    assert [grade for grade, _, _ in result.p_true_by_grade] == [0, 1, 2, 3]
-    assert [count for _, count, _ in result.p_true_by_grade] == [2, 1, 2, 1]
-    assert [mean for _, _, mean in result.p_true_by_grade] == pytest.approx([0.175, 0.65, 0.9, 0.3])
-    bins = [(item.low, item.count, item.mean_p_true, item.share_relevant) for item in result.calibration]
+    assert [grade for grade, _, _ in result.score_by_grade] == [0, 1, 2, 3]
+    assert [count for _, count, _ in result.score_by_grade] == [2, 1, 2, 1]
+    assert [mean for _, _, mean in result.score_by_grade] == pytest.approx([0.175, 0.65, 0.9, 0.3])
+    bins = [(item.low, item.count, item.mean_p_relevant, item.share_relevant) for item in result.calibration]
     assert [value for row in bins for value in row] == pytest.approx(
         [0.0, 1, 0.1, 0.0, 0.2, 2, 0.275, 0.5, 0.6, 1, 0.65, 0.0, 0.8, 2, 0.9, 1.0])
     everyone_agrees = model_agreement(judgments[:1], models, annotator="ann", threshold=0.5, relevant_from=2)
     assert everyone_agrees.kappa is None  # undefined on one item, not a made-up number
+
+
+def graded(query_id: str, doc_id: str, distribution: tuple[float, ...]) -> ModelJudgment:
+    return ModelJudgment(query_id=query_id, doc_id=doc_id, model="demo", reranker="assessor", verdict=None,
+                         p_true=None, grade=max(range(4), key=distribution.__getitem__), distribution=distribution,
+                         reasoning="M: fits.", forced=False, end_reason="grade")
+
+
+def test_agreement_with_a_graded_model_compares_the_grades_themselves() -> None:
+    grades = {("q1", "d1"): 0, ("q1", "d2"): 1, ("q2", "d3"): 2, ("q2", "d4"): 3}
+    shares = {("q1", "d1"): (0.7, 0.1, 0.1, 0.1), ("q1", "d2"): (0.1, 0.2, 0.6, 0.1),
+              ("q2", "d3"): (0.0, 0.2, 0.5, 0.3), ("q2", "d4"): (0.0, 0.0, 0.2, 0.8)}
+    judgments = [human("ann", *key, grade) for key, grade in grades.items()]
+    models = {key: graded(*key, distribution) for key, distribution in shares.items()}
+    result = model_agreement(judgments, models, annotator="ann", threshold=0.5, relevant_from=2)
+    # You 0 1 2 3, the model 0 2 2 3. Quadratic weights (i - j)^2: observed Σ w·O = 1 (the pair 1, 2); expected
+    # from the margins (you one of each, the model 1, 0, 2, 1) Σ w·E = (14 + 2·6 + 14) / 4 = 10; kappa = 1 - 1/10.
+    assert result.graded and result.kappa == pytest.approx(0.9)
+    assert result.alpha is not None and 0.8 < result.alpha < 1
+    assert result.labels == ("0", "1", "2", "3") and result.confusion[1] == (0, 0, 1, 0)
+    assert [mean for _, _, mean in result.score_by_grade] == pytest.approx([0.6, 1.7, 2.1, 2.8])  # expected grades
+    # Calibration on the measured P(grade >= 2): 0.2, 0.7, 0.8, 1.0 against you: 0, 0, 1, 1.
+    assert [(item.count, item.share_relevant) for item in result.calibration] == [(1, 0.0), (1, 0.0), (2, 1.0)]
+    same = model_agreement(judgments, {key: graded(*key, tuple(float(g == grade) for g in range(4)))
+                                       for key, grade in grades.items()}, annotator="ann", threshold=0.5,
+                           relevant_from=2)
+    assert (same.kappa, same.alpha) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert "grade for grade: Cohen's kappa (quadratic weights) 0.900" in result.describe(threshold=0.5,
+                                                                                          relevant_from=2)
+
+
+def test_a_graded_project_needs_the_assessor_s_scale_and_can_be_blind(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    with pytest.raises(AnnotationError, match=r"^grades: the assessor grades on a scale of 4 grades"):
+        store.create_project(Project(name="two", corpus="sample", grades=("no", "yes"), reranker="assessor"), QUERIES)
+    with pytest.raises(AnnotationError, match=r"^model: choose a reranker that judges each document \(rank1, "
+                                              r"assessor\), got 'reasonrank'"):
+        store.create_project(Project(name="listwise", corpus="sample", reranker="reasonrank"), QUERIES)
+    store.create_project(Project(name="p", corpus="sample", depth=3, reranker="assessor", blind=True), QUERIES)
+    assert store.project("p").reranker == "assessor" and store.project("p").blind
+    bench = Workbench.open(store, "p", "ann", passages, model="m")
+    bench.apply("q1", Reasoning(reranker="assessor", doc_id="fi-d1", text="M: it fits"))
+    for doc_id, logprobs in (("fi-d1", (-3.0, -2.0, -0.2, -2.0)), ("fi-d2", (-0.1, -3.0, -3.0, -3.0))):
+        bench.apply("q1", Graded.measured(logprobs, reranker="assessor", doc_id=doc_id, passage_id="p",
+                                          reasoning="M: it fits", tokens=3, end_reason="grade", forced=False,
+                                          truncated_passage=False))
+    models = bench.model_judgments()
+    assert models["fi-d1"].grade == 2 and models["fi-d1"].expected_grade == pytest.approx(
+        sum(g * p for g, p in enumerate(models["fi-d1"].distribution)))
+    assert [item.passage.doc_id for item in bench.unjudged_by_model()] == ["fi-d3"]
+    # Blind: nothing of the model's judgment shows before the annotator's own grade, then all of it.
+    assert "hidden until you grade" in render_model(bench) and "M: it fits" not in render_model(bench)
+    assert "hidden" in render_list(bench) and "2 (" not in render_list(bench)
+    bench.grade(1)  # fi-d1, graded 1 where the model says 2: they disagree
+    bench.move(-1)
+    assert "grade 2 (p " in render_model(bench) and "M: it fits" in render_model(bench)
+    assert bench.disagrees(bench.judgments()["fi-d1"], models["fi-d1"])
+    copy = AnnotationStore(tmp_path / "copy.sqlite3")
+    import_jsonl(copy, jsonl_text(store, "p"))
+    assert jsonl_text(copy, "p") == jsonl_text(store, "p")  # grades and distributions round-trip
+    assert copy.model_judgments("p")["q1", "fi-d1"] == store.model_judgments("p")["q1", "fi-d1"]
+
+
+def test_an_annotation_file_from_before_graded_models_opens_with_rank1(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE projects (name TEXT PRIMARY KEY, corpus TEXT NOT NULL, guideline TEXT NOT NULL,
+                guideline_as_instruction INTEGER NOT NULL, grades TEXT NOT NULL, depth INTEGER NOT NULL,
+                created_at TEXT NOT NULL);
+            CREATE TABLE model_judgments (project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+                model TEXT NOT NULL, verdict INTEGER, p_true REAL, reasoning TEXT NOT NULL, forced INTEGER NOT NULL,
+                end_reason TEXT NOT NULL, failure TEXT NOT NULL, PRIMARY KEY (project, query_id, doc_id));
+            INSERT INTO projects VALUES ('old', 'sample', '', 0, '["no", "yes"]', 5, '2026-01-01');
+            INSERT INTO model_judgments VALUES ('old', 'q1', 'd1', 'demo', 1, 0.8, 'r', 0, 'verdict', '');""")
+    store = AnnotationStore(path)
+    assert store.project("old").reranker == "rank1" and not store.project("old").blind
+    assert store.model_judgments("old")["q1", "d1"].p_true == 0.8
 
 
 def test_agreement_between_annotators_matches_hand_computed_values() -> None:
@@ -246,10 +325,10 @@ def test_the_workbench_moves_grades_filters_and_returns_where_it_was(tmp_path: P
     bench.grade(2, note="good")
     bench.grade(0)
     assert bench.doc_id == "fi-d3"  # each grade moves on
-    bench.apply("q1", Reasoning(doc_id="fi-d1", text="think"))
+    bench.apply("q1", Reasoning(reranker="rank1", doc_id="fi-d1", text="think"))
     assert bench.live == {"fi-d1": "think"}
     for doc_id, p_true in (("fi-d1", 0.2), ("fi-d2", 0.9)):
-        bench.apply("q1", Judged(doc_id=doc_id, passage_id="p", verdict=p_true > 0.5, p_true=p_true,
+        bench.apply("q1", Judged(reranker="rank1", doc_id=doc_id, passage_id="p", verdict=p_true > 0.5, p_true=p_true,
                                  logprob_true=0.0, logprob_false=0.0, reasoning="r", tokens=1, end_reason="verdict",
                                  forced=False, truncated_passage=False))
     assert bench.live == {} and [item.passage.doc_id for item in bench.unjudged_by_model()] == ["fi-d3", "fi-d4"]
@@ -285,7 +364,8 @@ def test_the_workbench_shows_untrusted_text_as_text(tmp_path: Path) -> None:
     bench = Workbench.open(store, "p", "<b>ann</b>", passages)
     bench.move(1)
     bench.grade(1, note="<script>alert(3)</script>", span=Span(start=0, end=4))
-    bench.apply("q1", Failed(doc_id="fi-d2", passage_id="p", reason="<i>bad</i>", reasoning="<svg onload=x>"))
+    bench.apply("q1", Failed(reranker="rank1", doc_id="fi-d2", passage_id="p", reason="<i>bad</i>",
+                             reasoning="<svg onload=x>"))
     assert [item.passage.doc_id for item in bench.unjudged_by_model()] == ["fi-d1", "fi-d2"]  # failed: again
     bench.show_others = True
     pages = [render_document(bench), render_model(bench), render_list(bench), render_progress(bench)]

@@ -10,9 +10,10 @@ from gradio_client import Client
 
 from search.corpus import Passage
 from search.engines import close_engines
-from search.pipeline import open_reranker
-from search.rerank.board import Board
+from search.pipeline import open_model
+from search.rerank import RERANKERS
 from search.rerank.events import (
+    Graded,
     Judged,
     RankingDone,
     Reasoning,
@@ -21,29 +22,29 @@ from search.rerank.events import (
     WindowReasoning,
     WindowStarted,
 )
-from search.rerank.list_board import ListBoard
+from search.rerank.listwise import ListwiseRun
+from search.rerank.pointwise import PointwiseRun
+from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
-from search.settings import RerankSettings
+from search.settings import Settings
 from search.uploads import CorpusLibrary
-from ui.app import CSS, JS, RerankerStatus, build_app
-from ui.cards import render_board
+from ui.app import CSS, JS, ModelStatus, build_app
+from ui.renderers import RENDERERS
 from ui.results import render_ranking
-from ui.window_cards import render_list_board
 
 BUDGET = 16
 
 
 @pytest.fixture(scope="module")
-def status(demo_model: object) -> Iterator[RerankerStatus]:
-    reranker, choice = open_reranker(RerankSettings(model="demo", engine="transformers", budget=BUDGET,
-                                                    judgment_cache=False))
-    yield RerankerStatus(reranker=reranker, choice=choice)
+def status(demo_model: object) -> Iterator[ModelStatus]:
+    settings = Settings().replace(model="demo", engine="transformers", budget=BUDGET, judgment_cache=False, top_k=5)
+    yield ModelStatus(loaded=open_model(settings.serving), settings=settings)
     close_engines()
 
 
 @pytest.fixture(scope="module")
-def client(library: CorpusLibrary, status: RerankerStatus) -> Iterator[Client]:
-    app = build_app(library, status, top_k=5)
+def client(library: CorpusLibrary, status: ModelStatus) -> Iterator[Client]:
+    app = build_app(library, status)
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield Client(url, verbose=False)
     app.close()
@@ -86,38 +87,57 @@ def test_rerank_streams_updates_and_ends_sorted_by_probability(client: Client) -
     assert "5/5 judged" in updates[-1][0] and "done" in updates[-1][0]
 
 
-def test_demo_model_notice_says_its_verdicts_are_not_meaningful(status: RerankerStatus) -> None:
+def test_demo_model_notice_says_its_verdicts_are_not_meaningful(status: ModelStatus) -> None:
     notices = " ".join(status.notices())
     assert "verdicts are not meaningful" in notices and "GPU with vLLM" in notices and "--endpoints" in notices
-    assert "not available" in " ".join(RerankerStatus(reranker=None, choice=None, problem="engine down.").notices())
+    assert "silently gives 0" in notices  # where UMBRELA's reference is sloppy, we say what we do instead
+    assert "not available" in " ".join(ModelStatus(loaded=None, problem="engine down.").notices())
 
 
-def hostile_board() -> Board:
+def test_every_reranker_has_a_renderer() -> None:
+    assert set(RENDERERS) == set(RERANKERS)
+
+
+def hostile_run(reranker: str = "rank1") -> PointwiseRun:
     passage = Passage(passage_id="p", doc_id="evil", index=0, title="<script>alert(1)</script>",
                       text="${alert(1)} `tick` back\\slash <img src=x onerror=alert(2)>")
     candidate = ranking_from_scores("q", "bm25", [(passage, 1.0)]).candidates[0]
-    board = Board(query="q", instruction="", candidates=[candidate])
-    board.apply(Started(doc_id="evil", passage_id="p", first_stage_rank=1))
-    board.apply(Reasoning(doc_id="evil", text="<b>bold</b> ${alert(3)}"))
-    return board
+    run = RERANKERS[reranker].new_run("q", [candidate], settings=Settings().rerank)
+    run.apply(Started(reranker=reranker, doc_id="evil", passage_id="p", first_stage_rank=1))
+    run.apply(Reasoning(reranker=reranker, doc_id="evil", text="<b>bold</b> ${alert(3)}"))
+    return run
 
 
-def test_cards_escape_document_text_and_model_output() -> None:
-    html = render_board(hostile_board(), by_probability=True)
+@pytest.mark.parametrize("reranker", ["rank1", "assessor"])
+def test_cards_escape_document_text_and_model_output(reranker: str) -> None:
+    html = RENDERERS[reranker].cards(hostile_run(reranker), True)
     assert "<script>" not in html and "<img" not in html and "<b>bold" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html and "back\\slash" in html
 
 
 def test_exports_parse() -> None:
-    board = hostile_board()
-    board.apply(Judged(doc_id="evil", passage_id="p", verdict=False, p_true=0.25, logprob_true=-2.0,
-                       logprob_false=-0.9, reasoning="<b>bold</b>", tokens=3, end_reason="budget", forced=True,
-                       truncated_passage=False))
-    (line,) = board.trec_run(query_id="q1").splitlines()
+    run = hostile_run()
+    run.apply(Judged(reranker="rank1", doc_id="evil", passage_id="p", verdict=False, p_true=0.25, logprob_true=-2.0,
+                     logprob_false=-0.9, reasoning="<b>bold</b>", tokens=3, end_reason="budget", forced=True,
+                     truncated_passage=False))
+    (line,) = run.trec_run(query_id="q1").splitlines()
     assert line.split() == ["q1", "Q0", "evil", "1", "0.25", "explainable-search-rank1"]
-    (record,) = [json.loads(text) for text in board.jsonl().splitlines()]
+    (record,) = [json.loads(text) for text in run.jsonl().splitlines()]
     assert (record["query"], record["doc_id"], record["p_true"], record["forced"]) == ("q", "evil", 0.25, True)
-    assert record["reasoning"] == "<b>bold</b>"
+    assert (record["reasoning"], record["score"], record["reranker"]) == ("<b>bold</b>", 0.25, "rank1")
+    assert list(record)[:12] == ["query", "instruction", "reranker", "type", "rank", "doc_id", "passage_id",
+                                 "first_stage_rank", "status", "score", "failure", *Rank1Reranker.row_fields[:1]]
+
+
+def test_an_assessor_card_shows_the_grade_distribution_and_the_expected_grade() -> None:
+    run = hostile_run("assessor")
+    run.apply(Graded.measured((-2.3, -1.6, -0.5, -2.3), reranker="assessor", doc_id="evil", passage_id="p",
+                              reasoning="fine", tokens=4, end_reason="grade", forced=False, truncated_passage=False))
+    html = RENDERERS["assessor"].cards(run, True)
+    assert html.count("<i style=\"height:") == 4 and "grade 2" in html and "expected grade <b>1.70</b> / 3" in html
+    assert "P(true)" not in html
+    (row,) = run.rows()
+    assert row["score"] == row["expected_grade"] == pytest.approx(1.70, abs=0.01) and row["grade"] == 2
 
 
 def test_an_unknown_corpus_is_named_in_the_error(client: Client) -> None:
@@ -137,25 +157,28 @@ def test_rerank_with_reasonrank_streams_windows_and_gives_ranks_not_probabilitie
     assert all(row["trajectory"][0] == row["first_stage_rank"] for row in final_rows)
 
 
-def test_a_listwise_board_folds_windows_and_derives_scores_from_ranks() -> None:
+def test_a_listwise_run_folds_windows_and_derives_scores_from_ranks() -> None:
     candidates = [Candidate(passage=Passage(passage_id=f"{doc}#0", doc_id=doc, index=0, title="",
                                             text="<img src=x onerror=alert(1)>"), stage="bm25",
                             provenance={"bm25": Hit(rank=rank, score=1.0)})
                   for rank, doc in enumerate("abcd", start=1)]
-    board = ListBoard(query="q", instruction="", candidates=candidates, window_count=2)
-    board.apply(WindowStarted(window=0, start=1, end=4, doc_ids=("b", "c", "d")))
-    board.apply(WindowReasoning(window=0, text="<b>think</b>"))
+    board = ListwiseRun(reranker="reasonrank", query="q", instruction="", candidates=candidates, window_count=2)
+    board.apply(WindowStarted(reranker="reasonrank", window=0, start=1, end=4, doc_ids=("b", "c", "d")))
+    board.apply(WindowReasoning(reranker="reasonrank", window=0, text="<b>think</b>"))
     assert board.active() is board.windows[0] and board.summary().judged == 0
-    board.apply(WindowRanked(window=0, status="repaired", doc_ids=("d", "b", "c"), answer="[3] > [3]", missing=(1, 2),
-                             duplicates=(3,), reasoning="<b>think</b>", tokens=5))
-    board.apply(WindowStarted(window=1, start=0, end=3, doc_ids=("a", "d", "b")))
-    board.apply(WindowRanked(window=1, status="truncated", doc_ids=("a", "d", "b"), answer="", tokens=7))
-    board.apply(RankingDone(doc_ids=("a", "d", "b", "c")))
+    assert [board.status(doc) for doc in "abcd"] == ["waiting", "reasoning", "reasoning", "reasoning"]
+    board.apply(WindowRanked(reranker="reasonrank", window=0, status="repaired", doc_ids=("d", "b", "c"),
+                             answer="[3] > [3]", missing=(1, 2), duplicates=(3,), reasoning="<b>think</b>", tokens=5))
+    board.apply(WindowStarted(reranker="reasonrank", window=1, start=0, end=3, doc_ids=("a", "d", "b")))
+    board.apply(WindowRanked(reranker="reasonrank", window=1, status="truncated", doc_ids=("a", "d", "b"), answer="",
+                             tokens=7))
+    board.apply(RankingDone(reranker="reasonrank", window=2, doc_ids=("a", "d", "b", "c")))
     assert board.order == ["a", "d", "b", "c"] and board.trajectory["d"] == [4, 2, 2]
     assert (board.summary().judged, board.summary().tokens, board.summary().finished) == (2, 12, True)
     assert [line.split()[2:5] for line in board.trec_run().splitlines()] == [
         ["a", "1", "4.0"], ["d", "2", "3.0"], ["b", "3", "2.0"], ["c", "4", "1.0"]]
     records = [json.loads(line) for line in board.jsonl().splitlines()]
+    assert [record["type"] for record in records] == ["window", "window", *["document"] * 4]
     assert records[0]["missing"] == [1, 2] and records[0]["duplicates"] == [3] and records[1]["status"] == "truncated"
-    html = render_list_board(board, reranked=True)
+    html = RENDERERS["reasonrank"].cards(board, True)
     assert "<img" not in html and "<b>think" not in html and "missing (appended) [1], [2]" in html

@@ -5,6 +5,7 @@ over two servers one of which dies mid-batch."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
-from scripted import ScriptedEngine, reversing
+from scripted import ScriptedEngine, grading, reversing
 from servers import VLLMServer, finished_requests, running_requests, vllm_servers
 from transformers import AutoTokenizer
 
@@ -32,17 +33,18 @@ from search.batch import (
     view_batch,
     write_outputs,
 )
-from search.batch.report import comparison
-from search.batch.store import STATE_FILE
+from search.batch.report import comparison, grade_agreement
+from search.batch.store import STATE_FILE, Kept
 from search.corpus import Corpus, CorpusError, Document
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.engines.openai_engine import spanning_stop
 from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
+from search.rerank.assessor import AssessorReranker
 from search.rerank.events import Judged
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
 from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
-from search.settings import REPO_ROOT, SAMPLE_CORPUS
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, RerankSettings
 
 # ---------------------------------------------------------------------------------------------------------
 # Inputs
@@ -123,13 +125,19 @@ def small_batch(tmp_path: Path) -> tuple[Path, Path, Corpus]:
 
 
 def rerank(store: BatchStore, inputs: object, engine: ScriptedEngine) -> None:
-    reranker = Rank1Reranker(engine, model_key="scripted", budget=8, cache=store.judgment_cache())
+    reranker = Rank1Reranker(engine, model_key="scripted", budget=8, settings=RerankSettings(),
+                             cache=store.judgment_cache())
     asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
 
 
 def spec_of(inputs: object, **changes: object) -> BatchSpec:
     return BatchSpec(**{"inputs": inputs.digest(), "top_k": 3, "reranker": "rank1", "model": "scripted", "budget": 8,
                         **changes})
+
+
+def kept(store: BatchStore) -> dict[tuple[str, str], Kept]:
+    """The outcome each (query, document) has now."""
+    return {(item.query_id, item.event.doc_id): item for item in store.kept()}
 
 
 def test_a_batch_resumes_retries_failures_and_replays_what_it_had_not_recorded(
@@ -145,12 +153,12 @@ def test_a_batch_resumes_retries_failures_and_replays_what_it_had_not_recorded(
 
     # A judgment that reached the cache but not the batch's record (the process was killed in between).
     with sqlite3.connect(out / STATE_FILE) as db:
-        db.execute("DELETE FROM outcomes WHERE query_id = 'q2' AND doc_id = 'd1'")
+        db.execute("DELETE FROM kept_events WHERE query_id = 'q2' AND subject = 'd1'")
     engine = ScriptedEngine(tokenizer, Judge(verdict))
     rerank(store, inputs, engine)
     prompts = [request.prompt for request in engine.requests if not request.allowed_token_ids]
     assert len(prompts) == 3 and all("text of d3\n" in prompt for prompt in prompts)  # only the failed ones
-    outcomes = {(outcome.query_id, outcome.event.doc_id): outcome for outcome in store.outcomes()}
+    outcomes = kept(store)
     assert outcomes["q2", "d1"].replayed and outcomes["q1", "d3"].attempts == 2
     view = view_batch(store)
     assert (view.judged, view.failed) == (9, 0)
@@ -182,7 +190,7 @@ def test_the_report_measures_before_and_after_and_writes_every_output(
 
     written = {path.name for path in write_outputs(tmp_path, view, store.qrels())}
     assert written == {"run.trec", "traces.jsonl", "report.md", "metrics.json", "per_query.tsv", "gains.png",
-                       "p_true_by_grade.png"}
+                       "score_by_grade.png"}
     lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
     assert [(line[2], line[3]) for line in lines[:3]] == [("d2-good", "1"), ("d1", "2"), ("d3", "3")]
     assert [float(line[4]) for line in lines[:3]] == pytest.approx([0.8, 0.2, -3.0])  # failed last, below any P
@@ -200,15 +208,17 @@ def test_a_reasonrank_batch_keeps_each_finished_querys_windows_and_resumes_the_r
         tmp_path: Path, small_batch: tuple[Path, Path, Corpus], demo_model: Path) -> None:
     queries, run, corpus = small_batch
     inputs = load_batch(corpus, queries, run, 3)
-    spec = spec_of(inputs, reranker="reasonrank", window=2, step=1, passage_tokens=64)
-    store = BatchStore.open(tmp_path, spec, inputs, sources={})
+    settings = RerankSettings(reranker="reasonrank", window=2, step=1, passage_tokens=64)
     engine = ScriptedEngine(AutoTokenizer.from_pretrained(demo_model), reversing)
-    reranker = ReasonRankReranker(engine, model_key="scripted", budget=8, window=2, step=1, passage_tokens=64)
+    reranker = ReasonRankReranker(engine, model_key="scripted", budget=8, settings=settings)
+    spec = BatchSpec.of(inputs.digest(), dataclasses.replace(settings, top_k=3), reranker)
+    assert spec.options == {"window": 2, "step": 1, "passage_tokens": 64}
+    store = BatchStore.open(tmp_path, spec, inputs, sources={})
     first = BatchInputs(queries=inputs.queries[:2])
     asyncio.run(run_batch(first, store, reranker, concurrency=2, report=lambda progress: None))
     assert len(engine.requests) == 4  # two windows for each of the two queries
     view = view_batch(store)
-    assert view.status().startswith("running or stopped: 2 of 3 queries, 6 of 9 documents ranked by ReasonRank")
+    assert view.status().startswith("running or stopped: 2 of 3 queries, 6 of 9 documents judged by reasonrank")
     asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
     assert len(engine.requests) == 6  # only the third query's windows
     view = view_batch(store)
@@ -219,6 +229,56 @@ def test_a_reasonrank_batch_keeps_each_finished_querys_windows_and_resumes_the_r
     assert [line["type"] for line in lines if line["query_id"] == "q1"] == ["window"] * 2 + ["document"] * 3
     assert lines[0]["status"] == "ok" and lines[0]["reasoning"].startswith("<think>reversing")
     assert [line.split()[4] for line in (tmp_path / "run.trec").read_text().splitlines()[:3]] == ["3.0", "2.0", "1.0"]
+    with pytest.raises(BatchStoreError, match=r"window: 2 → 3"):
+        BatchStore.open(tmp_path, dataclasses.replace(spec, options={**spec.options, "window": 3}), inputs, sources={})
+
+
+def test_an_assessor_batch_reports_its_grades_against_the_qrels(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    reranker = AssessorReranker(ScriptedEngine(tokenizer, grading(tokenizer)), model_key="scripted", budget=32,
+                                settings=RerankSettings(reranker="assessor", top_k=3))
+    store = BatchStore.open(tmp_path, BatchSpec.of(inputs.digest(), reranker.settings, reranker), inputs, sources={},
+                            qrels={"q1": {"d1": 2, "d2-good": 3}, "q2": {"d1": 2, "d3": 1}})
+    asyncio.run(run_batch(inputs, store, reranker, concurrency=4, report=lambda progress: None))
+    view = view_batch(store)
+    assert view.complete and view.score_name == "expected grade"
+    assert all(score == pytest.approx(1.7) for score in view.reranked_run()["q1"].values())
+    agreement = grade_agreement(view, store.qrels())
+    assert agreement is not None and agreement.documents == 4  # every document graded 2; the qrels 2, 3, 2, 1
+    assert agreement.weighted_kappa == pytest.approx(0.0)  # one rater always says 2: no agreement beyond chance
+    write_outputs(tmp_path, view, store.qrels())
+    report = (tmp_path / "report.md").read_text()
+    assert "reranked by expected grade after" in report and "assessor's grades against the qrels on 4" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["grades_vs_qrels"]["documents"] == 4
+    traces = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert all(trace["grade"] == 2 and len(trace["distribution"]) == 4 for trace in traces)
+
+
+def test_a_batch_written_before_the_common_event_store_reads_and_resumes(tmp_path: Path) -> None:
+    """Batches kept rank1 outcomes and ReasonRank rankings in tables of their own; they move over on opening."""
+    judged = {"doc_id": "a", "passage_id": "a", "verdict": True, "p_true": 0.9, "logprob_true": -0.1,
+              "logprob_false": -2.3, "reasoning": "r", "tokens": 3, "end_reason": "verdict", "forced": False,
+              "truncated_passage": False, "from_cache": False}
+    windows = [{"type": "window_started", "window": 0, "start": 0, "end": 2, "doc_ids": ["a", "b"]},
+               {"type": "window_ranked", "window": 0, "status": "ok", "doc_ids": ["b", "a"], "answer": "[2] > [1]"},
+               {"type": "done", "doc_ids": ["b", "a"]}]
+    with sqlite3.connect(tmp_path / STATE_FILE) as db:
+        db.executescript("""
+            CREATE TABLE outcomes (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, status TEXT NOT NULL, event TEXT NOT
+                NULL, replayed INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 1, updated REAL NOT NULL,
+                PRIMARY KEY (query_id, doc_id));
+            CREATE TABLE rankings (query_id TEXT PRIMARY KEY, events TEXT NOT NULL, updated REAL NOT NULL);""")
+        db.execute("INSERT INTO outcomes VALUES ('q1', 'a', 'judged', ?, 0, 2, 1.0)", (json.dumps(judged),))
+        db.execute("INSERT INTO rankings VALUES ('q2', ?, 1.0)", (json.dumps(windows),))
+    store = BatchStore.read(tmp_path)
+    moved = {(item.query_id, item.event.type): item for item in store.kept()}
+    assert moved["q1", "judged"].event.p_true == 0.9 and moved["q1", "judged"].attempts == 2
+    assert moved["q2", "ranking_done"].event.window == 1 and moved["q2", "window_ranked"].event.doc_ids == ("b", "a")
+    store.close()
+    assert len(list(BatchStore.read(tmp_path).kept())) == 4  # moved once; the old tables are gone
 
 
 def test_a_stop_string_across_a_continuation_seam_is_found() -> None:
@@ -261,13 +321,13 @@ def command(out: Path, run: Path, *urls: str, concurrency: int = 1) -> list[str]
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def recorded(out: Path) -> dict[tuple[str, str], Judged]:
+def recorded(out: Path) -> dict[tuple[str, str], Kept]:
     """The judgments a batch folder holds now (its process may still be writing)."""
     if not (out / STATE_FILE).is_file():
         return {}
     store = BatchStore.read(out)
     try:
-        return {(outcome.query_id, outcome.event.doc_id): outcome for outcome in store.outcomes()}
+        return kept(store)
     finally:
         store.close()
 

@@ -15,13 +15,11 @@ from conftest import shoot, write
 from playwright.sync_api import Browser, Page, expect
 
 from search.engines import close_engines
-from search.engines.models import choose
-from search.pipeline import open_reranker
-from search.rerank.rank1 import Rank1Reranker
+from search.pipeline import LoadedModel, open_model
 from search.retrieval.first_stage import open_first_stage
-from search.settings import RerankSettings, Settings
+from search.settings import EngineSettings, Settings
 from search.uploads import CorpusLibrary
-from ui.app import CSS, JS, RerankerStatus, build_app
+from ui.app import CSS, JS, ModelStatus, build_app
 
 HOSTILE_TITLE = "<script>window.hacked = 1</script> cat story"
 HOSTILE_TEXT = "${window.hacked = 2} `cat` story with a back\\slash <img src=x onerror=\"window.hacked = 3\">"
@@ -30,27 +28,24 @@ STORIES = [f"Write a long story about a cat named {name}." for name in ("Tom", "
 
 
 @pytest.fixture(scope="module")
-def reranker(demo_model: Path) -> Iterator[Rank1Reranker]:
-    reranker, _ = open_reranker(RerankSettings(model="demo", engine="transformers", budget=160,
-                                               judgment_cache=False))
-    yield reranker
+def loaded(demo_model: Path) -> Iterator[LoadedModel]:
+    yield open_model(EngineSettings(model="demo", engine="transformers"))
     close_engines()
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, reranker: Rank1Reranker) -> Iterator[str]:
+def page_url(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, loaded: LoadedModel) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("browser")
     records = [{"_id": f"story-{index}", "title": f"Cat story {index}", "text": text}
                for index, text in enumerate(STORIES)]
     records.append({"_id": "hostile", "title": HOSTILE_TITLE, "text": HOSTILE_TEXT})
     corpus = write(folder / "corpus.jsonl", "".join(json.dumps(record) + "\n" for record in records))
-    settings = Settings().replace(corpus=corpus, index_dir=index_dir)
+    # ReasonRank windows of 3 sliding by 2: two windows over the four documents.
+    settings = Settings().replace(corpus=corpus, index_dir=index_dir, model="demo", engine="transformers",
+                                  budget=160, judgment_cache=False, top_k=4, window=3, step=2)
     library = CorpusLibrary(settings, ("hybrid",))
     library.add("cats", open_first_stage(settings, ("hybrid",)))
-    choice = choose(RerankSettings(model="demo", engine="transformers"))
-    # ReasonRank windows of 3 sliding by 2: two windows over the four documents.
-    status = RerankerStatus(reranker=reranker, choice=choice, settings=RerankSettings(window=3, step=2))
-    app = build_app(library, status, top_k=4)
+    app = build_app(library, ModelStatus(loaded=loaded, settings=settings))
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield url
     app.close()
@@ -70,7 +65,7 @@ def elapsed_s(page: Page) -> float:
 
 
 def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page_url: str,
-                                                          reranker: Rank1Reranker) -> None:
+                                                          loaded: LoadedModel) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(page_url)
     expect(page.get_by_text("verdicts are not meaningful")).to_be_visible()
@@ -106,9 +101,9 @@ def test_live_reasoning_stop_sorting_exports_and_escaping(browser: Browser, page
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
     deadline = time.monotonic() + 20
-    while reranker.engine.active_requests() and time.monotonic() < deadline:
+    while loaded.engine.active_requests() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert reranker.engine.active_requests() == 0  # Stop freed the engine's requests
+    assert loaded.engine.active_requests() == 0  # Stop freed the engine's requests
     shoot(page, "stopped")
 
     # A short budget to the end: verdicts, probabilities, the re-sorted list.
@@ -225,3 +220,34 @@ def test_reasonrank_streams_window_by_window_and_exports_its_traces(browser: Bro
     assert [record["type"] for record in records] == ["window", "window"] + ["document"] * 4
     assert all(record["status"] in ("ok", "repaired", "truncated") for record in records[:2])
     assert [line.split()[4] for line in contents[".trec"].splitlines()] == ["4.0", "3.0", "2.0", "1.0"]
+
+
+def test_the_assessor_shows_each_grade_distribution_and_sorts_by_expected_grade(browser: Browser,
+                                                                               page_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(page_url)
+    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
+    page.get_by_label("Assessor (UMBRELA): graded 0–3, expected grade per document").check()
+    budget = page.get_by_label("Reasoning budget (tokens)")
+    budget.fill("6")
+    budget.press("Tab")
+    query = page.get_by_label("Query")
+    query.fill("cat story")
+    query.press("Enter")
+    expect(page.locator(".es-summary")).to_contain_text("4/4 judged", timeout=120_000)
+    expect(page.locator(".es-summary")).to_contain_text("done")
+    expect(page.locator(".es-rcard .es-grades")).to_have_count(4)  # a 0–3 bar chart on every card
+    expect(page.locator(".es-rcard").first.locator(".es-grades > span")).to_have_count(4)
+    cards = " ".join(page.locator(".es-rcard").all_inner_texts())
+    expected = [float(text) for text in re.findall(r"expected grade ([0-9.]+) / 3", cards)]
+    assert len(expected) == 4 and expected == sorted(expected, reverse=True) and "P(true)" not in cards
+    assert page.evaluate("window.hacked") is None
+    shoot(page, "assessor-done")
+    page.get_by_role("button", name="Export TREC run and JSONL traces").click()
+    links = page.locator("a[download]")
+    expect(links).to_have_count(2, timeout=10_000)
+    jsonl = next(page.request.get(link.get_attribute("href")).text() for link in links.all()
+                 if (link.get_attribute("download") or "").endswith(".jsonl"))
+    records = [json.loads(line) for line in jsonl.splitlines()]
+    assert all(record["reranker"] == "assessor" and len(record["distribution"]) == 4 for record in records)
+    assert [f"{record['expected_grade']:.2f}" for record in records] == [f"{shown:.2f}" for shown in expected]

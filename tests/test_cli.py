@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from search.settings import REPO_ROOT
 
 
@@ -102,6 +104,11 @@ def test_index_builds_then_query_loads(tmp_path: Path) -> None:
     assert "encoding passages" not in queried.stderr
 
 
+RANK1_JUDGED = {"doc_id", "passage_id", "verdict", "p_true", "logprob_true", "logprob_false", "reasoning", "tokens",
+                "end_reason", "forced", "truncated_passage", "from_cache"}
+"""The fields of rank1's ``judged`` lines that scripts read: they stay as they are."""
+
+
 def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path: Path) -> None:
     arguments = ("rerank", "--corpus", "sample_corpus", "--query", "which planets have no moons", "--top-k", "3",
                  "--budget", "16", "--jsonl")
@@ -110,16 +117,35 @@ def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     assert "demo model runs: its verdicts are not meaningful" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert all("type" in event and "doc_id" in event for event in events)
-    judged = [event for event in events if event["type"] == "judged"]
+    assert all(list(event)[:3] == ["type", "reranker", "doc_id"] and event["reranker"] == "rank1" for event in events)
+    judged = {event["doc_id"]: event for event in events if event["type"] == "judged"}
     assert len(judged) == 3 and {event["type"] for event in events} == {"started", "reasoning", "judged"}
-    assert all({"p_true", "verdict", "forced", "reasoning"} <= set(event) for event in judged)
-    assert not any(event["from_cache"] for event in judged)
+    assert all(set(event) >= RANK1_JUDGED for event in judged.values())
+    assert not any(event["from_cache"] for event in judged.values())
 
     again = run(*arguments, index_dir=index_dir, extra_environment=environment)
-    replayed = [json.loads(line) for line in again.stdout.splitlines() if '"judged"' in line]
-    assert all(event["from_cache"] for event in replayed)
-    assert [event["p_true"] for event in replayed] == [event["p_true"] for event in judged]
+    replayed = {event["doc_id"]: event for event in map(json.loads, again.stdout.splitlines())
+                if event["type"] == "judged"}
+    assert all(event["from_cache"] for event in replayed.values())
+    # Compared by document: documents are judged at once and their events arrive in any order.
+    assert {doc_id: event["p_true"] for doc_id, event in replayed.items()} == {
+        doc_id: event["p_true"] for doc_id, event in judged.items()}
+
+
+def test_the_assessor_gives_every_judged_document_a_grade_distribution(index_dir: Path) -> None:
+    result = run("rerank", "--reranker", "assessor", "--corpus", "sample_corpus", "--query",
+                 "which planets have no moons", "--top-k", "3", "--budget", "8", "--no-judgment-cache", "--jsonl",
+                 index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "qwen2.5-1.5b-instruct is not cached, so the demo model runs" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    graded = [event for event in events if event["type"] == "graded"]
+    assert len(graded) == 3 and all(event["reranker"] == "assessor" for event in events)
+    for event in graded:
+        assert len(event["distribution"]) == 4 and sum(event["distribution"]) == pytest.approx(1.0)
+        assert event["grade"] == max(range(4), key=event["distribution"].__getitem__)
+        assert event["expected_grade"] == pytest.approx(sum(g * p for g, p in enumerate(event["distribution"])))
+        assert event["forced"] == (event["end_reason"] != "grade")
 
 
 def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
@@ -147,9 +173,9 @@ def test_reasonrank_prints_its_windows_as_json_lines(index_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reasonrank-7b is not cached, so the demo model runs" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [event["type"] for event in events if event["type"] != "reasoning"] == [
-        "window_started", "window_ranked", "window_started", "window_ranked", "done"]
-    assert all("window" in event for event in events if event["type"] == "reasoning")
+    assert [event["type"] for event in events if event["type"] != "window_reasoning"] == [
+        "window_started", "window_ranked", "window_started", "window_ranked", "ranking_done"]
+    assert all("window" in event and event["reranker"] == "reasonrank" for event in events)
     assert len(events[-1]["doc_ids"]) == 5
     human = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--window", "1", index_dir=index_dir)
     assert human.returncode == 2 and "window must be at least 2" in human.stderr

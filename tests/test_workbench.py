@@ -142,8 +142,8 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
         page.get_by_role("button", name="Compute agreement").click()
         # ada 2 0 3 1 vs bob 3 0 1 1: kappa on grades (2/4 - 4/16) / (1 - 4/16) = 1/3.
-        expect(page.get_by_text(re.compile(r"You vs the model on 4 documents .* Cohen's kappa .* The model vs the "
-                                           r"existing qrels on [1-4] documents"))).to_be_visible(timeout=15_000)
+        expect(page.get_by_text(re.compile(r"You vs the model \(rank1\) on 4 documents .* Cohen's kappa .* The model "
+                                           r"vs the existing qrels on [1-4] documents"))).to_be_visible(timeout=15_000)
         expect(page.locator("#annotate-pairs")).to_contain_text("ada · bob")
         expect(page.locator("#annotate-pairs")).to_contain_text("0.333")
         shoot(page, "annotate-agreement")
@@ -168,6 +168,41 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
     import_jsonl(elsewhere, exported)
     assert jsonl_text(elsewhere, "caffeine & planets") == exported
     assert jsonl_text(AnnotationStore(annotations), "copy") == copy
+
+
+def test_a_blind_project_with_the_assessor_shows_its_grades_only_after_yours(
+        browser: Browser, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log") as (url, _):
+        open_annotate(page, url)
+        page.get_by_label("Annotator (your name)").fill("ada")
+        page.get_by_label("Project name").fill("graded")
+        page.get_by_label(re.compile("or type queries")).fill("q02\twhich planets have no moons")
+        page.get_by_label("Assessor (UMBRELA): graded 0–3, expected grade per document").check()
+        page.get_by_label(re.compile("Blind: hide the model's judgment")).check()
+        page.get_by_role("button", name="Create project").click()
+        expect(page.locator(".es-list tr")).to_have_count(5, timeout=60_000)
+        expect(page.locator(".es-list tr").first).to_contain_text("model (assessor)")
+        # Blind: the assessor judges meanwhile, but nothing of it shows before the annotator's own grade.
+        expect(page.get_by_text(re.compile("hidden until you grade this document"))).to_be_visible(timeout=30_000)
+        expect(page.locator(".es-list tr td:nth-child(4)")).to_have_text(["hidden"] * 4)
+        # The Search tab's rank1 runs on the same demo model: judging its rankings with it would be circular.
+        expect(page.get_by_text(re.compile("Circularity: .* they are the same model"))).to_be_visible()
+        shoot(page, "annotate-blind")
+        page.locator("h1").click()
+        page.keyboard.press("2")
+        page.keyboard.press("k")
+        expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#1", timeout=15_000)
+        # Graded, the document shows the assessor's grade, its expected grade and its reasoning.
+        expect(page.get_by_text(re.compile(r"grade [0-3] \(p 0\.\d\d\) · expected grade [0-3]\.\d\d"))).to_be_visible(
+            timeout=120_000)
+        expect(page.locator(".es-list tr td:nth-child(4)").first).to_have_text(re.compile(r"[0-3] \([0-3]\.\d\d\)"))
+        expect(page.locator(".es-list tr td:nth-child(4)").nth(1)).to_have_text("hidden")
+        shoot(page, "annotate-assessor")
+        page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
+        page.get_by_role("button", name="Compute agreement").click()
+        expect(page.get_by_text(re.compile(r"You vs the model \(assessor\) on 1 documents, grade for grade: Cohen's "
+                                           r"kappa \(quadratic weights\)"))).to_be_visible(timeout=15_000)
 
 
 def test_sigkill_in_a_burst_loses_no_acknowledged_judgment(tmp_path: Path, index_dir: Path, demo_model: Path

@@ -31,8 +31,9 @@ from search.annotation.store import (
 )
 from search.annotation.workbench import FILTERS, Filter, Workbench
 from search.corpus import load_qrels, load_queries
+from search.models import shared_lineage
 from search.pipeline import rerank_candidates
-from search.rerank.rank1 import Rank1Reranker
+from search.rerank import RERANKERS, Reranker
 from search.retrieval.ranking import Candidate
 from search.uploads import CorpusLibrary
 from ui.annotation_cards import SELECTION_JS, render_document, render_list, render_model, render_progress
@@ -51,8 +52,9 @@ class AnnotationContext:
 
     store: AnnotationStore
     library: CorpusLibrary
-    reranker_for: Callable[[str], Rank1Reranker | None]
-    """The reranker a session chose (by its key in the Model panel), or None."""
+    reranker_for: Callable[[str, str], Reranker | None]
+    """(the session's model, by its key in the Model panel; a reranker name) → that reranker on that model, or
+    None when no model is loaded."""
     top_k: int
 
 
@@ -85,10 +87,21 @@ def remembered_state(secret: str) -> gr.BrowserState:
     return gr.BrowserState({}, storage_key="explainable-search-annotator", secret=secret)
 
 
-def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key: gr.State,
+def circularity(bench: Workbench, search_reranker: Reranker | None) -> str:
+    """Why the project's model judging what the Search tab's reranker ranks would be circular, or ""."""
+    if search_reranker is None or search_reranker.name == bench.project.reranker:
+        return ""
+    reason = shared_lineage(bench.model, search_reranker.model_key)
+    return (f"the {bench.project.reranker} judging here and the Search tab's {search_reranker.name} run on models "
+            f"where {reason}: a model's judgments of its own family's rankings flatter them (Clarke & Dietz 2024). "
+            "To evaluate that reranker with these judgments, load another model for one of them."
+            ) if reason else ""
+
+
+def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr.State, search_kind: gr.Radio,
                        remembered: gr.BrowserState, *, auth: bool = False, concurrency: int = 8) -> None:
-    """The tab's components and events, inside ``app``; ``reranker_key`` is the session's model choice from the
-    search tab, ``remembered`` from ``remembered_state``."""
+    """The tab's components and events, inside ``app``; ``model_key`` is the session's model choice and
+    ``search_kind`` its reranker on the Search tab, ``remembered`` from ``remembered_state``."""
     store, library = context.store, context.library
     benches: dict[str, Workbench] = {}
     """Each browser session's open workbench."""
@@ -139,17 +152,18 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         project = remembered.get("project") if remembered.get("project") in store.project_names() else None
         return (gr.update(value=name, interactive=not auth), gr.update(choices=store.project_names(), value=project))
 
-    def open_project(annotator: str, project: str | None, reranker: str, request: gr.Request
+    def open_project(annotator: str, project: str | None, key: str, search: str, request: gr.Request
                      ) -> tuple[Any, ...]:
         annotator = who(annotator, request)
         if not project:
             raise gr.Error("project: choose a project, or start one under “New project”.")
-        chosen = context.reranker_for(reranker)
         try:
+            chosen = context.reranker_for(key, store.project(project).reranker)
             bench = Workbench.open(store, project, annotator, find_candidates,
                                    model=chosen.model_key if chosen else "")
         except AnnotationError as error:
             raise gr.Error(str(error)) from None
+        bench.circularity = circularity(bench, context.reranker_for(key, search))
         benches[request.session_hash or ""] = bench
         grades = bench.project.grades
         buttons = [gr.update(visible=index < len(grades), value=f"{index} · {grades[index]}" if index < len(grades)
@@ -160,7 +174,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                 gr.update(visible=True), gr.update(open=False), gr.Timer(active=True))
 
     def create_project(name: str, corpus: str, queries_file: str | None, typed: str, qrels_file: str | None,
-                       guideline: str, to_model: bool, grades: str, depth: float) -> Any:
+                       guideline: str, to_model: bool, grades: str, depth: float, reranker: str, blind: bool) -> Any:
         if queries_file:
             path = Path(queries_file)
             loaded, problems = load_queries(path)
@@ -179,7 +193,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         try:
             created = store.create_project(Project(name=name, corpus=corpus, guideline=guideline.strip(),
                                                    guideline_as_instruction=to_model, grades=labels,
-                                                   depth=int(depth)), queries, reference)
+                                                   depth=int(depth), reranker=reranker, blind=blind),
+                                           queries, reference)
         except AnnotationError as error:
             raise gr.Error(str(error)) from None
         return gr.update(choices=store.project_names(), value=created.name)
@@ -199,12 +214,12 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
 
     # The model -----------------------------------------------------------------------------------------
 
-    async def judge_with_model(reranker: str, request: gr.Request) -> None:
-        """The model's reasoning about this query's documents it has not judged, stored as each verdict lands;
-        the refresh timer shows it. Ends when the annotator opens another query."""
+    async def judge_with_model(key: str, request: gr.Request) -> None:
+        """The project's reranker's reasoning about this query's documents it has not judged, stored as each
+        judgment lands; the refresh timer shows it. Ends when the annotator opens another query."""
         session = request.session_hash or ""
         bench = benches.get(session)
-        chosen = context.reranker_for(reranker)
+        chosen = context.reranker_for(key, bench.project.reranker) if bench is not None else None
         if bench is None or chosen is None or bench.live:
             return
         query = bench.query
@@ -251,18 +266,19 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         # The qrels the project started with are compared like one more annotator, but not counted in alpha.
         reference = reference_judgments(store.reference(project))
         with_reference = annotator_agreement([*judgments, *reference], relevant_from=int(relevant_from))
-        (tn, fp), (fn, tp) = versus.confusion
-        confusion = pd.DataFrame({"": ["you: not relevant", "you: relevant"], "model: not relevant": [tn, fn],
-                                  "model: relevant": [fp, tp]})
+        confusion = pd.DataFrame([[f"you: {label}", *row] for label, row in zip(versus.labels, versus.confusion,
+                                                                                 strict=True)],
+                                 columns=["", *(f"model: {label}" for label in versus.labels)])
         per_query = pd.DataFrame([{"query": item.query_id, "documents": item.items,
                                    "agreement": round(item.agreement or 0.0, 3), "kappa": _format_kappa(item.kappa)}
                                   for item in versus.per_query], columns=["query", "documents", "agreement", "kappa"])
-        by_grade = pd.DataFrame([{"grade": str(grade), "documents": count, "mean P(true)": mean}
-                                 for grade, count, mean in versus.p_true_by_grade],
-                                columns=["grade", "documents", "mean P(true)"])
-        calibration = pd.DataFrame([{"mean P(true)": item.mean_p_true, "share you judged relevant":
+        score = "mean score"
+        by_grade = pd.DataFrame([{"grade": str(grade), "documents": count, score: mean}
+                                 for grade, count, mean in versus.score_by_grade],
+                                columns=["grade", "documents", score])
+        calibration = pd.DataFrame([{"mean P(relevant)": item.mean_p_relevant, "share you judged relevant":
                                      item.share_relevant, "documents": item.count} for item in versus.calibration],
-                                   columns=["mean P(true)", "share you judged relevant", "documents"])
+                                   columns=["mean P(relevant)", "share you judged relevant", "documents"])
         pairs = pd.DataFrame([{"annotators": f"{item.first} · {item.second}", "documents": item.items,
                                "kappa (grades)": _format_kappa(item.kappa),
                                "kappa (relevant or not)": _format_kappa(item.binary_kappa)}
@@ -272,8 +288,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                                         "Krippendorff's alpha": _format_kappa(item.agreement)}
                                        for item in between.per_query],
                                       columns=["query", "documents", "Krippendorff's alpha"])
-        summary = (f"You vs the model on {versus.items} documents (model relevant when P(true) ≥ {threshold:.2f}, "
-                   f"you when grade ≥ {int(relevant_from)}): Cohen's kappa {_format_kappa(versus.kappa)}. "
+        compared = versus.describe(threshold=threshold, relevant_from=int(relevant_from))
+        summary = (f"You vs the model ({bench.project.reranker}) {compared}. "
                    f"Annotators ({', '.join(between.annotators) or 'none yet'}): Krippendorff's alpha (ordinal) "
                    f"{_format_kappa(between.alpha)}. Undefined means the statistic has no value on these "
                    "judgments (too few, or one grade throughout).")
@@ -332,7 +348,12 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
         with gr.Row():
             to_model = gr.Checkbox(label="Give the guideline to the model as its instruction")
             grades = gr.Textbox(value=", ".join(DEFAULT_GRADES), label="Grades from 0 up (comma-separated labels)")
-            create_button = gr.Button("Create project")
+        with gr.Row():
+            model_reranker = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items() if cls.judges_documents],
+                                      value="rank1", label="The model's judgments beside yours", scale=2)
+            blind = gr.Checkbox(label="Blind: hide the model's judgment of a document until you have graded it",
+                                scale=1)
+            create_button = gr.Button("Create project", scale=0)
     with gr.Accordion("Import a project (an earlier JSONL export)", open=False):
         import_file = gr.File(label=f"JSONL export (up to {MAX_IMPORT_BYTES // 2**20} MB)",
                               file_types=[".jsonl", ".ndjson"], elem_id="annotate-import")
@@ -362,7 +383,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                 model_panel = gr.HTML()
         with gr.Row():
             view_filter = gr.Radio([(label, key) for key, label in FILTERS.items()], value="all", label="Show")
-            threshold = gr.Slider(0, 1, value=0.5, step=0.05, label="Model says relevant at P(true) ≥")
+            threshold = gr.Slider(0, 1, value=0.5, step=0.05, label="rank1 says relevant at P(true) ≥")
             relevant_from = gr.Slider(1, len(DEFAULT_GRADES) - 1, value=2, step=1,
                                       label="A grade counts as relevant from")
             show_others = gr.Checkbox(label="Show other annotators' grades")
@@ -397,14 +418,14 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
                                  "show_progress": "hidden"}
 
     opened = [*shown, *grade_buttons, guideline_view, relevant_from, remembered, workbench, new_project, ticks]
-    gr.on([open_button.click, project.select], open_project, inputs=[annotator, project, reranker_key],
-          outputs=opened, api_visibility="private").success(judge_with_model, inputs=reranker_key,
+    gr.on([open_button.click, project.select], open_project, inputs=[annotator, project, model_key, search_kind],
+          outputs=opened, api_visibility="private").success(judge_with_model, inputs=model_key,
                                                             **model_run)
     create_button.click(create_project, inputs=[new_name, new_corpus, queries_file, typed, qrels_file, guideline,
-                                                to_model, grades, depth], outputs=project,
+                                                to_model, grades, depth, model_reranker, blind], outputs=project,
                         api_visibility="private").success(
-        open_project, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").success(
-        judge_with_model, inputs=reranker_key, **model_run)
+        open_project, inputs=[annotator, project, model_key, search_kind], outputs=opened,
+        api_visibility="private").success(judge_with_model, inputs=model_key, **model_run)
     import_file.upload(import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
 
     def navigate(move: Callable[[Workbench], object]) -> Callable[..., tuple]:
@@ -419,7 +440,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
     fields = [note, span_start, span_end]
     for step, button in ((-1, prev_query), (1, next_query)):
         button.click(navigate(lambda bench, step=step: bench.move_query(step)), inputs=fields, outputs=shown,
-                     **edits).success(judge_with_model, inputs=reranker_key, **model_run)
+                     **edits).success(judge_with_model, inputs=model_key, **model_run)
     for step, button in ((-1, prev_doc), (1, next_doc)):
         button.click(navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown, **edits)
     for value, button in enumerate(grade_buttons):
@@ -459,12 +480,12 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
     export_button.click(export, outputs=files, api_visibility="private")
     gr.api(judge_api, api_name="judge", concurrency_id=EDITS, concurrency_limit=1)
 
-    def resume(annotator_name: str, project_name: str | None, reranker: str, request: gr.Request
+    def resume(annotator_name: str, project_name: str | None, key: str, search: str, request: gr.Request
                ) -> tuple[Any, ...]:
         """Back to work after a reload or restart, when the browser remembers who and which project."""
         if not annotator_name or not project_name:
             return tuple(gr.skip() for _ in opened)
-        return open_project(annotator_name, project_name, reranker, request)
+        return open_project(annotator_name, project_name, key, search, request)
 
     def forget(request: gr.Request) -> None:
         benches.pop(request.session_hash or "", None)
@@ -476,6 +497,6 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, reranker_key:
     annotator.blur(lambda name, value: {**(value or {}), "annotator": name}, inputs=[annotator, remembered],
                    outputs=remembered, api_visibility="private")
     app.load(restore, inputs=remembered, outputs=[annotator, project], api_visibility="private").then(
-        resume, inputs=[annotator, project, reranker_key], outputs=opened, api_visibility="private").then(
-        judge_with_model, inputs=reranker_key, **model_run)
+        resume, inputs=[annotator, project, model_key, search_kind], outputs=opened, api_visibility="private").then(
+        judge_with_model, inputs=model_key, **model_run)
     app.unload(forget)

@@ -104,23 +104,29 @@ def render_document(bench: Workbench | None, evidence: Span | None = None) -> st
 def _model_summary(judgment: ModelJudgment | None, live: str | None) -> str:
     if judgment is None:
         return "reasoning…" if live is not None else "waiting for the model"
-    if judgment.p_true is None:
-        return f"no verdict: {escape(judgment.failure)}"
-    forced = ' <span class="es-flag">forced verdict</span>' if judgment.forced else ""
-    return f'<b>{"relevant" if judgment.verdict else "not relevant"}</b> · P(true) {judgment.p_true:.3f}{forced}'
+    forced = ' <span class="es-flag">forced</span>' if judgment.forced else ""
+    return f"<b>{escape(judgment.describe())}</b>{forced}"
 
 
 def render_model(bench: Workbench | None) -> str:
-    """The model's reasoning about the current document, live while it thinks."""
+    """The model's reasoning about the current document, live while it thinks (in a blind project only once the
+    annotator has graded the document), and a notice when judging with this model would be circular."""
     if bench is None or bench.current() is None:
         return ""
+    circular = (f'<div class="es-notice">Circularity: {escape(bench.circularity)}</div>'
+                if bench.circularity else "")
+    name = f"<b>Model</b> ({escape(bench.project.reranker)})"
+    if not bench.shows_model(bench.doc_id):
+        return (f"{circular}<div>{name}: hidden until you grade this document (blind project: the model's judgment "
+                "must not anchor yours)</div>")
     judgment = bench.model_judgments().get(bench.doc_id)
     live = bench.live.get(bench.doc_id)
     reasoning = judgment.reasoning if judgment is not None else (live or "")
-    percent = f"{judgment.p_true * 100:.1f}" if judgment is not None and judgment.p_true is not None else "0"
-    return (f"<div><b>Model</b>: {_model_summary(judgment, live)}</div>"
-            f'<div class="es-bar"><div style="width: {percent}%"></div></div>'
-            f'<div class="es-trace">{escape(reasoning)}</div>')
+    p_relevant = judgment.p_relevant(bench.relevant_from) if judgment is not None else None
+    percent = f"{p_relevant * 100:.1f}" if p_relevant is not None else "0"
+    return (f"{circular}<div>{name}: {_model_summary(judgment, live)}</div>"
+            f'<div class="es-bar" title="measured probability of relevance {percent}%">'
+            f'<div style="width: {percent}%"></div></div><div class="es-trace">{escape(reasoning)}</div>')
 
 
 def render_list(bench: Workbench | None) -> str:
@@ -130,17 +136,19 @@ def render_list(bench: Workbench | None) -> str:
     judgments, models, others = bench.judgments(), bench.model_judgments(), bench.others()
     reference = bench.reference()
     compared = bench.has_reference
-    headers = ["", "rank", "document", "model P(true)", "you", ""]
+    headers = ["", "rank", "document", f"model ({escape(bench.project.reranker)})", "you", ""]
     headers += ["existing qrels"] * compared + ["others"] * bench.show_others
     rows = []
     for item in bench.candidates():
         if item.doc_id != bench.doc_id and not bench.shown(item, judgments, models):
             continue
         model, mine = models.get(item.doc_id), judgments.get(item.doc_id)
-        if model is None:
+        if not bench.shows_model(item.doc_id):
+            said = "hidden"
+        elif model is None:
             said = "…" if item.doc_id in bench.live else "—"
         else:
-            said = "failed" if model.p_true is None else f"{model.p_true:.2f}"
+            said = escape(model.short())
         flag = '<span class="es-disagree" title="model and you disagree">≠</span>' \
             if bench.disagrees(mine, model) else ""
         current = item.doc_id == bench.doc_id

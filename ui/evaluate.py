@@ -12,7 +12,13 @@ import gradio as gr
 import pandas as pd
 
 from search.batch import BatchStore, comparison, view_batch
-from search.batch.report import GAIN_MEASURE, gains_figure, p_true_by_grade, p_true_figure
+from search.batch.report import (
+    GAIN_MEASURE,
+    gains_figure,
+    grade_agreement,
+    score_by_grade,
+    score_figure,
+)
 from search.batch.store import batch_folders
 
 REFRESH_S = 5.0
@@ -20,7 +26,8 @@ NOTHING_CHOSEN = "Choose a batch. Batches are the folders that `python -m search
 
 
 def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
-    """Status, metrics table, gains plot, P(true) plot, per-query table, and whether the batch is complete."""
+    """Status, metrics table, gains plot, score-by-grade plot, per-query table, and whether the batch is
+    complete."""
     if not name or name not in batch_folders(root):
         return (NOTHING_CHOSEN + f"`{html.escape(str(root))}`.", None, None, None, None, True)
     store = BatchStore.read(root / name)
@@ -43,9 +50,12 @@ def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
         rows.append([query_id, round(before, 4), round(after, 4), round(after - before, 4)])
     per_query = pd.DataFrame(sorted(rows, key=lambda row: row[3]),
                              columns=["query", f"{GAIN_MEASURE} before", f"{GAIN_MEASURE} after", "Δ"])
-    groups = p_true_by_grade(view, qrels)
-    return (f"{status}\n\nMetrics over {len(result.per_query)} finished, judged queries.", metrics,
-            gains_figure(result), p_true_figure(groups) if groups else None, per_query, view.complete)
+    groups = score_by_grade(view, qrels)
+    agreement = grade_agreement(view, qrels)
+    graded = agreement.describe(view.reranker) if agreement else ""
+    return (f"{status}\n\nMetrics over {len(result.per_query)} finished, judged queries. {html.escape(graded)}",
+            metrics, gains_figure(result), score_figure(groups, view.score_name, view.reranker) if groups else None,
+            per_query, view.complete)
 
 
 def build_evaluate_tab(app: gr.Blocks, root: Path) -> None:
@@ -58,11 +68,11 @@ def build_evaluate_tab(app: gr.Blocks, root: Path) -> None:
                            elem_id="evaluation-metrics")
     with gr.Row():
         gains = gr.Plot(label="Per-query gain", show_label=False, elem_id="evaluation-gains")
-        p_true = gr.Plot(label="P(true) by relevance grade", show_label=False, elem_id="evaluation-p-true")
+        by_grade = gr.Plot(label="Score by relevance grade", show_label=False, elem_id="evaluation-by-grade")
     per_query = gr.Dataframe(label=f"Per query, by Δ {GAIN_MEASURE}", interactive=False,
                              elem_id="evaluation-per-query")
     complete = gr.State(True)
-    outputs = [status, metrics, gains, p_true, per_query, complete]
+    outputs = [status, metrics, gains, by_grade, per_query, complete]
 
     def show(name: str | None) -> tuple[Any, ...]:
         return batch_report(root, name)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from html import escape
 
-from search.rerank.board import Summary
-from search.rerank.list_board import ListBoard, WindowState
+from search.rerank import Summary
+from search.rerank.listwise import ListwiseRun, WindowState
 
 WINDOW_CSS = """
 .es-window { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 6px 10px; margin: 4px 0; }
@@ -46,7 +46,7 @@ def _trajectory(positions: list[int]) -> str:
     return " → ".join(f"#{position}" for position in positions)
 
 
-def render_list_board(board: ListBoard, *, reranked: bool) -> str:
+def render_list_board(board: ListwiseRun, *, reranked: bool) -> str:
     if not board.candidates:
         return '<p class="es-notice">No passage matches this query.</p>'
     active = board.active()
@@ -56,7 +56,8 @@ def render_list_board(board: ListBoard, *, reranked: bool) -> str:
     for candidate in board.ordered(reranked=reranked):
         passage = candidate.passage
         key = escape(passage.doc_id, quote=True)
-        highlight = " es-in-window" if passage.doc_id in in_window else ""
+        highlight = " es-in-window" if passage.doc_id in in_window else (
+            " es-failed" if board.status(passage.doc_id) == "failed" else "")
         cards.append(
             f'<div class="es-rcard{highlight}" data-doc="{key}">'
             f'<h4><span class="es-move">{escape(_trajectory(board.trajectory[passage.doc_id]))}</span>'

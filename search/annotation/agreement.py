@@ -1,8 +1,10 @@
 """How far annotators agree with the model and with each other. Cohen's kappa and the confusion matrix come
 from scikit-learn, Krippendorff's alpha from ``krippendorff``; nothing here re-implements a statistic.
 
-The model says relevant when P(true) >= ``threshold``; a human when their grade >= ``relevant_from``.
-A statistic that is undefined on the data (one class only, fewer than two items) is None, never a made-up 0.
+Against rank1, decisions are binary: the model says relevant when P(true) >= ``threshold``, a human when their
+grade >= ``relevant_from``. Against a graded model (the assessor, on the TREC 0–3 scale) the grades themselves
+are compared: Cohen's kappa with quadratic weights and ordinal Krippendorff's alpha. A statistic that is undefined
+on the data (one class only, fewer than two items) is None, never a made-up 0.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ def reference_judgments(reference: Mapping[str, Mapping[str, int]]) -> list[Huma
             for query_id, graded in reference.items() for doc_id, grade in graded.items()]
 
 
-def cohen_kappa(first: Sequence[int], second: Sequence[int]) -> float | None:
-    """Cohen's kappa of two label sequences, or None where it is undefined (fewer than two items, or both raters
-    always giving one and the same label)."""
+def cohen_kappa(first: Sequence[int], second: Sequence[int], *, weights: str | None = None) -> float | None:
+    """Cohen's kappa of two label sequences (``weights="quadratic"`` for ordinal grades), or None where it is
+    undefined (fewer than two items, or both raters always giving one and the same label)."""
     if len(first) < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        value = float(cohen_kappa_score(first, second))
+        value = float(cohen_kappa_score(first, second, weights=weights))
     return None if math.isnan(value) else value
 
 
@@ -60,7 +62,7 @@ class QueryAgreement:
     query_id: str
     items: int
     agreement: float | None
-    """Share of items with the same binary decision (annotator vs model), or Krippendorff's alpha (annotators)."""
+    """Share of items with the same decision or grade (annotator vs model), or Krippendorff's alpha (annotators)."""
     kappa: float | None = None
 
 
@@ -69,64 +71,93 @@ class CalibrationBin:
     low: float
     high: float
     count: int
-    mean_p_true: float
+    mean_p_relevant: float
+    """Mean of the model's measured probability of relevance: P(true), or P(grade ≥ relevant_from)."""
     share_relevant: float
-    """Share of the bin's documents the annotator graded relevant: equal to ``mean_p_true`` when calibrated."""
+    """Share of the bin's documents the annotator graded relevant: equal to ``mean_p_relevant`` when calibrated."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelAgreement:
-    """One annotator against the model."""
+    """One annotator against the model, on relevant / not relevant (rank1) or on the grades (a graded model)."""
 
     annotator: str
     items: int
+    graded: bool
     kappa: float | None
-    confusion: tuple[tuple[int, int], tuple[int, int]]
-    """Rows: human not relevant / relevant; columns: model not relevant / relevant."""
+    """Cohen's kappa: on relevant / not (rank1), or with quadratic weights on the grades (a graded model)."""
+    alpha: float | None
+    """Ordinal Krippendorff's alpha of annotator and model on the grades (graded models only)."""
+    labels: tuple[str, ...]
+    confusion: tuple[tuple[int, ...], ...]
+    """Rows: the annotator's label; columns: the model's (``labels`` in order)."""
     per_query: tuple[QueryAgreement, ...]
-    p_true_by_grade: tuple[tuple[int, int, float], ...]
-    """(grade, documents, mean P(true)) for each grade used."""
+    score_by_grade: tuple[tuple[int, int, float], ...]
+    """(grade, documents, mean score) for each grade used; the score is P(true) or the expected grade."""
     calibration: tuple[CalibrationBin, ...]
+
+    def describe(self, *, threshold: float, relevant_from: int) -> str:
+        """What was compared and how far they agree, in words."""
+        if self.graded:
+            return (f"on {self.items} documents, grade for grade: Cohen's kappa (quadratic weights) "
+                    f"{_statistic(self.kappa)}, Krippendorff's alpha (ordinal) {_statistic(self.alpha)}")
+        return (f"on {self.items} documents (model relevant when P(true) ≥ {threshold:.2f}, you when grade ≥ "
+                f"{relevant_from}): Cohen's kappa {_statistic(self.kappa)}")
+
+
+def _statistic(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def model_agreement(judgments: Sequence[HumanJudgment], model: Mapping[Key, ModelJudgment], *, annotator: str,
                     threshold: float, relevant_from: int, bins: int = 5) -> ModelAgreement:
     """``annotator``'s judgments against the model's, over the documents both judged (failed model judgments
-    have no probability and are left out)."""
-    pairs = [(item, model[item.query_id, item.doc_id].p_true) for item in judgments
+    have no score and are left out)."""
+    pairs = [(item, model[item.query_id, item.doc_id]) for item in judgments
              if item.annotator == annotator and model.get((item.query_id, item.doc_id)) is not None
-             and model[item.query_id, item.doc_id].p_true is not None]
-    human = [int(item.grade >= relevant_from) for item, _ in pairs]
-    machine = [int(p >= threshold) for _, p in pairs]
-    matrix = confusion_matrix(human, machine, labels=[0, 1]) if pairs else np.zeros((2, 2), dtype=int)
-    by_query: dict[str, list[int]] = defaultdict(list)
+             and model[item.query_id, item.doc_id].measured]
+    graded = bool(pairs) and all(judgment.graded for _, judgment in pairs)
+    probabilities = np.array([judgment.p_relevant(relevant_from) for _, judgment in pairs], dtype=float)
+    relevant = [int(item.grade >= relevant_from) for item, _ in pairs]
+    if graded:
+        human = [item.grade for item, _ in pairs]
+        machine = [int(judgment.grade) for _, judgment in pairs]
+        labels = list(range(max(len(judgment.distribution) for _, judgment in pairs)))
+        weights: str | None = "quadratic"
+    else:
+        human, machine = relevant, [int(p >= threshold) for p in probabilities]
+        labels, weights = [0, 1], None
+    matrix = confusion_matrix(human, machine, labels=labels) if pairs else np.zeros((2, 2), dtype=int)
+    by_query: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for (item, _), said, saw in zip(pairs, human, machine, strict=True):
-        by_query[item.query_id].extend([said, saw])
+        by_query[item.query_id].append((said, saw))
     per_query = tuple(
-        QueryAgreement(query_id=query_id, items=len(labels) // 2,
-                       agreement=float(np.mean([a == b for a, b in zip(labels[::2], labels[1::2], strict=True)])),
-                       kappa=cohen_kappa(labels[::2], labels[1::2]))
-        for query_id, labels in by_query.items()
+        QueryAgreement(query_id=query_id, items=len(labelled),
+                       agreement=float(np.mean([a == b for a, b in labelled])),
+                       kappa=cohen_kappa([a for a, _ in labelled], [b for _, b in labelled], weights=weights))
+        for query_id, labelled in by_query.items()
     )
     by_grade: dict[int, list[float]] = defaultdict(list)
-    for item, p in pairs:
-        by_grade[item.grade].append(p)
+    for item, judgment in pairs:
+        by_grade[item.grade].append(float(judgment.score))
     edges = np.linspace(0.0, 1.0, bins + 1)
-    probabilities = np.array([p for _, p in pairs], dtype=float)
-    relevant = np.array(human, dtype=float)
+    shares = np.array(relevant, dtype=float)
     places = np.clip(np.searchsorted(edges, probabilities, side="right") - 1, 0, bins - 1)
     calibration = tuple(
         CalibrationBin(low=float(edges[index]), high=float(edges[index + 1]), count=int(np.sum(places == index)),
-                       mean_p_true=float(probabilities[places == index].mean()),
-                       share_relevant=float(relevant[places == index].mean()))
+                       mean_p_relevant=float(probabilities[places == index].mean()),
+                       share_relevant=float(shares[places == index].mean()))
         for index in range(bins) if np.any(places == index)
     )
+    alpha = krippendorff_alpha({"annotator": {index: grade for index, grade in enumerate(human)},
+                                "model": {index: grade for index, grade in enumerate(machine)}},
+                               list(range(len(pairs)))) if graded else None
     return ModelAgreement(
-        annotator=annotator, items=len(pairs), kappa=cohen_kappa(human, machine),
-        confusion=((int(matrix[0, 0]), int(matrix[0, 1])), (int(matrix[1, 0]), int(matrix[1, 1]))),
-        per_query=per_query,
-        p_true_by_grade=tuple((grade, len(values), float(np.mean(values)))
-                              for grade, values in sorted(by_grade.items())),
+        annotator=annotator, items=len(pairs), graded=graded, kappa=cohen_kappa(human, machine, weights=weights),
+        alpha=alpha, labels=tuple(str(label) for label in labels) if graded else ("not relevant", "relevant"),
+        confusion=tuple(tuple(int(count) for count in row) for row in matrix), per_query=per_query,
+        score_by_grade=tuple((grade, len(values), float(np.mean(values)))
+                             for grade, values in sorted(by_grade.items())),
         calibration=calibration,
     )
 

@@ -33,7 +33,8 @@ def qrels_text(store: AnnotationStore, project: str, annotator: str) -> str:
 def _model_json(judgment: ModelJudgment | None) -> dict[str, Any] | None:
     if judgment is None:
         return None
-    return {"model": judgment.model, "verdict": judgment.verdict, "p_true": judgment.p_true,
+    return {"model": judgment.model, "reranker": judgment.reranker, "verdict": judgment.verdict,
+            "p_true": judgment.p_true, "grade": judgment.grade, "distribution": list(judgment.distribution),
             "reasoning": judgment.reasoning, "forced": judgment.forced, "end_reason": judgment.end_reason,
             "failure": judgment.failure}
 
@@ -88,10 +89,16 @@ def _model(record: dict[str, Any], query_id: str, doc_id: str, line: int) -> Mod
     p_true = model.get("p_true")
     if p_true is not None and not isinstance(p_true, int | float):
         raise AnnotationError(f"line {line}: field 'model.p_true' must be a number or null")
-    verdict = model.get("verdict")
+    verdict, grade, distribution = model.get("verdict"), model.get("grade"), model.get("distribution") or []
+    if grade is not None and not isinstance(grade, int):
+        raise AnnotationError(f"line {line}: field 'model.grade' must be an integer or null")
+    if not isinstance(distribution, list) or not all(isinstance(p, int | float) for p in distribution):
+        raise AnnotationError(f"line {line}: field 'model.distribution' must be a list of numbers")
     return ModelJudgment(query_id=query_id, doc_id=doc_id, model=_field(model, "model", str, line),
+                         reranker=str(model.get("reranker", "rank1")),
                          verdict=None if verdict is None else bool(verdict),
-                         p_true=None if p_true is None else float(p_true),
+                         p_true=None if p_true is None else float(p_true), grade=grade,
+                         distribution=tuple(float(p) for p in distribution),
                          reasoning=_field(model, "reasoning", str, line), forced=bool(model.get("forced")),
                          end_reason=_field(model, "end_reason", str, line), failure=str(model.get("failure", "")))
 
@@ -124,7 +131,8 @@ def import_jsonl(store: AnnotationStore, text: str, *, source: str = "import") -
                                   guideline_as_instruction=bool(record.get("guideline_as_instruction")),
                                   grades=tuple(str(grade) for grade in grades),
                                   depth=_field(record, "depth", int, line),
-                                  created_at=_field(record, "created_at", str, line))
+                                  created_at=_field(record, "created_at", str, line),
+                                  reranker=str(record.get("reranker", "rank1")), blind=bool(record.get("blind")))
             elif project is None:
                 raise AnnotationError(f"line {line}: the first line must be the project")
             elif kind == "query":

@@ -8,6 +8,7 @@ judges the same passages even if the corpus index changes later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from search.rerank.events import Failed, Judged
+from search.rerank import RERANKERS
+from search.rerank.events import Failed, Graded, Outcome
 
 DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
 """The TREC Deep Learning scale, 0 to 3."""
@@ -29,7 +31,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY, corpus TEXT NOT NULL, guideline TEXT NOT NULL,
     guideline_as_instruction INTEGER NOT NULL, grades TEXT NOT NULL, depth INTEGER NOT NULL,
-    created_at TEXT NOT NULL);
+    created_at TEXT NOT NULL, reranker TEXT NOT NULL DEFAULT 'rank1', blind INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS queries (
     project TEXT NOT NULL, query_id TEXT NOT NULL, position INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (project, query_id));
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS candidates (
 CREATE TABLE IF NOT EXISTS model_judgments (
     project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, model TEXT NOT NULL,
     verdict INTEGER, p_true REAL, reasoning TEXT NOT NULL, forced INTEGER NOT NULL, end_reason TEXT NOT NULL,
-    failure TEXT NOT NULL, PRIMARY KEY (project, query_id, doc_id));
+    failure TEXT NOT NULL, reranker TEXT NOT NULL DEFAULT 'rank1', grade INTEGER,
+    distribution TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (project, query_id, doc_id));
 CREATE TABLE IF NOT EXISTS judgments (
     project TEXT NOT NULL, annotator TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
     grade INTEGER NOT NULL, note TEXT NOT NULL, span_start INTEGER, span_end INTEGER, judged_at TEXT NOT NULL,
@@ -56,6 +59,21 @@ CREATE TABLE IF NOT EXISTS positions (
     project TEXT NOT NULL, annotator TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
     PRIMARY KEY (project, annotator));
 """
+ADDED_COLUMNS = {
+    "projects": ("reranker TEXT NOT NULL DEFAULT 'rank1'", "blind INTEGER NOT NULL DEFAULT 0"),
+    "model_judgments": ("reranker TEXT NOT NULL DEFAULT 'rank1'", "grade INTEGER",
+                        "distribution TEXT NOT NULL DEFAULT '[]'"),
+}
+"""Columns added after the first release, which an older file gains when it is opened."""
+MODEL_COLUMNS = ("project", "query_id", "doc_id", "model", "verdict", "p_true", "reasoning", "forced", "end_reason",
+                 "failure", "reranker", "grade", "distribution")
+PROJECT_COLUMNS = ("name", "corpus", "guideline", "guideline_as_instruction", "grades", "depth", "created_at",
+                   "reranker", "blind")
+
+
+def _insert(table: str, columns: Sequence[str], *, ignore: bool = False, replace: bool = False) -> str:
+    verb = "INSERT OR IGNORE" if ignore else "INSERT OR REPLACE" if replace else "INSERT"
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 class AnnotationError(ValueError):
@@ -78,6 +96,10 @@ class Project:
     depth: int = 20
     """Candidates (documents) judged per query."""
     created_at: str = ""
+    reranker: str = "rank1"
+    """The reranker whose judgments annotators see beside their own (one that judges each document)."""
+    blind: bool = False
+    """The model's judgment of a document stays hidden until the annotator has graded it."""
 
     @property
     def instruction(self) -> str:
@@ -106,7 +128,8 @@ class StoredCandidate:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelJudgment:
-    """The model's judgment of one candidate; ``verdict`` and ``p_true`` are None when it failed."""
+    """A reranker's judgment of one candidate: rank1's ``verdict`` and ``p_true``, or the assessor's ``grade`` and
+    ``distribution`` over the grades 0–3; all None (or empty) when it failed."""
 
     query_id: str
     doc_id: str
@@ -117,6 +140,45 @@ class ModelJudgment:
     forced: bool
     end_reason: str
     failure: str = ""
+    reranker: str = "rank1"
+    grade: int | None = None
+    distribution: tuple[float, ...] = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.p_true is not None or self.grade is not None
+
+    @property
+    def graded(self) -> bool:
+        return self.grade is not None
+
+    @property
+    def expected_grade(self) -> float | None:
+        return sum(grade * p for grade, p in enumerate(self.distribution)) if self.graded else None
+
+    @property
+    def score(self) -> float | None:
+        """What the reranker ranks by: P(true), or the expected grade."""
+        return self.expected_grade if self.graded else self.p_true
+
+    def p_relevant(self, relevant_from: int) -> float | None:
+        """The measured probability that the document is relevant: P(true), or P(grade ≥ ``relevant_from``)."""
+        return sum(self.distribution[relevant_from:]) if self.graded else self.p_true
+
+    def describe(self) -> str:
+        """The judgment in words (plain text)."""
+        if self.grade is not None and self.expected_grade is not None:
+            return (f"grade {self.grade} (p {self.distribution[self.grade]:.2f}) · expected grade "
+                    f"{self.expected_grade:.2f}")
+        if self.p_true is not None:
+            return f"{'relevant' if self.verdict else 'not relevant'} · P(true) {self.p_true:.3f}"
+        return f"no judgment: {self.failure}"
+
+    def short(self) -> str:
+        """The judgment in a list column."""
+        if self.grade is not None and self.expected_grade is not None:
+            return f"{self.grade} ({self.expected_grade:.2f})"
+        return "failed" if self.p_true is None else f"{self.p_true:.2f}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,7 +210,8 @@ def _model_row(row: sqlite3.Row) -> ModelJudgment:
     return ModelJudgment(query_id=row["query_id"], doc_id=row["doc_id"], model=row["model"],
                          verdict=None if row["verdict"] is None else bool(row["verdict"]), p_true=row["p_true"],
                          reasoning=row["reasoning"], forced=bool(row["forced"]), end_reason=row["end_reason"],
-                         failure=row["failure"])
+                         failure=row["failure"], reranker=row["reranker"], grade=row["grade"],
+                         distribution=tuple(json.loads(row["distribution"])))
 
 
 def _human_row(row: sqlite3.Row) -> HumanJudgment:
@@ -159,21 +222,25 @@ def _human_row(row: sqlite3.Row) -> HumanJudgment:
 
 def _model_values(project: str, item: ModelJudgment) -> tuple[object, ...]:
     return (project, item.query_id, item.doc_id, item.model, None if item.verdict is None else int(item.verdict),
-            item.p_true, item.reasoning, int(item.forced), item.end_reason, item.failure)
+            item.p_true, item.reasoning, int(item.forced), item.end_reason, item.failure, item.reranker, item.grade,
+            json.dumps(list(item.distribution)))
 
 
 def _candidate_values(project: str, item: StoredCandidate) -> tuple[object, ...]:
     return (project, item.query_id, item.doc_id, item.rank, item.passage_id, item.title, item.passage)
 
 
-def model_judgment(query_id: str, model: str, event: Judged | Failed) -> ModelJudgment:
-    """What is kept of a reranker's final event."""
+def model_judgment(query_id: str, model: str, event: Outcome) -> ModelJudgment:
+    """What is kept of a pointwise reranker's outcome."""
+    ids = {"query_id": query_id, "doc_id": event.doc_id, "model": model, "reranker": event.reranker}
     if isinstance(event, Failed):
-        return ModelJudgment(query_id=query_id, doc_id=event.doc_id, model=model, verdict=None, p_true=None,
-                             reasoning=event.reasoning, forced=False, end_reason="failed", failure=event.reason)
-    return ModelJudgment(query_id=query_id, doc_id=event.doc_id, model=model, verdict=event.verdict,
-                         p_true=event.p_true, reasoning=event.reasoning, forced=event.forced,
-                         end_reason=event.end_reason)
+        return ModelJudgment(**ids, verdict=None, p_true=None, reasoning=event.reasoning, forced=False,
+                             end_reason="failed", failure=event.reason)
+    if isinstance(event, Graded):
+        return ModelJudgment(**ids, verdict=None, p_true=None, grade=event.grade, distribution=event.distribution,
+                             reasoning=event.reasoning, forced=event.forced, end_reason=event.end_reason)
+    return ModelJudgment(**ids, verdict=event.verdict, p_true=event.p_true, reasoning=event.reasoning,
+                         forced=event.forced, end_reason=event.end_reason)
 
 
 def _check(judgment: HumanJudgment, grades: Sequence[str],
@@ -204,6 +271,11 @@ class AnnotationStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -242,9 +314,15 @@ class AnnotationStore:
         duplicate = next((query_id for query_id in ids if ids.count(query_id) > 1), None)
         if duplicate is not None:
             raise AnnotationError(f"queries: query id {duplicate!r} appears more than once")
-        created = Project(name=name, corpus=project.corpus, guideline=project.guideline,
-                          guideline_as_instruction=project.guideline_as_instruction, grades=project.grades,
-                          depth=project.depth, created_at=project.created_at or now())
+        reranker = RERANKERS.get(project.reranker)
+        if reranker is None or not reranker.judges_documents:
+            raise AnnotationError(f"model: choose a reranker that judges each document "
+                                  f"({', '.join(name for name, cls in RERANKERS.items() if cls.judges_documents)}), "
+                                  f"got {project.reranker!r}")
+        if reranker.grades and len(project.grades) != reranker.grades:
+            raise AnnotationError(f"grades: the {project.reranker} grades on a scale of {reranker.grades} grades (0–"
+                                  f"{reranker.grades - 1}); give the project that many, not {len(project.grades)}")
+        created = dataclasses.replace(project, name=name, created_at=project.created_at or now())
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM projects WHERE name = ?", (name,)).fetchone():
                 raise AnnotationError(f"project name: a project called {name!r} already exists")
@@ -258,9 +336,10 @@ class AnnotationStore:
 
     @staticmethod
     def _insert_project(db: sqlite3.Connection, project: Project) -> None:
-        db.execute("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)",
+        db.execute(_insert("projects", PROJECT_COLUMNS),
                    (project.name, project.corpus, project.guideline, int(project.guideline_as_instruction),
-                    json.dumps(list(project.grades)), project.depth, project.created_at))
+                    json.dumps(list(project.grades)), project.depth, project.created_at, project.reranker,
+                    int(project.blind)))
 
     def project_names(self) -> list[str]:
         return [row["name"] for row in self._rows("SELECT name FROM projects ORDER BY created_at, name")]
@@ -272,7 +351,8 @@ class AnnotationStore:
         row = rows[0]
         return Project(name=row["name"], corpus=row["corpus"], guideline=row["guideline"],
                        guideline_as_instruction=bool(row["guideline_as_instruction"]),
-                       grades=tuple(json.loads(row["grades"])), depth=row["depth"], created_at=row["created_at"])
+                       grades=tuple(json.loads(row["grades"])), depth=row["depth"], created_at=row["created_at"],
+                       reranker=row["reranker"], blind=bool(row["blind"]))
 
     def queries(self, project: str) -> list[AnnotationQuery]:
         return [AnnotationQuery(query_id=row["query_id"], text=row["text"], position=row["position"])
@@ -304,8 +384,7 @@ class AnnotationStore:
 
     def put_model_judgment(self, project: str, judgment: ModelJudgment) -> None:
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO model_judgments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       _model_values(project, judgment))
+            db.execute(_insert("model_judgments", MODEL_COLUMNS, replace=True), _model_values(project, judgment))
 
     def model_judgments(self, project: str, query_id: str | None = None) -> dict[tuple[str, str], ModelJudgment]:
         """By (query id, doc id)."""
@@ -364,7 +443,7 @@ class AnnotationStore:
                             for doc_id, grade in graded.items()])
             db.executemany("INSERT OR IGNORE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [_candidate_values(project.name, item) for item in candidates])
-            db.executemany("INSERT OR IGNORE INTO model_judgments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.executemany(_insert("model_judgments", MODEL_COLUMNS, ignore=True),
                            [_model_values(project.name, item) for item in models])
             for judgment in judgments:
                 row = db.execute("SELECT judged_at FROM judgments WHERE project = ? AND annotator = ? AND "

@@ -21,7 +21,7 @@ from search.annotation.store import (
     model_judgment,
 )
 from search.corpus import Passage
-from search.rerank.events import Failed, Judged, Reasoning, RerankEvent
+from search.rerank.events import Event, Failed, Graded, Judged, Reasoning
 from search.retrieval.ranking import Candidate, Hit
 
 Filter = Literal["all", "unjudged", "disagree"]
@@ -58,6 +58,9 @@ class Workbench:
     find_candidates: FindCandidates
     model: str = ""
     """The model that judges, by its cache key: stored judgments by another model are judged again."""
+    circularity: str = ""
+    """Why the project's model judging the reranker under evaluation would be circular ("" when nothing says
+    so)."""
     queries: list[AnnotationQuery] = field(default_factory=list)
     query_index: int = 0
     doc_id: str = ""
@@ -101,10 +104,15 @@ class Workbench:
         return next((item for item in self.candidates() if item.doc_id == self.doc_id), None)
 
     def model_judgments(self) -> dict[str, ModelJudgment]:
-        """The current model's judgments of this query's documents, by doc id."""
+        """The project's reranker's judgments (on the current model) of this query's documents, by doc id."""
         return {doc_id: judgment for (_, doc_id), judgment in
                 self.store.model_judgments(self.project.name, self.query.query_id).items()
-                if not self.model or judgment.model == self.model}
+                if (not self.model or judgment.model == self.model) and judgment.reranker == self.project.reranker}
+
+    def shows_model(self, doc_id: str) -> bool:
+        """Whether the model's judgment of ``doc_id`` may be shown: always, or in a blind project only once this
+        annotator has graded it (so that it cannot anchor their grade)."""
+        return not self.project.blind or doc_id in self.judgments()
 
     def judgments(self) -> dict[str, HumanJudgment]:
         """This annotator's judgments of this query's documents, by doc id."""
@@ -124,9 +132,13 @@ class Workbench:
         return found
 
     def disagrees(self, human: HumanJudgment | None, model: ModelJudgment | None) -> bool:
-        if human is None or model is None or model.p_true is None:
+        """A graded model disagrees when its most likely grade is not the annotator's; rank1 when one says relevant
+        (P(true) ≥ the threshold, grade ≥ relevant_from) and the other does not."""
+        if human is None or model is None or not model.measured:
             return False
-        return (human.grade >= self.relevant_from) != (model.p_true >= self.threshold)
+        if model.graded:
+            return human.grade != model.grade
+        return (human.grade >= self.relevant_from) != (model.p_relevant(self.relevant_from) >= self.threshold)
 
     def shown(self, item: StoredCandidate, judgments: dict[str, HumanJudgment],
               models: dict[str, ModelJudgment]) -> bool:
@@ -220,13 +232,13 @@ class Workbench:
         """This query's candidates the current model has not judged yet, or failed to (it may pass this time)."""
         models = self.model_judgments()
         return [rerank_candidate(item) for item in self.candidates()
-                if item.doc_id not in models or models[item.doc_id].p_true is None]
+                if item.doc_id not in models or not models[item.doc_id].measured]
 
-    def apply(self, query_id: str, event: RerankEvent) -> None:
+    def apply(self, query_id: str, event: Event) -> None:
         """Fold one reranker event of ``query_id``; final judgments are stored at once."""
         if isinstance(event, Reasoning) and query_id == self.query.query_id:
             self.live[event.doc_id] = self.live.get(event.doc_id, "") + event.text
-        elif isinstance(event, Judged | Failed):
+        elif isinstance(event, Judged | Graded | Failed):
             self.store.put_model_judgment(self.project.name, model_judgment(query_id, self.model, event))
             if query_id == self.query.query_id:
                 self.live.pop(event.doc_id, None)

@@ -7,21 +7,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from search.corpus import Corpus, CorpusError, LoadProblem, Passage, Query, load_queries
 from search.evaluation import load_run
 from search.retrieval.ranking import Candidate, Hit
+from search.settings import RerankSettings
+
+if TYPE_CHECKING:
+    from search.rerank import Reranker
 
 RUN_STAGE = "run"
 """The stage name of the first-stage run's hits in each candidate's provenance."""
+LEGACY_OPTIONS = ("window", "step", "passage_tokens")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BatchSpec:
     """Everything that decides a batch's judgments: what is reranked (a digest of every query and candidate
-    document's text, so moved files still match and edited ones do not) and how. Engines, endpoints,
+    document's text, so moved files still match and edited ones do not) and how (the reranker, its model, budget
+    and the settings of its own that change its outputs, e.g. ReasonRank's windows). Engines, endpoints,
     concurrency and qrels are not here: a batch may resume on other machines, and be evaluated against other
     judgments."""
 
@@ -30,23 +37,38 @@ class BatchSpec:
     reranker: str
     model: str
     budget: int
-    window: int = 0
-    step: int = 0
-    passage_tokens: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, inputs: str, settings: RerankSettings, reranker: Reranker) -> BatchSpec:
+        return cls(inputs=inputs, top_k=settings.top_k, reranker=reranker.name, model=reranker.model_key,
+                   budget=reranker.budget, options=reranker.fingerprint())
+
+    def rerank_settings(self) -> RerankSettings:
+        """The reranker settings the batch ran with, as far as they decide its outputs."""
+        return RerankSettings(reranker=self.reranker, top_k=self.top_k, budget=self.budget, **self.options)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> BatchSpec:
-        return cls(**json.loads(text))
+        record = json.loads(text)
+        # Batches written before options existed kept ReasonRank's settings as fields of their own (0: unused).
+        legacy = {name: record.pop(name) for name in LEGACY_OPTIONS if name in record}
+        options = record.pop("options", {}) or {name: value for name, value in legacy.items() if value}
+        return cls(**record, options=options)
 
     def differences(self, other: BatchSpec) -> list[str]:
         """``field: stored → asked`` for every field that differs."""
+        mine, theirs = self._flat(), other._flat()
         return ["inputs: the queries, run or documents differ" if name == "inputs"
-                else f"{name}: {getattr(self, name)!r} → {getattr(other, name)!r}"
-                for name in (item.name for item in dataclasses.fields(self))
-                if getattr(self, name) != getattr(other, name)]
+                else f"{name}: {mine.get(name)!r} → {theirs.get(name)!r}"
+                for name in dict.fromkeys([*mine, *theirs]) if mine.get(name) != theirs.get(name)]
+
+    def _flat(self) -> dict[str, Any]:
+        fields = {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if item.name != "options"}
+        return {**fields, **self.options}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

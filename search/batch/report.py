@@ -4,19 +4,21 @@ and the Evaluation tab's view of a running one alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ir_measures import RR, R, nDCG
 from matplotlib.figure import Figure
 
+from search.annotation.agreement import cohen_kappa, krippendorff_alpha
 from search.batch.store import BatchStore
 from search.corpus import Passage, Qrels
-from search.evaluation import Comparison, Run, compare, format_trec_run
-from search.rerank.board import Board
-from search.rerank.list_board import ListBoard
+from search.evaluation import Comparison, compare, format_trec_run
+from search.evaluation import Run as TrecRun
+from search.rerank import RERANKERS, Run
 from search.retrieval.ranking import Candidate, Hit
 
 RUN_FILE = "run.trec"
@@ -25,8 +27,10 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 PER_QUERY_FILE = "per_query.tsv"
 GAINS_PLOT = "gains.png"
-P_TRUE_PLOT = "p_true_by_grade.png"
+SCORE_PLOT = "score_by_grade.png"
 GAIN_MEASURE = "nDCG@10"
+ASSESSOR_SCALE = range(4)
+"""The grades a graded reranker gives (the TREC 0–3 scale): qrels on another scale are not compared with them."""
 
 
 def batch_measures(top_k: int) -> tuple:
@@ -38,20 +42,23 @@ def batch_measures(top_k: int) -> tuple:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class QueryView:
     query_id: str
-    board: Board | ListBoard
-    finished: bool
+    run: Run
+
+    @property
+    def finished(self) -> bool:
+        return self.run.finished
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BatchView:
-    """Every query of a batch folded from its stored outcomes, as far as the batch has come."""
+    """Every query of a batch folded from its kept events, as far as the batch has come."""
 
     reranker: str
     model: str
     top_k: int
     sources: dict[str, str]
     queries: tuple[QueryView, ...]
-    first_stage: Run
+    first_stage: TrecRun
     judged: int
     failed: int
     documents: int
@@ -64,19 +71,22 @@ class BatchView:
     def complete(self) -> bool:
         return len(self.finished) == len(self.queries)
 
-    def reranked_run(self, *, only_finished: bool = True) -> Run:
-        return {view.query_id: view.board.scores() for view in self.queries if view.finished or not only_finished}
+    @property
+    def score_name(self) -> str:
+        return self.queries[0].run.score_name if self.queries else "score"
+
+    def reranked_run(self, *, only_finished: bool = True) -> TrecRun:
+        return {view.query_id: view.run.scores() for view in self.queries if view.finished or not only_finished}
 
     def status(self) -> str:
-        what = "rank1 judgments" if self.reranker == "rank1" else "documents ranked by ReasonRank"
         failed = f", {self.failed} failed (run the batch again to retry them)" if self.failed else ""
         state = "finished" if self.complete else "running or stopped"
         return (f"{state}: {len(self.finished)} of {len(self.queries)} queries, {self.judged} of {self.documents} "
-                f"{what}{failed}; model {self.model}, top {self.top_k}")
+                f"documents judged by {self.reranker}{failed}; model {self.model}, top {self.top_k}")
 
 
 def _candidates(first_stage: Sequence[tuple[str, float]]) -> tuple[Candidate, ...]:
-    """Placeholders that carry what the boards need (ids, first-stage rank and score), not document text."""
+    """Placeholders that carry what a run needs (ids, first-stage rank and score), not document text."""
     return tuple(Candidate(passage=Passage(passage_id=doc_id, doc_id=doc_id, index=0, title="", text=""), stage="run",
                            provenance={"run": Hit(rank=rank, score=score)})
                  for rank, (doc_id, score) in enumerate(first_stage, start=1))
@@ -86,33 +96,21 @@ def view_batch(store: BatchStore) -> BatchView:
     spec = store.spec()
     if spec is None:
         raise ValueError(f"{store.path}: holds no batch yet")
-    outcomes: dict[str, list] = {}
-    for outcome in store.outcomes():
-        outcomes.setdefault(outcome.query_id, []).append(outcome.event)
-    rankings = store.rankings()
+    kept = store.kept_by_query()
+    reranker, settings = RERANKERS[spec.reranker], spec.rerank_settings()
     views = []
     judged = failed = documents = 0
-    first_stage: Run = {}
+    first_stage: TrecRun = {}
     for query in store.queries():
         candidates = _candidates(query.first_stage)
         first_stage[query.query_id] = dict(query.first_stage)
         documents += len(candidates)
-        if spec.reranker == "reasonrank":
-            events = rankings.get(query.query_id, [])
-            board: Board | ListBoard = ListBoard(query=query.text, instruction=query.instruction,
-                                                 candidates=candidates, window_count=0)
-            for event in events:
-                board.apply(event)
-            finished = bool(events)
-            judged += len(candidates) if finished else 0
-        else:
-            board = Board(query=query.text, instruction=query.instruction, candidates=candidates)
-            for event in outcomes.get(query.query_id, []):
-                board.apply(event)
-            summary = board.summary()
-            judged, failed = judged + summary.judged, failed + summary.failed
-            finished = summary.finished
-        views.append(QueryView(query_id=query.query_id, board=board, finished=finished))
+        run = reranker.new_run(query.text, candidates, instruction=query.instruction, settings=settings)
+        for event in kept.get(query.query_id, []):
+            run.apply(event)
+        judged += run.documents_done()
+        failed += sum(run.status(candidate.passage.doc_id) == "failed" for candidate in candidates)
+        views.append(QueryView(query_id=query.query_id, run=run))
     return BatchView(reranker=spec.reranker, model=spec.model, top_k=spec.top_k, sources=store.sources(),
                      queries=tuple(views), first_stage=first_stage, judged=judged, failed=failed,
                      documents=documents)
@@ -141,47 +139,85 @@ def gains_figure(result: Comparison, measure: str = GAIN_MEASURE) -> Figure:
     return figure
 
 
-def p_true_by_grade(view: BatchView, qrels: Qrels) -> dict[str, list[float]]:
-    """P(true) of every judged document of the finished queries, grouped by its grade ("unjudged" when the
-    qrels do not grade it)."""
-    groups: dict[str, list[float]] = {}
+def _judged_pairs(view: BatchView, qrels: Qrels) -> Iterator[tuple[Run, str, int | None]]:
+    """(run, document, its grade in the qrels or None) for every judged document of the finished, judged queries."""
     for item in view.finished:
-        if item.query_id not in qrels or not isinstance(item.board, Board):
-            continue
-        for state in item.board.documents.values():
-            if state.judged is not None:
-                grade = qrels[item.query_id].get(state.doc_id)
-                groups.setdefault("unjudged" if grade is None else str(grade), []).append(state.judged.p_true)
+        if item.query_id in qrels:
+            for candidate in item.run.candidates:
+                if item.run.status(candidate.passage.doc_id) == "judged":
+                    yield item.run, candidate.passage.doc_id, qrels[item.query_id].get(candidate.passage.doc_id)
+
+
+def score_by_grade(view: BatchView, qrels: Qrels) -> dict[str, list[float]]:
+    """The reranker's score of every judged document of the finished queries, grouped by its grade ("unjudged"
+    when the qrels do not grade it)."""
+    groups: dict[str, list[float]] = {}
+    for run, doc_id, grade in _judged_pairs(view, qrels):
+        groups.setdefault("unjudged" if grade is None else str(grade), []).append(run.score(doc_id) or 0.0)
     return dict(sorted(groups.items(), key=lambda item: (item[0] == "unjudged", item[0])))
 
 
-def p_true_figure(groups: dict[str, list[float]]) -> Figure:
+def score_figure(groups: dict[str, list[float]], score_name: str, reranker: str) -> Figure:
     figure = Figure(figsize=(7, 3.2), layout="constrained")
     axes = figure.subplots()
     labels = list(groups)
     axes.boxplot([groups[label] for label in labels], tick_labels=[f"{label}\n(n={len(groups[label])})"
                                                                    for label in labels])
-    axes.set_ylim(-0.02, 1.02)
     axes.set_xlabel("relevance grade in the qrels")
-    axes.set_ylabel("P(true)")
-    axes.set_title("rank1's P(true) by relevance grade")
+    axes.set_ylabel(score_name)
+    axes.set_title(f"{reranker}'s {score_name} by relevance grade")
     return figure
 
 
-def report_markdown(view: BatchView, result: Comparison | None) -> str:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GradeAgreement:
+    """A graded reranker's grades against the qrels' on the same 0–3 scale."""
+
+    documents: int
+    weighted_kappa: float | None
+    """Cohen's kappa with quadratic weights: a grade off by two costs four times one off by one."""
+    alpha: float | None
+    """Ordinal Krippendorff's alpha of the two raters."""
+
+    def describe(self, reranker: str) -> str:
+        return (f"{reranker}'s grades against the qrels on {self.documents} documents graded by both (0–3): Cohen's "
+                f"kappa (quadratic weights) {_statistic(self.weighted_kappa)}, Krippendorff's alpha (ordinal) "
+                f"{_statistic(self.alpha)}.")
+
+
+def grade_agreement(view: BatchView, qrels: Qrels) -> GradeAgreement | None:
+    """The reranker's grades against the qrels' (documents both grade), or None when the reranker gives no grades
+    or the qrels are on another scale."""
+    pairs = [(run.grades()[doc_id], grade) for run, doc_id, grade in _judged_pairs(view, qrels)
+             if grade is not None and doc_id in run.grades()]
+    if not pairs or any(grade not in ASSESSOR_SCALE for _, grade in pairs):
+        return None
+    model, reference = [grade for grade, _ in pairs], [grade for _, grade in pairs]
+    ratings = {"model": dict(enumerate(model)), "qrels": dict(enumerate(reference))}
+    return GradeAgreement(documents=len(pairs), weighted_kappa=cohen_kappa(model, reference, weights="quadratic"),
+                          alpha=krippendorff_alpha(ratings, list(range(len(pairs)))))
+
+
+def _statistic(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def report_markdown(view: BatchView, result: Comparison | None, agreement: GradeAgreement | None = None) -> str:
     lines = [f"# Batch report\n\n{view.status()}\n"]
     for name, path in view.sources.items():
         lines.append(f"- {name}: `{path}`")
     if result is None:
         lines.append("\nNo metrics: no qrels were given, or none of the finished queries is judged in them.")
         return "\n".join(lines) + "\n"
-    lines += [f"\nOver {len(result.per_query)} judged queries (first-stage top {view.top_k} before, reranked "
-              "after):\n", "| measure | before | after | Δ |", "|---|---:|---:|---:|"]
+    lines += [f"\nOver {len(result.per_query)} judged queries (first-stage top {view.top_k} before, reranked by "
+              f"{view.score_name} after):\n", "| measure | before | after | Δ |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {result.before[name]:.4f} | {result.after[name]:.4f} | "
               f"{result.after[name] - result.before[name]:+.4f} |" for name in result.measures]
     deltas = [result.delta(GAIN_MEASURE, query_id) for query_id in result.per_query]
     lines.append(f"\n{GAIN_MEASURE}: {sum(delta > 0 for delta in deltas)} queries gained, "
                  f"{sum(delta < 0 for delta in deltas)} lost, {sum(delta == 0 for delta in deltas)} unchanged.")
+    if agreement is not None:
+        lines.append(f"\n{agreement.describe(view.reranker)}")
     return "\n".join(lines) + "\n"
 
 
@@ -202,21 +238,23 @@ def write_outputs(out: Path, view: BatchView, qrels: Qrels | None) -> list[Path]
     tag = f"explainable-search-{view.reranker}"
     written = [out / RUN_FILE, out / TRACES_FILE]
     (out / RUN_FILE).write_text(format_trec_run(view.reranked_run(only_finished=False), tag), encoding="utf-8")
-    (out / TRACES_FILE).write_text("".join(item.board.jsonl(query_id=item.query_id) for item in view.queries),
+    (out / TRACES_FILE).write_text("".join(item.run.jsonl(query_id=item.query_id) for item in view.queries),
                                    encoding="utf-8")
     result = comparison(view, qrels) if qrels else None
-    (out / REPORT_FILE).write_text(report_markdown(view, result), encoding="utf-8")
+    agreement = grade_agreement(view, qrels) if qrels else None
+    (out / REPORT_FILE).write_text(report_markdown(view, result, agreement), encoding="utf-8")
     written.append(out / REPORT_FILE)
     if result is None:
         return written
     metrics = {"queries": len(result.per_query), "before": result.before, "after": result.after,
                "per_query": {query_id: {name: {"before": before, "after": after} for name, (before, after) in
-                                        values.items()} for query_id, values in result.per_query.items()}}
+                                        values.items()} for query_id, values in result.per_query.items()},
+               **({"grades_vs_qrels": dataclasses.asdict(agreement)} if agreement else {})}
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     (out / PER_QUERY_FILE).write_text(per_query_tsv(result), encoding="utf-8")
     gains_figure(result).savefig(out / GAINS_PLOT, dpi=120)
     written += [out / METRICS_FILE, out / PER_QUERY_FILE, out / GAINS_PLOT]
-    if groups := p_true_by_grade(view, qrels):
-        p_true_figure(groups).savefig(out / P_TRUE_PLOT, dpi=120)
-        written.append(out / P_TRUE_PLOT)
+    if groups := score_by_grade(view, qrels):
+        score_figure(groups, view.score_name, view.reranker).savefig(out / SCORE_PLOT, dpi=120)
+        written.append(out / SCORE_PLOT)
     return written

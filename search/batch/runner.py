@@ -1,9 +1,9 @@
 """Rerank every query of a batch, recording each judgment as it lands, with progress.
 
-Judgments already recorded are not sent again; those a killed run finished but did not record come back
+Each query's run keeps what it must (``Run.durable``); on a restart those events are folded back and only what
+the run still lacks is sent again (``Run.unfinished``). What a killed run finished but did not keep comes back
 from the judgment cache (a ReasonRank query cut off mid-way replays its finished windows from it). Up to
-``concurrency`` judgments reason at once across queries (rank1); ReasonRank runs that many queries at once,
-each window after the previous.
+``concurrency`` engine requests are in flight at once, across queries.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 from search.batch.inputs import BatchInputs, BatchQuery
 from search.batch.store import BatchStore
-from search.rerank.events import Failed, Judged, ListwiseEvent, RankingDone, WindowRanked
-from search.rerank.rank1 import Rank1Reranker
-from search.rerank.reasonrank import ReasonRankReranker
+from search.rerank import Reranker, Run
+from search.retrieval.ranking import Candidate
 
 
 @dataclass(kw_only=True, slots=True)
@@ -32,7 +31,9 @@ class BatchProgress:
     resumed: int = 0
     """Documents already judged when this process started."""
     failed: int = 0
+    """Documents whose last try failed (they are tried again on the next start)."""
     replayed: int = 0
+    """Kept outcomes (judgments, windows) read from the judgment cache instead of reasoned again."""
     tokens: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
@@ -53,76 +54,63 @@ class BatchProgress:
 Report = Callable[[BatchProgress], None]
 
 
-def _pending(inputs: BatchInputs, store: BatchStore) -> tuple[list[BatchQuery], int]:
-    """Each query still to rerank with only its documents not yet judged, and how many documents are judged."""
-    judged = {(outcome.query_id, outcome.event.doc_id) for outcome in store.outcomes()
-              if isinstance(outcome.event, Judged)}
-    ranked = set(store.rankings())
-    pending = []
-    done = 0
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Work:
+    """One query still to rerank: its run (with what the batch kept folded in) and the candidates to send."""
+
+    item: BatchQuery
+    run: Run
+    todo: tuple[Candidate, ...]
+
+
+def _failed(run: Run) -> int:
+    return sum(run.status(candidate.passage.doc_id) == "failed" for candidate in run.candidates)
+
+
+async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Reranker, *, concurrency: int,
+                    report: Report) -> BatchProgress:
+    """Rerank what is not yet done; ``report`` is called after every kept event (and query). At most
+    ``concurrency`` engine requests are in flight, across as many queries as it takes to keep them busy."""
+    kept = store.kept_by_query()
+    work = []
+    done = failed = 0
     for item in inputs.queries:
-        query_id = item.query.query_id
-        if query_id in ranked:
-            done += len(item.candidates)
-            continue
-        left = tuple(candidate for candidate in item.candidates if (query_id, candidate.passage.doc_id) not in judged)
-        done += len(item.candidates) - len(left)
-        if left:
-            pending.append(BatchQuery(query=item.query, candidates=left))
-    return pending, done
-
-
-async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Rank1Reranker | ReasonRankReranker, *,
-                    concurrency: int, report: Report) -> BatchProgress:
-    """Rerank what is not yet done; ``report`` is called after every recorded judgment (or query)."""
-    pending, done = _pending(inputs, store)
+        run = reranker.start_run(item.query.text, item.candidates, instruction=item.query.instruction)
+        for event in kept.get(item.query.query_id, []):
+            run.apply(event)
+        done, failed = done + run.documents_done(), failed + _failed(run)
+        if todo := run.unfinished():
+            work.append(_Work(item=item, run=run, todo=todo))
     progress = BatchProgress(queries=len(inputs.queries), documents=inputs.document_count, documents_done=done,
-                             resumed=done, queries_done=len(inputs.queries) - len(pending))
+                             resumed=done, failed=failed, queries_done=len(inputs.queries) - len(work))
     report(progress)
-    if isinstance(reranker, ReasonRankReranker):
-        parallel_queries = concurrency
-        judge = _listwise_query
-        slots = None
-    else:
-        top_k = max((len(item.candidates) for item in pending), default=1)
-        parallel_queries = math.ceil(concurrency / top_k) + 1
-        judge = _pointwise_query
-        slots = asyncio.Semaphore(concurrency)
-    waiting = iter(pending)
+    widest = max((reranker.requests_per_query(len(item.todo)) for item in work), default=1)
+    slots = asyncio.Semaphore(concurrency)
+    waiting = iter(work)
 
     async def worker() -> None:
         for item in waiting:  # shared by the workers: each takes the next query not yet taken
-            await judge(item, store, reranker, slots, progress)
+            await _rerank_query(item, store, reranker, slots, progress, report)
             progress.queries_done += 1
             report(progress)
 
-    await asyncio.gather(*(worker() for _ in range(min(parallel_queries, len(pending)))))
+    await asyncio.gather(*(worker() for _ in range(min(math.ceil(concurrency / widest) + 1, len(work)))))
     return progress
 
 
-async def _pointwise_query(item: BatchQuery, store: BatchStore, reranker: Rank1Reranker,
-                           slots: asyncio.Semaphore | None, progress: BatchProgress) -> None:
-    query = item.query
-    async for event in reranker.stream(query.text, item.candidates, instruction=query.instruction, slots=slots):
-        if not isinstance(event, Judged | Failed):
-            continue
-        store.record(query.query_id, event)
-        if isinstance(event, Judged):
-            progress.documents_done += 1
-            progress.replayed += event.from_cache
-            progress.tokens += 0 if event.from_cache else event.tokens
-        else:
-            progress.failed += 1
-
-
-async def _listwise_query(item: BatchQuery, store: BatchStore, reranker: ReasonRankReranker,
-                          slots: asyncio.Semaphore | None, progress: BatchProgress) -> None:
-    query = item.query
-    events: list[ListwiseEvent] = []
-    async for event in reranker.stream(query.text, item.candidates, instruction=query.instruction):
-        events.append(event)
-        if isinstance(event, WindowRanked) and not event.from_cache:
-            progress.tokens += event.tokens
-    if events and isinstance(events[-1], RankingDone):
-        store.record_ranking(query.query_id, events)
-        progress.documents_done += len(item.candidates)
+async def _rerank_query(work: _Work, store: BatchStore, reranker: Reranker, slots: asyncio.Semaphore,
+                        progress: BatchProgress, report: Report) -> None:
+    query, run = work.item.query, work.run
+    async for event in reranker.stream(query.text, work.todo, instruction=query.instruction, slots=slots):
+        before = (run.documents_done(), _failed(run), run.summary().tokens)
+        run.apply(event)
+        kept = run.durable(event)
+        for item in kept:
+            store.record(query.query_id, item)
+        after = (run.documents_done(), _failed(run), run.summary().tokens)
+        progress.documents_done += after[0] - before[0]
+        progress.failed += after[1] - before[1]
+        progress.tokens += after[2] - before[2]
+        progress.replayed += sum(bool(getattr(item, "from_cache", False)) for item in kept)
+        if kept:
+            report(progress)

@@ -1,15 +1,14 @@
 """A batch's state on disk (``OUT/batch.sqlite3``), written as it goes, so that a killed run resumes where it
 stopped and the Evaluation tab can read a running batch.
 
-It holds the batch's fingerprint, each judgment's outcome by (query, document), each ReasonRank query's
-windows and final order, and the judgment cache (rank1's judgments and ReasonRank's window responses; the
+It holds the batch's fingerprint, the events each query's run keeps (a pointwise judgment's outcome as it
+lands, by document; a listwise query's windows and final order once it is done) and the judgment cache (the
 same table and keys as the app's), so whatever the killed process finished but had not yet recorded is
 replayed, not reasoned again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from search.batch.inputs import BatchInputs, BatchSpec
 from search.corpus import Qrels
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import Failed, Judged, ListwiseEvent, RankingDone, WindowRanked, WindowStarted
+from search.rerank.events import Event, event_from_json, event_to_json, subject
 
 STATE_FILE = "batch.sqlite3"
 
@@ -39,20 +38,14 @@ CREATE TABLE IF NOT EXISTS queries (
     instruction TEXT NOT NULL,
     candidates TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS outcomes (
+CREATE TABLE IF NOT EXISTS kept_events (
     query_id TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('judged', 'failed')),
+    subject TEXT NOT NULL,
     event TEXT NOT NULL,
     replayed INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
     updated REAL NOT NULL,
-    PRIMARY KEY (query_id, doc_id)
-);
-CREATE TABLE IF NOT EXISTS rankings (
-    query_id TEXT PRIMARY KEY,
-    events TEXT NOT NULL,
-    updated REAL NOT NULL
+    PRIMARY KEY (query_id, subject)
 );
 """
 
@@ -77,18 +70,15 @@ class StoredQuery:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Outcome:
+class Kept:
+    """An event a batch keeps, with how it came about."""
+
     query_id: str
-    event: Judged | Failed
+    event: Event
     replayed: bool
-    """The judgment came from the cache: a process before this one computed it."""
+    """It came from the judgment cache: a process before this one computed it."""
     attempts: int
-
-
-def _listwise_event(record: dict) -> ListwiseEvent:
-    kind = record.pop("type")
-    cls = {"window_started": WindowStarted, "window_ranked": WindowRanked, "done": RankingDone}[kind]
-    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
+    """How many times its subject (a document, a window) was recorded: a failure is replaced by a later try."""
 
 
 class BatchStore:
@@ -100,6 +90,35 @@ class BatchStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Batches written before ``kept_events`` held rank1 outcomes and ReasonRank rankings in tables of their
+        own, without the event envelope: their events move over, so such a batch reads and resumes as before."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables & {"outcomes", "rankings"}:
+            return
+        rows = []
+        if "outcomes" in tables:
+            for query_id, status, event, replayed, attempts, updated in self._db.execute(
+                    "SELECT query_id, status, event, replayed, attempts, updated FROM outcomes ORDER BY rowid"):
+                rows.append((query_id, {**json.loads(event), "type": status, "reranker": "rank1"}, replayed, attempts,
+                             updated))
+        if "rankings" in tables:
+            for query_id, events, updated in self._db.execute("SELECT query_id, events, updated FROM rankings"):
+                records = json.loads(events)
+                for record in records:
+                    if record["type"] == "done":
+                        record.update(type="ranking_done", window=len(records) // 2)
+                    rows.append((query_id, {**record, "reranker": "reasonrank"}, bool(record.get("from_cache")), 1,
+                                 updated))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO kept_events VALUES (?, ?, ?, ?, ?, ?)", [
+                (query_id, subject(event_from_json(record)), json.dumps(record), replayed, attempts, updated)
+                for query_id, record, replayed, attempts, updated in rows])
+            self._db.execute("DROP TABLE IF EXISTS outcomes")
+            self._db.execute("DROP TABLE IF EXISTS rankings")
 
     @classmethod
     def open(cls, out: Path, spec: BatchSpec, inputs: BatchInputs, *, sources: dict[str, str],
@@ -162,35 +181,27 @@ class BatchStore:
     def judgment_cache(self) -> JudgmentCache:
         return JudgmentCache(self.path)
 
-    def record(self, query_id: str, event: Judged | Failed) -> None:
-        """Keep one judgment's outcome (committed before this returns); a failure counts its attempts and is
-        replaced when a later attempt succeeds."""
-        status = "judged" if isinstance(event, Judged) else "failed"
-        replayed = isinstance(event, Judged) and event.from_cache
+    def record(self, query_id: str, event: Event) -> None:
+        """Keep one event of a query (committed before this returns), replacing an earlier one about the same
+        subject (a document's failure, when a later try succeeds) and counting the attempts."""
         self._db.execute(
-            "INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT (query_id, doc_id) DO UPDATE SET "
-            "status = excluded.status, event = excluded.event, replayed = excluded.replayed, "
-            "attempts = attempts + 1, updated = excluded.updated",
-            (query_id, event.doc_id, status, json.dumps(dataclasses.asdict(event)), replayed, time.time()))
+            "INSERT INTO kept_events VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (query_id, subject) DO UPDATE SET "
+            "event = excluded.event, replayed = excluded.replayed, attempts = attempts + 1, updated = excluded.updated",
+            (query_id, subject(event), json.dumps(event_to_json(event)), bool(getattr(event, "from_cache", False)),
+             time.time()))
 
-    def outcomes(self) -> Iterator[Outcome]:
-        rows = self._db.execute("SELECT query_id, status, event, replayed, attempts FROM outcomes ORDER BY rowid")
-        for query_id, status, event, replayed, attempts in rows.fetchall():
-            cls = Judged if status == "judged" else Failed
-            yield Outcome(query_id=query_id, event=cls(**json.loads(event)), replayed=bool(replayed),
-                          attempts=attempts)
+    def kept(self) -> Iterator[Kept]:
+        """Every kept event, in the order first recorded."""
+        rows = self._db.execute("SELECT query_id, event, replayed, attempts FROM kept_events ORDER BY rowid")
+        for query_id, event, replayed, attempts in rows.fetchall():
+            yield Kept(query_id=query_id, event=event_from_json(json.loads(event)), replayed=bool(replayed),
+                       attempts=attempts)
 
-    def record_ranking(self, query_id: str, events: list[ListwiseEvent]) -> None:
-        """Keep a ReasonRank query's windows and final order (the reasoning deltas are in each window's
-        ``WindowRanked``)."""
-        records = [{"type": event.type, **dataclasses.asdict(event)} for event in events
-                   if isinstance(event, WindowStarted | WindowRanked | RankingDone)]
-        self._db.execute("INSERT OR REPLACE INTO rankings VALUES (?, ?, ?)",
-                         (query_id, json.dumps(records), time.time()))
-
-    def rankings(self) -> dict[str, list[ListwiseEvent]]:
-        rows = self._db.execute("SELECT query_id, events FROM rankings ORDER BY rowid").fetchall()
-        return {query_id: [_listwise_event(record) for record in json.loads(events)] for query_id, events in rows}
+    def kept_by_query(self) -> dict[str, list[Event]]:
+        found: dict[str, list[Event]] = {}
+        for item in self.kept():
+            found.setdefault(item.query_id, []).append(item.event)
+        return found
 
     def close(self) -> None:
         self._db.close()

@@ -1,50 +1,76 @@
-"""Engines that run the reasoning models, one file each behind ``search.engines.base.Engine``, and the one
-place that opens them. Heavy libraries are imported only by the engine that needs them."""
+"""Engines that run the models, one file each behind ``search.engines.base.Engine``, and the one place that
+picks an engine kind and opens it. Heavy libraries are imported only by the engine that needs them. Engines
+know nothing about relevance: they load weights and generate."""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
+from typing import get_args
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
-from search.engines.models import Choice, choose
-from search.settings import RerankSettings
+from search.settings import EngineKind, EngineSettings
 
-__all__ = ["Choice", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "choose", "close_engines",
-           "open_engine"]
+__all__ = ["ENGINE_KINDS", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "close_engines",
+           "cuda_available", "engine_kind", "open_engine"]
+
+ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 
 _open: dict[tuple[object, ...], Engine] = {}
 _lock = threading.Lock()
 
 
-def open_engine(choice: Choice, settings: RerankSettings) -> Engine:
-    """The engine for ``choice``, started once per process and shared by every caller after that."""
-    model = choice.model
-    key = (choice.engine, model.location, model.max_model_len, settings.dtype, settings.endpoint_urls,
-           settings.served_model, settings.endpoint_concurrency)
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def engine_kind(settings: EngineSettings) -> EngineKind:
+    """The engine the settings name, or for ``auto``: the servers when endpoints are given, vLLM on a GPU where it
+    is installed, transformers anywhere else."""
+    if settings.engine != "auto":
+        return settings.engine
+    if settings.endpoint_urls:
+        return "openai"
+    return "vllm" if cuda_available() and vllm_installed() else "transformers"
+
+
+def open_engine(kind: EngineKind, *, model: str, location: str, max_model_len: int,
+                settings: EngineSettings) -> Engine:
+    """The engine of ``kind`` serving ``location`` (``model`` is the key its judgments are cached under), started
+    once per process and shared by every caller after that."""
+    key = (kind, location, max_model_len, settings.dtype, settings.endpoint_urls, settings.served_model,
+           settings.endpoint_concurrency)
     with _lock:
         engine = _open.get(key)
         if engine is None:
-            engine = _open[key] = _start(choice, settings)
+            engine = _open[key] = _start(kind, model, location, max_model_len, settings)
         return engine
 
 
-def _start(choice: Choice, settings: RerankSettings) -> Engine:
-    model = choice.model
-    if choice.engine == "vllm":
+def _start(kind: EngineKind, model: str, location: str, max_model_len: int, settings: EngineSettings) -> Engine:
+    if kind == "vllm":
         from search.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model=model.key, location=model.location, max_model_len=model.max_model_len,
-                          dtype=settings.dtype, gpu_memory_utilization=settings.gpu_memory_utilization)
-    if choice.engine == "openai":
+        return VLLMEngine(model=model, location=location, max_model_len=max_model_len, dtype=settings.dtype,
+                          gpu_memory_utilization=settings.gpu_memory_utilization)
+    if kind == "openai":
         from search.engines.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(endpoints=settings.endpoint_urls, model=model.key, tokenizer_location=model.location,
-                            served_model=settings.served_model, max_model_len=model.max_model_len,
+        return OpenAIEngine(endpoints=settings.endpoint_urls, model=model, tokenizer_location=location,
+                            served_model=settings.served_model, max_model_len=max_model_len,
                             timeout_s=settings.request_timeout, max_in_flight=settings.endpoint_concurrency)
     from search.engines.hf_engine import TransformersEngine
 
-    return TransformersEngine(model=model.key, location=model.location, max_model_len=model.max_model_len,
-                              dtype=settings.dtype, batch_size=settings.batch_size)
+    return TransformersEngine(model=model, location=location, max_model_len=max_model_len, dtype=settings.dtype,
+                              batch_size=settings.batch_size)
 
 
 def close_engines() -> None:

@@ -13,14 +13,6 @@ from typing import Any
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, missing_package
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 class VLLMEngine(Engine):
     kind = "vllm"
 
@@ -34,6 +26,8 @@ class VLLMEngine(Engine):
         except ImportError:
             raise missing_package("vllm", "gpu") from None
         from transformers import AutoTokenizer
+
+        from search.engines import cuda_available
 
         super().__init__()
         self.model = model

@@ -1,5 +1,5 @@
-"""Judgments on disk (SQLite), so that a repeated query replays at once instead of reasoning again: rank1's
-judgments and ReasonRank's window responses.
+"""Judgments on disk (SQLite), so that a repeated query replays at once instead of reasoning again: pointwise
+judgments (rank1's, the assessor's) and ReasonRank's window responses.
 
 A judgment is keyed by everything that determines it: the model, the prompt recipe version, the reasoning
 budget and the exact prompt (which holds the query, the instruction or template, and the passage text).
@@ -7,7 +7,6 @@ budget and the exact prompt (which holds the query, the instruction or template,
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -15,8 +14,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-from search.rerank.events import Judged
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS judgments (
@@ -37,7 +34,8 @@ def judgment_key(*, model: str, recipe: str, budget: int, prompt: str) -> str:
 
 
 class JudgmentCache:
-    """A thread-safe SQLite store of ``Judged`` events (failures are never cached: they may pass next time)."""
+    """A thread-safe SQLite store of judgments as JSON data, by key (failures are never cached: they may pass
+    next time)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,21 +45,13 @@ class JudgmentCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
 
-    def get(self, key: str) -> Judged | None:
-        record = self.get_record(key)
-        return None if record is None else Judged(**record)
-
-    def put(self, key: str, judged: Judged, *, model: str, recipe: str, budget: int, prompt: str) -> None:
-        self.put_record(key, dataclasses.asdict(judged), model=model, recipe=recipe, budget=budget, prompt=prompt)
-
-    def get_record(self, key: str) -> dict[str, Any] | None:
-        """Any recipe's stored output (a rank1 judgment, a ReasonRank window's response) as JSON data."""
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Any recipe's stored output (a pointwise judgment, a ReasonRank window's response) as JSON data."""
         with self._lock:
             row = self._db.execute("SELECT judgment FROM judgments WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def put_record(self, key: str, record: dict[str, Any], *, model: str, recipe: str, budget: int,
-                   prompt: str) -> None:
+    def put(self, key: str, record: dict[str, Any], *, model: str, recipe: str, budget: int, prompt: str) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)",

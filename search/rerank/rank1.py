@@ -8,39 +8,26 @@ measured from both verdict log-probabilities; a judgment that cannot be measured
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from search.engines.base import Engine, EngineError, GenerationRequest
-from search.rerank.cache import JudgmentCache, judgment_key
-from search.rerank.events import EndReason, Failed, Judged, Reasoning, RerankEvent, Started
-from search.retrieval.ranking import Candidate
+from search.rerank.base import RerankerDefaults
+from search.rerank.events import EndReason, Failed, Judged
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, measured, one_step
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-RECIPE = "rank1-v1"
-"""Changes whenever the prompt, decoding or scoring changes, so cached judgments of another recipe are not
-replayed."""
+    from search.rerank.cache import JudgmentCache
+    from search.settings import RerankSettings
+
 INSTRUCTION = "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
 STOP_TRUE = "</think> true"
 STOP_FALSE = "</think> false"
-QUERY_SLOT = "FILL_QUERY_HERE"
 SENTENCE_ENDS = ".!?"
-FORCED_STEP_TOKENS = 8
-"""Room kept in the context for the forced verdict step's additions ("\\n", "\\n</think>", the verdict)."""
-
-
-def query_text(query: str, instruction: str = "", template: str = "") -> str:
-    """The query as rank1 reads it: the instruction appended (mFollowIR style), then put into a dataset
-    prompt template at ``FILL_QUERY_HERE`` when one is given."""
-    text = f"{query} {instruction}".strip()
-    return template.replace(QUERY_SLOT, text) if template else text
 
 
 def render_prompt(query: str, passage: str) -> str:
@@ -81,135 +68,30 @@ class VerdictTokens:
         return (self.true_id, self.false_id)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PreparedPrompt:
-    prompt: str
-    truncated_passage: bool
-
-
-def prepare_prompt(tokenizer: PreTrainedTokenizerBase, query: str, passage: str, *, max_model_len: int,
-                   budget: int) -> PreparedPrompt:
-    """The prompt for one passage, its passage cut by tokens when prompt + reasoning budget would overflow
-    the context. Raises ValueError when even an empty passage does not fit."""
-    prompt = render_prompt(query, passage)
-    room = max_model_len - budget - FORCED_STEP_TOKENS
-
-    def length(text: str) -> int:
-        return len(tokenizer(text).input_ids)
-
-    excess = length(prompt) - room
-    if excess <= 0:
-        return PreparedPrompt(prompt=prompt, truncated_passage=False)
-    passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
-    keep = len(passage_ids) - excess
-    while keep > 0:
-        prompt = render_prompt(query, tokenizer.decode(passage_ids[:keep]))
-        excess = length(prompt) - room
-        if excess <= 0:
-            return PreparedPrompt(prompt=prompt, truncated_passage=True)
-        keep -= excess
-    raise ValueError(
-        f"the query leaves no room for the passage: max model length {max_model_len} tokens minus reasoning "
-        f"budget {budget} is less than the prompt without its passage"
-    )
-
-
-def _measured(logprobs: dict[int, float], tokens: VerdictTokens) -> tuple[float, float] | None:
-    if tokens.true_id in logprobs and tokens.false_id in logprobs:
-        return logprobs[tokens.true_id], logprobs[tokens.false_id]
-    return None
-
-
-class Rank1Reranker:
-    """Judges every candidate of a query at once on one engine and merges their events into one stream."""
-
+class Rank1Reranker(PointwiseReranker):
     name = "rank1"
+    label = "rank1: pointwise, P(true) per document"
+    defaults = RerankerDefaults(budget=8192, max_model_len=16000, model_on_gpu="rank1-7b",
+                                model_elsewhere="rank1-0.5b")
+    recipe = "rank1-v1"
+    outcome = Judged
+    row_fields = ("p_true", "verdict", "forced", "end_reason", "truncated_passage", "from_cache", "tokens")
+    score_name = "P(true)"
 
-    def __init__(self, engine: Engine, *, model_key: str, budget: int, cache: JudgmentCache | None = None) -> None:
-        self.engine = engine
-        self.model_key = model_key
-        self.budget = budget
-        self.cache = cache
+    def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
+                 cache: JudgmentCache | None = None) -> None:
+        super().__init__(engine, model_key=model_key, budget=budget, settings=settings, cache=cache)
         self.verdict_tokens = VerdictTokens.of(engine.tokenizer)
 
-    def with_budget(self, budget: int) -> Rank1Reranker:
-        """The same reranker (engine, cache) with another reasoning budget."""
-        return self if budget == self.budget else Rank1Reranker(self.engine, model_key=self.model_key, budget=budget,
-                                                                cache=self.cache)
+    def render_prompt(self, query: str, passage: str) -> str:
+        return render_prompt(query, passage)
 
-    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
-                     template: str = "", slots: asyncio.Semaphore | None = None) -> AsyncIterator[RerankEvent]:
-        """Every candidate's events as they happen. Closing the stream early cancels the engine requests.
-
-        ``slots`` bounds the judgments reasoning at once, shared by every stream given the same one (a batch
-        run's many queries); cached judgments replay without waiting for a slot."""
-        text = query_text(query, instruction, template)
-        queue: asyncio.Queue[RerankEvent | None] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate, slots))
-                 for candidate in candidates]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                event = await queue.get()
-                if event is None:
-                    remaining -= 1
-                else:
-                    yield event
-            for task in tasks:
-                task.result()  # a crash in our own code must not pass silently
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _judge_into(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate,
-                          slots: asyncio.Semaphore | None) -> None:
-        try:
-            await self._judge(emit, query, candidate, slots or contextlib.nullcontext())
-        finally:
-            emit(None)
-
-    async def _judge(self, emit: Callable[[RerankEvent | None], None], query: str, candidate: Candidate,
-                     slot: contextlib.AbstractAsyncContextManager) -> None:
-        passage = candidate.passage
-        ids = {"doc_id": passage.doc_id, "passage_id": passage.passage_id}
-        emit(Started(**ids, first_stage_rank=candidate.rank))
-        try:
-            prepared = prepare_prompt(self.engine.tokenizer, query, passage.contents,
-                                      max_model_len=self.engine.max_model_len, budget=self.budget)
-        except ValueError as error:
-            emit(Failed(**ids, reason=str(error)))
-            return
-        key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prepared.prompt)
-        cached = self.cache.get(key) if self.cache is not None else None
-        if cached is not None:
-            if cached.reasoning:
-                emit(Reasoning(doc_id=passage.doc_id, text=cached.reasoning))
-            emit(dataclasses.replace(cached, **ids, from_cache=True))
-            return
-        parts: list[str] = []
-        try:
-            async with slot:
-                outcome = await self._reason(emit, passage.doc_id, prepared.prompt, parts)
-                judged = outcome.judged(ids, prepared.truncated_passage) if outcome.measured else await self._force(
-                    ids, prepared, outcome)
-        except EngineError as error:
-            emit(Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts)))
-            return
-        if isinstance(judged, Failed):
-            emit(judged)
-            return
-        if self.cache is not None:
-            self.cache.put(key, judged, model=self.model_key, recipe=RECIPE, budget=self.budget,
-                           prompt=prepared.prompt)
-        emit(judged)
-
-    async def _reason(self, emit: Callable[[RerankEvent | None], None], doc_id: str, prompt: str,
-                      parts: list[str]) -> _Outcome:
-        """Generate the reasoning (collected into ``parts`` as it streams) and read the verdict if the model
-        gave one."""
-        request = GenerationRequest(prompt=prompt, max_tokens=self.budget, stop=(STOP_TRUE, STOP_FALSE),
+    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
+                    ) -> Judged | Failed:
+        """The model's own verdict when it gives one; else the reference's forced verdict, measured."""
+        request = GenerationRequest(prompt=prepared.prompt, max_tokens=self.budget, stop=(STOP_TRUE, STOP_FALSE),
                                     watch_token_ids=self.verdict_tokens.ids)
+        parts: list[str] = []
         tokens = 0
         last_token: int | None = None
         last_logprobs: dict[int, float] = {}
@@ -217,7 +99,7 @@ class Rank1Reranker:
         async for chunk in self.engine.generate(request):
             if chunk.text:
                 parts.append(chunk.text)
-                emit(Reasoning(doc_id=doc_id, text=chunk.text))
+                reasoning(chunk.text)
             tokens += len(chunk.token_ids)
             if chunk.token_ids:
                 last_token = chunk.token_ids[-1]
@@ -225,53 +107,30 @@ class Rank1Reranker:
             finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
         if finish is None or finish == "abort":
             raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
-        outcome = _Outcome(reasoning="".join(parts), tokens=tokens)
+        text = "".join(parts)
+        end_reason: EndReason
         if finish == "length":
-            outcome.end_reason = "budget"
+            end_reason = "budget"
         elif stop not in (STOP_TRUE, STOP_FALSE) or last_token not in self.verdict_tokens.ids:
-            outcome.end_reason = "end_of_sequence"
-        elif (measured := _measured(last_logprobs, self.verdict_tokens)) is None:
-            outcome.end_reason = "missing_logprobs"
+            end_reason = "end_of_sequence"
+        elif (verdict := measured(last_logprobs, self.verdict_tokens.ids)) is None:
+            end_reason = "missing_logprobs"
         else:
-            outcome.end_reason = "verdict"
-            outcome.verdict = last_token == self.verdict_tokens.true_id
-            outcome.logprobs = measured
-        return outcome
+            return self._judged(ids, prepared, verdict, last_token == self.verdict_tokens.true_id, text, tokens,
+                                end_reason="verdict")
+        token, logprobs = await one_step(self.engine, forced_prompt(prepared.prompt, text), self.verdict_tokens.ids)
+        verdict = measured(logprobs, self.verdict_tokens.ids)
+        if token not in self.verdict_tokens.ids or verdict is None:
+            return Failed(**ids, reasoning=text, reason=(
+                f"no verdict after {end_reason.replace('_', ' ')}: the forced verdict step returned token {token} "
+                f"and log-probabilities for {sorted(logprobs) or 'no tokens'}, not both verdict tokens"))
+        return self._judged(ids, prepared, verdict, token == self.verdict_tokens.true_id, text, tokens,
+                            end_reason=end_reason, forced=True)
 
-    async def _force(self, ids: dict[str, str], prepared: PreparedPrompt, outcome: _Outcome) -> Judged | Failed:
-        request = GenerationRequest(prompt=forced_prompt(prepared.prompt, outcome.reasoning), max_tokens=1,
-                                    watch_token_ids=self.verdict_tokens.ids, allowed_token_ids=self.verdict_tokens.ids)
-        chunks = [chunk async for chunk in self.engine.generate(request)]
-        token_ids = [token for chunk in chunks for token in chunk.token_ids]
-        logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
-        measured = _measured(dict(logprobs[-1]), self.verdict_tokens) if logprobs else None
-        if not token_ids or token_ids[-1] not in self.verdict_tokens.ids or measured is None:
-            return Failed(**ids, reasoning=outcome.reasoning, reason=(
-                f"no verdict after {outcome.end_reason.replace('_', ' ')}: the forced verdict step returned "
-                f"token {token_ids[-1] if token_ids else None} and log-probabilities for "
-                f"{sorted(logprobs[-1]) if logprobs else 'no tokens'}, not both verdict tokens"))
-        outcome.verdict = token_ids[-1] == self.verdict_tokens.true_id
-        outcome.logprobs = measured
-        return outcome.judged(ids, prepared.truncated_passage, forced=True)
-
-
-@dataclass(kw_only=True, slots=True)
-class _Outcome:
-    """What one generation gave; ``logprobs`` is set once the verdict is measured."""
-
-    reasoning: str
-    tokens: int
-    end_reason: EndReason = "verdict"
-    verdict: bool = False
-    logprobs: tuple[float, float] | None = None
-
-    @property
-    def measured(self) -> bool:
-        return self.logprobs is not None
-
-    def judged(self, ids: dict[str, str], truncated_passage: bool, *, forced: bool = False) -> Judged:
-        assert self.logprobs is not None
-        lp_true, lp_false = self.logprobs
-        return Judged(**ids, verdict=self.verdict, p_true=p_true(lp_true, lp_false), logprob_true=lp_true,
-                      logprob_false=lp_false, reasoning=self.reasoning, tokens=self.tokens,
-                      end_reason=self.end_reason, forced=forced, truncated_passage=truncated_passage)
+    @staticmethod
+    def _judged(ids: dict[str, str], prepared: PreparedPrompt, logprobs: tuple[float, ...], verdict: bool,
+                reasoning: str, tokens: int, *, end_reason: EndReason, forced: bool = False) -> Judged:
+        lp_true, lp_false = logprobs
+        return Judged(**ids, verdict=verdict, p_true=p_true(lp_true, lp_false), logprob_true=lp_true,
+                      logprob_false=lp_false, reasoning=reasoning, tokens=tokens, end_reason=end_reason,
+                      forced=forced, truncated_passage=prepared.truncated_passage)

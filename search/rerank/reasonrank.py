@@ -8,18 +8,24 @@ after ``</think>`` (never from digits in the reasoning); without one the window 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from search.engines.base import Engine, EngineError, GenerationRequest
-from search.rerank.cache import JudgmentCache, judgment_key
-from search.rerank.events import ListwiseEvent, RankingDone, WindowRanked, WindowReasoning, WindowStarted, WindowStatus
+from search.engines.base import EngineError, GenerationRequest
+from search.rerank.base import Reranker, RerankerDefaults, query_text
+from search.rerank.cache import judgment_key
+from search.rerank.events import Event, RankingDone, WindowRanked, WindowReasoning, WindowStarted, WindowStatus
+from search.rerank.listwise import ListwiseRun
 from search.retrieval.ranking import Candidate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from search.settings import RerankSettings
 
 SYSTEM = (
     "You are RankLLM, an intelligent assistant that can rank passages based on their relevance to the query. "
@@ -121,28 +127,41 @@ def parse_answer(response: str, size: int) -> ParsedAnswer:
                         duplicates=tuple(duplicates), out_of_range=tuple(out_of_range))
 
 
-class ReasonRankReranker:
+class ReasonRankReranker(Reranker):
     """Reranks a query's candidates window by window on one engine. Each query's windows run one after the
     other (each reorders what the previous left); different queries' streams share the engine concurrently."""
 
     name = "reasonrank"
+    label = "ReasonRank: listwise windows, ranks only"
+    defaults = RerankerDefaults(budget=3072, max_model_len=32768, model_on_gpu="reasonrank-7b",
+                                model_elsewhere="reasonrank-7b")
 
-    def __init__(self, engine: Engine, *, model_key: str, budget: int, window: int = 20, step: int = 10,
-                 passage_tokens: int = 512, cache: JudgmentCache | None = None) -> None:
-        if window < 2 or not 1 <= step <= window or passage_tokens < 1:
-            raise ValueError(f"window must be at least 2, step 1 to window and passage_tokens at least 1; got "
-                             f"{window}, {step} and {passage_tokens}")
-        self.engine = engine
-        self.model_key = model_key
-        self.budget = budget
-        self.window = window
-        self.step = step
-        self.passage_tokens = passage_tokens
-        self.cache = cache
+    @property
+    def window(self) -> int:
+        return self.settings.window
+
+    @property
+    def step(self) -> int:
+        return self.settings.step
+
+    def requests_per_query(self, candidates: int) -> int:
+        return 1
+
+    @classmethod
+    def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                settings: RerankSettings) -> ListwiseRun:
+        return ListwiseRun(reranker=cls.name, query=query, instruction=instruction, candidates=candidates,
+                           window_count=len(window_spans(len(candidates), settings.window, settings.step)))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"window": self.window, "step": self.step, "passage_tokens": self.settings.passage_tokens}
+
+    def describe(self) -> str:
+        return f"{super().describe()}, windows of {self.window} (step {self.step})"
 
     def prompt(self, query: str, candidates: Sequence[Candidate]) -> str:
         tokenizer = self.engine.tokenizer
-        contents = [passage_content(tokenizer, item.passage.title, item.passage.text, self.passage_tokens)
+        contents = [passage_content(tokenizer, item.passage.title, item.passage.text, self.settings.passage_tokens)
                     for item in candidates]
         return render_prompt(tokenizer, query, contents)
 
@@ -153,16 +172,17 @@ class ReasonRankReranker:
                               f"not fit the {self.engine.max_model_len}-token context; lower the window, the "
                               "passage tokens or the budget")
 
-    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = ""
-                     ) -> AsyncIterator[ListwiseEvent]:
+    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
+                     slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
         """Every window's events as they happen, then the final order. Closing the stream early cancels the
         engine request of the window in progress."""
-        text = f"{query} {instruction}".strip()
+        text = query_text(query, instruction, template)
         order = list(candidates)
-        for number, (start, end) in enumerate(window_spans(len(order), self.window, self.step)):
+        spans = window_spans(len(order), self.window, self.step)
+        for number, (start, end) in enumerate(spans):
             window = order[start:end]
             doc_ids = tuple(item.passage.doc_id for item in window)
-            yield WindowStarted(window=number, start=start, end=end, doc_ids=doc_ids)
+            yield WindowStarted(reranker=self.name, window=number, start=start, end=end, doc_ids=doc_ids)
             parts: list[str] = []
             tokens = 0
             cached = None
@@ -170,36 +190,37 @@ class ReasonRankReranker:
                 prompt = self.prompt(text, window)
                 self._check_room(prompt)
                 key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
-                cached = self.cache.get_record(key) if self.cache is not None else None
+                cached = self.cache.get(key) if self.cache is not None else None
                 if cached is not None:
                     parts, tokens, stop = [cached["reasoning"]], cached["tokens"], cached["stop"]
-                    yield WindowReasoning(window=number, text=cached["reasoning"])
+                    yield WindowReasoning(reranker=self.name, window=number, text=cached["reasoning"])
                 else:
                     request = GenerationRequest(prompt=prompt, max_tokens=self.budget + ANSWER_ROOM,
                                                 stop=(ANSWER_END,))
                     finish = stop = None
-                    async for chunk in self.engine.generate(request):
-                        if chunk.text:
-                            parts.append(chunk.text)
-                            yield WindowReasoning(window=number, text=chunk.text)
-                        tokens += len(chunk.token_ids)
-                        finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
+                    async with slots or contextlib.nullcontext():
+                        async for chunk in self.engine.generate(request):
+                            if chunk.text:
+                                parts.append(chunk.text)
+                                yield WindowReasoning(reranker=self.name, window=number, text=chunk.text)
+                            tokens += len(chunk.token_ids)
+                            finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
                     if finish is None or finish == "abort":
                         raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
                     if self.cache is not None:
-                        self.cache.put_record(key, {"reasoning": "".join(parts), "tokens": tokens, "stop": stop},
-                                              model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
+                        self.cache.put(key, {"reasoning": "".join(parts), "tokens": tokens, "stop": stop},
+                                       model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
             except (EngineError, ValueError) as error:
                 failure = f"engine error: {error}" if isinstance(error, EngineError) else str(error)
-                yield WindowRanked(window=number, status="failed", doc_ids=doc_ids, answer="",
+                yield WindowRanked(reranker=self.name, window=number, status="failed", doc_ids=doc_ids, answer="",
                                    reasoning="".join(parts), tokens=tokens, failure=failure)
                 continue
             response = "".join(parts) + (ANSWER_END if stop == ANSWER_END else "")
             parsed = parse_answer(response, len(window))
             order[start:end] = [window[position] for position in parsed.order]
-            yield WindowRanked(window=number, status=parsed.status,
+            yield WindowRanked(reranker=self.name, window=number, status=parsed.status,
                                doc_ids=tuple(item.passage.doc_id for item in order[start:end]), answer=parsed.answer,
                                missing=parsed.missing, duplicates=parsed.duplicates,
                                out_of_range=parsed.out_of_range, reasoning="".join(parts), tokens=tokens,
                                from_cache=cached is not None)
-        yield RankingDone(doc_ids=tuple(item.passage.doc_id for item in order))
+        yield RankingDone(reranker=self.name, window=len(spans), doc_ids=tuple(item.passage.doc_id for item in order))

@@ -1,0 +1,230 @@
+"""The one interface every reranker implements, and the run state every consumer reads.
+
+A ``Reranker`` streams the shared events (``search.rerank.events``) for a query's candidates; its ``start_run``
+gives the ``Run`` that folds those events into what the page shows, the API returns, the command line prints
+and a batch stores: the summary, the rows, the JSONL traces, the TREC run and the final ranking. Consumers hold
+a ``Reranker`` and a ``Run`` and never ask which reranker they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from search.evaluation import format_trec_run
+from search.rerank.events import Event
+from search.retrieval.ranking import Candidate, Hit, Ranking
+from search.settings import RerankSettings
+
+if TYPE_CHECKING:
+    from search.engines.base import Engine
+    from search.rerank.cache import JudgmentCache
+
+Status = Literal["waiting", "reasoning", "judged", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankerDefaults:
+    """What a reranker needs unless the user says otherwise: new tokens to reason in, the context that holds its
+    prompts, and the model it runs on a GPU with vLLM and anywhere else (catalogue names)."""
+
+    budget: int
+    max_model_len: int
+    model_on_gpu: str
+    model_elsewhere: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Summary:
+    """How far a run has come, counted in ``unit`` (documents for pointwise rerankers, windows for listwise)."""
+
+    total: int
+    judged: int
+    failed: int
+    tokens: int
+    """New tokens generated (replayed ones not counted)."""
+    elapsed_s: float
+    unit: str = "documents"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.judged + self.failed == self.total
+
+
+def query_text(query: str, instruction: str = "", template: str = "", slot: str = "FILL_QUERY_HERE") -> str:
+    """The query as a reranker reads it: the instruction appended (mFollowIR style), then put into a dataset
+    prompt template at ``FILL_QUERY_HERE`` when one is given (as in rank1's BRIGHT runs)."""
+    text = f"{query} {instruction}".strip()
+    return template.replace(slot, text) if template else text
+
+
+class Run(ABC):
+    """The state of one rerank run of one query, updated event by event. Pure logic; it renders nothing."""
+
+    score_name: ClassVar[str]
+    """What ``score`` is, for labels ("P(true)", "expected grade", …)."""
+
+    def __init__(self, *, reranker: str, query: str, instruction: str, candidates: Sequence[Candidate]) -> None:
+        self.reranker = reranker
+        self.query = query
+        self.instruction = instruction
+        self.candidates = tuple(candidates)
+        self.started_at = time.monotonic()
+        self.finished_at: float | None = None
+
+    @abstractmethod
+    def apply(self, event: Event) -> None:
+        """Fold one event of this run."""
+
+    @abstractmethod
+    def summary(self) -> Summary: ...
+
+    @property
+    def finished(self) -> bool:
+        return self.summary().finished
+
+    def elapsed_s(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
+
+    @abstractmethod
+    def ordered(self, *, reranked: bool = True) -> list[Candidate]:
+        """The candidates as the reranker has ordered them so far (failures last), or in first-stage order."""
+
+    @abstractmethod
+    def status(self, doc_id: str) -> Status: ...
+
+    @abstractmethod
+    def score(self, doc_id: str) -> float | None:
+        """The document's score so far (``score_name``), None when it has none (waiting, or failed)."""
+
+    @abstractmethod
+    def details(self, doc_id: str) -> dict[str, Any]:
+        """The reranker's own fields of a document's row."""
+
+    def failure(self, doc_id: str) -> str:
+        """Why the document has no score, when it failed."""
+        return ""
+
+    def grades(self) -> dict[str, int]:
+        """The grades on the TREC 0–3 scale that a graded reranker gave, by document (none for the others)."""
+        return {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The current list, best first, as plain data (the API's answer and the JSONL export): one shape for
+        every reranker, then the reranker's own fields."""
+        return [{"rank": position, "doc_id": candidate.passage.doc_id, "passage_id": candidate.passage.passage_id,
+                 "first_stage_rank": candidate.rank, "status": self.status(candidate.passage.doc_id),
+                 "score": self.score(candidate.passage.doc_id), "failure": self.failure(candidate.passage.doc_id)
+                 or None, **self.details(candidate.passage.doc_id)}
+                for position, candidate in enumerate(self.ordered(), start=1)]
+
+    def trace_records(self) -> list[dict[str, Any]]:
+        """Records the JSONL export carries besides one per document (a listwise run's windows)."""
+        return []
+
+    def jsonl(self, *, query_id: str | None = None) -> str:
+        head = {**({"query_id": query_id} if query_id is not None else {}), "query": self.query,
+                "instruction": self.instruction, "reranker": self.reranker}
+        lines = [*self.trace_records(), *({"type": "document", **row} for row in self.rows())]
+        return "".join(json.dumps({**head, **line}, ensure_ascii=False) + "\n" for line in lines)
+
+    def scores(self) -> dict[str, float]:
+        """Scored documents by their score; documents without one follow in the reranked order with score
+        -(first-stage rank), which no score can be mistaken for."""
+        return {candidate.passage.doc_id: score if (score := self.score(candidate.passage.doc_id)) is not None
+                else -float(candidate.rank) for candidate in self.ordered()}
+
+    def trec_run(self, *, query_id: str = "query") -> str:
+        return format_trec_run({query_id: self.scores()}, f"explainable-search-{self.reranker}")
+
+    def ranking(self) -> Ranking:
+        """The final ranking: each scored candidate gains this reranker's hit in its provenance."""
+        ordered = []
+        position = 0
+        for candidate in self.ordered():
+            score = self.score(candidate.passage.doc_id)
+            if score is not None:
+                position += 1
+                candidate = Candidate(passage=candidate.passage, stage=self.reranker,
+                                      provenance={**candidate.provenance,
+                                                  self.reranker: Hit(rank=position, score=score)})
+            ordered.append(candidate)
+        return Ranking(query=self.query, stage=self.reranker, candidates=tuple(ordered))
+
+    @abstractmethod
+    def describe(self, event: Event) -> str | None:
+        """One line for the terminal about an event worth one (an outcome), else None."""
+
+    @abstractmethod
+    def durable(self, event: Event) -> tuple[Event, ...]:
+        """After ``apply(event)``: the events a batch keeps so that a killed run resumes (each document's outcome as
+        it lands; a listwise query's windows once its ranking is done)."""
+
+    @abstractmethod
+    def unfinished(self) -> tuple[Candidate, ...]:
+        """After folding a batch's kept events: the candidates still to send, in order."""
+
+    def documents_done(self) -> int:
+        """Documents with a final judgment so far."""
+        return sum(self.status(candidate.passage.doc_id) == "judged" for candidate in self.candidates)
+
+
+class Reranker(ABC):
+    """A reasoning reranker over an engine. Subclasses are pure logic: they build prompts, read the engine's
+    tokens and log-probabilities, and speak the shared events."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    """One line for pickers: the name and what it gives."""
+    defaults: ClassVar[RerankerDefaults]
+    judges_documents: ClassVar[bool] = False
+    """Whether it judges each document on its own (then annotators can see its judgments beside theirs)."""
+    grades: ClassVar[int] = 0
+    """How many grades its judgments come on (4 for the TREC 0–3 scale; 0 when it does not grade)."""
+
+    def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
+                 cache: JudgmentCache | None = None) -> None:
+        self.engine = engine
+        self.model_key = model_key
+        self.budget = budget
+        self.settings = settings
+        self.cache = cache
+
+    @abstractmethod
+    def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
+               slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
+        """Every event of reranking ``candidates`` for ``query``, as they happen. Closing the stream early cancels
+        the engine requests. ``slots`` bounds the engine requests in flight, shared by every stream given the
+        same one (a batch's many queries); replayed judgments do not wait for one."""
+
+    @classmethod
+    @abstractmethod
+    def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                settings: RerankSettings) -> Run:
+        """An empty run of this kind of reranker, for folding its events (also without an engine: a stored
+        batch is read this way)."""
+
+    def start_run(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "") -> Run:
+        """An empty run of this reranker, for folding the events of ``stream``."""
+        return self.new_run(query, candidates, instruction=instruction, settings=self.settings)
+
+    @abstractmethod
+    def requests_per_query(self, candidates: int) -> int:
+        """At most how many engine requests one query's stream keeps in flight."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings of this reranker's own (besides model and budget) that change its outputs, by their
+        ``RerankSettings`` names: what a batch must keep the same to resume."""
+        return {}
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.engine.description}, budget {self.budget} tokens"

@@ -1,0 +1,273 @@
+"""What every pointwise reranker shares (rank1, the assessor): all candidates judged at once on one engine with
+their events merged into one stream, passages cut to fit the context, judgments cached, engine failures turned
+into ``Failed``; and ``PointwiseRun``, the state of such a run. A subclass gives the prompt and reads one
+candidate's judgment from the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from search.engines.base import Engine, EngineError, GenerationRequest
+from search.rerank.base import Reranker, Run, Status, Summary, query_text
+from search.rerank.cache import judgment_key
+from search.rerank.events import Event, Failed, Graded, Judged, Outcome, Reasoning, Started, event_from_json
+from search.retrieval.ranking import Candidate
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from search.settings import RerankSettings
+
+Emit = Callable[[Event | None], None]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PreparedPrompt:
+    prompt: str
+    truncated_passage: bool
+
+
+def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, str], str], query: str, passage: str,
+                   *, max_model_len: int, budget: int, reserve: int) -> PreparedPrompt:
+    """``render(query, passage)``, its passage cut by tokens when prompt + reasoning budget + ``reserve`` (room for
+    a forced step's additions) would overflow the context. Raises ValueError when even an empty passage does not
+    fit."""
+    prompt = render(query, passage)
+    room = max_model_len - budget - reserve
+
+    def length(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    excess = length(prompt) - room
+    if excess <= 0:
+        return PreparedPrompt(prompt=prompt, truncated_passage=False)
+    passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
+    keep = len(passage_ids) - excess
+    while keep > 0:
+        prompt = render(query, tokenizer.decode(passage_ids[:keep]))
+        excess = length(prompt) - room
+        if excess <= 0:
+            return PreparedPrompt(prompt=prompt, truncated_passage=True)
+        keep -= excess
+    raise ValueError(
+        f"the query leaves no room for the passage: max model length {max_model_len} tokens minus reasoning "
+        f"budget {budget} is less than the prompt without its passage"
+    )
+
+
+async def one_step(engine: Engine, prompt: str, token_ids: tuple[int, ...]) -> tuple[int | None, dict[int, float]]:
+    """One new token restricted to ``token_ids``, and the log-probabilities of those tokens at its position as
+    the engine returned them (before the restriction): a forced answer."""
+    request = GenerationRequest(prompt=prompt, max_tokens=1, watch_token_ids=token_ids, allowed_token_ids=token_ids)
+    chunks = [chunk async for chunk in engine.generate(request)]
+    generated = [token for chunk in chunks for token in chunk.token_ids]
+    logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
+    return (generated[-1] if generated else None), (dict(logprobs[-1]) if logprobs else {})
+
+
+def measured(logprobs: Mapping[int, float], token_ids: Sequence[int]) -> tuple[float, ...] | None:
+    """The log-probabilities of every one of ``token_ids``, or None when the engine did not return them all."""
+    if all(token in logprobs for token in token_ids):
+        return tuple(logprobs[token] for token in token_ids)
+    return None
+
+
+class PointwiseReranker(Reranker):
+    """Judges every candidate of a query at once on one engine and merges their events into one stream."""
+
+    recipe: ClassVar[str]
+    """Changes whenever the prompt, decoding or scoring changes, so cached judgments of another recipe are not
+    replayed."""
+    outcome: ClassVar[type[Judged] | type[Graded]]
+    row_fields: ClassVar[tuple[str, ...]]
+    """The outcome's fields each row carries (None until the document is judged)."""
+    score_name: ClassVar[str]
+    judges_documents = True
+    reserve: ClassVar[int] = 8
+    """Context kept free beyond the budget, for a forced step's additions."""
+
+    @abstractmethod
+    def render_prompt(self, query: str, passage: str) -> str:
+        """The prompt for one passage, exactly as the model was trained or instructed to read it."""
+
+    @abstractmethod
+    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
+                    ) -> Judged | Graded | Failed:
+        """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning``."""
+
+    def requests_per_query(self, candidates: int) -> int:
+        return candidates
+
+    @classmethod
+    def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
+                settings: RerankSettings) -> PointwiseRun:
+        return PointwiseRun(reranker=cls.name, query=query, instruction=instruction, candidates=candidates,
+                            fields=cls.row_fields, score_name=cls.score_name)
+
+    async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
+                     slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
+        text = query_text(query, instruction, template)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate, slots))
+                 for candidate in candidates]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                event = await queue.get()
+                if event is None:
+                    remaining -= 1
+                else:
+                    yield event
+            for task in tasks:
+                task.result()  # a crash in our own code must not pass silently
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _judge_into(self, emit: Emit, query: str, candidate: Candidate, slots: asyncio.Semaphore | None) -> None:
+        try:
+            await self._judge(emit, query, candidate, slots or contextlib.nullcontext())
+        finally:
+            emit(None)
+
+    async def _judge(self, emit: Emit, query: str, candidate: Candidate,
+                     slot: contextlib.AbstractAsyncContextManager) -> None:
+        passage = candidate.passage
+        ids = {"reranker": self.name, "doc_id": passage.doc_id, "passage_id": passage.passage_id}
+        emit(Started(**ids, first_stage_rank=candidate.rank))
+        try:
+            prepared = prepare_prompt(self.engine.tokenizer, self.render_prompt, query, passage.contents,
+                                      max_model_len=self.engine.max_model_len, budget=self.budget,
+                                      reserve=self.reserve)
+        except ValueError as error:
+            emit(Failed(**ids, reason=str(error)))
+            return
+        key = judgment_key(model=self.model_key, recipe=self.recipe, budget=self.budget, prompt=prepared.prompt)
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            if cached["reasoning"]:
+                emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=cached["reasoning"]))
+            emit(event_from_json({**cached, **ids, "type": self.outcome.type, "from_cache": True}))
+            return
+        parts: list[str] = []
+
+        def reasoning(text: str) -> None:
+            parts.append(text)
+            emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=text))
+
+        try:
+            async with slot:
+                outcome = await self.judge(prepared, ids, reasoning)
+        except EngineError as error:
+            emit(Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts)))
+            return
+        if self.cache is not None and not isinstance(outcome, Failed):
+            self.cache.put(key, dataclasses.asdict(outcome), model=self.model_key, recipe=self.recipe,
+                           budget=self.budget, prompt=prepared.prompt)
+        emit(outcome)
+
+
+@dataclass(kw_only=True, slots=True)
+class DocumentState:
+    """One candidate document: its first-stage place and what the reranker has said so far."""
+
+    candidate: Candidate
+    status: Status = "waiting"
+    reasoning: str = ""
+    outcome: Judged | Graded | None = None
+    failure: str = ""
+
+    @property
+    def doc_id(self) -> str:
+        return self.candidate.passage.doc_id
+
+    @property
+    def first_stage_rank(self) -> int:
+        return self.candidate.rank
+
+
+class PointwiseRun(Run):
+    """Every candidate's state for one query, updated event by event."""
+
+    def __init__(self, *, reranker: str, query: str, instruction: str, candidates: Sequence[Candidate],
+                 fields: tuple[str, ...], score_name: str) -> None:
+        super().__init__(reranker=reranker, query=query, instruction=instruction, candidates=candidates)
+        self.fields = fields
+        self.score_name = score_name
+        self.documents = {candidate.passage.doc_id: DocumentState(candidate=candidate)
+                          for candidate in self.candidates}
+
+    def apply(self, event: Event) -> None:
+        state = self.documents[event.doc_id]
+        if isinstance(event, Started):
+            state.status = "reasoning"
+        elif isinstance(event, Reasoning):
+            state.reasoning += event.text
+        elif isinstance(event, Failed):
+            state.status, state.failure, state.reasoning = "failed", event.reason, event.reasoning or state.reasoning
+        elif isinstance(event, Judged | Graded):
+            state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
+        if self.finished_at is None and self.summary().finished:
+            self.finished_at = time.monotonic()
+
+    def states(self, *, reranked: bool = True) -> list[DocumentState]:
+        """Judged documents by score (ties in first-stage order), then those still reasoning or waiting, then
+        failures, each group in first-stage order; or simply first-stage order."""
+        states = sorted(self.documents.values(), key=lambda state: state.first_stage_rank)
+        if not reranked:
+            return states
+        group = {"judged": 0, "reasoning": 1, "waiting": 1, "failed": 2}
+        return sorted(states, key=lambda state: (group[state.status],
+                                                 -(state.outcome.score if state.outcome else 0.0)))
+
+    def ordered(self, *, reranked: bool = True) -> list[Candidate]:
+        return [state.candidate for state in self.states(reranked=reranked)]
+
+    def reranked_positions(self) -> dict[str, int]:
+        """Each judged document's place among the judged, from 1."""
+        judged = [state for state in self.states() if state.outcome is not None]
+        return {state.doc_id: position for position, state in enumerate(judged, start=1)}
+
+    def summary(self) -> Summary:
+        states = self.documents.values()
+        return Summary(total=len(self.documents), judged=sum(state.status == "judged" for state in states),
+                       failed=sum(state.status == "failed" for state in states),
+                       tokens=sum(state.outcome.tokens for state in states
+                                  if state.outcome and not state.outcome.from_cache),
+                       elapsed_s=self.elapsed_s())
+
+    def status(self, doc_id: str) -> Status:
+        return self.documents[doc_id].status
+
+    def score(self, doc_id: str) -> float | None:
+        outcome = self.documents[doc_id].outcome
+        return outcome.score if outcome is not None else None
+
+    def failure(self, doc_id: str) -> str:
+        return self.documents[doc_id].failure
+
+    def details(self, doc_id: str) -> dict[str, Any]:
+        state = self.documents[doc_id]
+        return {**{name: getattr(state.outcome, name) if state.outcome else None for name in self.fields},
+                "reasoning": state.reasoning}
+
+    def grades(self) -> dict[str, int]:
+        return {doc_id: state.outcome.grade for doc_id, state in self.documents.items()
+                if isinstance(state.outcome, Graded)}
+
+    def describe(self, event: Event) -> str | None:
+        return event.describe() if isinstance(event, Judged | Graded | Failed) else None
+
+    def durable(self, event: Event) -> tuple[Outcome, ...]:
+        return (event,) if isinstance(event, Judged | Graded | Failed) else ()
+
+    def unfinished(self) -> tuple[Candidate, ...]:
+        return tuple(state.candidate for state in self.states(reranked=False) if state.status != "judged")

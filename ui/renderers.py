@@ -1,0 +1,30 @@
+"""One renderer per reranker name: how a run of that reranker shows on the page (its cards and its summary
+line). The page looks its reranker's renderer up here and never asks which reranker it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from search.rerank import Summary
+from ui.cards import grade_verdict, rank1_verdict, render_board, render_summary
+from ui.window_cards import render_list_board, render_list_summary
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Renderer:
+    cards: Callable[[Any, bool], str]
+    """(run, reranked order?) → the cards' HTML."""
+    summary: Callable[[Summary, bool], str]
+    """(summary, stopped?) → the summary line's HTML."""
+
+
+RENDERERS: dict[str, Renderer] = {
+    "rank1": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=rank1_verdict),
+                      summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
+    "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict),
+                         summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
+    "reasonrank": Renderer(cards=lambda run, reranked: render_list_board(run, reranked=reranked),
+                           summary=lambda summary, stopped: render_list_summary(summary, stopped=stopped)),
+}

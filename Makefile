@@ -57,7 +57,7 @@ lint: setup
 quality: setup
 	$(BIN)/python benchmarks/quality.py $(DATASET)
 
-## Speed and memory figures quoted in the README.
+## Speed and memory figures quoted in docs/benchmarks.md.
 benchmarks: setup
 	$(BIN)/python benchmarks/bm25_engines.py $(DATASET)
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)

@@ -188,17 +188,29 @@ def test_model_picker_reports_a_model_it_cannot_load_and_keeps_the_current_one(b
                                        r"meaningful"))).to_be_visible(timeout=30_000)
 
 
+def search_with(page: Page, reranker: str, budget: int, query: str = "cat story") -> None:
+    """Choose ``reranker`` (its label) and ``budget`` in Settings, then search. Choosing a reranker sets the budget
+    field to that reranker's default from the server, so the budget is typed once that has landed."""
+    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
+    page.get_by_label(reranker).check()
+    field = page.get_by_label("Reasoning budget (tokens)")
+    for _ in range(5):
+        time.sleep(1)
+        field.fill(str(budget))
+        field.press("Tab")
+        time.sleep(0.5)
+        if field.input_value() == str(budget):
+            break
+    assert field.input_value() == str(budget)
+    box = page.get_by_label("Query")
+    box.fill(query)
+    box.press("Enter")
+
+
 def test_reasonrank_streams_window_by_window_and_exports_its_traces(browser: Browser, page_url: str) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(page_url)
-    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
-    page.get_by_label("ReasonRank: listwise windows, ranks only").check()
-    budget = page.get_by_label("Reasoning budget (tokens)")
-    budget.fill("24")
-    budget.press("Tab")
-    query = page.get_by_label("Query")
-    query.fill("cat story")
-    query.press("Enter")
+    search_with(page, "ReasonRank: listwise windows, ranks only", 24)
     # The first window (the back of the list) streams, its passages highlighted.
     expect(page.locator(".es-window.es-active")).to_contain_text("positions 2–4", timeout=30_000)
     expect(page.locator(".es-rcard.es-in-window")).to_have_count(3)
@@ -226,14 +238,7 @@ def test_the_assessor_shows_each_grade_distribution_and_sorts_by_expected_grade(
                                                                                page_url: str) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(page_url)
-    page.get_by_role("button", name=re.compile("Settings")).filter(has_text="▼").first.click()
-    page.get_by_label("Assessor (UMBRELA): graded 0–3, expected grade per document").check()
-    budget = page.get_by_label("Reasoning budget (tokens)")
-    budget.fill("6")
-    budget.press("Tab")
-    query = page.get_by_label("Query")
-    query.fill("cat story")
-    query.press("Enter")
+    search_with(page, "Assessor (UMBRELA): graded 0–3, expected grade per document", 6)
     expect(page.locator(".es-summary")).to_contain_text("4/4 judged", timeout=120_000)
     expect(page.locator(".es-summary")).to_contain_text("done")
     expect(page.locator(".es-rcard .es-grades")).to_have_count(4)  # a 0–3 bar chart on every card

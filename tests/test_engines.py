@@ -17,7 +17,8 @@ from search.engines.base import Engine, GenerationChunk, GenerationRequest
 from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
 from search.pipeline import document_candidates
-from search.rerank.events import Event, Failed, Judged, Reasoning, Started
+from search.rerank.assessor import AssessorReranker
+from search.rerank.events import Event, Failed, Graded, Judged, Reasoning, Started
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, p_true, render_prompt
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
@@ -127,6 +128,44 @@ def test_engines_agree_where_they_are_deterministic(judgments: dict[str, dict[st
     for doc_id in same:
         assert (theirs[doc_id].verdict, theirs[doc_id].forced) == (local[doc_id].verdict, local[doc_id].forced)
         assert theirs[doc_id].p_true == pytest.approx(local[doc_id].p_true, abs=TOLERANCE), doc_id
+
+
+@pytest.fixture(scope="module")
+def grades(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, dict[str, Graded]]:
+    """The assessor's grades of the same candidates on each engine, one request at a time."""
+    results = {}
+    for name in ENGINES:
+        engine = request.getfixturevalue(name)
+        assessor = AssessorReranker(engine, model_key="demo", budget=BUDGET, settings=RerankSettings())
+
+        async def events(assessor: AssessorReranker = assessor) -> list[Event]:
+            return [event async for event in assessor.stream("which planets have no moons", candidates,
+                                                             slots=asyncio.Semaphore(1))]
+
+        results[name] = {event.doc_id: event for event in asyncio.run(events()) if isinstance(event, Graded)}
+    return results
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_the_assessor_measures_a_grade_distribution_on_every_engine(grades: dict[str, dict[str, Graded]],
+                                                                    candidates: tuple[Candidate, ...],
+                                                                    name: str) -> None:
+    graded = grades[name]
+    assert set(graded) == {item.passage.doc_id for item in candidates}  # every document graded, none failed
+    for event in graded.values():
+        assert len(event.logprobs) == 4 and all(value < 0 for value in event.logprobs)
+        assert sum(event.distribution) == pytest.approx(1.0) and 0 <= event.expected_grade <= 3
+        assert event.forced == (event.end_reason != "grade") and 0 < event.tokens <= BUDGET
+
+
+@pytest.mark.parametrize("other", ["openai_engine", "hf_engine"])
+def test_assessor_grades_agree_across_engines_where_the_text_is_the_same(grades: dict[str, dict[str, Graded]],
+                                                                         other: str) -> None:
+    """As for rank1: the grade is read from the same text only where the engines wrote the same reasoning."""
+    local, theirs = grades["vllm_engine"], grades[other]
+    same = [doc_id for doc_id, graded in local.items() if theirs[doc_id].reasoning == graded.reasoning]
+    for doc_id in same:
+        assert theirs[doc_id].distribution == pytest.approx(local[doc_id].distribution, abs=TOLERANCE), doc_id
 
 
 def test_requests_skip_a_dead_endpoint(openai_engine: OpenAIEngine, judgments: dict[str, dict[str, Judged]]) -> None:

@@ -21,7 +21,7 @@ from search.annotation.store import (
     model_judgment,
 )
 from search.corpus import Passage
-from search.rerank.events import Event, Failed, Graded, Judged, Reasoning
+from search.rerank.events import Event, Failed, Measured, Reasoning
 from search.retrieval.ranking import Candidate, Hit
 
 Filter = Literal["all", "unjudged", "disagree"]
@@ -238,7 +238,7 @@ class Workbench:
         """Fold one reranker event of ``query_id``; final judgments are stored at once."""
         if isinstance(event, Reasoning) and query_id == self.query.query_id:
             self.live[event.doc_id] = self.live.get(event.doc_id, "") + event.text
-        elif isinstance(event, Judged | Graded | Failed):
+        elif isinstance(event, Measured | Failed):
             self.store.put_model_judgment(self.project.name, model_judgment(query_id, self.model, event))
             if query_id == self.query.query_id:
                 self.live.pop(event.doc_id, None)

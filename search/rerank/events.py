@@ -46,72 +46,74 @@ class Reasoning:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Judged:
-    """rank1's verdict and P(true) = exp(lp_true) / (exp(lp_true) + exp(lp_false)), both log-probabilities
-    measured at the verdict position.
+class Measured:
+    """What every measured pointwise judgment carries besides its own numbers.
 
-    ``forced`` means the model did not give a verdict on its own (``end_reason`` says why) and the verdict
-    was read from one extra step restricted to the two verdict tokens, after cutting the reasoning at its
-    last sentence end. ``truncated_passage`` means the passage was cut to fit the context window.
-    """
+    ``forced`` means the model did not answer on its own (``end_reason`` says why) and the answer was read from
+    one extra step after closing its reasoning. ``truncated_passage`` means the passage was cut to fit the
+    context window. ``from_cache`` means the same prompt was judged before and the judgment was replayed."""
 
-    type: ClassVar[str] = "judged"
     reranker: str
     doc_id: str
     passage_id: str
+    reasoning: str
+    tokens: int
+    end_reason: EndReason
+    forced: bool
+    truncated_passage: bool
+    from_cache: bool = False
+
+    @property
+    def score(self) -> float:
+        """What the reranker ranks by."""
+        raise NotImplementedError
+
+    def how(self) -> str:
+        """How the judgment came about: tokens, why it ended, and its flags."""
+        flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(self, name))
+        return f"{self.tokens} tokens, {self.end_reason.replace('_', ' ')}{', ' + flags if flags else ''}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Judged(Measured):
+    """rank1's verdict and P(true) = exp(lp_true) / (exp(lp_true) + exp(lp_false)), both log-probabilities
+    measured at the verdict position (a forced verdict: one step restricted to the two verdict tokens, after
+    cutting the reasoning at its last sentence end)."""
+
+    type: ClassVar[str] = "judged"
     verdict: bool
     p_true: float
     logprob_true: float
     logprob_false: float
-    reasoning: str
-    tokens: int
-    end_reason: EndReason
-    forced: bool
-    truncated_passage: bool
-    from_cache: bool = False
 
     @property
     def score(self) -> float:
-        """What rank1 ranks by."""
         return self.p_true
 
     def describe(self) -> str:
-        return (f"{'true ' if self.verdict else 'false'} P(true)={self.p_true:.3f}  {self.doc_id}  "
-                f"({_how(self)})")
+        return f"{'true ' if self.verdict else 'false'} P(true)={self.p_true:.3f}  {self.doc_id}  ({self.how()})"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Graded:
+class Graded(Measured):
     """The assessor's grade on the 0–3 scale, measured: ``logprobs`` are the log-probabilities of the four grade
     tokens at the grade position, ``distribution`` the same renormalised over them, ``grade`` the most likely
-    one and ``expected_grade`` Σ g·p(g), which ranks.
-
-    ``forced`` means the model wrote no readable grade of its own (``end_reason`` says why) and the grade was
-    read from one extra step after its cleaned reasoning and the answer line's prefix."""
+    one and ``expected_grade`` Σ g·p(g), which ranks (a forced grade: one step after the cleaned reasoning and
+    the answer line's prefix)."""
 
     type: ClassVar[str] = "graded"
-    reranker: str
-    doc_id: str
-    passage_id: str
     grade: int
     expected_grade: float
     distribution: tuple[float, ...]
     logprobs: tuple[float, ...]
-    reasoning: str
-    tokens: int
-    end_reason: EndReason
-    forced: bool
-    truncated_passage: bool
-    from_cache: bool = False
 
     @property
     def score(self) -> float:
-        """What the assessor ranks by."""
         return self.expected_grade
 
     def describe(self) -> str:
         shares = " ".join(f"{p:.2f}" for p in self.distribution)
-        return f"grade {self.grade} E={self.expected_grade:.2f} [{shares}]  {self.doc_id}  ({_how(self)})"
+        return f"grade {self.grade} E={self.expected_grade:.2f} [{shares}]  {self.doc_id}  ({self.how()})"
 
     @classmethod
     def measured(cls, logprobs: tuple[float, ...], **fields: Any) -> Graded:
@@ -138,12 +140,6 @@ class Failed:
 
     def describe(self) -> str:
         return f"failed  {self.doc_id}  {self.reason}"
-
-
-def _how(outcome: Judged | Graded) -> str:
-    """How a judgment came about: tokens, why it ended, and its flags."""
-    flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(outcome, name))
-    return f"{outcome.tokens} tokens, {outcome.end_reason.replace('_', ' ')}{', ' + flags if flags else ''}"
 
 
 Outcome = Judged | Graded | Failed

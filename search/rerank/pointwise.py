@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from search.engines.base import Engine, EngineError, GenerationRequest
 from search.rerank.base import Reranker, Run, Status, Summary, query_text
 from search.rerank.cache import judgment_key
-from search.rerank.events import Event, Failed, Graded, Judged, Outcome, Reasoning, Started, event_from_json
+from search.rerank.events import Event, Failed, Graded, Measured, Outcome, Reasoning, Started, event_from_json
 from search.retrieval.ranking import Candidate
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class PointwiseReranker(Reranker):
     recipe: ClassVar[str]
     """Changes whenever the prompt, decoding or scoring changes, so cached judgments of another recipe are not
     replayed."""
-    outcome: ClassVar[type[Judged] | type[Graded]]
+    outcome: ClassVar[type[Measured]]
     row_fields: ClassVar[tuple[str, ...]]
     """The outcome's fields each row carries (None until the document is judged)."""
     score_name: ClassVar[str]
@@ -99,7 +99,7 @@ class PointwiseReranker(Reranker):
 
     @abstractmethod
     async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
-                    ) -> Judged | Graded | Failed:
+                    ) -> Measured | Failed:
         """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning``."""
 
     def requests_per_query(self, candidates: int) -> int:
@@ -182,7 +182,7 @@ class DocumentState:
     candidate: Candidate
     status: Status = "waiting"
     reasoning: str = ""
-    outcome: Judged | Graded | None = None
+    outcome: Measured | None = None
     failure: str = ""
 
     @property
@@ -213,7 +213,7 @@ class PointwiseRun(Run):
             state.reasoning += event.text
         elif isinstance(event, Failed):
             state.status, state.failure, state.reasoning = "failed", event.reason, event.reasoning or state.reasoning
-        elif isinstance(event, Judged | Graded):
+        elif isinstance(event, Measured):
             state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
         if self.finished_at is None and self.summary().finished:
             self.finished_at = time.monotonic()
@@ -264,10 +264,10 @@ class PointwiseRun(Run):
                 if isinstance(state.outcome, Graded)}
 
     def describe(self, event: Event) -> str | None:
-        return event.describe() if isinstance(event, Judged | Graded | Failed) else None
+        return event.describe() if isinstance(event, Measured | Failed) else None
 
     def durable(self, event: Event) -> tuple[Outcome, ...]:
-        return (event,) if isinstance(event, Judged | Graded | Failed) else ()
+        return (event,) if isinstance(event, Measured | Failed) else ()
 
     def unfinished(self) -> tuple[Candidate, ...]:
         return tuple(state.candidate for state in self.states(reranked=False) if state.status != "judged")

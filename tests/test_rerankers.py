@@ -208,14 +208,14 @@ def test_scripted_exports_parse(tokenizer: object, name: str, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def sample(first_stage: FirstStage) -> tuple[Candidate, ...]:
-    return document_candidates(first_stage.search(QUERY, 100), 3)
+    return document_candidates(first_stage.search(QUERY, 100), 2)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vllm_events_follow_the_envelope_and_order_and_exports_parse(vllm_engine: Engine, name: str,
                                                                       sample: tuple[Candidate, ...],
                                                                       tmp_path: Path) -> None:
-    events, run = rerank(reranker_on(vllm_engine, name, budget=16), sample)
+    events, run = rerank(reranker_on(vllm_engine, name, budget=8), sample)
     check_envelope_and_order(name, events, run, sample)
     check_exports_parse(name, run, sample, tmp_path)
 
@@ -229,13 +229,13 @@ def test_vllm_cancel_frees_the_engine(vllm_engine: Engine, name: str, sample: tu
 @pytest.mark.parametrize("name", NAMES)
 def test_vllm_cache_replay(vllm_engine: Engine, name: str, sample: tuple[Candidate, ...], tmp_path: Path) -> None:
     counting = Counting(vllm_engine)
-    check_cache_replay(lambda cache: reranker_on(counting, name, budget=16, cache=cache), counting, tmp_path, sample)
+    check_cache_replay(lambda cache: reranker_on(counting, name, budget=8, cache=cache), counting, tmp_path, sample)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vllm_failures_are_never_scored(vllm_engine: Engine, name: str, sample: tuple[Candidate, ...]) -> None:
     """A query longer than the context: no prompt fits, so nothing can be measured."""
-    events, run = rerank(reranker_on(vllm_engine, name, budget=16), sample, query="moons " * 3000)
+    events, run = rerank(reranker_on(vllm_engine, name, budget=8), sample, query="moons " * 3000)
     check_failures_are_never_scored(events, run, sample)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from search.rerank import Summary
 from ui.cards import grade_verdict, rank1_verdict, render_board, render_summary
-from ui.window_cards import render_list_board, render_list_summary
+from ui.window_cards import render_list_summary, render_windows
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -25,6 +25,6 @@ RENDERERS: dict[str, Renderer] = {
                       summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
     "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict),
                          summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
-    "reasonrank": Renderer(cards=lambda run, reranked: render_list_board(run, reranked=reranked),
+    "reasonrank": Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
                            summary=lambda summary, stopped: render_list_summary(summary, stopped=stopped)),
 }

@@ -46,21 +46,21 @@ def _trajectory(positions: list[int]) -> str:
     return " → ".join(f"#{position}" for position in positions)
 
 
-def render_list_board(board: ListwiseRun, *, reranked: bool) -> str:
-    if not board.candidates:
+def render_windows(run: ListwiseRun, *, reranked: bool) -> str:
+    if not run.candidates:
         return '<p class="es-notice">No passage matches this query.</p>'
-    active = board.active()
-    in_window = set(board.order[active.start:active.end]) if active else set()
-    windows = "".join(render_window(state, active=state is active) for state in board.windows)
+    active = run.active()
+    in_window = set(run.order[active.start:active.end]) if active else set()
+    windows = "".join(render_window(state, active=state is active) for state in run.windows)
     cards = []
-    for candidate in board.ordered(reranked=reranked):
+    for candidate in run.ordered(reranked=reranked):
         passage = candidate.passage
         key = escape(passage.doc_id, quote=True)
         highlight = " es-in-window" if passage.doc_id in in_window else (
-            " es-failed" if board.status(passage.doc_id) == "failed" else "")
+            " es-failed" if run.status(passage.doc_id) == "failed" else "")
         cards.append(
             f'<div class="es-rcard{highlight}" data-doc="{key}">'
-            f'<h4><span class="es-move">{escape(_trajectory(board.trajectory[passage.doc_id]))}</span>'
+            f'<h4><span class="es-move">{escape(_trajectory(run.trajectory[passage.doc_id]))}</span>'
             f"{escape(passage.title or passage.doc_id)}</h4>"
             f'<div class="es-meta">{escape(passage.passage_id)} · first stage #{candidate.rank}</div>'
             f'<details data-keep="passage:{key}"><summary>passage</summary><p>{escape(passage.text)}</p></details>'

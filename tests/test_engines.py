@@ -87,20 +87,22 @@ def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], *, one_at_a
 
 
 @pytest.fixture(scope="module")
-def judgments(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, dict[str, Judged]]:
-    """Each engine's judgments of the same candidates, one request at a time (so no engine batches them
-    differently from another), computed once."""
-    results = {}
-    for name in ENGINES:
-        events = rerank_events(request.getfixturevalue(name), candidates, one_at_a_time=True)
-        results[name] = {event.doc_id: event for event in events if isinstance(event, Judged)}
-    return results
+def streams(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, list[Event]]:
+    """Each engine's events for the same candidates, one request at a time (so no engine batches them differently
+    from another), computed once."""
+    return {name: rerank_events(request.getfixturevalue(name), candidates, one_at_a_time=True) for name in ENGINES}
+
+
+@pytest.fixture(scope="module")
+def judgments(streams: dict[str, list[Event]]) -> dict[str, dict[str, Judged]]:
+    return {name: {event.doc_id: event for event in events if isinstance(event, Judged)}
+            for name, events in streams.items()}
 
 
 @pytest.mark.parametrize("name", ENGINES)
-def test_engine_streams_ordered_events_and_measures_every_verdict(request: pytest.FixtureRequest, name: str,
+def test_engine_streams_ordered_events_and_measures_every_verdict(streams: dict[str, list[Event]], name: str,
                                                                   candidates: tuple[Candidate, ...]) -> None:
-    events = rerank_events(request.getfixturevalue(name), candidates)
+    events = streams[name]
     for candidate in candidates:
         own = [event for event in events if event.doc_id == candidate.passage.doc_id]
         assert isinstance(own[0], Started) and isinstance(own[-1], Judged | Failed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import typing
 from collections.abc import Callable
@@ -244,3 +245,14 @@ def test_the_opener_refuses_a_budget_the_context_cannot_hold(tokenizer: object) 
     for name in NAMES:
         with pytest.raises(EngineError, match=r"4096 tokens\) leaves no room .* 2048-token context"):
             reranker_on(engine, name, budget=4096)
+
+
+def test_no_consumer_asks_which_reranker_it_holds() -> None:
+    """The page, the command line, the batch and the app work through the interface alone."""
+    root = Path(__file__).resolve().parent.parent
+    consumers = [*root.glob("ui/*.py"), root / "search" / "cli.py", *root.glob("search/batch/*.py"), root / "app.py"]
+    branch = re.compile(r'isinstance\(.*(Rank1Reranker|ReasonRankReranker)|== "(rank1|reasonrank|assessor)"')
+    found = [f"{path.name}:{number}" for path in consumers
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if branch.search(line)]
+    assert not found

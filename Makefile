@@ -64,6 +64,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/rerank.py
 	$(BIN)/python benchmarks/annotation.py
 	$(BIN)/python benchmarks/batch.py
+	$(BIN)/python benchmarks/cpu_dtype.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -44,7 +44,7 @@ def synthetic(doc_id: str, text: str, rank: int) -> Candidate:
 
 @pytest.fixture(scope="module")
 def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
-    found = document_candidates(first_stage.search("which planets have no moons", 100), 6)
+    found = document_candidates(first_stage.search("which planets have no moons", 100), 3)
     return (*found, synthetic("echo", ECHO, len(found) + 1))
 
 

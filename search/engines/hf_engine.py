@@ -19,6 +19,13 @@ WORKER_JOIN_S = 60
 """The longest a closing engine waits for the batch in progress."""
 
 
+def cpu_dtype(dtype: str, device: str) -> str:
+    """``auto`` on a CPU means float32: bf16 weights there compute several times slower than float32 on CPUs
+    without native bf16 (measured by benchmarks/cpu_dtype.py: 3–5× on this project's machines), for twice the
+    memory. Elsewhere, and for any dtype given, the weights' own."""
+    return "float32" if dtype == "auto" and device == "cpu" else dtype
+
+
 @dataclass(kw_only=True, slots=True, eq=False)
 class _Row:
     """One request's state inside a batch; written by the worker thread, read by the engine loop."""
@@ -48,7 +55,8 @@ class TransformersEngine(Engine):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
-            self._model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(self.device).eval()
+            self._model = AutoModelForCausalLM.from_pretrained(location, dtype=cpu_dtype(dtype, self.device)).to(
+                self.device).eval()
         except (OSError, ValueError) as error:
             self.close()
             raise EngineError(f"transformers could not load {location}: {error}") from error

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from search.corpus import Document, Query, load_corpus
+from search.corpus import Document, Passage, Query, load_corpus, load_queries
+from search.retrieval.ranking import Candidate, ranking_from_scores
 from search.settings import SAMPLE_CORPUS, CorpusSettings
 
 
@@ -40,6 +41,15 @@ def synthetic_corpus(size: int, words_per_passage: int = 60, seed: int = 13) -> 
         source = rng.choice(documents).text.split()
         queries.append(Query(query_id=f"q{number}", text=" ".join(rng.sample(source, rng.randint(3, 6)))))
     return documents, queries
+
+
+def sample_workload(count: int) -> tuple[str, list[Candidate]]:
+    """The sample corpus's first query and its first ``count`` documents as candidates, whole."""
+    corpus = load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS))
+    query = load_queries(SAMPLE_CORPUS / "queries.jsonl")[0][0].text
+    passages = [Passage(passage_id=document.doc_id, doc_id=document.doc_id, index=0, title=document.title,
+                        text=document.text) for document in corpus.documents[:count]]
+    return query, list(ranking_from_scores(query, "bm25", [(passage, 1.0) for passage in passages]).candidates)
 
 
 def latency_ms(run_one: Callable[[Any], Any], items: Sequence[Any], warmup: int = 3) -> tuple[float, float]:

@@ -17,26 +17,18 @@ import os
 import time
 from typing import Any
 
-from common import in_fresh_process, print_table
+from common import in_fresh_process, print_table, sample_workload
 
-from search.corpus import Passage, load_corpus, load_queries
-from search.engines.base import Engine, GenerationRequest
+from search.engines import cuda_available
+from search.engines.base import Engine, GenerationRequest, cpu_dtype
 from search.engines.demo_model import ensure_demo_model
 from search.rerank.events import Reasoning
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens, render_prompt
-from search.retrieval.ranking import Candidate, ranking_from_scores
-from search.settings import SAMPLE_CORPUS, CorpusSettings, RerankSettings
+from search.retrieval.ranking import Candidate
+from search.settings import RerankSettings
 
 MAX_MODEL_LEN = 2048
 WARMUP_QUERY = "how do engines warm up"
-
-
-def _workload(count: int) -> tuple[str, list[Candidate]]:
-    corpus = load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS))
-    query = load_queries(SAMPLE_CORPUS / "queries.jsonl")[0][0].text
-    passages = [Passage(passage_id=document.doc_id, doc_id=document.doc_id, index=0, title=document.title,
-                        text=document.text) for document in corpus.documents[:count]]
-    return query, list(ranking_from_scores(query, "bm25", [(passage, 1.0) for passage in passages]).candidates)
 
 
 def _requests(tokenizer: Any, query: str, candidates: list[Candidate], budget: int) -> list[GenerationRequest]:
@@ -50,8 +42,10 @@ def offline_case(count: int, budget: int) -> dict:
     from vllm import LLM, SamplingParams
 
     model = str(ensure_demo_model())
-    llm = LLM(model=model, max_model_len=MAX_MODEL_LEN, enforce_eager=True, enable_prefix_caching=True, seed=0)
-    query, candidates = _workload(count)
+    dtype = cpu_dtype("auto", "cuda" if cuda_available() else "cpu")  # what our engine runs in
+    llm = LLM(model=model, max_model_len=MAX_MODEL_LEN, dtype=dtype, enforce_eager=True, enable_prefix_caching=True,
+              seed=0)
+    query, candidates = sample_workload(count)
     requests = _requests(AutoTokenizer.from_pretrained(model), query, candidates, budget)
     params = SamplingParams(temperature=0.0, max_tokens=budget, stop=list(requests[0].stop), skip_special_tokens=False,
                             logprobs=2, logprob_token_ids=list(requests[0].watch_token_ids))
@@ -94,7 +88,7 @@ async def _stream_all(engine: Engine, requests: list[GenerationRequest]) -> tupl
 
 def engine_case(kind: str, count: int, budget: int) -> dict:
     engine = _open(kind)
-    query, candidates = _workload(count)
+    query, candidates = sample_workload(count)
     asyncio.run(_stream_all(engine, _requests(engine.tokenizer, WARMUP_QUERY, candidates[:2], budget)))
     requests = _requests(engine.tokenizer, query, candidates, budget)
     start = time.perf_counter()
@@ -107,7 +101,7 @@ def engine_case(kind: str, count: int, budget: int) -> dict:
 
 def reranker_case(kind: str, count: int, budget: int) -> dict:
     engine = _open(kind)
-    query, candidates = _workload(count)
+    query, candidates = sample_workload(count)
     reranker = Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
 
     async def run(text: str, chosen: list[Candidate]) -> tuple[int, float | None, int]:

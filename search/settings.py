@@ -142,7 +142,7 @@ class EngineSettings:
     request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
     endpoint_concurrency: int = _setting(64, "openai engine: most requests in flight on one server at once")
     dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own; float32 "
-                                  "for transformers on a CPU)")
+                                  "on a CPU)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(16, "transformers engine: requests generated together")
 

@@ -36,9 +36,11 @@ class VLLMServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+        # float32, as our in-process engine runs on a CPU (a vLLM server takes the weights' bf16 by default)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                   "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--enforce-eager",
-                   "--enable-prefix-caching", "--seed", "0", "--host", "127.0.0.1", "--port", str(self.port)]
+                   "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--dtype", "float32",
+                   "--enforce-eager", "--enable-prefix-caching", "--seed", "0", "--host", "127.0.0.1",
+                   "--port", str(self.port)]
         with log.open("w") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
                                             start_new_session=True)

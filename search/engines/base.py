@@ -24,6 +24,13 @@ T = TypeVar("T")
 _END = object()
 
 
+def cpu_dtype(dtype: str, device: str) -> str:
+    """``auto`` on a CPU means float32, in vLLM and transformers alike: bf16 weights there compute several times
+    slower than float32 on CPUs without native bf16 (measured by benchmarks/cpu_dtype.py: 3–5× on this
+    project's machines), for twice the memory. Elsewhere, and for any dtype given, the weights' own."""
+    return "float32" if dtype == "auto" and device == "cpu" else dtype
+
+
 class EngineError(RuntimeError):
     """The engine cannot serve: not installed, failed to start, or a request failed. The message says why."""
 

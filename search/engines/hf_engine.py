@@ -11,19 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
+from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, cpu_dtype
 
 BATCH_WAIT_S = 0.05
 """How long the worker waits for more requests to fill a batch once the first one arrives."""
 WORKER_JOIN_S = 60
 """The longest a closing engine waits for the batch in progress."""
-
-
-def cpu_dtype(dtype: str, device: str) -> str:
-    """``auto`` on a CPU means float32: bf16 weights there compute several times slower than float32 on CPUs
-    without native bf16 (measured by benchmarks/cpu_dtype.py: 3–5× on this project's machines), for twice the
-    memory. Elsewhere, and for any dtype given, the weights' own."""
-    return "float32" if dtype == "auto" and device == "cpu" else dtype
 
 
 @dataclass(kw_only=True, slots=True, eq=False)

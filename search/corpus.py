@@ -74,8 +74,11 @@ class LoadProblem:
 class CorpusError(ValueError):
     """The input cannot be loaded as asked; ``problems`` says where and why."""
 
-    def __init__(self, summary: str, problems: Sequence[LoadProblem] = ()) -> None:
+    def __init__(self, summary: str, problems: Sequence[LoadProblem] = (), *, good: int = 0) -> None:
+        self.summary = summary
         self.problems = tuple(problems)
+        self.good = good
+        """Documents that would load if the problems were dropped (``skip_bad``)."""
         lines = [summary, *(f"  {problem}" for problem in self.problems[:MAX_PROBLEMS_SHOWN])]
         if len(self.problems) > MAX_PROBLEMS_SHOWN:
             lines.append(f"  … and {len(self.problems) - MAX_PROBLEMS_SHOWN} more")
@@ -395,7 +398,7 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
         raise CorpusError(
             f"{path}: {len(fatal)} problem(s) stop the load; fix them, or pass --skip-bad to load the "
             f"{len(collector.documents)} good document(s) and drop these",
-            fatal,
+            fatal, good=len(collector.documents),
         )
     if not collector.documents:
         raise CorpusError(f"{path}: no documents could be loaded", problems)

@@ -201,6 +201,8 @@ class Settings:
     annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
     batches: Path = _setting(data_home() / "batches", "folder whose rerank-run outputs (one folder each) the "
                                                       "Evaluation tab shows")
+    uploads: Path = _setting(data_home() / "corpora", "folder where corpora uploaded on the page are kept, so that "
+                                                      "every session sees them after reloads and restarts")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -3,12 +3,17 @@ each corpus opened once and shared by every session."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from search.corpus import JSONL_SUFFIXES, TABLE_SUFFIXES
+from search.corpus import JSONL_SUFFIXES, TABLE_SUFFIXES, CorpusError
 from search.progress import Progress, no_progress
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.settings import RetrievalMethod, Settings
@@ -16,6 +21,9 @@ from search.settings import RetrievalMethod, Settings
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_UNPACKED_BYTES = 500 * 1024 * 1024
 MAX_ARCHIVE_MEMBERS = 50_000
+MAX_KEPT_CORPORA = 20
+MAX_KEPT_BYTES = 2 * 1024**3
+"""Uploaded corpora kept at once, and the bytes their folder may hold (archives count unpacked too)."""
 ARCHIVE_SUFFIX = ".zip"
 UPLOAD_SUFFIXES = (*sorted(JSONL_SUFFIXES), *sorted(TABLE_SUFFIXES), ARCHIVE_SUFFIX)
 
@@ -42,52 +50,188 @@ def _unzip(archive: Path, into: Path) -> Path:
             bundle.extractall(into)
     except zipfile.BadZipFile as error:
         raise UploadError(f"{archive.name}: not a readable zip archive ({error})") from None
-    entries = [entry for entry in into.iterdir() if not entry.name.startswith((".", "__MACOSX"))]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else into
+    return _corpus_root(into)
 
 
-def unpack_upload(upload: Path, into: Path) -> Path:
-    """The corpus path for an uploaded file: a JSONL/CSV/TSV file as it is, or the folder a .zip (a BEIR
-    folder, or .txt/.md files) unpacks to inside ``into``."""
-    suffix = upload.suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
+def check_upload(upload: Path) -> None:
+    """Refuse a file of a type or size that cannot be a corpus, naming it."""
+    if upload.suffix.lower() not in UPLOAD_SUFFIXES:
         raise UploadError(f"{upload.name}: unsupported type; upload one of {', '.join(UPLOAD_SUFFIXES)} "
                           "(a .zip holding a BEIR folder or .txt/.md files)")
     size = upload.stat().st_size
     if size > MAX_UPLOAD_BYTES:
         raise UploadError(f"{upload.name}: {size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,}")
-    if suffix != ARCHIVE_SUFFIX:
+
+
+def unpack_upload(upload: Path, into: Path) -> Path:
+    """The corpus path for an uploaded file: a JSONL/CSV/TSV file as it is, or the folder a .zip (a BEIR
+    folder, or .txt/.md files) unpacks to inside ``into``."""
+    check_upload(upload)
+    if upload.suffix.lower() != ARCHIVE_SUFFIX:
         return upload
     into.mkdir(parents=True, exist_ok=True)
     return _unzip(upload, into)
 
 
-class CorpusLibrary:
-    """Opened corpora by display name; opening is slow (indexing), looking up is not."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeptUpload:
+    """An uploaded corpus as kept on disk: its folder under the library's store, the name it is listed under and
+    whether it was loaded without its bad records."""
 
-    def __init__(self, settings: Settings, methods: Iterable[RetrievalMethod]) -> None:
+    folder: Path
+    name: str
+    file: str
+    skip_bad: bool
+
+    @property
+    def corpus_path(self) -> Path:
+        unpacked = self.folder / UNPACKED
+        return _corpus_root(unpacked) if unpacked.is_dir() else self.folder / self.file
+
+
+UNPACKED = "unpacked"
+META = "upload.json"
+
+
+def _corpus_root(folder: Path) -> Path:
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def _as_uploaded(error: CorpusError, kept: Path, shown_as: str) -> CorpusError:
+    """The error with every path inside the kept folder named as the user knows it: the uploaded file, or
+    ``archive.zip/member`` for a file inside an archive, never where the server keeps it."""
+
+    def named(path: Path) -> Path:
+        try:
+            inside = path.relative_to(kept)
+        except ValueError:
+            return path
+        parts = inside.parts[1:] if inside.parts[:1] == (UNPACKED,) else ()
+        return Path(shown_as, *parts)
+
+    problems = [dataclasses.replace(problem, path=named(problem.path)) for problem in error.problems]
+    summary = error.summary
+    for folder in sorted({str(path) for path in kept.rglob("*")} | {str(kept)}, key=len, reverse=True):
+        summary = summary.replace(folder, str(named(Path(folder))))
+    return CorpusError(summary, problems, good=error.good)
+
+
+class CorpusLibrary:
+    """Opened corpora by display name; opening is slow (indexing), looking up is not. With a ``store`` folder,
+    uploads are kept there and listed again after a restart (``restore``); they can be removed."""
+
+    def __init__(self, settings: Settings, methods: Iterable[RetrievalMethod], store: Path | None = None) -> None:
         self.settings = settings
         self.methods = tuple(methods)
+        self.store = store
         self._stages: dict[str, FirstStage] = {}
+        self._kept: dict[str, KeptUpload] = {}
         self._lock = threading.Lock()
 
     def add(self, name: str, first_stage: FirstStage) -> str:
         """Register ``first_stage`` under ``name`` (numbered when taken); returns the name used."""
         with self._lock:
-            unique, number = name, 2
-            while unique in self._stages:
-                unique, number = f"{name} ({number})", number + 1
-            self._stages[unique] = first_stage
-            return unique
+            return self._register(name, first_stage)
 
-    def open(self, path: Path, name: str, progress: Progress = no_progress) -> str:
+    def _register(self, name: str, first_stage: FirstStage) -> str:
+        unique, number = name, 2
+        while unique in self._stages:
+            unique, number = f"{name} ({number})", number + 1
+        self._stages[unique] = first_stage
+        return unique
+
+    def open(self, path: Path, name: str, progress: Progress = no_progress, *, skip_bad: bool = False) -> str:
         """Load and index the corpus at ``path``. Raises ``CorpusError`` with file and line on bad input."""
-        first_stage = open_first_stage(self.settings.replace(corpus=path), self.methods, progress)
-        return self.add(name, first_stage)
+        settings = self.settings.replace(corpus=path, skip_bad=skip_bad)
+        return self.add(name, open_first_stage(settings, self.methods, progress))
+
+    def upload(self, upload: Path, name: str, progress: Progress = no_progress, *, skip_bad: bool = False) -> str:
+        """Check, keep (in the store, when there is one) and open an uploaded corpus; returns its listed name.
+        Raises ``UploadError`` or ``CorpusError``, naming the uploaded file (and the file inside an archive)."""
+        if self.store is None:
+            raise UploadError("uploads are not kept anywhere (no uploads folder)")
+        check_upload(upload)
+        self._check_room(upload)
+        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self._store()))
+        try:
+            shutil.copyfile(upload, folder / name)
+            if upload.suffix.lower() == ARCHIVE_SUFFIX:
+                unpack_upload(folder / name, folder / UNPACKED)
+            kept = KeptUpload(folder=folder, name=name, file=name, skip_bad=skip_bad)
+            try:
+                first_stage = open_first_stage(self.settings.replace(corpus=kept.corpus_path, skip_bad=skip_bad),
+                                               self.methods, progress)
+            except CorpusError as error:
+                raise _as_uploaded(error, folder, name) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        with self._lock:
+            listed = self._register(name, first_stage)
+            self._kept[listed] = dataclasses.replace(kept, name=listed)
+        (folder / META).write_text(json.dumps({"name": listed, "file": name, "skip_bad": skip_bad}), encoding="utf-8")
+        return listed
+
+    def _store(self) -> Path:
+        assert self.store is not None
+        self.store.mkdir(parents=True, exist_ok=True)
+        return self.store
+
+    def _check_room(self, upload: Path) -> None:
+        with self._lock:
+            count = len(self._kept)
+        if count >= MAX_KEPT_CORPORA:
+            raise UploadError(f"{upload.name}: {count} uploaded corpora are kept, the most there can be; remove one "
+                              "first")
+        used = sum(path.stat().st_size for path in self._store().rglob("*") if path.is_file())
+        if used + upload.stat().st_size * 2 > MAX_KEPT_BYTES:
+            raise UploadError(f"{upload.name}: the uploads folder holds {used:,} bytes and the limit is "
+                              f"{MAX_KEPT_BYTES:,}; remove an uploaded corpus first")
+
+    def restore(self, progress: Progress = no_progress) -> list[str]:
+        """Open the uploads kept by earlier runs; returns a line for each that could not be opened (it stays on
+        disk, unlisted)."""
+        if self.store is None or not self.store.is_dir():
+            return []
+        problems = []
+        for meta in sorted(self.store.glob(f"*/{META}"), key=lambda path: path.stat().st_mtime):
+            try:
+                record = json.loads(meta.read_text(encoding="utf-8"))
+                kept = KeptUpload(folder=meta.parent, name=str(record["name"]), file=str(record["file"]),
+                                  skip_bad=bool(record["skip_bad"]))
+                first_stage = open_first_stage(self.settings.replace(corpus=kept.corpus_path,
+                                                                     skip_bad=kept.skip_bad), self.methods, progress)
+            except (OSError, ValueError, KeyError, CorpusError) as error:
+                problems.append(f"{meta.parent}: the uploaded corpus kept here could not be opened: {error}")
+                continue
+            with self._lock:
+                listed = self._register(kept.name, first_stage)
+                self._kept[listed] = dataclasses.replace(kept, name=listed)
+        return problems
+
+    def uploaded(self, name: str) -> bool:
+        with self._lock:
+            return name in self._kept
+
+    def remove(self, name: str) -> None:
+        """Forget an uploaded corpus and delete what was kept of it (not its cached indexes, which are keyed by
+        content and pruned with the cache)."""
+        with self._lock:
+            kept = self._kept.pop(name, None)
+            if kept is None:
+                raise UploadError(f"{name}: not an uploaded corpus; only uploads can be removed")
+            del self._stages[name]
+        shutil.rmtree(kept.folder, ignore_errors=True)
 
     def get(self, name: str) -> FirstStage:
+        """The corpus listed as ``name``; ``UploadError`` naming it when there is none (e.g. removed)."""
         with self._lock:
-            return self._stages[name]
+            try:
+                return self._stages[name]
+            except KeyError:
+                raise UploadError(f"corpus {name!r}: no such corpus; choose one of "
+                                  f"{', '.join(self._stages)}") from None
 
     def names(self) -> list[str]:
         with self._lock:

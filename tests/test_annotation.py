@@ -167,6 +167,17 @@ def test_agreement_with_the_model_matches_hand_computed_values(store: Annotation
     assert everyone_agrees.kappa is None  # undefined on one item, not a made-up number
 
 
+def test_with_nothing_to_compare_the_agreement_says_why() -> None:
+    judgments = [human("ann", "q1", doc_id, 2) for doc_id in ("d1", "d2", "d3")]
+    failed = {("q1", "d3"): model("q1", "d3", None)}
+    waiting = model_agreement(judgments, failed, annotator="ann", threshold=0.5, relevant_from=2)
+    assert waiting.describe(threshold=0.5, relevant_from=2) == (
+        "on no documents yet: of the 3 you graded, the model has not judged 2 yet (it judges in rank order; wait, "
+        "or move on) and it failed to judge 1")
+    nobody = model_agreement([], failed, annotator="ann", threshold=0.5, relevant_from=2)
+    assert nobody.describe(threshold=0.5, relevant_from=2) == "on no documents yet: you have not graded any"
+
+
 def graded(query_id: str, doc_id: str, distribution: tuple[float, ...]) -> ModelJudgment:
     return ModelJudgment(query_id=query_id, doc_id=doc_id, model="demo", reranker="assessor", verdict=None,
                          p_true=None, grade=max(range(4), key=distribution.__getitem__), distribution=distribution,

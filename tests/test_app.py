@@ -60,7 +60,8 @@ def test_search_returns_ranked_cards(client: Client) -> None:
 
 def test_empty_and_oversized_queries_get_a_message(client: Client) -> None:
     assert "Type a query" in client.predict("   ", "bm25", 5, "sample_corpus", api_name="/search")
-    assert "the limit is 2000" in client.predict("word " * 500, "bm25", 5, "sample_corpus", api_name="/search")
+    too_long = client.predict("word " * 500, "bm25", 5, "sample_corpus", api_name="/search")
+    assert "2,499 characters long; the limit is 2,000" in too_long and "nothing was cut" in too_long
 
 
 def test_document_text_is_escaped() -> None:
@@ -84,14 +85,17 @@ def test_rerank_streams_updates_and_ends_sorted_by_probability(client: Client) -
     probabilities = [row["p_true"] for row in final_rows]
     assert probabilities == sorted(probabilities, reverse=True)
     assert all({"doc_id", "p_true", "verdict", "reasoning"} <= set(row) for row in final_rows)
-    assert "5/5 judged" in updates[-1][0] and "done" in updates[-1][0]
+    assert "<b>5/5</b> judged" in updates[-1][0] and "done" in updates[-1][0]
 
 
-def test_demo_model_notice_says_its_verdicts_are_not_meaningful(status: ModelStatus) -> None:
-    notices = " ".join(status.notices())
-    assert "verdicts are not meaningful" in notices and "GPU with vLLM" in notices and "--endpoints" in notices
-    assert "silently gives 0" in notices  # where UMBRELA's reference is sloppy, we say what we do instead
-    assert "not available" in " ".join(ModelStatus(loaded=None, problem="engine down.").notices())
+def test_the_header_line_names_model_engine_device_and_keeps_the_demo_warning_a_click_away(
+        status: ModelStatus) -> None:
+    header = status.header()
+    assert "demo · transformers · cpu" in header
+    assert "verdicts are not meaningful" in header and "GPU with vLLM" in header and "--endpoints" in header
+    assert "silently gives 0" in header  # where UMBRELA's reference is sloppy, we say what we do instead
+    assert header.count("<details") == 2  # the demo badge and "how scores are measured", closed
+    assert "not available: engine down." in ModelStatus(loaded=None, problem="engine down.").header()
 
 
 def test_every_reranker_has_a_renderer() -> None:
@@ -140,9 +144,47 @@ def test_an_assessor_card_shows_the_grade_distribution_and_the_expected_grade() 
     assert row["score"] == row["expected_grade"] == pytest.approx(1.70, abs=0.01) and row["grade"] == 2
 
 
-def test_an_unknown_corpus_is_named_in_the_error(client: Client) -> None:
-    with pytest.raises(Exception, match=r"nope is not in the list of choices: \['sample_corpus'\]"):
-        client.predict("moons", "bm25", 5, "nope", api_name="/search")
+def test_an_unknown_corpus_is_named_in_the_answer(client: Client) -> None:
+    html = client.predict("moons", "bm25", 5, "nope", api_name="/search")
+    assert "corpus &#x27;nope&#x27;: no such corpus; choose one of sample_corpus" in html
+
+
+def live_run() -> PointwiseRun:
+    """Three candidates: one judged, one thinking (12 tokens so far), one queued."""
+    passages = [Passage(passage_id=doc, doc_id=doc, index=0, title=doc, text=f"Sea levels rise {doc}.")
+                for doc in ("a", "b", "c")]
+    candidates = ranking_from_scores("q", "bm25", [(passage, 1.0) for passage in passages]).candidates
+    run = RERANKERS["rank1"].new_run("why do sea levels rise", candidates, settings=Settings().rerank)
+    for doc in ("a", "b"):
+        run.apply(Started(reranker="rank1", doc_id=doc, passage_id=doc, first_stage_rank=1))
+        run.apply(Reasoning(reranker="rank1", doc_id=doc, text="The passage says", tokens=12))
+    run.apply(Judged(reranker="rank1", doc_id="a", passage_id="a", verdict=True, p_true=0.75, logprob_true=-0.3,
+                     logprob_false=-1.4, reasoning="The passage says", tokens=20, end_reason="verdict", forced=False,
+                     truncated_passage=False))
+    return run
+
+
+def test_the_summary_counts_tokens_while_they_stream_with_progress_and_time_left() -> None:
+    run = live_run()
+    summary = run.summary()
+    assert (summary.judged, summary.tokens, summary.pending_tokens) == (1, 32, 12)
+    assert summary.tokens_per_s > 0  # text is arriving, so the rate is not zero
+    assert summary.progress(budget=24) == pytest.approx((1 + 12 / 24) / 3)
+    assert summary.eta_s(budget=24) == pytest.approx((2 * 24 - 12) / summary.tokens_per_s)
+    html = RENDERERS["rank1"].summary(summary, 24)
+    assert "<b>1/3</b> judged" in html and "tokens/s" in html and "left" in html and "es-progress" in html
+
+
+def test_each_card_says_its_state_and_after_stop_none_is_left_working() -> None:
+    run = live_run()
+    html = RENDERERS["rank1"].cards(run, True)
+    assert ">judged<" in html and ">thinking · 12 tokens<" in html and ">queued<" in html
+    assert "<mark>Sea</mark> <mark>levels</mark> <mark>rise</mark>" in html  # the query's BM25 terms, marked
+    run.stop()
+    stopped = RENDERERS["rank1"].cards(run, True)
+    assert "thinking" not in stopped and "queued" not in stopped
+    assert ">stopped · 12 tokens<" in stopped and ">stopped<" in stopped and stopped.count("The passage says") == 2
+    assert "stopped" in RENDERERS["rank1"].summary(run.summary(), 24)
 
 
 def test_rerank_with_reasonrank_streams_windows_and_gives_ranks_not_probabilities(client: Client) -> None:
@@ -151,7 +193,7 @@ def test_rerank_with_reasonrank_streams_windows_and_gives_ranks_not_probabilitie
     job.result()
     updates = job.outputs()
     final_summary, final_cards, final_rows = updates[-1]
-    assert "1/1 windows" in final_summary and "done" in final_summary
+    assert "<b>1/1</b> windows" in final_summary and "done" in final_summary
     assert "Window 1" in final_cards and "P(true)" not in final_cards
     assert len(final_rows) == 4 and all("p_true" not in row for row in final_rows)
     assert all(row["trajectory"][0] == row["first_stage_rank"] for row in final_rows)

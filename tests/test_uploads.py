@@ -1,4 +1,5 @@
-"""Uploaded corpora: type and size checks, archives unpacked without escaping their folder."""
+"""Uploaded corpora: type and size checks, archives unpacked without escaping their folder, problems named by
+the file the user uploaded (and the member of an archive), kept for every session and after a restart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from conftest import write
 
 from search import uploads
-from search.uploads import UploadError, unpack_upload
+from search.corpus import CorpusError
+from search.settings import Settings
+from search.uploads import CorpusLibrary, UploadError, unpack_upload
 
 
 def zipped(path: Path, members: dict[str, str]) -> Path:
@@ -47,3 +50,59 @@ def test_wrong_type_and_oversized_uploads_are_refused_by_name(tmp_path: Path, mo
         unpack_upload(write(tmp_path / "big.jsonl", '{"_id": "a", "text": "xy"}'), tmp_path / "out")
     with pytest.raises(UploadError, match="not a readable zip archive"):
         unpack_upload(write(tmp_path / "broken.zip", "not a zip"), tmp_path / "out")
+
+
+def kept_library(settings: Settings, store: Path) -> CorpusLibrary:
+    library = CorpusLibrary(settings, ("bm25",), store=store)
+    library.restore()
+    return library
+
+
+def test_uploads_are_kept_listed_after_a_restart_and_removable(settings: Settings, tmp_path: Path) -> None:
+    store = tmp_path / "uploads"
+    upload = write(tmp_path / "incoming" / "owls.jsonl", '{"_id": "owl", "title": "Owls", "text": "Owls hunt mice."}\n')
+    library = kept_library(settings, store)
+    assert library.upload(upload, "owls.jsonl") == "owls.jsonl" and library.uploaded("owls.jsonl")
+    upload.unlink()  # the server's temporary copy goes; the kept one stays
+    restarted = kept_library(settings, store)
+    assert restarted.names() == ["owls.jsonl"]
+    assert restarted.get("owls.jsonl").search("mice", 1).candidates[0].passage.doc_id == "owl"
+    restarted.remove("owls.jsonl")
+    assert restarted.names() == [] and not any(store.iterdir()) and kept_library(settings, store).names() == []
+    with pytest.raises(UploadError, match=r"owls.jsonl: not an uploaded corpus"):
+        restarted.remove("owls.jsonl")
+
+
+def test_a_bad_upload_names_its_lines_counts_the_good_documents_and_loads_them_when_asked(
+        settings: Settings, tmp_path: Path) -> None:
+    store = tmp_path / "uploads"
+    bad = write(tmp_path / "bad.jsonl", '{"_id": "a", "text": "fine"}\n{"_id": "b", "text": \n')
+    library = kept_library(settings, store)
+    with pytest.raises(CorpusError) as caught:
+        library.upload(bad, "bad.jsonl")
+    (problem,) = caught.value.problems
+    assert (str(problem.path), problem.line, caught.value.good) == ("bad.jsonl", 2, 1)
+    assert "malformed JSON" in problem.message and str(store) not in str(caught.value)
+    assert library.names() == [] and not any(store.iterdir())  # nothing half-kept
+    assert library.upload(bad, "bad.jsonl", skip_bad=True) == "bad.jsonl"
+    assert len(library.get("bad.jsonl").corpus.documents) == 1
+    assert kept_library(settings, store).get("bad.jsonl").corpus.dropped == 1  # kept with its choice
+
+
+def test_a_problem_inside_an_archive_is_named_by_the_archive_and_the_member(settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    upload = zipped(tmp_path / "beir.zip", {"mini/corpus.jsonl": '{"_id": "a", "text": "x"}\nnot json\n'})
+    with pytest.raises(CorpusError) as caught:
+        kept_library(settings, tmp_path / "uploads").upload(upload, "beir.zip")
+    (problem,) = caught.value.problems
+    assert (str(problem.path), problem.line) == ("beir.zip/mini/corpus.jsonl", 2)
+    assert "/tmp" not in str(caught.value).replace(str(tmp_path), "") and str(tmp_path) not in str(caught.value)
+
+
+def test_the_number_of_kept_uploads_is_limited(settings: Settings, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploads, "MAX_KEPT_CORPORA", 1)
+    library = kept_library(settings, tmp_path / "uploads")
+    library.upload(write(tmp_path / "one.jsonl", '{"_id": "a", "text": "owls hunt"}\n'), "one.jsonl")
+    with pytest.raises(UploadError, match=r"two.jsonl: 1 uploaded corpora are kept, the most there can be"):
+        library.upload(write(tmp_path / "two.jsonl", '{"_id": "b", "text": "y"}\n'), "two.jsonl")

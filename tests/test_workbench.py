@@ -105,6 +105,13 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
             page.keyboard.press(key)
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
         expect_your_grades(page, ["2", "0", "3", ""])
+        # Agreement counts those three, once the model has judged them.
+        expect(page.locator(".es-list tr td:nth-child(4)")).to_have_text([re.compile(r"\d\.\d\d")] * 4,
+                                                                         timeout=120_000)
+        page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
+        page.get_by_role("button", name="Compute agreement").click()
+        expect(page.get_by_text(re.compile(r"You vs the model \(rank1\) on 3 documents"))).to_be_visible(
+            timeout=15_000)
         # Marking evidence: select words of the passage and press s; a note; the grade saves all three.
         page.locator("#annotate-passage").evaluate("""element => {
             const text = element.firstChild; const range = document.createRange();
@@ -151,7 +158,7 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         expect(page.locator("h3")).to_contain_text("which planets have no moons", timeout=30_000)
         shoot(page, "annotate-restarted")
 
-        page.get_by_role("button", name=re.compile("Export")).filter(has_text="▼").first.click()
+        page.locator("#annotate-tab").get_by_role("button", name=re.compile("Export")).filter(has_text="▼").click()
         page.get_by_role("button", name="Export my qrels and the project's JSONL").click()
         exported = download(page, ".jsonl")
         qrels = download(page, ".qrels")
@@ -178,7 +185,8 @@ def test_a_blind_project_with_the_assessor_shows_its_grades_only_after_yours(
         page.get_by_label("Annotator (your name)").fill("ada")
         page.get_by_label("Project name").fill("graded")
         page.get_by_label(re.compile("or type queries")).fill("q02\twhich planets have no moons")
-        page.get_by_label("Assessor (UMBRELA): graded 0–3, expected grade per document").check()
+        page.locator("#annotate-reranker").get_by_label("Assessor (UMBRELA): graded 0–3, expected grade per document"
+                                                        ).check()
         page.get_by_label(re.compile("Blind: hide the model's judgment")).check()
         page.get_by_role("button", name="Create project").click()
         expect(page.locator(".es-list tr")).to_have_count(5, timeout=60_000)

@@ -8,6 +8,7 @@ every session go through one queue, one at a time and in order, so that fast key
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from ui.annotation_cards import SELECTION_JS, render_document, render_list, rend
 from ui.results import render_notice
 
 REFRESH_EVERY_S = 0.3
+MODEL_AHEAD = 4
+"""Documents the model reasons about at once in the workbench."""
 """How often the model panel and the list are brought up to date (sent only when they changed)."""
 EDITS = "annotation-edits"
 """The concurrency group of every change: one at a time, in the order they arrive."""
@@ -227,7 +230,10 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         if not pending:
             return
         bench.live = {item.passage.doc_id: "" for item in pending}
-        events = chosen.stream(query.text, pending, instruction=bench.project.instruction)
+        # A few at a time, in rank order: the annotator grades from the top, so the model's judgments of the first
+        # documents land early instead of all together at the end (seen: none of 20 judged after a minute).
+        events = chosen.stream(query.text, pending, instruction=bench.project.instruction,
+                               slots=asyncio.Semaphore(MODEL_AHEAD))
         try:
             async for event in events:
                 if benches.get(session) is not bench or bench.query != query:
@@ -350,7 +356,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
             grades = gr.Textbox(value=", ".join(DEFAULT_GRADES), label="Grades from 0 up (comma-separated labels)")
         with gr.Row():
             model_reranker = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items() if cls.judges_documents],
-                                      value="rank1", label="The model's judgments beside yours", scale=2)
+                                      value="rank1", label="The model's judgments beside yours", scale=2,
+                                      elem_id="annotate-reranker")
             blind = gr.Checkbox(label="Blind: hide the model's judgment of a document until you have graded it",
                                 scale=1)
             create_button = gr.Button("Create project", scale=0)

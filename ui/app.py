@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any, get_args
 
@@ -25,11 +26,12 @@ from search.models import REGISTRY
 from search.pipeline import LoadedModel, open_model, open_reranker, rerank_candidates
 from search.rerank import RERANKERS, Reranker, Run
 from search.settings import RerankerName, RetrievalMethod, Settings
-from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError, unpack_upload
+from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.evaluate import build_evaluate_tab
+from ui.header import HEADER_CSS, render_header
 from ui.renderers import RENDERERS
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -39,15 +41,25 @@ MAX_QUERY_CHARS = 2_000
 MAX_CANDIDATES = 50
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
-CSS = RESULTS_CSS + CARDS_CSS + WINDOW_CSS + ANNOTATION_CSS
-JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); }}"
-MEASURED = (
-    "Every score is measured, never made up: rank1's P(true) from its two verdict tokens; the assessor's grade "
-    "distribution from its four grade tokens (UMBRELA's reference reads a digit from the text and silently gives "
-    "0 when there is none; here the expected grade Σ g·p(g) ranks); ReasonRank gives ranks only, read from its "
-    "answer, never from digits in its reasoning. \"forced\" marks a judgment the model did not give on its own, "
-    "read in one extra step after closing its reasoning; a document with nothing measurable is marked failed."
-)
+MAX_PROBLEMS_LISTED = 10
+CSS = RESULTS_CSS + CARDS_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS
+COUNTER_JS = f"""
+() => {{
+  const limit = {MAX_QUERY_CHARS}, n = (value) => value.toLocaleString("en");
+  document.addEventListener("input", (event) => {{
+    const box = event.target.closest && event.target.closest("#es-query");
+    const counter = document.querySelector("#es-counter .es-counter");
+    if (!box || !counter) return;
+    const count = [...event.target.value].length;
+    counter.classList.toggle("es-over", count > limit);
+    counter.textContent = `${{n(count)}} / ${{n(limit)}} characters` + (count > limit
+      ? `: ${{n(count - limit)}} over the limit. Shorten the query; nothing is cut.` : "");
+  }}, true);
+}}
+"""
+"""Counts the query's characters as they are typed, in the browser (a round trip per keystroke would be
+wasteful); the server refuses a query over the limit with the same numbers, and never cuts it."""
+JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); ({COUNTER_JS})(); }}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,19 +70,8 @@ class ModelStatus:
     problem: str = ""
     settings: Settings = field(default_factory=Settings)
 
-    def notices(self) -> list[str]:
-        if self.loaded is None:
-            return [f"The reasoning reranker is not available: {self.problem} The first-stage results still work."]
-        notices = [f"Model: {self.loaded.engine.description}."]
-        if self.loaded.model.is_demo:
-            notices.append(
-                "Demo model: SmolLM2-135M runs offline so that every part of the page works, but it is not a "
-                "trained reranker and its verdicts are not meaningful. For real rank1 judgments run on a GPU with "
-                "vLLM (rank1-7b is chosen automatically there), or point --endpoints at an OpenAI-compatible "
-                "server running a rank1 model."
-            )
-        notices.append(MEASURED)
-        return notices
+    def header(self) -> str:
+        return render_header(self.loaded, self.problem)
 
 
 def model_key(loaded: LoadedModel) -> str:
@@ -82,13 +83,32 @@ def _validate(query: str) -> str | None:
     if not query:
         return "Type a query to search."
     if len(query) > MAX_QUERY_CHARS:
-        return f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}."
+        return (f"The query is {len(query):,} characters long; the limit is {MAX_QUERY_CHARS:,}. Shorten it: "
+                "nothing was cut.")
     return None
 
 
 def _describe(library: CorpusLibrary, name: str) -> str:
     first_stage = library.get(name)
     return f"{name}: {len(first_stage.corpus.documents)} documents, {len(first_stage.passages)} passages."
+
+
+def upload_failure(name: str, error: UploadError | CorpusError) -> str:
+    """Why an upload was not loaded: a short list of ``file:line — reason`` (the file inside an archive named as
+    such), and whether some documents could load without them."""
+    problems = error.problems if isinstance(error, CorpusError) else ()
+    if not problems:
+        return render_notice(f"{name} was not loaded: {error}")
+    good = error.good if isinstance(error, CorpusError) else 0
+    items = "".join(
+        f"<li>{escape(str(problem.path))}{f':{problem.line}' if problem.line is not None else ''} — "
+        f"{escape(problem.message)}</li>" for problem in problems[:MAX_PROBLEMS_LISTED])
+    more = len(problems) - MAX_PROBLEMS_LISTED
+    tail = f"<p>and {more} more</p>" if more > 0 else ""
+    verdict = (f"{good} good document{'s' if good != 1 else ''} can load without them." if good
+               else "No document in it can be loaded.")
+    return (f'<div class="es-notice es-error"><b>{escape(name)} was not loaded: {len(problems)} '
+            f"problem{'s' if len(problems) != 1 else ''}.</b> {verdict}<ul>{items}</ul>{tail}</div>")
 
 
 def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, concurrency: int = 8,
@@ -130,25 +150,54 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         problem = _validate(query)
         if problem:
             return render_notice(problem)
-        return render_ranking(library.get(corpus_name).search(query, int(k), method))
-
-    def upload(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, str]:  # noqa: B008
-        if not file:
-            return gr.update(), ""
-        path = Path(file)
-        unpacked = Path(tempfile.mkdtemp(dir=exports))
         try:
-            corpus_path = unpack_upload(path, unpacked)
-            name = library.open(corpus_path, path.name,
-                                lambda task, done, total: progress(done / max(total, 1), desc=task))
+            first_stage = library.get(corpus_name)
+        except UploadError as error:
+            return render_notice(str(error))
+        return render_ranking(first_stage.search(query, int(k), method))
+
+    def corpus_choices(name: str) -> tuple[Any, str, Any]:
+        """The picker listing every corpus (uploads by any session included), the chosen one described, and the
+        remove button when it is an upload."""
+        names = library.names()
+        chosen = name if name in names else names[0]
+        return (gr.update(choices=names, value=chosen), render_notice(_describe(library, chosen)),
+                gr.update(visible=library.uploaded(chosen)))
+
+    def load_upload(file: str | None, skip_bad: bool, progress: gr.Progress) -> tuple[Any, ...]:
+        """(picker, corpus line, upload message, pending upload, "Load the N good documents", remove, file box)."""
+        if not file:
+            return gr.skip(), gr.skip(), "", None, gr.update(visible=False), gr.skip(), gr.skip()
+        path = Path(file)
+        try:
+            name = library.upload(path, path.name, lambda task, done, total: progress(done / max(total, 1),
+                                                                                        desc=task),
+                                  skip_bad=skip_bad)
         except (UploadError, CorpusError) as error:
-            # Name the user's file, not where the server keeps it.
-            message = str(error).replace(f"{path.parent}/", "").replace(f"{unpacked}/", "")
-            return gr.update(), render_notice(f"Upload not loaded: {message}")
-        return gr.update(choices=library.names(), value=name), render_notice(f"Loaded {_describe(library, name)}")
+            good = error.good if isinstance(error, CorpusError) else 0
+            return (gr.skip(), gr.skip(), upload_failure(path.name, error), file if good else None,
+                    gr.update(visible=bool(good), value=f"Load the {good} good document{'s' if good != 1 else ''}"),
+                    gr.skip(), None)
+        dropped = library.get(name).corpus.dropped
+        note = f" {dropped} bad record(s) were dropped." if dropped else ""
+        return (*corpus_choices(name)[:2], render_notice(f"Loaded {_describe(library, name)}{note}"), None,
+                gr.update(visible=False), gr.update(visible=True), None)
+
+    def upload(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        return load_upload(file, False, progress)
+
+    def load_good(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        return load_upload(file, True, progress)
+
+    def remove_corpus(name: str) -> tuple[Any, ...]:
+        try:
+            library.remove(name)
+        except UploadError as error:
+            return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error))
+        return (*corpus_choices(library.names()[0]), render_notice(f"Removed {name}."))
 
     async def load_model(name: str, engine: str, kind: RerankerName, progress: gr.Progress = gr.Progress()  # noqa: B008
-                         ) -> tuple[Any, Any, str]:
+                         ) -> tuple[Any, Any, str, Any]:
         key = f"{name} · {engine}"
         if key not in models:
             progress(0, desc=f"starting {engine} with {name}")
@@ -156,39 +205,44 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             try:
                 models[key] = await asyncio.to_thread(open_model, serving, kind)
             except (EngineError, DemoModelError) as error:
-                return gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}")
+                return (gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}"),
+                        gr.skip())
         loaded = models[key]
         demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
-        return key, budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}")
+        return (key, budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
+                render_header(loaded))
 
     # The run each session shows. Stop and a new query replace it, and a replaced run ends at its next event:
     # Gradio's cancel alone has been seen to miss a run that had only just started.
     current_runs: dict[str, Run | None] = {}
 
-    def shown(run: Run, *, reranked: bool, stopped: bool = False) -> tuple[str, str]:
+    def shown(run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
         """The summary line and the results, as the run's reranker renders them."""
         renderer = RENDERERS[run.reranker]
-        return renderer.summary(run.summary(), stopped), renderer.cards(run, reranked)
+        return renderer.summary(run.summary(), budget), renderer.cards(run, reranked)
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
                      reranked: bool, corpus_name: str, kind: RerankerName = "rank1", key: str = default_key,
                      request: gr.Request | None = None
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
-        problem = _validate(query)
+        problem = _validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
+                                       f"The instruction is {len(instruction):,} characters long; the limit is "
+                                       f"{MAX_QUERY_CHARS:,}.")
         if problem:
             yield render_notice(problem), "", None, []
             return
-        found = rerank_candidates(library.get(corpus_name), query, int(candidates), method)
         try:
+            found = rerank_candidates(library.get(corpus_name), query, int(candidates), method)
             reranker = reranker_for(key, kind, int(budget))
-        except EngineError as error:
+        except (EngineError, UploadError) as error:
             yield render_notice(str(error)), "", None, []
             return
+        budget = reranker.budget if reranker is not None else int(budget)
         run = RERANKERS[kind].new_run(query, found, instruction=instruction, settings=settings.rerank)
         session = request.session_hash if request else ""
         current_runs[session] = run
-        yield (*shown(run, reranked=reranked), run, run.rows())
+        yield (*shown(run, budget, reranked=reranked), run, run.rows())
         if reranker is None or not found:
             return
         last = time.monotonic()
@@ -200,17 +254,21 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 run.apply(event)
                 if time.monotonic() - last >= UPDATE_EVERY_S:
                     last = time.monotonic()
-                    yield (*shown(run, reranked=reranked), run, run.rows())
+                    yield (*shown(run, budget, reranked=reranked), run, run.rows())
         finally:
             await events.aclose()  # ends the engine requests
-        yield (*shown(run, reranked=reranked), run, run.rows())
+        yield (*shown(run, budget, reranked=reranked), run, run.rows())
 
-    def resort(run: Run | None, reranked: bool) -> str:
-        return shown(run, reranked=reranked)[1] if run else ""
+    def resort(run: Run | None, reranked: bool, budget: int) -> str:
+        return shown(run, int(budget), reranked=reranked)[1] if run else ""
 
-    def stopped(run: Run | None, request: gr.Request | None = None) -> str:
+    def stopped(run: Run | None, reranked: bool, budget: int, request: gr.Request | None = None) -> tuple[str, str]:
+        """Every unfinished card says stopped and keeps its partial reasoning."""
         current_runs[request.session_hash if request else ""] = None
-        return shown(run, reranked=True, stopped=True)[0] if run else ""
+        if run is None:
+            return "", gr.skip()
+        run.stop()
+        return shown(run, int(budget), reranked=reranked)
 
     def export(run: Run | None) -> list[str]:
         if run is None:
@@ -221,25 +279,24 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         traces.write_text(run.jsonl(), encoding="utf-8")
         return [str(run_file), str(traces)]
 
-    with gr.Blocks(title="Explainable Search") as app:
-        gr.Markdown("# Explainable Search")
-        gr.HTML("".join(render_notice(text) for text in status.notices()))
+    with gr.Blocks(title="Explainable Search", fill_width=True) as app:
+        with gr.Row():
+            header = gr.HTML(status.header(), elem_id="es-header", padding=False, scale=10)
+            panel_button = gr.Button("☰ Corpus, settings and model", size="sm", scale=0, min_width=240,
+                                     elem_id="es-panel-button")
         remembered = remembered_state(browser_secret) if annotations is not None else None
-        with gr.Tab("Search", id="search"):
-            with gr.Row():
-                corpus_name = gr.Dropdown(library.names(), value=default_corpus, label="Corpus", scale=2)
-                corpus_file = gr.File(label=f"Add a corpus ({', '.join(UPLOAD_SUFFIXES)}; up to "
-                                            f"{MAX_UPLOAD_BYTES // 2**20} MB)", file_types=list(UPLOAD_SUFFIXES),
-                                      scale=3)
+        with gr.Sidebar(label="Corpus, settings and model", open=False, width=400, elem_id="es-panel") as panel:
+            corpus_name = gr.Dropdown(library.names(), value=default_corpus, label="Corpus", allow_custom_value=True)
             corpus_status = gr.HTML(render_notice(_describe(library, default_corpus)))
-            with gr.Row():
-                query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
-                                   scale=5, max_length=MAX_QUERY_CHARS)
-                run_button = gr.Button("Search and rerank", variant="primary", scale=1)
-                stop_button = gr.Button("Stop", variant="stop", scale=1)
-            instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", lines=1,
-                                     max_length=MAX_QUERY_CHARS)
-            with gr.Accordion("Settings", open=False), gr.Row():
+            remove_button = gr.Button("Remove this uploaded corpus", size="sm", variant="stop",
+                                      visible=library.uploaded(default_corpus))
+            corpus_file = gr.File(label=f"Add a corpus ({', '.join(UPLOAD_SUFFIXES)}; up to "
+                                        f"{MAX_UPLOAD_BYTES // 2**20} MB; kept for every session until removed)",
+                                  height=120)
+            upload_status = gr.HTML()
+            pending_upload = gr.State(None)
+            load_good_button = gr.Button("Load the good documents", visible=False, variant="primary", size="sm")
+            with gr.Accordion("Settings", open=True):
                 method = gr.Radio(list(get_args(RetrievalMethod)), value=library.get(default_corpus).method,
                                   label="First stage")
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=settings.rerank.top_k, step=1,
@@ -248,26 +305,37 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                    label="Reasoning budget (tokens)")
                 reranker_kind = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items()],
                                          value=settings.rerank.reranker, label="Reranker")
-            with gr.Accordion("Model", open=False), gr.Row():
+                sort_reranked = gr.Checkbox(value=True, label="Sort by the reranker (off: first-stage order)")
+            with gr.Accordion("Model", open=False):
                 current = default_key.split(" · ") if default_key else ["demo", "transformers"]
                 model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
-                                         label="Model (registry name, hub id or local folder)", scale=2)
-                engine_kind = gr.Radio(list(ENGINE_KINDS), value=current[1], label="Engine", scale=2)
-                load_button = gr.Button("Load", scale=1)
-            model_status = gr.HTML(render_notice(f"Reranking with {status.loaded.engine.description}.")
-                                   if status.loaded else "")
-            selected = gr.State(default_key)
-            sort_reranked = gr.Checkbox(value=True, label="Sort by the reranker (off: first-stage order)")
-            summary = gr.HTML()
-            results = gr.HTML()
-            shown_run = gr.State(None)
-            rows = gr.JSON(visible=False)
-            with gr.Row():
+                                         label="Model (registry name, hub id or local folder)")
+                engine_kind = gr.Radio(list(ENGINE_KINDS), value=current[1], label="Engine")
+                load_button = gr.Button("Load", size="sm")
+                model_status = gr.HTML(render_notice(f"Reranking with {status.loaded.engine.description}.")
+                                       if status.loaded else "")
+            with gr.Accordion("Export this run", open=False):
                 export_button = gr.Button("Export TREC run and JSONL traces", size="sm")
                 files = gr.File(label="Exports", file_count="multiple", interactive=False)
+        selected = gr.State(default_key)
+        with gr.Tab("Search", id="search"):
+            with gr.Row(equal_height=True):
+                query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
+                                   scale=6, elem_id="es-query")
+                instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", scale=3)
+                with gr.Column(scale=1, min_width=160):
+                    run_button = gr.Button("Search and rerank", variant="primary", size="sm")
+                    stop_button = gr.Button("Stop", variant="stop", size="sm")
+            with gr.Row(equal_height=True):
+                summary = gr.HTML(elem_id="es-summary", padding=False, scale=5)
+                gr.HTML('<div class="es-counter"></div>', elem_id="es-counter", padding=False, scale=1,
+                        min_width=180)
+            results = gr.HTML(elem_id="es-results", padding=False)
+            shown_run = gr.State(None)
+            rows = gr.JSON(visible=False)
             examples = [item.text for item in corpus.queries[:6]]
             if examples:
-                gr.Examples(examples, inputs=query)
+                gr.Examples(examples, inputs=query, label="Example queries")
             with gr.Row(visible=False):
                 k = gr.Number(value=10, precision=0)
                 first_stage_only = gr.HTML()
@@ -275,29 +343,36 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 runs = gr.Number(value=0, precision=0)
         search_button.click(search, inputs=[query, method, k, corpus_name], outputs=first_stage_only,
                             api_name="search")
-        corpus_file.upload(upload, inputs=corpus_file, outputs=[corpus_name, corpus_status], api_visibility="private")
-        corpus_name.change(lambda name: render_notice(_describe(library, name)), inputs=corpus_name,
-                           outputs=corpus_status, api_visibility="private")
+        panel_button.click(lambda: gr.Sidebar(open=True), outputs=panel, api_visibility="private")
+        corpus_panel = [corpus_name, corpus_status, remove_button]
+        upload_outputs = [corpus_name, corpus_status, upload_status, pending_upload, load_good_button, remove_button,
+                          corpus_file]
+        corpus_file.upload(upload, inputs=corpus_file, outputs=upload_outputs, api_visibility="private")
+        load_good_button.click(load_good, inputs=pending_upload, outputs=upload_outputs, api_visibility="private")
+        remove_button.click(remove_corpus, inputs=corpus_name, outputs=[*corpus_panel, upload_status],
+                            api_visibility="private")
+        corpus_name.input(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
+        app.load(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
 
         load_button.click(load_model, inputs=[model_name, engine_kind, reranker_kind],
-                          outputs=[selected, budget, model_status], api_visibility="private")
+                          outputs=[selected, budget, model_status, header], api_visibility="private")
         reranker_kind.change(budget_of, inputs=[reranker_kind, selected], outputs=budget, api_visibility="private")
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked, corpus_name,
                                           reranker_kind, selected],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
-                          concurrency_limit=concurrency, trigger_mode="multiple")
+                          concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
         # A new query starts the next run at once; the run it replaces ends at its next event (current_runs).
         # Seen: cancelling the old run with Gradio's cancel at the same moment sometimes landed on the new run
         # instead (about one time in eight), which then never showed. Stop cancels both the run and a start still
         # on its way, so that a run cannot begin just after Stop.
         start = gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs,
                       api_visibility="private")
-        stop_button.click(None, cancels=[run, start]).then(stopped, inputs=shown_run, outputs=summary,
-                                                           api_visibility="private")
-        sort_reranked.change(resort, inputs=[shown_run, sort_reranked], outputs=results)
+        stop_button.click(None, cancels=[run, start]).then(stopped, inputs=[shown_run, sort_reranked, budget],
+                                                           outputs=[summary, results], api_visibility="private")
+        sort_reranked.change(resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
         export_button.click(export, inputs=shown_run, outputs=files)
         if annotations is not None and remembered is not None:
-            with gr.Tab("Annotate", id="annotate"):
+            with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 context = AnnotationContext(store=annotations, library=library, reranker_for=reranker_for,
                                             top_k=settings.rerank.top_k)
                 build_annotate_tab(app, context, selected, reranker_kind, remembered, auth=auth,

@@ -1,6 +1,7 @@
-"""Escaped HTML for a pointwise rerank run: one card per candidate with its streaming reasoning and its
-judgment (rank1's verdict and P(true), or the assessor's grade distribution). Document text and model output are
-untrusted: every piece of them goes through escape()."""
+"""Escaped HTML for a pointwise rerank run: one compact card per candidate that shows, without being opened, its
+state, the latest lines of its reasoning as they stream, and a two-line passage excerpt with the query's terms
+marked; rank1's verdict and P(true), or the assessor's grade distribution, once judged. Document text and model
+output are untrusted: every piece of them goes through escape()."""
 
 from __future__ import annotations
 
@@ -10,31 +11,71 @@ from html import escape
 from search.rerank import Summary
 from search.rerank.events import Graded, Judged
 from search.rerank.pointwise import DocumentState, PointwiseRun
+from search.retrieval.highlight import snippet_start, term_spans
 from ui.results import STAGE_LABELS
 
+SNIPPET_CHARS = 240
+"""About two lines of a card: the excerpt shown before the passage is opened."""
+
 CARDS_CSS = """
-.es-rcard { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px; margin: 6px 0; }
-.es-rcard.es-failed { border-color: var(--error-border-color, #d33); }
-.es-rcard h4 { margin: 0 0 2px 0; }
-.es-move { font-family: var(--font-mono); margin-right: 8px; }
+.es-board { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 8px;
+            align-items: start; }
+.es-rcard { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 10px;
+            background: var(--block-background-fill); font-size: var(--text-md); line-height: 1.35; }
+.es-rcard.es-s-failed { border-color: var(--error-border-color, #d33); }
+.es-rcard.es-s-thinking { border-color: var(--color-accent); }
+.es-head { display: flex; gap: 6px; align-items: baseline; font-size: var(--text-md); }
+.es-title { font-weight: 600; flex: 1; min-width: 0; overflow: hidden; text-overflow: ellipsis;
+            white-space: nowrap; }
+.es-move { font-family: var(--font-mono); font-size: var(--text-sm); white-space: nowrap; }
 .es-up { color: #1a7f37; } .es-down { color: #cf222e; }
-.es-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; margin: 4px 0; }
+.dark .es-up { color: #4ac26b; } .dark .es-down { color: #ff8182; }
+.es-state { font-size: var(--text-sm); white-space: nowrap; padding: 0 6px; border-radius: 10px;
+            background: var(--background-fill-secondary); }
+.es-s-thinking .es-state { color: var(--color-accent); }
+.es-s-failed .es-state, .es-s-stopped .es-state { color: var(--body-text-color-subdued); }
+.es-verdict { font-size: var(--text-sm); display: flex; gap: 8px; align-items: center; }
+.es-verdict:empty { display: none; }
+.es-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; flex: 1; }
 .es-bar > div { height: 8px; border-radius: 4px; background: var(--color-accent); }
-.es-flag { display: inline-block; border-radius: 4px; padding: 0 6px; margin-right: 6px; font-size: 0.85em;
+.es-snippet { font-size: var(--text-sm); color: var(--body-text-color-subdued); margin: 2px 0;
+              display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
+.es-snippet mark, .es-passage mark { background: #fde68a; color: #1f2937; padding: 0 1px; border-radius: 2px; }
+.dark .es-snippet mark, .dark .es-passage mark { background: #854d0e; color: #fef9c3; }
+.es-tail { height: 4.2em; overflow: hidden; display: flex; flex-direction: column-reverse;
+           font-size: var(--text-sm); line-height: 1.4; background: var(--background-fill-secondary);
+           border-radius: 4px; padding: 2px 6px; }
+.es-trace { white-space: pre-wrap; overflow-wrap: anywhere; }
+.es-tail .es-trace:empty::before { content: "no reasoning yet"; color: var(--body-text-color-subdued); }
+.es-rcard:has(details.es-all[open]) .es-tail { height: auto; max-height: 24em; overflow-y: auto;
+                                                 flex-direction: column; }
+.es-toggles { display: flex; gap: 4px; font-size: var(--text-sm); color: var(--body-text-color-subdued);
+              margin-top: 2px; white-space: nowrap; }
+.es-toggles details > summary { cursor: pointer; list-style: none; padding: 0 6px; border-radius: 4px; }
+.es-toggles details > summary::-webkit-details-marker { display: none; }
+.es-toggles details > summary:hover { background: var(--background-fill-secondary); }
+.es-toggles details[open] > summary { font-weight: 600; }
+.es-passage { display: none; font-size: var(--text-sm); white-space: pre-wrap; margin: 4px 0; max-height: 20em;
+              overflow-y: auto; }
+.es-rcard:has(details.es-open[open]) .es-passage { display: block; }
+.es-meta { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+.es-flag { display: inline-block; border-radius: 4px; padding: 0 6px; margin-left: 4px; font-size: var(--text-sm);
            border: 1px solid var(--border-color-primary); }
-.es-trace { white-space: pre-wrap; font-family: var(--font-mono); font-size: 0.85em; max-height: 16em;
-            overflow-y: auto; background: var(--background-fill-secondary); padding: 6px; border-radius: 4px; }
-.es-summary { font-family: var(--font-mono); }
-.es-grades { display: inline-flex; gap: 3px; align-items: flex-end; height: 28px; vertical-align: middle;
-             margin: 0 8px; }
+.es-summary { font-size: var(--text-sm); display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+.es-summary .es-progress { flex: 1; min-width: 120px; height: 6px; border-radius: 3px;
+                           background: var(--background-fill-secondary); }
+.es-summary .es-progress > div { height: 6px; border-radius: 3px; background: var(--color-accent); }
+.es-grades { display: inline-flex; gap: 3px; align-items: flex-end; height: 24px; vertical-align: middle; }
 .es-grades > span { display: flex; flex-direction: column; justify-content: flex-end; align-items: center;
-                    width: 18px; height: 28px; font-size: 0.7em; font-family: var(--font-mono); }
-.es-grades > span > i { display: block; width: 14px; background: var(--color-accent); border-radius: 2px 2px 0 0; }
+                    width: 16px; height: 24px; font-size: 0.7em; font-family: var(--font-mono); }
+.es-grades > span > i { display: block; width: 12px; background: var(--color-accent); border-radius: 2px 2px 0 0; }
 .es-grades > span.es-top > i { background: #1a7f37; }
 """
 
-# Run on page load. The page replaces the cards' HTML on every update; this remembers which <details> the reader
-# opened (by click) and keeps them open while their trace keeps streaming.
+# Run on page load. The page replaces the cards' HTML on every update. This keeps the <details> the reader opened
+# (by click) open while their card keeps streaming, and moves re-sorted cards from their old place to their new
+# one (FLIP: the old position is remembered, the new card starts there and slides), unless the reader asked for
+# reduced motion.
 KEEP_OPEN_JS = """
 () => {
   const open = new Set();
@@ -44,20 +85,41 @@ KEEP_OPEN_JS = """
     const details = summary.parentElement;
     if (details.open) open.delete(details.dataset.keep); else open.add(details.dataset.keep);
   }, true);
-  const reopen = () => document.querySelectorAll("details[data-keep]").forEach((element) => {
-    if (open.has(element.dataset.keep) && !element.open) element.open = true;
-  });
-  new MutationObserver(reopen).observe(document.documentElement,
+  const still = window.matchMedia("(prefers-reduced-motion: reduce)");
+  const places = new Map();
+  const flip = () => {
+    const cards = document.querySelectorAll(".es-board > .es-rcard[data-doc]");
+    const moved = [];
+    cards.forEach((card) => {
+      const box = card.getBoundingClientRect();
+      const before = places.get(card.dataset.doc);
+      places.set(card.dataset.doc, {x: box.left + window.scrollX, y: box.top + window.scrollY});
+      if (!before || still.matches) return;
+      const dx = before.x - box.left - window.scrollX, dy = before.y - box.top - window.scrollY;
+      if (Math.abs(dx) > 1 || Math.abs(dy) > 1) moved.push([card, dx, dy]);
+    });
+    moved.forEach(([card, dx, dy]) => {
+      card.animate([{transform: `translate(${dx}px, ${dy}px)`}, {transform: "none"}],
+                   {duration: 350, easing: "ease-out"});
+    });
+  };
+  let pending = false;
+  new MutationObserver(() => {
+    document.querySelectorAll("details[data-keep]").forEach((element) => {
+      if (open.has(element.dataset.keep) && !element.open) element.open = true;
+    });
+    if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; flip(); }); }
+  }).observe(document.documentElement,
     {childList: true, subtree: true, attributes: true, attributeFilter: ["open"]});
 }
 """
 
 FLAG_TEXT = {
-    "forced": ("forced", "The model gave no verdict or grade of its own; it was read in one extra step after "
-                         "closing its reasoning."),
     "truncated_passage": ("passage truncated", "The passage was cut to fit the model's context."),
     "from_cache": ("from cache", "Replayed from an earlier identical judgment."),
 }
+FORCED_TIP = ("The model gave no verdict or grade of its own; it was read in one extra step after closing its "
+              "reasoning.")
 
 
 def _movement(state: DocumentState, position: int | None) -> str:
@@ -67,24 +129,32 @@ def _movement(state: DocumentState, position: int | None) -> str:
     shift = first - position
     arrow = f'<span class="es-up">▲{shift}</span>' if shift > 0 else (
         f'<span class="es-down">▼{-shift}</span>' if shift < 0 else "=")
-    return f'<span class="es-move">#{first} → #{position} {arrow}</span>'
+    return f'<span class="es-move" title="first stage #{first}, reranked #{position}">#{position} {arrow}</span>'
 
 
-def _flags(state: DocumentState) -> str:
-    outcome = state.outcome
-    flags = [f'<span class="es-flag" title="{escape(tip)}">{escape(label)}</span>'
-             for name, (label, tip) in FLAG_TEXT.items() if outcome is not None and getattr(outcome, name)]
+def card_state(state: DocumentState, *, stopped: bool) -> tuple[str, str, str]:
+    """The card's state: (css name, label, tooltip): queued, thinking (tokens so far), judged, forced, failed
+    (why) or stopped."""
+    tokens = f"{state.tokens} token{'s' if state.tokens != 1 else ''}" if state.tokens else ""
     if state.status == "failed":
-        flags.append(f'<span class="es-flag" title="{escape(state.failure)}">failed: {escape(state.failure)}</span>')
-    return "".join(flags)
-
-
-WAITING_TEXT = {"waiting": "waiting", "reasoning": "reasoning…", "failed": "no judgment"}
+        return "failed", "failed", state.failure
+    if state.outcome is not None:
+        if state.outcome.forced:
+            return "judged", "forced", f"{FORCED_TIP} {state.outcome.how()}"
+        return "judged", "judged", state.outcome.how()
+    if stopped:
+        return "stopped", f"stopped{' · ' + tokens if tokens else ''}", "Stopped before a judgment; the reasoning " \
+                                                                         "so far is kept."
+    if state.status == "reasoning" and state.tokens:
+        return "thinking", f"thinking · {tokens}", "The model is writing its reasoning."
+    if state.status == "reasoning":
+        return "thinking", "thinking…", "The engine is reading the prompt."
+    return "queued", "queued", "Waiting for the engine."
 
 
 def rank1_verdict(judged: Judged) -> str:
     percent = judged.p_true * 100
-    return (f'<b>{"relevant" if judged.verdict else "not relevant"}</b> · P(true) {judged.p_true:.3f}'
+    return (f'<b>{"relevant" if judged.verdict else "not relevant"}</b><span>P(true) {judged.p_true:.3f}</span>'
             f'<div class="es-bar" title="P(true) {percent:.1f}%"><div style="width: {percent:.1f}%"></div></div>')
 
 
@@ -92,33 +162,64 @@ def grade_verdict(graded: Graded) -> str:
     """The grade distribution as a small 0–3 bar chart, with the expected grade the list is sorted by."""
     bars = "".join(
         f'<span class="{"es-top" if grade == graded.grade else ""}" title="grade {grade}: {share:.1%}">'
-        f'<i style="height: {max(share * 20, 1):.1f}px"></i>{grade}</span>'
+        f'<i style="height: {max(share * 18, 1):.1f}px"></i>{grade}</span>'
         for grade, share in enumerate(graded.distribution))
     return (f"<b>grade {graded.grade}</b> (p {graded.distribution[graded.grade]:.2f})"
             f'<span class="es-grades" title="P(grade), renormalised over the four grade tokens">{bars}</span>'
-            f"expected grade <b>{graded.expected_grade:.2f}</b> / 3")
+            f"<span>expected grade <b>{graded.expected_grade:.2f}</b> / 3</span>")
 
 
 Verdict = Callable[..., str]
 """How a card shows its judgment: ``rank1_verdict`` or ``grade_verdict``."""
 
 
-def render_card(state: DocumentState, position: int | None, verdict: Verdict) -> str:
+def marked(text: str, spans: list[tuple[int, int]], start: int = 0, end: int | None = None) -> str:
+    """``text[start:end]`` escaped, with the ``spans`` inside it in <mark>."""
+    end = len(text) if end is None else end
+    pieces, at = [], start
+    for span_start, span_end in spans:
+        if span_start < at or span_end > end:
+            continue
+        pieces += [escape(text[at:span_start]), f"<mark>{escape(text[span_start:span_end])}</mark>"]
+        at = span_end
+    pieces.append(escape(text[at:end]))
+    return "".join(pieces)
+
+
+def snippet(query: str, text: str) -> tuple[str, str]:
+    """(the two-line excerpt, the whole passage), both with the query's BM25 terms marked."""
+    spans = term_spans(query, text)
+    start = snippet_start(text, spans, SNIPPET_CHARS)
+    excerpt = ("… " if start else "") + marked(text, spans, start, min(len(text), start + SNIPPET_CHARS * 2))
+    return excerpt, marked(text, spans)
+
+
+def render_card(state: DocumentState, position: int | None, verdict: Verdict, *, query: str, stopped: bool) -> str:
     passage = state.candidate.passage
     key = escape(passage.doc_id, quote=True)
-    provenance = "".join(
-        f'<span class="es-badge">{escape(STAGE_LABELS.get(stage, stage))} #{hit.rank}</span>'
-        for stage, hit in state.candidate.provenance.items()
-    )
+    kind, label, tip = card_state(state, stopped=stopped)
+    provenance = " ".join(f"{escape(STAGE_LABELS.get(stage, stage))} #{hit.rank}"
+                          for stage, hit in state.candidate.provenance.items())
+    flags = "".join(f'<span class="es-flag" title="{escape(text)}">{escape(name)}</span>'
+                    for field, (name, text) in FLAG_TEXT.items()
+                    if state.outcome is not None and getattr(state.outcome, field))
+    shown = verdict(state.outcome) if state.outcome is not None else (
+        f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
+    excerpt, whole = snippet(query, passage.text)
     return (
-        f'<div class="es-rcard es-{state.status}" data-doc="{key}">'
-        f"<h4>{_movement(state, position)}{escape(passage.title or passage.doc_id)}</h4>"
-        f'<div class="es-meta">{escape(passage.passage_id)} {provenance} {_flags(state)}</div>'
-        f"<div>{verdict(state.outcome) if state.outcome else WAITING_TEXT.get(state.status, '')}</div>"
-        f'<details data-keep="passage:{key}"><summary>passage</summary><p>{escape(passage.text)}</p></details>'
-        f'<details data-keep="trace:{key}"><summary>reasoning ({len(state.reasoning)} characters)</summary>'
-        f'<div class="es-trace">{escape(state.reasoning)}</div></details>'
-        "</div>"
+        f'<div class="es-rcard es-s-{kind}" data-doc="{key}">'
+        f'<div class="es-head">{_movement(state, position)}'
+        f'<span class="es-title" title="{escape(passage.title or passage.doc_id, quote=True)}">'
+        f'{escape(passage.title or passage.doc_id)}</span>'
+        f'<span class="es-state" title="{escape(tip, quote=True)}">{escape(label)}</span></div>'
+        f'<div class="es-verdict">{shown}{flags}</div>'
+        f'<div class="es-snippet">{excerpt}</div>'
+        f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
+        f'<div class="es-toggles"><details class="es-all" data-keep="trace:{key}"><summary>all reasoning '
+        f'({len(state.reasoning)} characters)</summary></details>'
+        f'<details class="es-open" data-keep="passage:{key}"><summary>passage</summary></details></div>'
+        f'<div class="es-passage"><div class="es-meta">{escape(passage.passage_id)} · {provenance}</div>{whole}'
+        "</div></div>"
     )
 
 
@@ -126,12 +227,25 @@ def render_board(run: PointwiseRun, *, reranked: bool, verdict: Verdict) -> str:
     if not run.documents:
         return '<p class="es-notice">No passage matches this query.</p>'
     positions = run.reranked_positions()
-    return "".join(render_card(state, positions.get(state.doc_id), verdict)
-                   for state in run.states(reranked=reranked))
+    cards = "".join(render_card(state, positions.get(state.doc_id), verdict, query=run.query, stopped=run.stopped)
+                    for state in run.states(reranked=reranked))
+    return f'<div class="es-board">{cards}</div>'
 
 
-def render_summary(summary: Summary, *, stopped: bool = False) -> str:
-    state = "stopped" if stopped else ("done" if summary.finished else "reasoning")
+def _clock(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+
+
+def render_summary(summary: Summary, *, budget: int, unit: str = "judged") -> str:
+    """Done/total, the live token rate, elapsed time, an upper bound on the time left, and a progress bar."""
+    state = "stopped" if summary.stopped else ("done" if summary.finished else "reasoning")
     failed = f", {summary.failed} failed" if summary.failed else ""
-    return (f'<div class="es-summary">{summary.judged}/{summary.total} judged{failed} · '
-            f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s · {state}</div>")
+    done = summary.judged + (summary.failed if unit == "windows" else 0)
+    eta = summary.eta_s(budget)
+    left = "" if summary.finished or summary.stopped else (
+        " · waiting for the first tokens" if eta is None else f" · ≤ {_clock(eta)} left")
+    share = 1.0 if summary.finished else summary.progress(budget)
+    return (f'<div class="es-summary"><span><b>{done}/{summary.total}</b> {unit}{failed} · '
+            f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s{left} · {state}</span>"
+            f'<div class="es-progress" title="{share:.0%} of the most the run can write">'
+            f'<div style="width: {share * 100:.1f}%"></div></div></div>')

@@ -22,14 +22,31 @@ from search.batch.report import (
 from search.batch.store import batch_folders
 
 REFRESH_S = 5.0
-NOTHING_CHOSEN = "Choose a batch. Batches are the folders that `python -m search rerank-run --out DIR` wrote under "
+WHAT_IT_SHOWS = ("The Evaluation tab shows the report of a `rerank-run` batch: metrics before (first stage) and after "
+                 "reranking, the gain per query, and how the scores spread by relevance grade, while the batch runs "
+                 "and after.")
+
+
+def nothing_chosen(root: Path) -> str:
+    """What the tab says before a batch is chosen: what it shows, and the command that makes one here."""
+    folder = html.escape(str(root))
+    if batch_folders(root):
+        return f"{WHAT_IT_SHOWS}\n\nChoose a batch: the folders that `rerank-run --out` wrote under `{folder}`."
+    return (f"{WHAT_IT_SHOWS}\n\n**No batch yet** in `{folder}`. Create one with a first-stage run and its qrels, "
+            f"for example:\n\n```sh\n.venv/bin/python -m search rerank-run --corpus CORPUS --run RUN.trec "
+            f"--qrels QRELS.tsv --out {folder}/my-batch\n```\n\nthen press Refresh. "
+            "`python -m search rerank-run --help` and docs/batch.md say more.")
+
+
+def _shown(value: Any) -> Any:
+    return gr.update(value=value, visible=value is not None)
 
 
 def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
-    """Status, metrics table, gains plot, score-by-grade plot, per-query table, and whether the batch is
-    complete."""
+    """Status, metrics table, gains plot, score-by-grade plot, per-query table (each hidden when empty), and
+    whether the batch is complete."""
     if not name or name not in batch_folders(root):
-        return (NOTHING_CHOSEN + f"`{html.escape(str(root))}`.", None, None, None, None, True)
+        return (nothing_chosen(root), *(_shown(None) for _ in range(4)), True)
     store = BatchStore.read(root / name)
     try:
         view = view_batch(store)
@@ -40,7 +57,7 @@ def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
     status = html.escape(view.status())
     if result is None:
         reason = "no qrels were given with it" if qrels is None else "none of its finished queries is judged yet"
-        return (f"{status}\n\nNo metrics: {reason}.", None, None, None, None, view.complete)
+        return (f"{status}\n\nNo metrics: {reason}.", *(_shown(None) for _ in range(4)), view.complete)
     metrics = pd.DataFrame([[name, round(result.before[name], 4), round(result.after[name], 4),
                              round(result.after[name] - result.before[name], 4)] for name in result.measures],
                            columns=["measure", "before", "after", "Δ"])
@@ -53,9 +70,9 @@ def batch_report(root: Path, name: str | None) -> tuple[Any, ...]:
     groups = score_by_grade(view, qrels)
     agreement = grade_agreement(view, qrels)
     graded = agreement.describe(view.reranker) if agreement else ""
+    by_grade = score_figure(groups, view.score_name, view.reranker) if groups else None
     return (f"{status}\n\nMetrics over {len(result.per_query)} finished, judged queries. {html.escape(graded)}",
-            metrics, gains_figure(result), score_figure(groups, view.score_name, view.reranker) if groups else None,
-            per_query, view.complete)
+            _shown(metrics), _shown(gains_figure(result)), _shown(by_grade), _shown(per_query), view.complete)
 
 
 def build_evaluate_tab(app: gr.Blocks, root: Path) -> None:
@@ -63,14 +80,15 @@ def build_evaluate_tab(app: gr.Blocks, root: Path) -> None:
         chosen = gr.Dropdown(label=f"Batch (rerank-run output folders in {root})", choices=batch_folders(root),
                              value=None, elem_id="evaluation-batch", scale=4)
         refresh = gr.Button("Refresh", elem_id="evaluation-refresh", scale=1)
-    status = gr.Markdown(NOTHING_CHOSEN + f"`{html.escape(str(root))}`.", elem_id="evaluation-status")
+    status = gr.Markdown(nothing_chosen(root), elem_id="evaluation-status")
     metrics = gr.Dataframe(label="Before (first stage) and after reranking", interactive=False,
-                           elem_id="evaluation-metrics")
+                           elem_id="evaluation-metrics", visible=False)
     with gr.Row():
-        gains = gr.Plot(label="Per-query gain", show_label=False, elem_id="evaluation-gains")
-        by_grade = gr.Plot(label="Score by relevance grade", show_label=False, elem_id="evaluation-by-grade")
+        gains = gr.Plot(label="Per-query gain", show_label=False, elem_id="evaluation-gains", visible=False)
+        by_grade = gr.Plot(label="Score by relevance grade", show_label=False, elem_id="evaluation-by-grade",
+                           visible=False)
     per_query = gr.Dataframe(label=f"Per query, by Δ {GAIN_MEASURE}", interactive=False,
-                             elem_id="evaluation-per-query")
+                             elem_id="evaluation-per-query", visible=False)
     complete = gr.State(True)
     outputs = [status, metrics, gains, by_grade, per_query, complete]
 

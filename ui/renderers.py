@@ -16,15 +16,15 @@ from ui.window_cards import render_list_summary, render_windows
 class Renderer:
     cards: Callable[[Any, bool], str]
     """(run, reranked order?) → the cards' HTML."""
-    summary: Callable[[Summary, bool], str]
-    """(summary, stopped?) → the summary line's HTML."""
+    summary: Callable[[Summary, int], str]
+    """(summary, reasoning budget) → the summary line's HTML, with progress and time left."""
 
 
 RENDERERS: dict[str, Renderer] = {
     "rank1": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=rank1_verdict),
-                      summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
+                      summary=lambda summary, budget: render_summary(summary, budget=budget)),
     "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict),
-                         summary=lambda summary, stopped: render_summary(summary, stopped=stopped)),
+                         summary=lambda summary, budget: render_summary(summary, budget=budget)),
     "reasonrank": Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
-                           summary=lambda summary, stopped: render_list_summary(summary, stopped=stopped)),
+                           summary=lambda summary, budget: render_list_summary(summary, budget=budget)),
 }

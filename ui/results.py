@@ -15,6 +15,10 @@ CSS = """
 .es-badge { display: inline-block; border-radius: 4px; padding: 0 6px; margin-right: 6px;
             background: var(--background-fill-secondary); font-family: var(--font-mono); }
 .es-notice { border-left: 4px solid var(--color-accent); padding: 6px 12px; margin: 6px 0; }
+.es-notice.es-error { border-left-color: var(--error-border-color, #d33); }
+.es-notice ul { margin: 4px 0 0 0; padding-left: 1.2em; font-family: var(--font-mono); font-size: var(--text-sm); }
+.es-counter { font-size: var(--text-xs); color: var(--body-text-color-subdued); text-align: right; }
+.es-counter.es-over { color: var(--error-text-color, #d33); font-size: var(--text-sm); font-weight: 600; }
 """
 
 

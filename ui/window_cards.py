@@ -8,9 +8,11 @@ from html import escape
 
 from search.rerank import Summary
 from search.rerank.listwise import ListwiseRun, WindowState
+from ui.cards import render_summary, snippet
 
 WINDOW_CSS = """
-.es-window { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 6px 10px; margin: 4px 0; }
+.es-window { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 6px 10px; margin: 4px 0;
+             font-size: var(--text-sm); }
 .es-window.es-active { border-style: solid; border-color: var(--color-accent); }
 .es-rcard.es-in-window { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
 """
@@ -38,8 +40,9 @@ def _outcome(state: WindowState) -> str:
 def render_window(state: WindowState, *, active: bool) -> str:
     return (f'<div class="es-window{" es-active" if active else ""}" data-window="{state.window}">'
             f"<b>Window {state.window + 1}</b> · positions {state.start + 1}–{state.end} · {_outcome(state)}"
-            f'<details data-keep="window:{state.window}"><summary>reasoning ({len(state.reasoning)} characters)'
-            f'</summary><div class="es-trace">{escape(state.reasoning)}</div></details></div>')
+            f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
+            f'<div class="es-toggles"><details class="es-all" data-keep="window:{state.window}"><summary>show all '
+            f"reasoning ({len(state.reasoning)} characters)</summary></details></div></div>")
 
 
 def _trajectory(positions: list[int]) -> str:
@@ -56,23 +59,25 @@ def render_windows(run: ListwiseRun, *, reranked: bool) -> str:
     for candidate in run.ordered(reranked=reranked):
         passage = candidate.passage
         key = escape(passage.doc_id, quote=True)
-        highlight = " es-in-window" if passage.doc_id in in_window else (
-            " es-failed" if run.status(passage.doc_id) == "failed" else "")
+        status = run.status(passage.doc_id)
+        highlight = " es-in-window" if passage.doc_id in in_window else (" es-s-failed" if status == "failed" else "")
+        state = "in window" if passage.doc_id in in_window else (
+            "stopped" if run.stopped and status != "judged" else {"judged": "ranked"}.get(status, "queued"))
+        excerpt, whole = snippet(run.query, passage.text)
         cards.append(
             f'<div class="es-rcard{highlight}" data-doc="{key}">'
-            f'<h4><span class="es-move">{escape(_trajectory(run.trajectory[passage.doc_id]))}</span>'
-            f"{escape(passage.title or passage.doc_id)}</h4>"
-            f'<div class="es-meta">{escape(passage.passage_id)} · first stage #{candidate.rank}</div>'
-            f'<details data-keep="passage:{key}"><summary>passage</summary><p>{escape(passage.text)}</p></details>'
-            "</div>")
+            f'<div class="es-head"><span class="es-move">{escape(_trajectory(run.trajectory[passage.doc_id]))}</span>'
+            f'<span class="es-title">{escape(passage.title or passage.doc_id)}</span>'
+            f'<span class="es-state">{escape(state)}</span></div>'
+            f'<div class="es-snippet">{excerpt}</div>'
+            f'<div class="es-toggles"><details class="es-open" data-keep="passage:{key}"><summary>passage</summary>'
+            f'</details><span class="es-meta">{escape(passage.passage_id)} · first stage #{candidate.rank}</span>'
+            f'</div><div class="es-passage">{whole}</div></div>')
     note = ('<p class="es-meta">ReasonRank ranks passages in windows of the list, from the back to the front; it '
             "gives ranks, not probabilities. Each card shows its place at the start and after every window that "
             "held it.</p>")
-    return f"{note}{windows}{''.join(cards)}"
+    return f'{note}{windows}<div class="es-board">{"".join(cards)}</div>'
 
 
-def render_list_summary(summary: Summary, *, stopped: bool = False) -> str:
-    state = "stopped" if stopped else ("done" if summary.finished else "reasoning")
-    failed = f", {summary.failed} failed" if summary.failed else ""
-    return (f'<div class="es-summary">{summary.judged + summary.failed}/{summary.total} windows{failed} · '
-            f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s · {state}</div>")
+def render_list_summary(summary: Summary, *, budget: int) -> str:
+    return render_summary(summary, budget=budget, unit="windows")

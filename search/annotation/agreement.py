@@ -95,9 +95,20 @@ class ModelAgreement:
     score_by_grade: tuple[tuple[int, int, float], ...]
     """(grade, documents, mean score) for each grade used; the score is P(true) or the expected grade."""
     calibration: tuple[CalibrationBin, ...]
+    yours: int = 0
+    """Documents the annotator graded."""
+    model_failed: int = 0
+    """Of those, documents the model failed to judge (no score to compare)."""
 
     def describe(self, *, threshold: float, relevant_from: int) -> str:
-        """What was compared and how far they agree, in words."""
+        """What was compared and how far they agree, in words; why nothing was, when nothing was."""
+        if not self.items:
+            if not self.yours:
+                return "on no documents yet: you have not graded any"
+            pending = self.yours - self.model_failed
+            why = [f"the model has not judged {pending} yet (it judges in rank order; wait, or move on)"
+                   if pending else "", f"it failed to judge {self.model_failed}" if self.model_failed else ""]
+            return f"on no documents yet: of the {self.yours} you graded, " + " and ".join(part for part in why if part)
         if self.graded:
             return (f"on {self.items} documents, grade for grade: Cohen's kappa (quadratic weights) "
                     f"{_statistic(self.kappa)}, Krippendorff's alpha (ordinal) {_statistic(self.alpha)}")
@@ -113,9 +124,11 @@ def model_agreement(judgments: Sequence[HumanJudgment], model: Mapping[Key, Mode
                     threshold: float, relevant_from: int, bins: int = 5) -> ModelAgreement:
     """``annotator``'s judgments against the model's, over the documents both judged (failed model judgments
     have no score and are left out)."""
-    pairs = [(item, model[item.query_id, item.doc_id]) for item in judgments
-             if item.annotator == annotator and model.get((item.query_id, item.doc_id)) is not None
-             and model[item.query_id, item.doc_id].measured]
+    yours = [item for item in judgments if item.annotator == annotator]
+    pairs = [(item, model[item.query_id, item.doc_id]) for item in yours
+             if model.get((item.query_id, item.doc_id)) is not None and model[item.query_id, item.doc_id].measured]
+    failed = sum(model.get((item.query_id, item.doc_id)) is not None
+                 and not model[item.query_id, item.doc_id].measured for item in yours)
     graded = bool(pairs) and all(judgment.graded for _, judgment in pairs)
     probabilities = np.array([judgment.p_relevant(relevant_from) for _, judgment in pairs], dtype=float)
     relevant = [int(item.grade >= relevant_from) for item, _ in pairs]
@@ -158,7 +171,7 @@ def model_agreement(judgments: Sequence[HumanJudgment], model: Mapping[Key, Mode
         confusion=tuple(tuple(int(count) for count in row) for row in matrix), per_query=per_query,
         score_by_grade=tuple((grade, len(values), float(np.mean(values)))
                              for grade, values in sorted(by_grade.items())),
-        calibration=calibration,
+        calibration=calibration, yours=len(yours), model_failed=failed,
     )
 
 

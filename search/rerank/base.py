@@ -47,8 +47,11 @@ class Summary:
     judged: int
     failed: int
     tokens: int
-    """New tokens generated (replayed ones not counted)."""
+    """New tokens generated so far, finished or still streaming (replayed ones not counted)."""
     elapsed_s: float
+    pending_tokens: int = 0
+    """Of ``tokens``, those written for units not finished yet."""
+    stopped: bool = False
     unit: str = "documents"
 
     @property
@@ -58,6 +61,24 @@ class Summary:
     @property
     def finished(self) -> bool:
         return self.judged + self.failed == self.total
+
+    def progress(self, budget: int) -> float:
+        """The share of the work done, 0–1: finished units, plus each unfinished one's tokens out of ``budget``
+        (the most it may write)."""
+        unfinished = self.total - self.judged - self.failed
+        if not self.total:
+            return 1.0
+        return (self.total - unfinished + min(self.pending_tokens / max(budget, 1), unfinished)) / self.total
+
+    def eta_s(self, budget: int) -> float | None:
+        """At most this many seconds left at the current token rate, if every unfinished unit used its whole
+        ``budget``; None before any token has arrived."""
+        if self.finished or self.stopped:
+            return 0.0
+        if self.tokens_per_s <= 0:
+            return None
+        unfinished = self.total - self.judged - self.failed
+        return max(unfinished * budget - self.pending_tokens, 0) / self.tokens_per_s
 
 
 def query_text(query: str, instruction: str = "", template: str = "", slot: str = "FILL_QUERY_HERE") -> str:
@@ -80,6 +101,8 @@ class Run(ABC):
         self.candidates = tuple(candidates)
         self.started_at = time.monotonic()
         self.finished_at: float | None = None
+        self.stopped = False
+        """The reader stopped the run: what is unfinished stays so, its partial reasoning kept."""
 
     @abstractmethod
     def apply(self, event: Event) -> None:
@@ -94,6 +117,12 @@ class Run(ABC):
 
     def elapsed_s(self) -> float:
         return (self.finished_at or time.monotonic()) - self.started_at
+
+    def stop(self) -> None:
+        """Mark the run stopped (its stream has been closed); the clock stops too."""
+        if not self.finished:
+            self.stopped = True
+            self.finished_at = self.finished_at or time.monotonic()
 
     @abstractmethod
     def ordered(self, *, reranked: bool = True) -> list[Candidate]:

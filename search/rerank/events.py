@@ -43,6 +43,8 @@ class Reasoning:
     reranker: str
     doc_id: str
     text: str
+    tokens: int = 0
+    """New tokens the text came from (0 when replayed from the judgment cache): the live tokens/s."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -169,6 +171,8 @@ class WindowReasoning:
     reranker: str
     window: int
     text: str
+    tokens: int = 0
+    """New tokens the text came from (0 when replayed from the judgment cache)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

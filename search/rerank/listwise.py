@@ -19,6 +19,8 @@ from search.retrieval.ranking import Candidate
 class WindowState:
     started: WindowStarted
     reasoning: str = ""
+    tokens: int = 0
+    """New tokens streamed so far (the ranking's count replaces it once ranked)."""
     ranked: WindowRanked | None = None
 
     @property
@@ -57,6 +59,7 @@ class ListwiseRun(Run):
             self.windows.append(WindowState(started=event))
         elif isinstance(event, WindowReasoning):
             self.windows[event.window].reasoning += event.text
+            self.windows[event.window].tokens += event.tokens
         elif isinstance(event, WindowRanked):
             state = self.windows[event.window]
             state.ranked, state.reasoning = event, event.reasoning or state.reasoning
@@ -77,10 +80,11 @@ class ListwiseRun(Run):
     def summary(self) -> Summary:
         """Counted in windows: ``judged`` the ranked ones, ``failed`` those the engine failed."""
         ranked = [state.ranked for state in self.windows if state.ranked is not None]
+        pending = sum(state.tokens for state in self.windows if state.ranked is None)
         return Summary(total=self.window_count, judged=sum(item.status != "failed" for item in ranked),
                        failed=sum(item.status == "failed" for item in ranked),
-                       tokens=sum(item.tokens for item in ranked if not item.from_cache), elapsed_s=self.elapsed_s(),
-                       unit="windows")
+                       tokens=sum(item.tokens for item in ranked if not item.from_cache) + pending,
+                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s(), unit="windows")
 
     def status(self, doc_id: str) -> Status:
         if doc_id in self.judged:

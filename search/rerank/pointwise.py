@@ -98,9 +98,10 @@ class PointwiseReranker(Reranker):
         """The prompt for one passage, exactly as the model was trained or instructed to read it."""
 
     @abstractmethod
-    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
+    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str, int], None]
                     ) -> Measured | Failed:
-        """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning``."""
+        """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning`` with
+        the number of new tokens it came from."""
 
     def requests_per_query(self, candidates: int) -> int:
         return candidates
@@ -159,9 +160,9 @@ class PointwiseReranker(Reranker):
             return
         parts: list[str] = []
 
-        def reasoning(text: str) -> None:
+        def reasoning(text: str, tokens: int) -> None:
             parts.append(text)
-            emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=text))
+            emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=text, tokens=tokens))
 
         try:
             async with slot:
@@ -182,6 +183,8 @@ class DocumentState:
     candidate: Candidate
     status: Status = "waiting"
     reasoning: str = ""
+    tokens: int = 0
+    """New tokens streamed so far (the outcome's count replaces it once judged)."""
     outcome: Measured | None = None
     failure: str = ""
 
@@ -211,6 +214,7 @@ class PointwiseRun(Run):
             state.status = "reasoning"
         elif isinstance(event, Reasoning):
             state.reasoning += event.text
+            state.tokens += event.tokens
         elif isinstance(event, Failed):
             state.status, state.failure, state.reasoning = "failed", event.reason, event.reasoning or state.reasoning
         elif isinstance(event, Measured):
@@ -238,11 +242,13 @@ class PointwiseRun(Run):
 
     def summary(self) -> Summary:
         states = self.documents.values()
+        measured = [state.outcome for state in states if state.outcome is not None]
+        pending = sum(state.tokens for state in states if state.status in ("waiting", "reasoning"))
         return Summary(total=len(self.documents), judged=sum(state.status == "judged" for state in states),
                        failed=sum(state.status == "failed" for state in states),
-                       tokens=sum(state.outcome.tokens for state in states
-                                  if state.outcome and not state.outcome.from_cache),
-                       elapsed_s=self.elapsed_s())
+                       tokens=sum(outcome.tokens for outcome in measured if not outcome.from_cache) + pending
+                       + sum(state.tokens for state in states if state.status == "failed"),
+                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s())
 
     def status(self, doc_id: str) -> Status:
         return self.documents[doc_id].status

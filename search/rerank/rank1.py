@@ -86,7 +86,7 @@ class Rank1Reranker(PointwiseReranker):
     def render_prompt(self, query: str, passage: str) -> str:
         return render_prompt(query, passage)
 
-    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str], None]
+    async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str, int], None]
                     ) -> Judged | Failed:
         """The model's own verdict when it gives one; else the reference's forced verdict, measured."""
         request = GenerationRequest(prompt=prepared.prompt, max_tokens=self.budget, stop=(STOP_TRUE, STOP_FALSE),
@@ -99,7 +99,7 @@ class Rank1Reranker(PointwiseReranker):
         async for chunk in self.engine.generate(request):
             if chunk.text:
                 parts.append(chunk.text)
-                reasoning(chunk.text)
+                reasoning(chunk.text, len(chunk.token_ids))
             tokens += len(chunk.token_ids)
             if chunk.token_ids:
                 last_token = chunk.token_ids[-1]

@@ -202,7 +202,8 @@ class ReasonRankReranker(Reranker):
                         async for chunk in self.engine.generate(request):
                             if chunk.text:
                                 parts.append(chunk.text)
-                                yield WindowReasoning(reranker=self.name, window=number, text=chunk.text)
+                                yield WindowReasoning(reranker=self.name, window=number, text=chunk.text,
+                                                      tokens=len(chunk.token_ids))
                             tokens += len(chunk.token_ids)
                             finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
                     if finish is None or finish == "abort":

@@ -39,7 +39,7 @@ def _backend(settings: BM25Settings, passage_count: int) -> str:
     return "numba" if large and importlib.util.find_spec("numba") is not None else "numpy"
 
 
-def _tokenizer_options(settings: BM25Settings) -> dict[str, object]:
+def tokenizer_options(settings: BM25Settings) -> dict[str, object]:
     """The same stopwords and stemmer for passages and queries."""
     return {"stopwords": settings.bm25_stopwords or None,
             "stemmer": Stemmer.Stemmer(settings.bm25_stemmer) if settings.bm25_stemmer else None}
@@ -51,7 +51,7 @@ class BM25Retriever(Retriever):
     def __init__(self, model: bm25s.BM25, passages: Sequence[Passage], settings: BM25Settings) -> None:
         self._model = model
         self._passages = passages
-        self._tokenizer_options = _tokenizer_options(settings)
+        self._tokenizer_options = tokenizer_options(settings)
         if model.backend == "numba" and model.vocab_dict:
             model.retrieve([[next(iter(model.vocab_dict))]], k=1, show_progress=False, n_threads=1)  # compile now
 
@@ -62,7 +62,7 @@ class BM25Retriever(Retriever):
         model = _bm25s().BM25(k1=settings.bm25_k1, b=settings.bm25_b, method="lucene",
                            backend=_backend(settings, len(passages)))
         tokens = _bm25s().tokenize([passage.contents for passage in passages], show_progress=False,
-                                **_tokenizer_options(settings))
+                                **tokenizer_options(settings))
         model.index(tokens, show_progress=False)
         progress("BM25 index", 1, 1)
         return cls(model, passages, settings)

@@ -1,0 +1,117 @@
+"""The page as a new user meets it, in Chromium at 1280×800: the sample corpus, the demo model, a warm engine.
+
+    .venv/bin/python benchmarks/page.py [--engine vllm|transformers] [--candidates 20] [--budget 128]
+
+Measured after Enter (each figure from the browser's own clock): when the first-stage list is visible, when the
+first reasoning text is visible in the viewport, how many cards show reasoning in view at most, how often the
+results update, and the longest task on the browser's main thread, also with 50 cards streaming. Targets
+(docs/benchmarks.md): list ≤ 0.5 s, first text ≤ 1.5 s on vLLM, ≥ 8 cards streaming in view, updates about
+3 per second, no main-thread task over 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import print_table
+from playwright.sync_api import Page, sync_playwright
+
+from search.pipeline import open_model
+from search.retrieval.first_stage import open_first_stage
+from search.settings import SAMPLE_CORPUS, Settings
+from search.uploads import CorpusLibrary
+from ui.app import CSS, JS, ModelStatus, build_app
+
+QUERY = "what are the health effects of caffeine"
+WATCH_S = 12.0
+
+# Installed before Enter: timestamps (ms after Enter) of the first-stage list and of the first reasoning text in
+# view, the most cards with reasoning in view, result updates, and main-thread long tasks.
+PROBE = """() => {
+  const probe = window.probe = {t0: null, list: null, text: null, inView: 0, updates: [], longest: 0};
+  new PerformanceObserver((list) => list.getEntries().forEach((entry) => {
+    if (probe.t0 !== null) probe.longest = Math.max(probe.longest, entry.duration); })).observe({type: "longtask"});
+  const box = document.querySelector("#es-query textarea, #es-query input");
+  box.addEventListener("keydown", (event) => { if (event.key === "Enter") probe.t0 = performance.now(); }, true);
+  const results = document.querySelector("#es-results");
+  new MutationObserver(() => {
+    if (probe.t0 === null) return;
+    const now = performance.now() - probe.t0;
+    probe.updates.push(now);
+    const cards = [...results.querySelectorAll(".es-rcard")];
+    if (probe.list === null && cards.length && cards[0].getBoundingClientRect().top < innerHeight) probe.list = now;
+    const showing = cards.filter((card) => {
+      const tail = card.querySelector(".es-tail")?.getBoundingClientRect();
+      return tail && tail.top >= 0 && tail.bottom <= innerHeight && card.querySelector(".es-trace").textContent;
+    }).length;
+    if (showing && probe.text === null) probe.text = now;
+    probe.inView = Math.max(probe.inView, showing);
+  }).observe(results, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def watch(page: Page, candidates: int) -> dict[str, Any]:
+    """One query with ``candidates`` candidates, watched for WATCH_S seconds, then stopped."""
+    page.evaluate(PROBE)
+    query = page.get_by_label("Query")
+    query.fill(QUERY)
+    query.press("Enter")
+    time.sleep(WATCH_S)
+    probe = page.evaluate("window.probe")
+    page.get_by_role("button", name="Stop").click()
+    time.sleep(2)
+    updates = [moment for moment in probe["updates"] if moment > 2000]
+    span_s = (updates[-1] - updates[0]) / 1000 if len(updates) > 1 else 0.0
+    distinct = len({round(moment / 50) for moment in updates})  # mutations of one update land together
+    return {"candidates": candidates, "list_s": round((probe["list"] or 0) / 1000, 2),
+            "first_text_s": None if probe["text"] is None else round(probe["text"] / 1000, 2),
+            "cards_in_view": probe["inView"], "updates_per_s": round(distinct / span_s, 1) if span_s else 0.0,
+            "longest_task_ms": round(probe["longest"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
+    parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--budget", type=int, default=128)
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is missing: make chromium"
+    folder = Path(tempfile.mkdtemp(prefix="page-benchmark-"))
+    rows = []
+    for candidates in (args.candidates, 50):
+        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes", model="demo",
+                                      engine=args.engine, budget=args.budget, judgment_cache=False, top_k=candidates)
+        library = CorpusLibrary(settings, ("hybrid",))
+        library.add("sample_corpus", open_first_stage(settings, ("hybrid",)))
+        loaded = open_model(settings.serving)
+        app = build_app(library, ModelStatus(loaded=loaded, settings=settings))
+        _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS,
+                                       js=JS)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#es-query")
+            warm = page.get_by_label("Query")  # a first query warms the engine and the page
+            warm.fill("how do bats hunt")
+            warm.press("Enter")
+            time.sleep(5)
+            page.get_by_role("button", name="Stop").click()
+            time.sleep(2)
+            page.goto(url)
+            page.wait_for_selector("#es-query")
+            rows.append({"engine": loaded.engine.kind, **watch(page, candidates)})
+            browser.close()
+        app.close()
+    print_table(rows, ["engine", "candidates", "list_s", "first_text_s", "cards_in_view", "updates_per_s",
+                       "longest_task_ms"])
+
+
+if __name__ == "__main__":
+    main()

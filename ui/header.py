@@ -1,0 +1,57 @@
+"""The page's one-line header: the title, then model · engine · device, with the notices a click away (the demo
+model's warning, how every score is measured, or why no model is loaded)."""
+
+from __future__ import annotations
+
+from html import escape
+
+from search.pipeline import LoadedModel
+
+HEADER_CSS = """
+.es-header { display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap; }
+.es-header h1 { font-size: var(--text-xl); margin: 0; font-weight: 700; }
+.es-header .es-line { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+.es-header details { display: inline-block; font-size: var(--text-sm); }
+.es-header details > summary { cursor: pointer; list-style: none; display: inline-block; border-radius: 10px;
+                               padding: 0 8px; border: 1px solid var(--border-color-primary); }
+.es-header details > summary::-webkit-details-marker { display: none; }
+.es-header details.es-warn > summary { background: #fff3cd; color: #664d03; border-color: #ffda6a; }
+.dark .es-header details.es-warn > summary { background: #3d2f00; color: #ffda6a; }
+.es-header details[open] { display: block; flex-basis: 100%; }
+.es-header details[open] > div { margin: 4px 0; max-width: 70em; }
+"""
+
+MEASURED = (
+    "Every score is measured, never made up: rank1's P(true) from its two verdict tokens; the assessor's grade "
+    "distribution from its four grade tokens (UMBRELA's reference reads a digit from the text and silently gives "
+    "0 when there is none; here the expected grade Σ g·p(g) ranks); ReasonRank gives ranks only, read from its "
+    "answer, never from digits in its reasoning. \"forced\" marks a judgment the model did not give on its own, "
+    "read in one extra step after closing its reasoning; a document with nothing measurable is marked failed."
+)
+DEMO = (
+    "Demo model: SmolLM2-135M runs offline so that every part of the page works, but it is not a trained reranker "
+    "and its verdicts are not meaningful. For real rank1 judgments run on a GPU with vLLM (rank1-7b is chosen "
+    "automatically there), or point --endpoints at an OpenAI-compatible server running a rank1 model."
+)
+
+
+def _badge(label: str, text: str, *, warn: bool = False) -> str:
+    return (f'<details class="es-badge-note{" es-warn" if warn else ""}"><summary>{escape(label)}</summary>'
+            f"<div>{escape(text)}</div></details>")
+
+
+def model_line(loaded: LoadedModel | None, problem: str = "") -> str:
+    """model · engine · device, and its badges."""
+    if loaded is None:
+        return ('<span class="es-line">no reasoning reranker</span>'
+                + _badge("why", f"The reasoning reranker is not available: {problem} The first-stage results still "
+                                "work.", warn=True))
+    engine = loaded.engine
+    parts = [loaded.model.name or engine.model, engine.kind, engine.device or "remote"]
+    badges = _badge("demo model: verdicts not meaningful", DEMO, warn=True) if loaded.model.is_demo else ""
+    measured = _badge("how scores are measured", MEASURED)
+    return f'<span class="es-line">{escape(" · ".join(parts))}</span>{badges}{measured}'
+
+
+def render_header(loaded: LoadedModel | None, problem: str = "") -> str:
+    return f'<div class="es-header"><h1>Explainable Search</h1>{model_line(loaded, problem)}</div>'

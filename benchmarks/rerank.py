@@ -1,5 +1,6 @@
 """Reranking throughput on the demo model: our streaming vLLM path against offline ``vllm.LLM.generate`` on the
-same prompts (target: at least 0.9 of its throughput), transformers, and time to the first reasoning token.
+same prompts (target: at least 0.9 of its throughput), transformers, and time to the first reasoning token (on
+a CPU with and without vLLM's lead request, ``VLLMEngine.stagger``).
 
     .venv/bin/python benchmarks/rerank.py [--passages 24] [--budget 128]
 
@@ -60,10 +61,12 @@ def offline_case(count: int, budget: int) -> dict:
 
 def _open(kind: str) -> Engine:
     model = str(ensure_demo_model())
-    if kind == "vllm":
+    if kind.startswith("vllm"):
         from search.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model="demo", location=model, max_model_len=MAX_MODEL_LEN)
+        # "vllm-together": every request sent at once, without the CPU path's lead request (``stagger``).
+        return VLLMEngine(model="demo", location=model, max_model_len=MAX_MODEL_LEN,
+                          stagger=False if kind == "vllm-together" else None)
     from search.engines.hf_engine import TransformersEngine
 
     return TransformersEngine(model="demo", location=model, max_model_len=MAX_MODEL_LEN)
@@ -137,6 +140,7 @@ def main() -> None:
         in_fresh_process(offline_case, args.passages, args.budget),
         in_fresh_process(engine_case, "vllm", args.passages, args.budget),
         in_fresh_process(reranker_case, "vllm", args.passages, args.budget),
+        in_fresh_process(reranker_case, "vllm-together", args.passages, args.budget),
         in_fresh_process(engine_case, "transformers", args.passages, args.budget),
         in_fresh_process(reranker_case, "transformers", args.passages, args.budget),
     ]

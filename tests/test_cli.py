@@ -111,7 +111,7 @@ RANK1_JUDGED = {"doc_id", "passage_id", "verdict", "p_true", "logprob_true", "lo
 
 def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path: Path) -> None:
     arguments = ("rerank", "--corpus", "sample_corpus", "--query", "which planets have no moons", "--top-k", "3",
-                 "--budget", "16", "--jsonl")
+                 "--budget", "16", "--engine", "transformers", "--jsonl")
     environment = {"HF_HUB_OFFLINE": "1", "EXPLAINABLE_SEARCH_JUDGMENT_CACHE_PATH": str(tmp_path / "cache.sqlite3")}
     result = run(*arguments, index_dir=index_dir, extra_environment=environment)
     assert result.returncode == 0, result.stderr
@@ -134,8 +134,8 @@ def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path:
 
 def test_the_assessor_gives_every_judged_document_a_grade_distribution(index_dir: Path) -> None:
     result = run("rerank", "--reranker", "assessor", "--corpus", "sample_corpus", "--query",
-                 "which planets have no moons", "--top-k", "3", "--budget", "8", "--no-judgment-cache", "--jsonl",
-                 index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+                 "which planets have no moons", "--top-k", "3", "--budget", "8", "--no-judgment-cache", "--engine",
+                 "transformers", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "qwen2.5-1.5b-instruct is not cached, so the demo model runs" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -156,10 +156,10 @@ def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
 
 
 def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp_path: Path) -> None:
-    """Also the path where vLLM spawns its engine process, which imports ``python -m search`` again."""
-    result = run("rerank", "--query", "bread without yeast", "--top-k", "2", "--model", "demo", "--engine", "vllm",
-                 "--budget", "8", "--no-judgment-cache", "--jsonl", index_dir=index_dir,
-                 extra_environment={"HF_HUB_OFFLINE": "1"})
+    """Also the path where vLLM spawns its engine process, which imports ``python -m search`` again; the engine
+    is the automatic choice: no GPU here, and vLLM's CPU build installed."""
+    result = run("rerank", "--query", "bread without yeast", "--top-k", "2", "--model", "demo", "--budget", "8",
+                 "--no-judgment-cache", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [event["type"] for event in events].count("judged") == 2
@@ -169,7 +169,8 @@ def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp
 def test_reasonrank_prints_its_windows_as_json_lines(index_dir: Path) -> None:
     result = run("rerank", "--reranker", "reasonrank", "--corpus", "sample_corpus", "--query",
                  "which planets have no moons", "--top-k", "5", "--window", "3", "--step", "2", "--budget", "8",
-                 "--passage-tokens", "40", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+                 "--passage-tokens", "40", "--engine", "transformers", "--jsonl", index_dir=index_dir,
+                 extra_environment={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reasonrank-7b is not cached, so the demo model runs" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -177,5 +178,6 @@ def test_reasonrank_prints_its_windows_as_json_lines(index_dir: Path) -> None:
         "window_started", "window_ranked", "window_started", "window_ranked", "ranking_done"]
     assert all("window" in event and event["reranker"] == "reasonrank" for event in events)
     assert len(events[-1]["doc_ids"]) == 5
-    human = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--window", "1", index_dir=index_dir)
+    human = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--window", "1", "--engine", "transformers",
+                index_dir=index_dir)
     assert human.returncode == 2 and "window must be at least 2" in human.stderr

@@ -37,7 +37,8 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
     port = port or free_port()
     command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
                "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
-               "--no-judgment-cache", "--top-k", "4", "--port", str(port), *extra]
+               "--no-judgment-cache", "--top-k", "4", "--port", str(port),
+               "--uploads", str(annotations.parent / "uploads"), *extra]
     with log.open("ab") as output:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})

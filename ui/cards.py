@@ -27,7 +27,7 @@ CARDS_CSS = """
 .es-head { display: flex; gap: 6px; align-items: baseline; font-size: var(--text-md); }
 .es-title { font-weight: 600; flex: 1; min-width: 0; overflow: hidden; text-overflow: ellipsis;
             white-space: nowrap; }
-.es-move { font-family: var(--font-mono); font-size: var(--text-sm); white-space: nowrap; }
+.es-move { font-size: var(--text-sm); font-variant-numeric: tabular-nums; white-space: nowrap; }
 .es-up { color: #1a7f37; } .es-down { color: #cf222e; }
 .dark .es-up { color: #4ac26b; } .dark .es-down { color: #ff8182; }
 .es-state { font-size: var(--text-sm); white-space: nowrap; padding: 0 6px; border-radius: 10px;

@@ -244,7 +244,7 @@ def render_summary(summary: Summary, *, budget: int, unit: str = "judged") -> st
     eta = summary.eta_s(budget)
     left = "" if summary.finished or summary.stopped else (
         " · waiting for the first tokens" if eta is None else f" · ≤ {_clock(eta)} left")
-    share = 1.0 if summary.finished else summary.progress(budget)
+    share = summary.progress(budget)
     return (f'<div class="es-summary"><span><b>{done}/{summary.total}</b> {unit}{failed} · '
             f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s{left} · {state}</span>"
             f'<div class="es-progress" title="{share:.0%} of the most the run can write">'

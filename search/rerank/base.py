@@ -60,15 +60,19 @@ class Summary:
 
     @property
     def finished(self) -> bool:
-        return self.judged + self.failed == self.total
+        return self.unfinished == 0
+
+    @property
+    def unfinished(self) -> int:
+        return self.total - self.judged - self.failed
 
     def progress(self, budget: int) -> float:
         """The share of the work done, 0–1: finished units, plus each unfinished one's tokens out of ``budget``
         (the most it may write)."""
-        unfinished = self.total - self.judged - self.failed
         if not self.total:
             return 1.0
-        return (self.total - unfinished + min(self.pending_tokens / max(budget, 1), unfinished)) / self.total
+        done = self.total - self.unfinished + min(self.pending_tokens / max(budget, 1), self.unfinished)
+        return done / self.total
 
     def eta_s(self, budget: int) -> float | None:
         """At most this many seconds left at the current token rate, if every unfinished unit used its whole
@@ -77,8 +81,7 @@ class Summary:
             return 0.0
         if self.tokens_per_s <= 0:
             return None
-        unfinished = self.total - self.judged - self.failed
-        return max(unfinished * budget - self.pending_tokens, 0) / self.tokens_per_s
+        return max(self.unfinished * budget - self.pending_tokens, 0) / self.tokens_per_s
 
 
 def query_text(query: str, instruction: str = "", template: str = "", slot: str = "FILL_QUERY_HERE") -> str:

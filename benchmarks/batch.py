@@ -93,7 +93,7 @@ def run_files(queries: int, top_k: int) -> Iterator[tuple[Path, Path]]:
         warm = first_stage.corpus.queries[queries:queries + 4]
         paths = Path(folder) / "warmup.trec", Path(folder) / "run.trec"
         for chosen, path in zip((warm, measured), paths, strict=True):
-            write_trec_run(retrieve_run(first_stage.retrievers["bm25"], chosen, top_k, 50), path, tag="bm25")
+            write_trec_run(retrieve_run(first_stage.retrievers["bm25"], chosen, top_k), path, tag="bm25")
         yield paths
 
 

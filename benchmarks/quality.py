@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.evaluation import evaluate, passage_depth, retrieve_run
+from search.evaluation import evaluate, retrieve_run
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
 from search.settings import Settings
@@ -28,12 +28,11 @@ def main() -> int:
     first_stage = open_first_stage(settings, FLOORS, console_progress())
     corpus = first_stage.corpus
     queries = [query for query in corpus.queries if query.query_id in corpus.qrels]
-    depth = passage_depth(100, len(first_stage.passages), len(corpus.documents))
     failed = False
     print(f"{args.dataset}: {len(queries)} judged queries, {len(corpus.documents)} documents "
           f"({corpus.dropped} dropped), {len(first_stage.passages)} passages")
     for method, floor in FLOORS.items():
-        run = retrieve_run(first_stage.retrievers[method], queries, 100, depth)
+        run = retrieve_run(first_stage.retrievers[method], queries, 100)
         score = evaluate(corpus.qrels, run)["nDCG@10"]
         verdict = "ok" if score >= floor else "BELOW FLOOR"
         failed |= score < floor

@@ -26,8 +26,8 @@ from search.batch.store import STATE_FILE
 from search.corpus import Corpus, CorpusError, load_corpus
 from search.engines import EngineError, close_engines
 from search.engines.demo_model import DemoModelError
-from search.evaluation import evaluate, passage_depth, read_qrels, read_run, retrieve_run, write_trec_run
-from search.pipeline import choose, open_model, open_reranker, rerank_candidates
+from search.evaluation import evaluate, read_qrels, read_run, retrieve_run, write_trec_run
+from search.pipeline import choose, open_model, open_reranker
 from search.progress import console_progress
 from search.rerank import RERANKERS, Reranker
 from search.rerank.cache import JudgmentCache
@@ -97,7 +97,7 @@ def command_query(args: argparse.Namespace, settings: Settings) -> int:
     for candidate in ranking.candidates:
         print(json.dumps(_candidate_json(candidate), ensure_ascii=False) if args.json else _candidate_line(candidate))
     if not ranking.candidates and not args.json:
-        print("no passage matches this query", file=sys.stderr)
+        print("no document matches this query", file=sys.stderr)
     return 0
 
 
@@ -128,10 +128,9 @@ def command_eval(args: argparse.Namespace, settings: Settings) -> int:
     queries = [query for query in corpus.queries if query.query_id in corpus.qrels]
     if not queries:
         raise CorpusError(f"{args.dataset}: needs queries.jsonl and qrels.tsv (or qrels/test.tsv) with matching ids")
-    depth = passage_depth(args.k, len(first_stage.passages), len(corpus.documents))
     print(f"{'method':<8} {'nDCG@10':>8} {'Recall@100':>11} {'MRR@10':>8}   ({len(queries)} judged queries)")
     for method in methods:
-        run = retrieve_run(first_stage.retrievers[method], queries, args.k, depth)
+        run = retrieve_run(first_stage.retrievers[method], queries, args.k)
         scores = evaluate(corpus.qrels, run)
         print(f"{method:<8} {scores['nDCG@10']:>8.4f} {scores['Recall@100']:>11.4f} {scores['MRR@10']:>8.4f}")
         if args.run_out and method == (args.method or settings.fusion.method):
@@ -152,7 +151,7 @@ def _open_reranker(settings: Settings, cache: JudgmentCache | None = None) -> Re
 def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
     """Stream the reranker's events (one line for each worth one, or every event as JSON), then the ranking."""
     first_stage = _open(settings, (settings.fusion.method,))
-    candidates = rerank_candidates(first_stage, args.query, settings.rerank.top_k)
+    candidates = first_stage.search(args.query, settings.rerank.top_k).candidates
     reranker = _open_reranker(settings)
     print(f"reranking {len(candidates)} documents with {reranker.describe()}", file=sys.stderr)
     run = reranker.start_run(args.query, candidates, instruction=args.instruction)
@@ -252,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(index)
     index.set_defaults(handler=command_index)
 
-    query = commands.add_parser("query", help="search a corpus and print the fused ranking with provenance")
+    query = commands.add_parser(
+        "query", help="search a corpus and print its top documents (each by its best passage) with provenance")
     query.add_argument("text", help="the query")
-    query.add_argument("-k", type=_positive, default=10, help="how many passages to print (default 10)")
-    query.add_argument("--json", action="store_true", help="one JSON object per passage instead of text")
+    query.add_argument("-k", type=_positive, default=10, help="how many documents to print (default 10)")
+    query.add_argument("--json", action="store_true",
+                       help="one JSON object per document (its best passage) instead of text")
     add_arguments(query)
     query.set_defaults(handler=command_query)
 

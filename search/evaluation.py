@@ -7,7 +7,6 @@ and no document is ever dropped from a run because its id equals the query id.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import ir_measures
 from ir_measures import RR, R, nDCG
 
 from search.corpus import CorpusError, LoadProblem, Qrels, Query, column_lines, load_qrels
-from search.retrieval.ranking import Ranking, Retriever
+from search.retrieval.ranking import Retriever
 
 MEASURES = (nDCG @ 10, R @ 100, RR @ 10)
 
@@ -57,26 +56,13 @@ def load_run(path: Path) -> tuple[Run, list[LoadProblem]]:
     return run, problems
 
 
-def passage_depth(k: int, passage_count: int, document_count: int) -> int:
-    """How many passages to retrieve so that, after MaxP, about ``k`` distinct documents remain."""
-    return k * max(1, math.ceil(passage_count / max(document_count, 1)))
-
-
-def run_from_rankings(query_ids: Sequence[str], rankings: Sequence[Ranking], k: int) -> Run:
-    """The top ``k`` documents of each ranking, scored by their best passage."""
-    return {
-        query_id: dict(ranking.documents()[:k])
-        for query_id, ranking in zip(query_ids, rankings, strict=True)
-    }
-
-
-def retrieve_run(retriever: Retriever, queries: Sequence[Query], k: int, depth: int, batch_size: int = 64) -> Run:
-    """Search every query (in batches) and keep the top ``k`` documents of each."""
+def retrieve_run(retriever: Retriever, queries: Sequence[Query], k: int, batch_size: int = 64) -> Run:
+    """The top ``k`` documents of every query (searched in batches), each scored by its best passage."""
     run: Run = {}
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
-        rankings = retriever.search_many([query.text for query in batch], depth)
-        run.update(run_from_rankings([query.query_id for query in batch], rankings, k))
+        rankings = retriever.search_documents([query.text for query in batch], k)
+        run.update({query.query_id: dict(ranking.documents()) for query, ranking in zip(batch, rankings, strict=True)})
     return run
 
 

@@ -15,9 +15,8 @@ from search.engines import Engine, EngineError, cuda_available, engine_kind, ope
 from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
 from search.rerank import RERANKERS, Reranker, Run
 from search.rerank.cache import JudgmentCache
-from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Ranking
-from search.settings import EngineKind, EngineSettings, RerankerName, RerankSettings, RetrievalMethod
+from search.settings import EngineKind, EngineSettings, RerankerName, RerankSettings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,24 +106,6 @@ def open_reranker(settings: RerankSettings, loaded: LoadedModel, cache: Judgment
                           f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
     return cls(engine, model_key=loaded.key, budget=budget, settings=settings,
                cache=cache if cache is not None else judgment_cache(settings))
-
-
-def document_candidates(ranking: Ranking, top_k: int) -> tuple[Candidate, ...]:
-    """The best passage of each of the ``top_k`` best documents (MaxP): one judgment per document."""
-    seen: dict[str, Candidate] = {}
-    for candidate in ranking.candidates:
-        if candidate.passage.doc_id not in seen:
-            seen[candidate.passage.doc_id] = candidate
-            if len(seen) == top_k:
-                break
-    return tuple(seen.values())
-
-
-def rerank_candidates(first_stage: FirstStage, query: str, top_k: int, method: RetrievalMethod | None = None
-                      ) -> tuple[Candidate, ...]:
-    """What the reranker judges for ``query``: the best passage of each of the ``top_k`` best documents, from a
-    first-stage search deep enough that long documents split into many passages still fill ``top_k``."""
-    return document_candidates(first_stage.search(query, max(top_k * 5, 100), method), top_k)
 
 
 async def collect(reranker: Reranker, query: str, candidates: Sequence[Candidate], *, instruction: str = "",

@@ -19,11 +19,11 @@ from search.rerank.assessor import (
     ANSWER,
     AssessorReranker,
     GradeTokens,
-    clean_reasoning,
     render_prompt,
     user_message,
 )
 from search.rerank.events import Event, Failed, Graded, Reasoning
+from search.rerank.pointwise import clean_reasoning
 from search.settings import RerankSettings
 
 REFERENCE = """Given a query and a passage, you must provide a score on an integer scale of 0 to 3 with the following meanings:

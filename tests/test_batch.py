@@ -305,7 +305,7 @@ def servers(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def first_stage_run(first_stage: FirstStage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     queries = first_stage.corpus.queries[:QUERY_COUNT]
-    run = retrieve_run(first_stage.retrievers["bm25"], queries, TOP_K, 30)
+    run = retrieve_run(first_stage.retrievers["bm25"], queries, TOP_K)
     path = tmp_path_factory.mktemp("runs") / "bm25.trec"
     write_trec_run(run, path, tag="bm25")
     return path

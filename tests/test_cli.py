@@ -36,6 +36,22 @@ def test_query_prints_json_with_provenance(index_dir: Path) -> None:
     assert "310 documents, 310 passages" in result.stderr
 
 
+def test_query_lists_documents_however_many_passages_a_long_one_holds(index_dir: Path, tmp_path: Path) -> None:
+    long = " ".join(f"Sea levels rise as the oceans warm, part {number}." for number in range(300))
+    lines = [{"_id": "long", "text": long}, {"_id": "coast", "text": "The sea level rose on this coast."},
+             {"_id": "ocean", "text": "Warm oceans expand and the sea rises."},
+             {"_id": "bread", "text": "Knead the dough."}]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run("query", "why do sea levels rise", "-k", "3", "--json", "--corpus", str(corpus), "--method", "bm25",
+                 "--passage-window", "20", "--passage-overlap", "0", index_dir=index_dir)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(row["doc_id"] for row in rows) == ["coast", "long", "ocean"]
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    assert all(row["provenance"]["bm25"]["rank"] == row["rank"] for row in rows)  # document ranks
+
+
 def test_eval_prints_metrics_and_writes_the_run(index_dir: Path, tmp_path: Path) -> None:
     run_file = tmp_path / "bm25.run"
     result = run("eval", "sample_corpus", "--method", "bm25", "--run-out", str(run_file), index_dir=index_dir)

@@ -17,10 +17,10 @@ from search.corpus import Passage
 from search.engines.base import Engine, GenerationChunk, GenerationRequest
 from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
-from search.pipeline import document_candidates
 from search.rerank.assessor import AssessorReranker
 from search.rerank.events import Event, Failed, Graded, Judged, Reasoning, Started
-from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, p_true, render_prompt
+from search.rerank.pointwise import one_step
+from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens, p_true, render_prompt
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
 from search.settings import RerankSettings
@@ -45,7 +45,7 @@ def synthetic(doc_id: str, text: str, rank: int) -> Candidate:
 
 @pytest.fixture(scope="module")
 def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
-    found = document_candidates(first_stage.search("which planets have no moons", 100), 3)
+    found = first_stage.search("which planets have no moons", 3).candidates
     return (*found, synthetic("echo", ECHO, len(found) + 1))
 
 
@@ -77,12 +77,15 @@ def rank1(engine: Engine, budget: int = BUDGET) -> Rank1Reranker:
     return Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
 
 
+QUERY = "which planets have no moons"
+
+
 def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], *, one_at_a_time: bool = False) -> list[Event]:
     reranker = rank1(engine)
 
     async def events() -> list[Event]:
         slots = asyncio.Semaphore(1) if one_at_a_time else None
-        return [event async for event in reranker.stream("which planets have no moons", candidates, slots=slots)]
+        return [event async for event in reranker.stream(QUERY, candidates, slots=slots)]
 
     return asyncio.run(events())
 
@@ -134,6 +137,34 @@ def test_engines_agree_where_they_are_deterministic(judgments: dict[str, dict[st
         assert theirs[doc_id].p_true == pytest.approx(local[doc_id].p_true, abs=TOLERANCE), doc_id
 
 
+
+
+def reference_forced_prompt(prompt: str, text: str) -> str:
+    """rank1's recovery prompt as the reference code builds it (its lines, copied rather than imported)."""
+    text = text.rstrip()
+    if not text.endswith((".", "!", "?")):
+        last_punct = max(text.rfind("."), text.rfind("!"), text.rfind("?"))
+        if last_punct != -1:
+            text = text[:last_punct + 1]
+    text = text.strip()
+    return prompt + "\n" + text + "\n</think>"
+
+
+def test_a_forced_verdict_is_the_one_the_references_prompt_gives_on_another_engine(
+        judgments: dict[str, dict[str, Judged]], candidates: tuple[Candidate, ...],
+        hf_engine: TransformersEngine) -> None:
+    """The demo model's reasoning starts with a newline, as rank1's does: the forced verdicts vLLM gave must be
+    the ones transformers reads from the reference's own forced prompt (it drops that newline; ours once kept it
+    and moved the log-odds by up to 0.37 nats)."""
+    passages = {candidate.passage.doc_id: candidate.passage.contents for candidate in candidates}
+    forced = [judged for judged in judgments["vllm_engine"].values() if judged.forced]
+    assert any(judged.reasoning.startswith("\n") for judged in forced), [judged.reasoning[:20] for judged in forced]
+    verdict = VerdictTokens.of(hf_engine.tokenizer)
+    for judged in forced:
+        prompt = reference_forced_prompt(render_prompt(QUERY, passages[judged.doc_id]), judged.reasoning)
+        _, logprobs = asyncio.run(one_step(hf_engine, prompt, verdict.ids))
+        reference = logprobs[verdict.true_id] - logprobs[verdict.false_id]
+        assert judged.logprob_true - judged.logprob_false == pytest.approx(reference, abs=TOLERANCE), judged.doc_id
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from search.evaluation import evaluate, passage_depth, retrieve_run, write_trec_run
+from search.evaluation import evaluate, retrieve_run, write_trec_run
 from search.retrieval.first_stage import FirstStage
 
 
@@ -30,15 +30,10 @@ def test_a_query_missing_from_the_run_counts_as_zero() -> None:
     assert evaluate(qrels, {"q1": {"a": 1.0}})["nDCG@10"] == pytest.approx(0.5)
 
 
-def test_passage_depth_covers_split_documents() -> None:
-    assert passage_depth(100, 1000, 1000) == 100
-    assert passage_depth(100, 1603, 1398) == 200
-
-
 def test_sample_corpus_quality_and_run_file(first_stage: FirstStage, tmp_path: Path) -> None:
     corpus = first_stage.corpus
     queries = [query for query in corpus.queries if query.query_id in corpus.qrels]
-    runs = {method: retrieve_run(first_stage.retrievers[method], queries, 100, 100) for method in ("bm25", "dense",
+    runs = {method: retrieve_run(first_stage.retrievers[method], queries, 100) for method in ("bm25", "dense",
                                                                                                     "hybrid")}
     scores = {method: evaluate(corpus.qrels, run)["nDCG@10"] for method, run in runs.items()}
     assert scores["bm25"] >= 0.75 and scores["dense"] >= 0.8 and scores["hybrid"] >= 0.8, scores

@@ -14,9 +14,8 @@ import pytest
 from scripted import ScriptedEngine, candidate
 from transformers import AutoTokenizer
 
-from search.corpus import Passage
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
-from search.pipeline import collect, document_candidates
+from search.pipeline import collect
 from search.rerank.base import query_text
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Event, Failed, Judged
@@ -29,7 +28,7 @@ from search.rerank.rank1 import (
     p_true,
     render_prompt,
 )
-from search.retrieval.ranking import Candidate, Hit, Ranking
+from search.retrieval.ranking import Candidate
 from search.settings import RerankSettings
 
 
@@ -90,10 +89,19 @@ def test_probability_is_the_normalised_verdict_likelihood() -> None:
     assert p_true(-3000.0, -1.0) == pytest.approx(0.0) and p_true(-1.0, -3000.0) == pytest.approx(1.0)
 
 
-def test_forced_prompt_cuts_reasoning_at_its_last_sentence_end() -> None:
-    cut = forced_prompt("P<think>", "It orbits. Is it a moon? Yes! but then")
-    assert cut == "P<think>\nIt orbits. Is it a moon? Yes!\n</think>"
-    assert forced_prompt("P<think>", "no sentence end") == "P<think>\nno sentence end\n</think>"
+@pytest.mark.parametrize(("reasoning", "forced"), [
+    # rank1's reasoning starts with a newline after <think>: the reference strips it before re-adding one
+    ("\nThe passage is about Mars. It fits.", "P<think>\nThe passage is about Mars. It fits.\n</think>"),
+    ("\n\nIt fits.\n", "P<think>\nIt fits.\n</think>"),
+    ("It fits.   ", "P<think>\nIt fits.\n</think>"),  # trailing spaces
+    ("It fits.  but then  ", "P<think>\nIt fits.\n</think>"),  # trailing spaces after a cut-off sentence
+    ("\n no sentence end  ", "P<think>\nno sentence end\n</think>"),  # kept whole, stripped both sides
+    ("It orbits. Is it a moon? Yes! but then", "P<think>\nIt orbits. Is it a moon? Yes!\n</think>"),
+    ("\nIs it a moon? It orbits Mar", "P<think>\nIs it a moon?\n</think>"),  # mid-sentence after an earlier ?
+    ("", "P<think>\n\n</think>"),
+])
+def test_forced_prompt_is_the_references_to_the_letter(reasoning: str, forced: str) -> None:
+    assert forced_prompt("P<think>", reasoning) == forced
 
 
 def test_a_verdict_reads_both_logprobs_at_the_verdict_position(tokenizer: object, verdict: VerdictTokens) -> None:
@@ -210,16 +218,6 @@ def test_reranked_order_is_by_probability_with_failures_last(tokenizer: object, 
     assert [item.passage.doc_id for item in ranking.candidates] == ["c", "a", "b"]
     assert ranking.candidates[0].provenance["rank1"].rank == 1 and "rank1" not in ranking.candidates[2].provenance
     assert folded.status("b") == "failed" and folded.score("b") is None
-
-
-def test_one_candidate_per_document_from_the_best_passage() -> None:
-    passages = [("a", 0), ("a", 1), ("b", 0), ("c", 0)]
-    ranking = Ranking(query="q", stage="bm25", candidates=tuple(
-        Candidate(passage=Passage(passage_id=f"{doc}#{index}", doc_id=doc, index=index, title="", text="t"),
-                  stage="bm25", provenance={"bm25": Hit(rank=rank, score=1.0 / rank)})
-        for rank, (doc, index) in enumerate(passages, start=1)))
-    chosen = document_candidates(ranking, 2)
-    assert [item.passage.passage_id for item in chosen] == ["a#0", "b#0"]
 
 
 def test_a_stream_that_ends_unfinished_fails_and_keeps_the_partial_reasoning(tokenizer: object) -> None:

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.evaluation import read_run
 from search.models import ResolvedModel
-from search.pipeline import LoadedModel, document_candidates, open_reranker
+from search.pipeline import LoadedModel, open_reranker
 from search.rerank import RERANKERS, Reranker, Run
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import EVENT_TYPES, Event, event_to_json
@@ -209,7 +209,7 @@ def test_scripted_exports_parse(tokenizer: object, name: str, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def sample(first_stage: FirstStage) -> tuple[Candidate, ...]:
-    return document_candidates(first_stage.search(QUERY, 100), 2)
+    return first_stage.search(QUERY, 2).candidates
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from search.retrieval.bm25 import BM25Retriever
 from search.retrieval.dense import DenseRetriever
 from search.retrieval.first_stage import FirstStage, open_first_stage, open_retrievers
 from search.retrieval.fusion import fuse, reciprocal_rank_fusion, weighted_fusion
-from search.retrieval.ranking import ranking_from_scores
+from search.retrieval.ranking import Candidate, Hit, Ranking, ranking_from_scores, top_documents
 from search.retrieval.store import IndexStore
 from search.settings import FusionSettings, PassageSettings, Settings
 
@@ -39,7 +40,7 @@ def test_dense_finds_meaning_without_shared_words(first_stage: FirstStage) -> No
 
 
 def test_hybrid_keeps_provenance_of_both_retrievers(first_stage: FirstStage) -> None:
-    ranking = first_stage.search("does coffee make it hard to fall asleep", 10, "hybrid")
+    ranking = first_stage.retrievers["hybrid"].search("does coffee make it hard to fall asleep", 10)
     assert ranking.stage == "fused"
     assert [candidate.rank for candidate in ranking.candidates] == list(range(1, 11))
     scores = [candidate.score for candidate in ranking.candidates]
@@ -48,6 +49,55 @@ def test_hybrid_keeps_provenance_of_both_retrievers(first_stage: FirstStage) -> 
     assert set(top.provenance) == {"bm25", "dense", "fused"}
     expected = sum(1 / (60 + top.provenance[stage].rank) for stage in ("bm25", "dense"))
     assert top.score == pytest.approx(expected)
+
+
+def test_documents_are_ranked_by_their_best_passage_and_counted_as_documents() -> None:
+    def hit(doc_id: str, index: int, bm25: int, dense: int | None, fused: int) -> Candidate:
+        places = {"bm25": Hit(rank=bm25, score=1.0 / bm25), "fused": Hit(rank=fused, score=1.0 / fused)}
+        if dense is not None:
+            places["dense"] = Hit(rank=dense, score=1.0 / dense)
+        return Candidate(passage=Passage(passage_id=f"{doc_id}#{index}", doc_id=doc_id, index=index, title="",
+                                         text="t"), stage="fused", provenance=places)
+
+    ranking = Ranking(query="q", stage="fused", candidates=(
+        hit("a", 0, 1, 3, 1), hit("a", 1, 2, 1, 2), hit("b", 0, 4, None, 3), hit("c", 0, 3, 2, 4)))
+    documents = top_documents(ranking, 2)
+    assert [candidate.passage.passage_id for candidate in documents.candidates] == ["a#0", "b#0"]
+    a, b = documents.candidates
+    # a's best bm25 passage is 1st, its best dense passage (a#1) is 1st; b is the third bm25 document (after c)
+    assert {stage: hit.rank for stage, hit in a.provenance.items()} == {"bm25": 1, "dense": 1, "fused": 1}
+    assert {stage: hit.rank for stage, hit in b.provenance.items()} == {"bm25": 3, "fused": 2}
+    assert a.provenance["dense"].score == 1.0  # the score of a's best dense passage, a#1
+
+
+@pytest.fixture(scope="module")
+def giant_document(tmp_path_factory: pytest.TempPathFactory) -> FirstStage:
+    """A document of 440 passages about sea levels and 7 short ones that mention them, among 100 unrelated ones."""
+    folder = tmp_path_factory.mktemp("giant")
+    giant = " ".join(f"Sea levels rise as oceans warm and glaciers melt, part {number}." for number in range(800))
+    small = [f"A note on coastal flooding {number}: the sea level rose here as the ocean warmed."
+             for number in range(7)]
+    unrelated = [f"Recipe {number}: knead the bread dough and let it prove overnight." for number in range(100)]
+    lines = [{"_id": "giant", "text": giant}] + [{"_id": f"small-{n}", "text": text} for n, text in enumerate(small)]
+    lines += [{"_id": f"other-{n}", "text": text} for n, text in enumerate(unrelated)]
+    corpus = folder / "docs.jsonl"
+    corpus.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    settings = Settings().replace(corpus=corpus, index_dir=folder / "indexes", passage_window=20, passage_overlap=0)
+    return open_first_stage(settings, ["hybrid", "bm25", "dense"])
+
+
+@pytest.mark.parametrize("method", ["bm25", "dense", "hybrid"])
+def test_one_giant_document_does_not_crowd_out_the_others(method: str, giant_document: FirstStage) -> None:
+    """The top 8 documents are 8 documents, found by searching deeper than the giant document's passages."""
+    assert sum(passage.doc_id == "giant" for passage in giant_document.passages) == 440
+    ranking = giant_document.search("What causes sea levels to rise?", 8, method)
+    doc_ids = [candidate.passage.doc_id for candidate in ranking.candidates]
+    assert len(set(doc_ids)) == 8 and "giant" in doc_ids
+    if method == "bm25":  # only these 8 share a word with the query
+        assert set(doc_ids) == {"giant", *(f"small-{n}" for n in range(7))}
+    for candidate in ranking.candidates:
+        assert candidate.rank == doc_ids.index(candidate.passage.doc_id) + 1
+        assert all(1 <= hit.rank <= len(giant_document.corpus.documents) for hit in candidate.provenance.values())
 
 
 def test_reciprocal_rank_fusion_by_hand() -> None:

@@ -33,7 +33,6 @@ from search.annotation.store import (
 from search.annotation.workbench import FILTERS, Filter, Workbench
 from search.corpus import load_qrels, load_queries
 from search.models import shared_lineage
-from search.pipeline import rerank_candidates
 from search.rerank import RERANKERS, Reranker
 from search.retrieval.ranking import Candidate
 from search.uploads import CorpusLibrary
@@ -113,7 +112,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         if corpus not in library.names():
             raise AnnotationError(f"corpus: this project is over {corpus!r}, which is not loaded now; upload it "
                                   "again on the Search tab or start the app with --corpus")
-        return list(rerank_candidates(library.get(corpus), query, depth))
+        return list(library.get(corpus).search(query, depth).candidates)
 
     def bench_of(request: gr.Request) -> Workbench:
         bench = benches.get(request.session_hash or "")

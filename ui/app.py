@@ -23,7 +23,7 @@ from search.corpus import CorpusError
 from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
 from search.models import REGISTRY
-from search.pipeline import LoadedModel, open_model, open_reranker, rerank_candidates
+from search.pipeline import LoadedModel, open_model, open_reranker
 from search.rerank import RERANKERS, Reranker, Run
 from search.settings import RerankerName, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
@@ -233,7 +233,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             yield render_notice(problem), "", None, []
             return
         try:
-            found = rerank_candidates(library.get(corpus_name), query, int(candidates), method)
+            found = library.get(corpus_name).search(query, int(candidates), method).candidates
             reranker = reranker_for(key, kind, int(budget))
         except (EngineError, UploadError) as error:
             yield render_notice(str(error)), "", None, []

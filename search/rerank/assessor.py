@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from search.engines.base import Engine, EngineError, GenerationRequest
 from search.rerank.base import RerankerDefaults
 from search.rerank.events import EndReason, Failed, Graded
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, measured, one_step
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning, measured, one_step
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 ANSWER = "##final score:"
 GRADES = (0, 1, 2, 3)
-SENTENCE_ENDS = (".", "!", "?")
 
 
 def user_message(query: str, passage: str) -> str:
@@ -69,18 +68,6 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, query: str, passage: str) 
     """The prompt as one user turn through the model's chat template, ready for the assistant's answer."""
     return tokenizer.apply_chat_template([{"role": "user", "content": user_message(query, passage)}],
                                          tokenize=False, add_generation_prompt=True)
-
-
-def clean_reasoning(text: str) -> str:
-    """The reference's cleaning before a forced answer (rank1's, to the letter): trailing whitespace off; cut
-    after the last ``.``, ``!`` or ``?`` unless the text ends with one (kept whole when it has none); then
-    leading whitespace off too."""
-    text = text.rstrip()
-    if not text.endswith(SENTENCE_ENDS):
-        end = max(text.rfind(mark) for mark in SENTENCE_ENDS)
-        if end >= 0:
-            text = text[: end + 1]
-    return text.strip()
 
 
 def held_back(text: str) -> int:

@@ -28,6 +28,22 @@ if TYPE_CHECKING:
 Emit = Callable[[Event | None], None]
 
 
+SENTENCE_ENDS = (".", "!", "?")
+
+
+def clean_reasoning(text: str) -> str:
+    """The reference's cleaning before a forced verdict or grade (rank1's code, which UMBRELA-style forcing
+    reuses), to the letter: trailing whitespace off; cut after the last ``.``, ``!`` or ``?`` unless the text
+    ends with one (kept whole when it has none); then leading whitespace off too. Whitespace matters: rank1's
+    reasoning usually starts with a newline, and the forced step must read the reference's exact prompt."""
+    text = text.rstrip()
+    if not text.endswith(SENTENCE_ENDS):
+        end = max(text.rfind(mark) for mark in SENTENCE_ENDS)
+        if end >= 0:
+            text = text[: end + 1]
+    return text.strip()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PreparedPrompt:
     prompt: str

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from search.engines.base import Engine, EngineError, GenerationRequest
 from search.rerank.base import RerankerDefaults
 from search.rerank.events import EndReason, Failed, Judged
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, measured, one_step
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning, measured, one_step
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 INSTRUCTION = "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
 STOP_TRUE = "</think> true"
 STOP_FALSE = "</think> false"
-SENTENCE_ENDS = ".!?"
 
 
 def render_prompt(query: str, passage: str) -> str:
@@ -36,11 +35,9 @@ def render_prompt(query: str, passage: str) -> str:
 
 
 def forced_prompt(prompt: str, reasoning: str) -> str:
-    """The reference's recovery prompt: the reasoning cut back to its last sentence end, then the think tag
-    closed, so that the next token is the verdict."""
-    end = max(reasoning.rfind(mark) for mark in SENTENCE_ENDS)
-    cut = reasoning[: end + 1] if end >= 0 else reasoning
-    return f"{prompt}\n{cut}\n</think>"
+    """The reference's recovery prompt, to the letter: the prompt, a newline, the cleaned reasoning
+    (``clean_reasoning``), a newline and the closed think tag, so that the next token is the verdict."""
+    return f"{prompt}\n{clean_reasoning(reasoning)}\n</think>"
 
 
 def p_true(logprob_true: float, logprob_false: float) -> float:
@@ -73,7 +70,7 @@ class Rank1Reranker(PointwiseReranker):
     label = "rank1: pointwise, P(true) per document"
     defaults = RerankerDefaults(budget=8192, max_model_len=16000, model_on_gpu="rank1-7b",
                                 model_elsewhere="rank1-0.5b")
-    recipe = "rank1-v1"
+    recipe = "rank1-v2"
     outcome = Judged
     row_fields = ("p_true", "verdict", "forced", "end_reason", "truncated_passage", "from_cache", "tokens")
     score_name = "P(true)"

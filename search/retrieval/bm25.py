@@ -76,6 +76,10 @@ class BM25Retriever(Retriever):
                                 override_params={"backend": _backend(settings, len(passages))})
         return cls(model, passages, settings)
 
+    @property
+    def passages(self) -> Sequence[Passage]:
+        return self._passages
+
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, len(self._passages))
         tokens = _bm25s().tokenize(list(queries), return_ids=False, show_progress=False, **self._tokenizer_options)

@@ -112,6 +112,10 @@ class DenseRetriever(Retriever):
     def load(cls, folder: Path, passages: Sequence[Passage], settings: DenseSettings) -> DenseRetriever:
         return cls(load_encoder(settings.encoder), faiss.read_index(str(folder / INDEX_FILE)), passages, settings)
 
+    @property
+    def passages(self) -> Sequence[Passage]:
+        return self._passages
+
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, len(self._passages))
         vectors = encode_texts(self._encoder, queries, self._settings.encode_batch_size)

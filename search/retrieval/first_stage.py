@@ -69,7 +69,9 @@ class FirstStage:
     method: RetrievalMethod
 
     def search(self, query: str, k: int, method: RetrievalMethod | None = None) -> Ranking:
-        return self.retrievers[method or self.method].search(query, k)
+        """The top ``k`` documents for ``query``, each by its best passage, ranked as documents
+        (``Retriever.search_documents``): what is shown, exported and reranked."""
+        return self.retrievers[method or self.method].search_documents([query], k)[0]
 
 
 def open_first_stage(settings: Settings, methods: Iterable[RetrievalMethod] | None = None,

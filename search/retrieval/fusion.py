@@ -63,6 +63,10 @@ class FusedRetriever(Retriever):
         self._settings = settings
         self._weights = [settings.bm25_weight if r.name == "bm25" else 1 - settings.bm25_weight for r in retrievers]
 
+    @property
+    def passages(self) -> Sequence[Passage]:
+        return self._retrievers[0].passages
+
     def search_many(self, queries: Sequence[str], k: int) -> list[Ranking]:
         depth = max(k, self._settings.fusion_depth)
         per_retriever = [retriever.search_many(queries, depth) for retriever in self._retrievers]

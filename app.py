@@ -17,7 +17,7 @@ from typing import get_args
 
 from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
-from search.engines import EngineError
+from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.pipeline import open_model, open_reranker
 from search.progress import console_progress
@@ -32,6 +32,10 @@ def open_status(settings: Settings) -> ModelStatus:
     first stage)."""
     try:
         loaded = open_model(settings.serving, settings.rerank.reranker)
+        if (waiting := loaded.engine.waiting()) is not None:
+            # Servers that are not up yet: the engine keeps probing, and reranking works once one answers.
+            print(f"warning: {waiting}", file=sys.stderr)
+            return ModelStatus(loaded=loaded, settings=settings)
         open_reranker(settings.rerank, loaded)  # refuses a budget the context cannot hold
     except (EngineError, DemoModelError) as error:
         print(f"warning: no reranker: {error}", file=sys.stderr)
@@ -63,7 +67,8 @@ def browser_secret(annotations: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def serve(argv: Sequence[str] | None = None) -> int:
+    """Open the corpus, the annotation store and the model, then serve the page until interrupted."""
     parser = argparse.ArgumentParser(description="Explainable Search: the web page.")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or GRADIO_SERVER_PORT)")
@@ -98,9 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = open_status(settings)
     app = build_app(library, status, concurrency=args.concurrency, annotations=annotations, browser_secret=secret,
                     auth=bool(auth), batches=settings.batches)
+    # Blocks until KeyboardInterrupt (Ctrl-C, or SIGTERM: see main), then closes the server and returns.
     app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
                        auth=auth or None)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``serve``, with SIGTERM handled as Ctrl-C and the engines closed however it ends."""
+    stop_on_sigterm()
+    try:
+        return serve(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        close_engines()
 
 
 # Guarded: vLLM starts its engine processes with spawn, which imports this module again.

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import get_args
+from typing import NoReturn, get_args
 
 from search.batch import (
     BatchProgress,
@@ -24,10 +24,10 @@ from search.batch import (
 from search.batch.report import REPORT_FILE
 from search.batch.store import STATE_FILE
 from search.corpus import Corpus, CorpusError, load_corpus
-from search.engines import EngineError, close_engines
+from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, read_run, retrieve_run, write_trec_run
-from search.pipeline import choose, open_model, open_reranker
+from search.pipeline import Choice, choose, open_model, open_reranker, planned_model_key, reranker_budget
 from search.progress import console_progress
 from search.rerank import RERANKERS, Reranker
 from search.rerank.cache import JudgmentCache
@@ -55,6 +55,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _existing_file(text: str) -> Path:
+    """A file that must exist: refused as a usage error (exit 2, one line) before anything starts."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+    return path
 
 
 def _report_load(corpus: Corpus, passage_count: int) -> None:
@@ -139,9 +147,10 @@ def command_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _open_reranker(settings: Settings, cache: JudgmentCache | None = None) -> Reranker:
+def _open_reranker(settings: Settings, cache: JudgmentCache | None = None, choice: Choice | None = None
+                   ) -> Reranker:
     """The reranker the settings name on the engine they choose, saying what was chosen."""
-    choice = choose(settings.serving, settings.rerank.reranker)
+    choice = choice or choose(settings.serving, settings.rerank.reranker)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
@@ -212,9 +221,16 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"left out: {problem}", file=sys.stderr)
     qrels = read_qrels(args.qrels) if args.qrels else (corpus.qrels or None)
     print(f"{len(inputs.queries)} queries, {inputs.document_count} documents to rerank", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    reranker = _open_reranker(settings, JudgmentCache(args.out / STATE_FILE))
     rerank = settings.rerank
+    choice = choose(settings.serving, rerank.reranker)
+    model_key = planned_model_key(settings.serving, choice)
+    if model_key is not None:  # else no server answers, and the engine says so
+        budget = reranker_budget(rerank, choice.model)
+        planned = BatchSpec.planned(inputs.digest(), rerank, model=model_key, budget=budget)
+        BatchStore.refuse_other(args.out, planned, lambda top_k: load_batch(
+            corpus, args.queries, args.run, top_k, skip_bad=settings.loading.skip_bad).digest())
+    args.out.mkdir(parents=True, exist_ok=True)
+    reranker = _open_reranker(settings, JudgmentCache(args.out / STATE_FILE), choice)
     spec = BatchSpec.of(inputs.digest(), rerank, reranker)
     sources = {"corpus": str(corpus.source), "queries": str(args.queries or corpus.source / "queries.jsonl"),
                "run": str(args.run)}
@@ -239,8 +255,15 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if view.failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the option and what is wrong with it), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m search",
         description="Explainable Search: hybrid first-stage retrieval (BM25 + dense, fused), reasoning "
                     f"reranking ({', '.join(RERANKERS)}), and evaluation.",
@@ -267,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("dataset", type=Path, nargs="?", metavar="BEIR_DIR",
                             help="folder with corpus, queries and qrels")
-    evaluation.add_argument("--run", type=Path, action="append", metavar="FILE",
+    evaluation.add_argument("--run", type=_existing_file, action="append", metavar="FILE",
                             help="a TREC run file to measure (repeat to compare several)")
-    evaluation.add_argument("--qrels", type=Path, metavar="FILE", help="judgments for --run (BEIR TSV or TREC qrels)")
+    evaluation.add_argument("--qrels", type=_existing_file, metavar="FILE",
+                            help="judgments for --run (BEIR TSV or TREC qrels)")
     evaluation.add_argument("--run-out", type=Path, metavar="FILE",
                             help="write the TREC run (top 100 per query) of --method (default: hybrid)")
     evaluation.add_argument("-k", type=_positive, default=100, help="documents per query in the run (default 100)")
@@ -297,10 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "per_query.tsv and plots. Killed and started again with the same arguments, it goes on where it "
                     "stopped. With --endpoints URL,URL,… every server is kept busy.",
     )
-    batch.add_argument("--run", type=Path, required=True, metavar="RUN", help="first-stage TREC run file")
-    batch.add_argument("--queries", type=Path, metavar="FILE",
+    batch.add_argument("--run", type=_existing_file, required=True, metavar="RUN", help="first-stage TREC run file")
+    batch.add_argument("--queries", type=_existing_file, metavar="FILE",
                        help="queries (JSONL or TSV; default: the corpus folder's queries.jsonl)")
-    batch.add_argument("--qrels", type=Path, metavar="FILE",
+    batch.add_argument("--qrels", type=_existing_file, metavar="FILE",
                        help="judgments for the report (default: the corpus folder's qrels, if any)")
     batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumed if it exists)")
     add_arguments(batch)
@@ -311,9 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     try:
         settings = from_arguments(args)
         return args.handler(args, settings)
     except (CorpusError, SettingsError, EngineError, DemoModelError, BatchStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        close_engines()

@@ -152,7 +152,8 @@ def _jsonl_records(path: Path) -> Iterator[_Parsed]:
         try:
             values = json.loads(line)
         except json.JSONDecodeError as error:
-            yield LoadProblem(path=path, line=number, message=f"malformed JSON: {error.msg} at column {error.colno}")
+            yield LoadProblem(path=path, line=number, message=f"malformed JSON: {error.msg.removesuffix(' at')} "
+                                                                      f"at column {error.colno}")
             continue
         if not isinstance(values, dict):
             yield LoadProblem(path=path, line=number, message=f"expected a JSON object, found {type(values).__name__}")

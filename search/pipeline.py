@@ -95,15 +95,33 @@ def judgment_cache(settings: RerankSettings) -> JudgmentCache | None:
         return cache
 
 
+def reranker_budget(settings: RerankSettings, model: ResolvedModel) -> int:
+    """The reasoning budget: the settings', else the model's own need, else the reranker's."""
+    return settings.budget or model.budget or RERANKERS[settings.reranker].defaults.budget
+
+
+def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
+    """The key ``open_model`` will give the weights, before any engine starts: the chosen model's, or for
+    servers that pick it, the model the first one that answers serves (None when none answers yet)."""
+    if choice.model.key:
+        return choice.model.key
+    from search.engines.openai_engine import served_model
+
+    return served_model(serving.endpoint_urls, serving.served_model)
+
+
 def open_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
     """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
     settings' judgment cache). Its budget: the settings', else the model's own need, else the reranker's."""
     cls = RERANKERS[settings.reranker]
-    budget = settings.budget or loaded.model.budget or cls.defaults.budget
+    budget = reranker_budget(settings, loaded.model)
     engine = loaded.engine
+    if (problem := engine.waiting()) is not None:
+        raise EngineError(problem)
     if budget >= engine.max_model_len:
-        raise EngineError(f"the reasoning budget ({budget} tokens) leaves no room for the prompt in "
-                          f"{engine.description}'s {engine.max_model_len}-token context; lower --budget")
+        raise EngineError(f"the reasoning budget ({budget:,} tokens) must be below the context of "
+                          f"{engine.description}, {engine.max_model_len:,} tokens, which also holds the prompt; "
+                          "lower the budget")
     return cls(engine, model_key=loaded.key, budget=budget, settings=settings,
                cache=cache if cache is not None else judgment_cache(settings))
 

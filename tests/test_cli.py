@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from search.settings import REPO_ROOT
+from search.batch import BatchSpec, BatchStore, load_batch
+from search.corpus import load_corpus
+from search.models import resolve_model
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings
 
 
 def run(*arguments: str, index_dir: Path, extra_environment: dict[str, str] | None = None
@@ -50,6 +53,49 @@ def test_query_lists_documents_however_many_passages_a_long_one_holds(index_dir:
     assert sorted(row["doc_id"] for row in rows) == ["coast", "long", "ocean"]
     assert [row["rank"] for row in rows] == [1, 2, 3]
     assert all(row["provenance"]["bm25"]["rank"] == row["rank"] for row in rows)  # document ranks
+
+
+def test_missing_input_files_are_one_line_usage_errors(index_dir: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real.trec"
+    real.write_text("q1 Q0 d1 1 1.0 bm25\n")
+    missing = str(tmp_path / "missing.tsv")
+    attempts = {
+        "--run": ["rerank-run", "--run", missing, "--out", str(tmp_path / "out")],
+        "--queries": ["rerank-run", "--run", str(real), "--queries", missing, "--out", str(tmp_path / "out")],
+        "--qrels": ["rerank-run", "--run", str(real), "--qrels", missing, "--out", str(tmp_path / "out")],
+        "eval --run": ["eval", "--run", missing, "--qrels", str(real)],
+        "eval --qrels": ["eval", "--run", str(real), "--qrels", missing],
+    }
+    environment = {**os.environ, "EXPLAINABLE_SEARCH_INDEX_DIR": str(index_dir)}
+    processes = {name: subprocess.Popen([sys.executable, "-m", "search", *arguments], cwd=REPO_ROOT, env=environment,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, arguments in attempts.items()}
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2, (name, stderr)
+        option = name.removeprefix("eval ")
+        assert stderr.splitlines() == [f"python -m search {'eval' if name.startswith('eval') else 'rerank-run'}: "
+                                       f"error: argument {option}: {missing}: no such file (--help lists every "
+                                       "option)"], (name, stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerank_run_refuses_another_batchs_folder_before_starting_an_engine(index_dir: Path, tmp_path: Path) -> None:
+    """Only what differs is named (a changed top-k does not make the inputs "differ"), and no engine starts."""
+    corpus = load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS))
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("".join(f"{query.query_id} Q0 {document.doc_id} {rank} {1 / rank} bm25\n"
+                                for query in corpus.queries[:2]
+                                for rank, document in enumerate(corpus.documents[:3], start=1)))
+    inputs = load_batch(corpus, None, run_file, 2)
+    spec = BatchSpec(inputs=inputs.digest(), top_k=2, reranker="rank1", model=resolve_model("demo").key, budget=16)
+    out = tmp_path / "out"
+    BatchStore.open(out, spec, inputs, sources={}).close()
+    result = run("rerank-run", "--corpus", str(SAMPLE_CORPUS), "--run", str(run_file), "--out", str(out), "--model",
+                 "demo", "--engine", "vllm", "--top-k", "3", "--budget", "24", index_dir=index_dir)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "holds a batch with other settings (top_k: 2 → 3; budget: 16 → 24)" in result.stderr
+    assert "starting" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_eval_prints_metrics_and_writes_the_run(index_dir: Path, tmp_path: Path) -> None:
@@ -168,7 +214,7 @@ def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
     result = run("rerank", "--query", "moons", "--engine", "openai", "--endpoints", "http://127.0.0.1:9",
                  index_dir=index_dir)
     assert result.returncode == 2
-    assert "error: no OpenAI-compatible endpoint is usable: http://127.0.0.1:9" in result.stderr
+    assert "error: no server reachable: http://127.0.0.1:9: " in result.stderr
 
 
 def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp_path: Path) -> None:

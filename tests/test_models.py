@@ -76,7 +76,7 @@ def test_settings_come_from_flags_and_environment_in_their_groups() -> None:
 def test_a_budget_the_context_cannot_hold_is_refused(demo_model: Path) -> None:
     try:
         loaded = open_model(EngineSettings(model=DEMO, engine="transformers"))
-        with pytest.raises(EngineError, match=r"4096 tokens\) leaves no room .* 2048-token context; lower --budget"):
+        with pytest.raises(EngineError, match=r"budget \(4,096 tokens\) must be below the context of .*, 2,048 tokens"):
             open_reranker(RerankSettings(budget=4096, judgment_cache=False), loaded)
         assert open_reranker(RerankSettings(reranker="assessor", judgment_cache=False), loaded).budget == \
             REGISTRY[DEMO].budget  # the demo model's own short budget, whatever the reranker

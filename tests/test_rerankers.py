@@ -243,7 +243,7 @@ def test_vllm_failures_are_never_scored(vllm_engine: Engine, name: str, sample: 
 def test_the_opener_refuses_a_budget_the_context_cannot_hold(tokenizer: object) -> None:
     engine = ScriptedEngine(tokenizer, SCRIPTS["rank1"](tokenizer), max_model_len=2048)
     for name in NAMES:
-        with pytest.raises(EngineError, match=r"4096 tokens\) leaves no room .* 2048-token context"):
+        with pytest.raises(EngineError, match=r"budget \(4,096 tokens\) must be below the context of .*, 2,048 tokens"):
             reranker_on(engine, name, budget=4096)
 
 

@@ -4,62 +4,25 @@ restarts, and a server killed with SIGKILL in the middle of a burst of judgments
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import shoot
 from gradio_client import Client
 from playwright.sync_api import Browser, Page, expect
-from servers import free_port
+from servers import app_process, free_port
 
 from search.annotation.exchange import import_jsonl, jsonl_text
 from search.annotation.store import AnnotationStore, Project, StoredCandidate
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
 
-START_TIMEOUT_S = 240
 QUERIES = "q01\twhat are the health effects of caffeine\nq02\twhich planets have no moons"
-
-
-@contextlib.contextmanager
-def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
-                ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``python app.py`` on the sample corpus with the demo model (short budget), serving until the block ends;
-    yields its URL and process."""
-    port = port or free_port()
-    command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
-               "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
-               "--no-judgment-cache", "--top-k", "4", "--port", str(port),
-               "--uploads", str(annotations.parent / "uploads"), *extra]
-    with log.open("ab") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"app.py exited: see {log}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code in (200, 401):
-                    break
-            assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s: see {log}"
-            time.sleep(0.5)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
-            process.kill()
-            process.wait()
 
 
 def expect_your_grades(page: Page, grades: list[str]) -> None:

@@ -39,6 +39,7 @@ from ui.window_cards import WINDOW_CSS
 
 MAX_QUERY_CHARS = 2_000
 MAX_CANDIDATES = 50
+MAX_RESULTS = 1000
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
 MAX_PROBLEMS_LISTED = 10
@@ -85,6 +86,13 @@ def _validate(query: str) -> str | None:
     if len(query) > MAX_QUERY_CHARS:
         return (f"The query is {len(query):,} characters long; the limit is {MAX_QUERY_CHARS:,}. Shorten it: "
                 "nothing was cut.")
+    return None
+
+
+def _count_problem(value: float | None, name: str, high: int) -> str | None:
+    """Why ``value`` is not a whole number from 1 to ``high`` (the API takes any JSON number), or None."""
+    if value is None or isinstance(value, bool) or value != int(value) or not 1 <= value <= high:
+        return f"{name} must be a whole number from 1 to {high:,}; got {value!r}."
     return None
 
 
@@ -142,12 +150,20 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         loaded = models.get(key)
         if loaded is None:
             return None
+        if (waiting := loaded.engine.waiting()) is not None:
+            raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
+                              "as a server answers")
         chosen = dataclasses.replace(settings.rerank, reranker=kind, budget=budget or settings.rerank.budget)
         return open_reranker(chosen, loaded)
 
+    def header_now(key: str) -> str:
+        """The header as the engine is now (a server that went away or came back since the page was built)."""
+        loaded = models.get(key)
+        return render_header(loaded, status.problem if loaded is None else "")
+
     def search(query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
         query = query.strip()
-        problem = _validate(query)
+        problem = _validate(query) or _count_problem(k, "k (results)", MAX_RESULTS)
         if problem:
             return render_notice(problem)
         try:
@@ -226,9 +242,11 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                      request: gr.Request | None = None
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
-        problem = _validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
-                                       f"The instruction is {len(instruction):,} characters long; the limit is "
-                                       f"{MAX_QUERY_CHARS:,}.")
+        problem = (_validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
+                                        f"The instruction is {len(instruction):,} characters long; the limit is "
+                                        f"{MAX_QUERY_CHARS:,}.")
+                   or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
+                   or _count_problem(budget, "The reasoning budget", 10**7))
         if problem:
             yield render_notice(problem), "", None, []
             return
@@ -301,7 +319,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                   label="First stage")
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=settings.rerank.top_k, step=1,
                                        label="Candidates to rerank")
-                budget = gr.Number(value=budget_of(settings.rerank.reranker, default_key), precision=0, minimum=1,
+                # No precision: Gradio would round 2.5 to 2 where the handler must refuse it (_count_problem).
+                budget = gr.Number(value=budget_of(settings.rerank.reranker, default_key), minimum=1, step=1,
                                    label="Reasoning budget (tokens)")
                 reranker_kind = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items()],
                                          value=settings.rerank.reranker, label="Reranker")
@@ -337,7 +356,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             if examples:
                 gr.Examples(examples, inputs=query, label="Example queries")
             with gr.Row(visible=False):
-                k = gr.Number(value=10, precision=0)
+                k = gr.Number(value=10)
                 first_stage_only = gr.HTML()
                 search_button = gr.Button()
                 runs = gr.Number(value=0, precision=0)
@@ -353,6 +372,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                             api_visibility="private")
         corpus_name.input(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
         app.load(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
+        app.load(header_now, inputs=selected, outputs=header, api_visibility="private")
 
         load_button.click(load_model, inputs=[model_name, engine_kind, reranker_kind],
                           outputs=[selected, budget, model_status, header], api_visibility="private")

@@ -49,6 +49,9 @@ def model_line(loaded: LoadedModel | None, problem: str = "") -> str:
     engine = loaded.engine
     parts = [loaded.model.name or engine.model, engine.kind, engine.device or "remote"]
     badges = _badge("demo model: verdicts not meaningful", DEMO, warn=True) if loaded.model.is_demo else ""
+    if (problem := engine.unavailable()) is not None:
+        badges += _badge("no server reachable", f"Reranking fails until a server answers: {problem}; retrying "
+                                                f"every {engine.retry_every_s:g} s.", warn=True)
     measured = _badge("how scores are measured", MEASURED)
     return f'<span class="es-line">{escape(" · ".join(parts))}</span>{badges}{measured}'
 

@@ -41,8 +41,16 @@ class BatchSpec:
 
     @classmethod
     def of(cls, inputs: str, settings: RerankSettings, reranker: Reranker) -> BatchSpec:
-        return cls(inputs=inputs, top_k=settings.top_k, reranker=reranker.name, model=reranker.model_key,
-                   budget=reranker.budget, options=reranker.fingerprint())
+        return cls.planned(inputs, settings, model=reranker.model_key, budget=reranker.budget)
+
+    @classmethod
+    def planned(cls, inputs: str, settings: RerankSettings, *, model: str, budget: int) -> BatchSpec:
+        """The spec of a batch before its engine starts (``model``: the weights' key, ``budget``: the one the
+        reranker will get), so that a folder holding another batch is refused before minutes of loading."""
+        from search.rerank import RERANKERS
+
+        return cls(inputs=inputs, top_k=settings.top_k, reranker=settings.reranker, model=model, budget=budget,
+                   options=RERANKERS[settings.reranker].fingerprint(settings))
 
     def rerank_settings(self) -> RerankSettings:
         """The reranker settings the batch ran with, as far as they decide its outputs."""
@@ -60,7 +68,8 @@ class BatchSpec:
         return cls(**record, options=options)
 
     def differences(self, other: BatchSpec) -> list[str]:
-        """``field: stored → asked`` for every field that differs."""
+        """``field: stored → asked`` for every field that differs (compare inputs cut at the same top_k, or a
+        changed top_k alone reads as changed inputs too)."""
         mine, theirs = self._flat(), other._flat()
         return ["inputs: the queries, run or documents differ" if name == "inputs"
                 else f"{name}: {mine.get(name)!r} → {theirs.get(name)!r}"

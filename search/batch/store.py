@@ -9,10 +9,11 @@ replayed, not reasoned again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def batch_folders(root: Path) -> list[str]:
 
 class BatchStoreError(ValueError):
     """The output folder cannot hold this batch; the message says why and what to do."""
+
+
+def _other_batch(out: Path, differences: list[str]) -> BatchStoreError:
+    return BatchStoreError(f"--out {out} holds a batch with other settings ({'; '.join(differences)}): run it with "
+                           "the same arguments to resume it, or give another --out")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -142,14 +148,29 @@ class BatchStore:
                     for position, item in enumerate(inputs.queries)])
         elif stored != spec:
             store.close()
-            raise BatchStoreError(
-                f"--out {out} holds a batch with other settings ({'; '.join(stored.differences(spec))}): run it "
-                "with the same arguments to resume it, or give another --out")
+            raise _other_batch(out, stored.differences(spec))
         if qrels is not None:
             kept = {item.query.query_id: dict(qrels[item.query.query_id]) for item in inputs.queries
                     if item.query.query_id in qrels}
             store._db.execute("UPDATE batch SET qrels = ?", (json.dumps(kept),))
         return store
+
+    @classmethod
+    def refuse_other(cls, out: Path, spec: BatchSpec, digest_at: Callable[[int], str]) -> None:
+        """Refuse an ``out`` that holds a batch of other settings, naming only what differs; cheap, so it runs
+        before the engine starts. ``digest_at(top_k)`` is the inputs' digest cut at another top_k: when only
+        top_k changed, the inputs are compared at the stored one, so they are not called different too."""
+        if not (out / STATE_FILE).is_file():
+            return
+        store = cls(out / STATE_FILE)
+        try:
+            stored = store.spec()
+        finally:
+            store.close()
+        if stored is None or stored == spec:
+            return
+        same_cut = spec if stored.top_k == spec.top_k else dataclasses.replace(spec, inputs=digest_at(stored.top_k))
+        raise _other_batch(out, stored.differences(same_cut) or stored.differences(spec))
 
     @classmethod
     def read(cls, out: Path) -> BatchStore:

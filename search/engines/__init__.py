@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import signal
 import threading
 from typing import get_args
 
@@ -87,6 +88,12 @@ def _start(kind: EngineKind, model: str, location: str, max_model_len: int, sett
 
     return TransformersEngine(model=model, location=location, max_model_len=max_model_len, dtype=settings.dtype,
                               batch_size=settings.batch_size)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (what ``kill``, systemd and container runtimes send) interrupts like Ctrl-C, so that the same
+    clean-up runs: engines closed, finished work kept. Call it from the main thread."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def close_engines() -> None:

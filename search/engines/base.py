@@ -76,6 +76,8 @@ class Engine(ABC):
     max_model_len: int
     capacity: int = 64
     """How many requests are worth keeping in flight at once (batch runs fill this many)."""
+    retry_every_s: float = 0.0
+    """How often an engine whose servers are out looks for them again (0: it has no servers)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -87,6 +89,14 @@ class Engine(ABC):
     def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the engine's loop and wait for it (for start-up and shutdown)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def waiting(self) -> str | None:
+        """Why the engine cannot take requests yet (no server has answered so far), or None once it can."""
+        return None
+
+    def unavailable(self) -> str | None:
+        """Why no request can run now (every server out), or None."""
+        return None
 
     def report(self) -> list[str]:
         """Lines worth showing after a long run (how the work spread over servers); none by default."""

@@ -2,18 +2,23 @@
 machines, or a hosted rank1 API.
 
 Each request goes to the least busy endpoint that has room (at most ``max_in_flight`` requests each). An
-endpoint that refuses, fails or breaks off a stream is taken out for a while (1 s, doubling up to a minute)
-and tried again after that; the request moves on to another endpoint. A stream broken mid-way continues
-there from the tokens already received (prompt + those tokens as token ids), so readers see the same text
-as from an unbroken stream, never any twice.
+endpoint that refuses, fails or breaks off a stream is taken out, and the request moves on to another endpoint.
+A stream broken mid-way continues there from the tokens already received (prompt + those tokens as token ids),
+so readers see the same text as from an unbroken stream, never any twice.
+
+Servers come and go: every ``PROBE_EVERY_S`` a background task asks each endpoint that is out (or, before any
+has answered, every endpoint) for its model list, and takes it back in when it answers. The engine starts even
+when no server is up yet; it reads the served model, its context length and tokenizer from the first that
+answers, so reranking works from then on without a restart. When every endpoint is out, a request fails at once
+with the reason (``unavailable``) instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +30,9 @@ from search.engines.base import Engine, EngineError, GenerationChunk, Generation
 API_KEY_VARIABLES = ("EXPLAINABLE_SEARCH_API_KEY", "OPENAI_API_KEY")
 TOKEN_ID_PREFIX = "token_id:"
 ATTEMPTS_PER_ENDPOINT = 2
-"""A request fails after this many failed attempts per endpoint (waiting for taken-out ones to come back)."""
-FIRST_COOLDOWN_S = 1.0
-MAX_COOLDOWN_S = 60.0
+"""A request fails after this many failed attempts per endpoint, or at once when every endpoint is out."""
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 2.0
 WAIT_FOR_ROOM_S = 0.02
 
 
@@ -37,31 +42,39 @@ class _EndpointFailedError(Exception):
 
 @dataclass(kw_only=True, slots=True)
 class Endpoint:
-    """One server: its load, what it has served, and whether it is taken out after failing."""
+    """One server: its load, what it has served, and whether it is out (failed, until a probe answers)."""
 
     base_url: str
     in_flight: int = 0
     served: int = 0
     outages: int = 0
-    failures: int = 0
-    out_until: float = 0.0
+    out: bool = False
     problems: list[str] = field(default_factory=list)
 
-    def is_in(self, now: float) -> bool:
-        return self.out_until <= now
-
     def failed(self, problem: str) -> None:
-        self.outages += 1
-        self.failures += 1
-        self.out_until = time.monotonic() + min(MAX_COOLDOWN_S, FIRST_COOLDOWN_S * 2 ** (self.failures - 1))
+        self.outages += not self.out
+        self.out = True
         self.problems = [*self.problems[-4:], problem]
-
-    def succeeded(self) -> None:
-        self.failures, self.out_until = 0, 0.0
 
 
 def api_key() -> str | None:
     return next((os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)), None)
+
+
+def served_model(endpoints: Sequence[str], wanted: str = "") -> str | None:
+    """The model the first endpoint that answers serves (``wanted`` if it is among them), read without starting
+    an engine; None when none answers."""
+    headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
+    for url in endpoints:
+        try:
+            response = httpx.get(f"{url.rstrip('/').removesuffix('/v1')}/v1/models", headers=headers,
+                                 timeout=PROBE_TIMEOUT_S)
+            response.raise_for_status()
+            names = [card["id"] for card in response.json()["data"]]
+        except (httpx.HTTPError, KeyError, ValueError):
+            continue
+        return wanted if wanted in names else names[0] if names and not wanted else None
+    return None
 
 
 def spanning_stop(delivered: str, new_text: str, stops: Sequence[str]) -> str | None:
@@ -76,57 +89,97 @@ def spanning_stop(delivered: str, new_text: str, stops: Sequence[str]) -> str | 
 
 class OpenAIEngine(Engine):
     kind = "openai"
+    retry_every_s = PROBE_EVERY_S
 
     def __init__(self, *, endpoints: Sequence[str], model: str = "", tokenizer_location: str = "",
                  served_model: str = "", max_model_len: int = 0, timeout_s: float = 600.0,
                  max_in_flight: int = 64) -> None:
-        from transformers import AutoTokenizer
-
         if not endpoints:
             raise EngineError("the openai engine needs at least one endpoint URL (--endpoints)")
         super().__init__()
-        self.endpoints = [Endpoint(base_url=url.rstrip("/").removesuffix("/v1")) for url in endpoints]
+        self.endpoints = [Endpoint(base_url=url.rstrip("/").removesuffix("/v1"), out=True,
+                                   problems=["not reached yet"]) for url in endpoints]
         self.max_in_flight = max_in_flight
         self.capacity = max_in_flight * len(self.endpoints)
         self.device = f"{len(self.endpoints)} endpoint{'s' if len(self.endpoints) > 1 else ''}"
         headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
+        self._wanted_model = served_model
+        self._tokenizer_location = tokenizer_location
+        self.served_model = ""
+        self.model = model or served_model or "the served model"
+        self.max_model_len = max_model_len
         self._client: httpx.AsyncClient = self._on_loop(self._make_client(headers))
-        card = self._on_loop(self._model_card(served_model))
-        self.served_model = card["id"]
-        self.model = model or self.served_model
-        self.max_model_len = max_model_len or int(card.get("max_model_len") or 0)
-        if not self.max_model_len:
-            self.close()
-            raise EngineError(f"{self.endpoints[0].base_url} does not report max_model_len; pass --max-model-len")
-        location = tokenizer_location or card.get("root") or self.served_model
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(location)
-        except (OSError, ValueError) as error:
+            self._on_loop(self._probe())
+        except EngineError:
             self.close()
-            raise EngineError(f"no tokenizer for {location!r} (the served model); pass --model with its hub id "
-                              f"or folder: {error}") from error
+            raise
+        self._prober = self._on_loop(self._start_probing())
+
+    def waiting(self) -> str | None:
+        return None if self.served_model else self.unavailable()
+
+    def unavailable(self) -> str | None:
+        """Why no request can go anywhere now (every endpoint out), or None."""
+        if all(endpoint.out for endpoint in self.endpoints):
+            problems = "; ".join(f"{endpoint.base_url}: {endpoint.problems[-1]}" for endpoint in self.endpoints)
+            return f"no server reachable: {problems}"
+        return None
 
     async def _make_client(self, headers: dict[str, str]) -> httpx.AsyncClient:
         return httpx.AsyncClient(headers=headers, timeout=self._timeout)
 
-    async def _model_card(self, wanted: str) -> dict[str, Any]:
-        """The served model's card from the first endpoint that answers (vLLM's has ``root`` and
-        ``max_model_len``)."""
-        problems = []
-        for endpoint in self.endpoints:
+    async def _start_probing(self) -> asyncio.Task[None]:
+        async def forever() -> None:
+            while True:
+                await asyncio.sleep(PROBE_EVERY_S)
+                with contextlib.suppress(EngineError):  # a wrong model or context: said by unavailable()
+                    await self._probe()
+
+        return asyncio.create_task(forever())
+
+    async def _probe(self) -> None:
+        """Ask every endpoint that is out for its models; take back in those that answer with the wanted model,
+        and read the model's card from the first such answer. Raises ``EngineError`` when a server answers but
+        cannot serve (another model, no context length, no tokenizer): a setting to fix, not a server to wait
+        for."""
+        for endpoint in [endpoint for endpoint in self.endpoints if endpoint.out]:
             try:
-                response = await self._client.get(f"{endpoint.base_url}/v1/models", timeout=10.0)
+                response = await self._client.get(f"{endpoint.base_url}/v1/models", timeout=PROBE_TIMEOUT_S)
                 response.raise_for_status()
                 cards = response.json()["data"]
             except (httpx.HTTPError, KeyError, ValueError) as error:
-                problems.append(f"{endpoint.base_url}: {error or type(error).__name__}")
+                endpoint.problems = [*endpoint.problems[-4:], str(error) or type(error).__name__]
                 continue
-            for card in cards:
-                if not wanted or card["id"] == wanted:
-                    return card
-            problems.append(f"{endpoint.base_url} serves {[card['id'] for card in cards]}, not {wanted!r}")
-        raise EngineError("no OpenAI-compatible endpoint is usable: " + "; ".join(problems))
+            wanted = self._wanted_model or self.served_model
+            card = next((card for card in cards if not wanted or card["id"] == wanted), None)
+            if card is None:
+                problem = f"serves {[card['id'] for card in cards]}, not {wanted!r}"
+                endpoint.problems = [*endpoint.problems[-4:], problem]
+                raise EngineError(f"{endpoint.base_url} {problem}")
+            if not self.served_model:
+                await self._read_card(card, endpoint.base_url)
+            endpoint.out = False
+
+    async def _read_card(self, card: dict[str, Any], base_url: str) -> None:
+        """The served model's name, context length and tokenizer, from the first server's card (vLLM's has
+        ``root`` and ``max_model_len``)."""
+        from transformers import AutoTokenizer
+
+        max_model_len = self.max_model_len or int(card.get("max_model_len") or 0)
+        if not max_model_len:
+            raise EngineError(f"{base_url} does not report max_model_len; pass --max-model-len")
+        location = self._tokenizer_location or card.get("root") or card["id"]
+        try:
+            self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, location)
+        except (OSError, ValueError) as error:
+            raise EngineError(f"no tokenizer for {location!r} (the served model); pass --model with its hub id "
+                              f"or folder: {error}") from error
+        self.max_model_len = max_model_len
+        if self.model == "the served model":
+            self.model = card["id"]
+        self.served_model = card["id"]
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -145,17 +198,17 @@ class OpenAIEngine(Engine):
 
     async def _endpoint(self, tried: set[str]) -> Endpoint:
         """The least busy endpoint that is in and has room (one not yet tried for this request first), once
-        there is one; its slot is taken."""
+        there is one; its slot is taken. Raises ``EngineError`` with the reason when every endpoint is out."""
         while True:
-            now = time.monotonic()
-            room = [endpoint for endpoint in self.endpoints
-                    if endpoint.is_in(now) and endpoint.in_flight < self.max_in_flight]
+            if (problem := self.unavailable()) is not None:
+                raise EngineError(f"{problem}; retrying every {self.retry_every_s:g} s")
+            room = [endpoint for endpoint in self.endpoints if not endpoint.out
+                    and endpoint.in_flight < self.max_in_flight]
             if room:
                 endpoint = min(room, key=lambda endpoint: (endpoint.base_url in tried, endpoint.in_flight))
                 endpoint.in_flight += 1
                 return endpoint
-            back = min(endpoint.out_until for endpoint in self.endpoints)
-            await asyncio.sleep(max(WAIT_FOR_ROOM_S, back - now) if back > now else WAIT_FOR_ROOM_S)
+            await asyncio.sleep(WAIT_FOR_ROOM_S)
 
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         delivered_ids: list[int] = []
@@ -171,7 +224,6 @@ class OpenAIEngine(Engine):
                     yield chunk
                     if chunk.finish_reason is not None:
                         break
-                endpoint.succeeded()
                 return
             except _EndpointFailedError as error:
                 endpoint.failed(str(error))
@@ -253,6 +305,9 @@ class OpenAIEngine(Engine):
         return sum(endpoint.in_flight for endpoint in self.endpoints)
 
     async def _shutdown(self) -> None:
+        prober = getattr(self, "_prober", None)
+        if prober is not None:
+            prober.cancel()
         client = getattr(self, "_client", None)
         if client is not None:
             await client.aclose()

@@ -55,8 +55,13 @@ class VLLMEngine(Engine):
         }
         if on_gpu:
             arguments["gpu_memory_utilization"] = gpu_memory_utilization
+        from search.engines.lifeline import Lifeline
+
+        # vLLM's engine core and workers end with this process, even when it is killed (lifeline.py)
+        self._lifeline: Lifeline | None = Lifeline()
         try:
-            self._llm = self._on_loop(self._start(arguments))
+            with self._lifeline.adopting():
+                self._llm = self._on_loop(self._start(arguments))
         except Exception as error:
             self.close()
             raise EngineError(f"vLLM could not start {location}: {error}") from error
@@ -121,6 +126,10 @@ class VLLMEngine(Engine):
         if llm is not None:
             llm.shutdown()
             self._llm = None
+        lifeline = getattr(self, "_lifeline", None)
+        if lifeline is not None:
+            lifeline.close()
+            self._lifeline = None
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -253,9 +253,10 @@ class Reranker(ABC):
     def requests_per_query(self, candidates: int) -> int:
         """At most how many engine requests one query's stream keeps in flight."""
 
-    def fingerprint(self) -> dict[str, Any]:
+    @classmethod
+    def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:
         """The settings of this reranker's own (besides model and budget) that change its outputs, by their
-        ``RerankSettings`` names: what a batch must keep the same to resume."""
+        ``RerankSettings`` names: what a batch must keep the same to resume. Known before any engine starts."""
         return {}
 
     def describe(self) -> str:

@@ -153,8 +153,9 @@ class ReasonRankReranker(Reranker):
         return ListwiseRun(reranker=cls.name, query=query, instruction=instruction, candidates=candidates,
                            window_count=len(window_spans(len(candidates), settings.window, settings.step)))
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {"window": self.window, "step": self.step, "passage_tokens": self.settings.passage_tokens}
+    @classmethod
+    def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:
+        return {"window": settings.window, "step": settings.step, "passage_tokens": settings.passage_tokens}
 
     def describe(self) -> str:
         return f"{super().describe()}, windows of {self.window} (step {self.step})"

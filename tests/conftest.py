@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from servers import VLLMServer
 
 from search.engines.demo_model import ensure_demo_model
 from search.engines.vllm_engine import VLLMEngine
@@ -58,9 +59,18 @@ def _uses_vllm(item: pytest.Item) -> bool:
         callspec is not None and "vllm_engine" in callspec.params.values())
 
 
+PRELAUNCHED = {"servers": 2, "server": 1}
+"""vLLM servers that the module fixtures of these names take (test_batch.py, test_engines.py): launched as the
+session starts, when some collected test needs them, so that they load while the first modules run (each start
+waits mostly on imports, on one core; an idle vLLM server holds memory and no CPU)."""
+_prelaunch: dict[str, int] = {}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules with tests on in-process vLLM run one after another, so that it starts once;
-    ``vllm_engine`` is closed after the last of their tests."""
+    ``vllm_engine`` is closed after the last of their tests. Which vLLM servers to launch early."""
+    needed = {name for item in items for name in getattr(item, "fixturenames", ())}
+    _prelaunch.update({name: count for name, count in PRELAUNCHED.items() if name in needed})
     modules = list(dict.fromkeys(item.module for item in items if _uses_vllm(item)))
     if not modules:
         return
@@ -87,6 +97,22 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     if _last_vllm_test == [item.nodeid]:
         while _open_vllm:
             _open_vllm.pop().close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prelaunched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[VLLMServer]]]:
+    """The servers ``PRELAUNCHED`` names, launched now, each stopped by the fixture that takes it (or here)."""
+    launched: dict[str, list[VLLMServer]] = {}
+    if _prelaunch:
+        model, folder = ensure_demo_model(), tmp_path_factory.mktemp("prelaunched")
+        launched = {name: [VLLMServer(model, folder / f"{name}-{number}.log") for number in range(count)]
+                    for name, count in _prelaunch.items()}
+    try:
+        yield launched
+    finally:
+        for servers in launched.values():
+            for server in servers:
+                server.stop()
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,7 +39,7 @@ class VLLMServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}  # 23k tokens: plenty
         # float32, as our in-process engine runs on a CPU (a vLLM server takes the weights' bf16 by default)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                    "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--dtype", "float32",
@@ -80,12 +80,9 @@ class VLLMServer:
 
 
 @contextlib.contextmanager
-def vllm_servers(model: Path, log_dir: Path, count: int) -> Iterator[list[VLLMServer]]:
-    """``count`` servers started together, yielded once all are healthy."""
-    servers: list[VLLMServer] = []
+def healthy(servers: list[VLLMServer]) -> Iterator[list[VLLMServer]]:
+    """``servers`` (already launched) once all are healthy, stopped when the block ends."""
     try:
-        for number in range(count):
-            servers.append(VLLMServer(model, log_dir / f"vllm-{number}.log"))
         for server in servers:
             server.wait_healthy()
         yield servers
@@ -95,22 +92,12 @@ def vllm_servers(model: Path, log_dir: Path, count: int) -> Iterator[list[VLLMSe
 
 
 @contextlib.contextmanager
-def vllm_server(model: Path, log: Path) -> Iterator[str]:
-    """One server's base URL once it is healthy."""
-    server = VLLMServer(model, log)
-    try:
-        server.wait_healthy()
-        yield server.url
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
-                ) -> Iterator[tuple[str, subprocess.Popen]]:
+def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0,
+                launched: Callable[[], object] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override),
-    serving until the block ends; yields its URL and process. Unless the block killed it, the app is then sent
-    SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
+    serving until the block ends; yields its URL and process (``launched`` runs as soon as the process exists,
+    before it serves). Unless the block killed it, the app is then sent SIGTERM and must exit cleanly (status 0)
+    within ``STOP_TIMEOUT_S``."""
     port = port or free_port()
     command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
                "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
@@ -121,6 +108,8 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     try:
+        if launched is not None:
+            launched()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert process.poll() is None, f"app.py exited: see {log}"

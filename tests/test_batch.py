@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import write
 from scripted import ScriptedEngine, grading, reversing
-from servers import VLLMServer, finished_requests, running_requests, vllm_servers
+from servers import VLLMServer, finished_requests, healthy, running_requests
 from transformers import AutoTokenizer
 
 from search.batch import (
@@ -306,8 +306,9 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def servers(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
-    with vllm_servers(demo_model, tmp_path_factory.mktemp("servers"), 2) as started:
+def servers(prelaunched: dict[str, list[VLLMServer]]) -> Iterator[list[VLLMServer]]:
+    """Two servers, launched as the session started (conftest.PRELAUNCHED)."""
+    with healthy(prelaunched["servers"]) as started:
         yield started
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import CuttingProxy, free_port, running_requests, vllm_server
+from servers import CuttingProxy, VLLMServer, free_port, healthy, running_requests
 
 from search.corpus import Passage
 from search.engines.base import Engine, GenerationChunk, GenerationRequest
@@ -49,10 +49,16 @@ def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
     return (*found, synthetic("echo", ECHO, len(found) + 1))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def server(prelaunched: dict[str, list[VLLMServer]]) -> Iterator[VLLMServer]:
+    """Launched as the session started (conftest.PRELAUNCHED), stopped when this module is done."""
+    with healthy(prelaunched["server"]) as (server,):
+        yield server
+
+
 @pytest.fixture(scope="module")
-def server_url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with vllm_server(demo_model, tmp_path_factory.mktemp("server") / "vllm.log") as url:
-        yield url
+def server_url(server: VLLMServer) -> str:
+    return server.url
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ rerank once it is back. Real processes, a real vLLM server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from gradio_client import Client
@@ -19,6 +21,7 @@ from servers import VLLMServer, app_process, free_port
 
 from search.batch import BatchStore
 from search.batch.store import STATE_FILE
+from search.engines.lifeline import Lifeline
 from search.evaluation import retrieve_run, write_trec_run
 from search.retrieval.first_stage import FirstStage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
@@ -47,15 +50,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 300.0) -> None:
         time.sleep(0.2)
 
 
-def test_a_killed_app_takes_its_vllm_engine_processes_with_it(index_dir: Path, tmp_path: Path) -> None:
-    with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log", "--engine", "vllm") as (
-            _, app):
-        processes = tree(app.pid)
-        names = [process.name() for process in processes]
-        assert any(name.startswith("VLLM::EngineCore") for name in names), names
-        app.send_signal(signal.SIGKILL)
-        app.wait()
-    assert_gone_within(processes[1:], GONE_WITHIN_S)
+def test_a_lifeline_ends_what_it_adopted_once_its_pipe_closes() -> None:
+    lifeline = Lifeline()
+    with lifeline.adopting():
+        sleeper = subprocess.Popen(["sleep", "600"])
+    lifeline.close()  # as our death would close it
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    assert not psutil.pid_exists(lifeline.pid)  # the watchdog is gone too
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def run_file(first_stage: FirstStage, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def rerank_run(out: Path, run: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """rerank-run on the demo model (budget 16 unless ``extra`` says otherwise)."""
     command = [sys.executable, "-m", "search", "rerank-run", "--corpus", str(SAMPLE_CORPUS), "--run", str(run),
                "--out", str(out), "--model", "demo", "--top-k", "3", "--budget", "16", "--no-judgment-cache", *extra]
     with log.open("w") as output:
@@ -82,17 +84,28 @@ def judged(out: Path) -> int:
         store.close()
 
 
-def test_a_killed_rerank_run_takes_its_vllm_engine_processes_with_it(run_file: Path, tmp_path: Path) -> None:
+def test_killed_the_app_and_rerank_run_take_their_vllm_engine_processes_with_them(
+        index_dir: Path, run_file: Path, tmp_path: Path) -> None:
+    """Both started at once (each start waits mostly on imports, on one core), each SIGKILLed once its engine is
+    up; within GONE_WITHIN_S nothing of either tree is left."""
     log = tmp_path / "rerank-run.log"
-    batch = rerank_run(tmp_path / "out", run_file, log, "--engine", "vllm")
+    # one long judgment at a time: the batch is still at work when it is killed
+    batch = rerank_run(tmp_path / "out", run_file, log, "--engine", "vllm", "--budget", "1024", "--concurrency", "1")
     try:
+        with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log", "--engine", "vllm") as (
+                _, app):
+            app_tree = tree(app.pid)
+            names = [process.name() for process in app_tree]
+            assert any(name.startswith("VLLM::EngineCore") for name in names), names
+            app.send_signal(signal.SIGKILL)
+            app.wait()
         wait_for(lambda: batch.poll() is None and "reranking with" in log.read_text(errors="replace"))
-        processes = tree(batch.pid)
-        assert any(process.name().startswith("VLLM::EngineCore") for process in processes), log.read_text()[-3000:]
+        batch_tree = tree(batch.pid)
+        assert any(process.name().startswith("VLLM::EngineCore") for process in batch_tree), log.read_text()[-3000:]
     finally:
         batch.kill()
         batch.wait()
-    assert_gone_within(processes[1:], GONE_WITHIN_S)
+    assert_gone_within([*app_tree[1:], *batch_tree[1:]], GONE_WITHIN_S)
 
 
 def test_sigterm_stops_a_batch_cleanly_and_keeps_its_judgments(run_file: Path, tmp_path: Path) -> None:
@@ -122,24 +135,33 @@ def rerank_rows(client: Client) -> tuple[str, list[dict]]:
 
 def test_an_app_started_before_its_server_reranks_once_it_is_up_and_fails_fast_once_it_is_gone(
         demo_model: Path, index_dir: Path, tmp_path: Path) -> None:
+    """The server is launched just after the app, so that both load at once: the app serves within about 20 s,
+    vLLM's server takes over a minute, so the app asks first while nothing answers."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log", "--engine", "openai",
-                     "--endpoints", endpoint) as (url, _):
-        client = Client(url, verbose=False)
-        notice, rows = rerank_rows(client)
-        assert f"no server reachable: {endpoint}" in notice and "retrying every 2 s" in notice and not rows
-        server = VLLMServer(demo_model, tmp_path / "vllm.log", port=port)
-        try:
-            server.wait_healthy()
+    servers: list[VLLMServer] = []
+    try:
+        with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log", "--engine", "openai",
+                         "--endpoints", endpoint,
+                         launched=lambda: servers.append(VLLMServer(demo_model, tmp_path / "vllm.log", port=port))
+                         ) as (url, _):
+            with contextlib.suppress(httpx.HTTPError):
+                assert httpx.get(f"{endpoint}/health", timeout=2).status_code != 200, "the server beat the app"
+            assert "no server reachable" in httpx.get(f"{url}config", timeout=10).text  # the header's badge
+            client = Client(url, verbose=False)
+            notice, rows = rerank_rows(client)
+            assert f"no server reachable: {endpoint}" in notice and "retrying every 2 s" in notice and not rows
+            servers[0].wait_healthy()
             deadline = time.monotonic() + 10  # the app probes every 2 s
             while not (rows := rerank_rows(client)[1]) and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert len(rows) == 3 and all(row["status"] == "judged" for row in rows), rows
-        finally:
+            servers[0].kill()
+            started = time.monotonic()
+            _, rows = rerank_rows(client)
+            assert time.monotonic() - started < GONE_WITHIN_S
+            assert len(rows) == 3 and all(row["status"] == "failed" for row in rows), rows
+            assert all(endpoint in row["failure"] for row in rows), rows
+    finally:
+        for server in servers:
             server.kill()
-        started = time.monotonic()
-        _, rows = rerank_rows(client)
-        assert time.monotonic() - started < GONE_WITHIN_S
-        assert len(rows) == 3 and all(row["status"] == "failed" for row in rows), rows
-        assert all(endpoint in row["failure"] for row in rows), rows

@@ -50,8 +50,8 @@ def model_line(loaded: LoadedModel | None, problem: str = "") -> str:
     parts = [loaded.model.name or engine.model, engine.kind, engine.device or "remote"]
     badges = _badge("demo model: verdicts not meaningful", DEMO, warn=True) if loaded.model.is_demo else ""
     if (problem := engine.unavailable()) is not None:
-        badges += _badge("no server reachable", f"Reranking fails until a server answers: {problem}; retrying "
-                                                f"every {engine.retry_every_s:g} s.", warn=True)
+        badges += _badge("no server reachable", f"{problem}; retrying every {engine.retry_every_s:g} s. Reranking "
+                                                "works as soon as a server answers.", warn=True)
     measured = _badge("how scores are measured", MEASURED)
     return f'<span class="es-line">{escape(" · ".join(parts))}</span>{badges}{measured}'
 

@@ -18,7 +18,6 @@ from itertools import combinations
 
 import krippendorff
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from search.annotation.store import HumanJudgment, ModelJudgment
 
@@ -40,6 +39,8 @@ def cohen_kappa(first: Sequence[int], second: Sequence[int], *, weights: str | N
     undefined (fewer than two items, or both raters always giving one and the same label)."""
     if len(first) < 2:
         return None
+    from sklearn.metrics import cohen_kappa_score  # 2 s to import: only where agreement is measured
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value = float(cohen_kappa_score(first, second, weights=weights))
@@ -140,6 +141,8 @@ def model_agreement(judgments: Sequence[HumanJudgment], model: Mapping[Key, Mode
     else:
         human, machine = relevant, [int(p >= threshold) for p in probabilities]
         labels, weights = [0, 1], None
+    from sklearn.metrics import confusion_matrix
+
     matrix = confusion_matrix(human, machine, labels=labels) if pairs else np.zeros((2, 2), dtype=int)
     by_query: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for (item, _), said, saw in zip(pairs, human, machine, strict=True):

@@ -9,9 +9,9 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ir_measures import RR, R, nDCG
-from matplotlib.figure import Figure
 
 from search.annotation.agreement import cohen_kappa, krippendorff_alpha
 from search.batch.store import BatchStore
@@ -20,6 +20,9 @@ from search.evaluation import Comparison, compare, format_trec_run
 from search.evaluation import Run as TrecRun
 from search.rerank import RERANKERS, Run
 from search.retrieval.ranking import Candidate, Hit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RUN_FILE = "run.trec"
 TRACES_FILE = "traces.jsonl"
@@ -125,10 +128,17 @@ def comparison(view: BatchView, qrels: Qrels) -> Comparison | None:
     return compare(judged, before, view.reranked_run(), batch_measures(view.top_k))
 
 
+def _figure() -> Figure:
+    """An empty plot of the report's size; matplotlib is imported only here, as it slows every command's start."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(7, 3.2), layout="constrained")
+
+
 def gains_figure(result: Comparison, measure: str = GAIN_MEASURE) -> Figure:
     """Each query's change in ``measure``, sorted, one bar per query."""
     deltas = sorted(result.delta(measure, query_id) for query_id in result.per_query)
-    figure = Figure(figsize=(7, 3.2), layout="constrained")
+    figure = _figure()
     axes = figure.subplots()
     axes.bar(range(len(deltas)), deltas, color=["#2a9d8f" if delta >= 0 else "#e76f51" for delta in deltas])
     axes.axhline(0, color="black", linewidth=0.8)
@@ -158,7 +168,7 @@ def score_by_grade(view: BatchView, qrels: Qrels) -> dict[str, list[float]]:
 
 
 def score_figure(groups: dict[str, list[float]], score_name: str, reranker: str) -> Figure:
-    figure = Figure(figsize=(7, 3.2), layout="constrained")
+    figure = _figure()
     axes = figure.subplots()
     labels = list(groups)
     axes.boxplot([groups[label] for label in labels], tick_labels=[f"{label}\n(n={len(groups[label])})"

@@ -57,17 +57,17 @@ class Endpoint:
         self.problems = [*self.problems[-4:], problem]
 
 
-def api_key() -> str | None:
-    return next((os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)), None)
+def auth_headers() -> dict[str, str]:
+    key = next((os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)), None)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def served_model(endpoints: Sequence[str], wanted: str = "") -> str | None:
     """The model the first endpoint that answers serves (``wanted`` if it is among them), read without starting
     an engine; None when none answers."""
-    headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
     for url in endpoints:
         try:
-            response = httpx.get(f"{url.rstrip('/').removesuffix('/v1')}/v1/models", headers=headers,
+            response = httpx.get(f"{url.rstrip('/').removesuffix('/v1')}/v1/models", headers=auth_headers(),
                                  timeout=PROBE_TIMEOUT_S)
             response.raise_for_status()
             names = [card["id"] for card in response.json()["data"]]
@@ -102,14 +102,14 @@ class OpenAIEngine(Engine):
         self.max_in_flight = max_in_flight
         self.capacity = max_in_flight * len(self.endpoints)
         self.device = f"{len(self.endpoints)} endpoint{'s' if len(self.endpoints) > 1 else ''}"
-        headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
         self._wanted_model = served_model
         self._tokenizer_location = tokenizer_location
         self.served_model = ""
         self.model = model or served_model or "the served model"
         self.max_model_len = max_model_len
-        self._client: httpx.AsyncClient = self._on_loop(self._make_client(headers))
+        self._probes = 0
+        self._client: httpx.AsyncClient = self._on_loop(self._make_client(auth_headers()))
         try:
             self._on_loop(self._probe())
         except EngineError:
@@ -139,6 +139,13 @@ class OpenAIEngine(Engine):
 
         return asyncio.create_task(forever())
 
+    async def _next_probe(self) -> None:
+        """Until the background probe has asked every endpoint that is out once more."""
+        seen = self._probes
+        deadline = asyncio.get_running_loop().time() + PROBE_EVERY_S + PROBE_TIMEOUT_S * len(self.endpoints) + 1
+        while self._probes == seen and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
     async def _probe(self) -> None:
         """Ask every endpoint that is out for its models; take back in those that answer with the wanted model,
         and read the model's card from the first such answer. Raises ``EngineError`` when a server answers but
@@ -154,13 +161,16 @@ class OpenAIEngine(Engine):
                 continue
             wanted = self._wanted_model or self.served_model
             card = next((card for card in cards if not wanted or card["id"] == wanted), None)
-            if card is None:
-                problem = f"serves {[card['id'] for card in cards]}, not {wanted!r}"
-                endpoint.problems = [*endpoint.problems[-4:], problem]
-                raise EngineError(f"{endpoint.base_url} {problem}")
-            if not self.served_model:
-                await self._read_card(card, endpoint.base_url)
+            try:
+                if card is None:
+                    raise EngineError(f"{endpoint.base_url} serves {[card['id'] for card in cards]}, not {wanted!r}")
+                if not self.served_model:
+                    await self._read_card(card, endpoint.base_url)
+            except EngineError as error:
+                endpoint.problems = [*endpoint.problems[-4:], str(error)]
+                raise
             endpoint.out = False
+        self._probes += 1
 
     async def _read_card(self, card: dict[str, Any], base_url: str) -> None:
         """The served model's name, context length and tokenizer, from the first server's card (vLLM's has
@@ -198,8 +208,11 @@ class OpenAIEngine(Engine):
 
     async def _endpoint(self, tried: set[str]) -> Endpoint:
         """The least busy endpoint that is in and has room (one not yet tried for this request first), once
-        there is one; its slot is taken. Raises ``EngineError`` with the reason when every endpoint is out."""
+        there is one; its slot is taken. When every endpoint is out, waits for the next probe (a server that
+        hiccuped is back by then) and raises ``EngineError`` with the reason if none is back."""
         while True:
+            if self.unavailable() is not None:
+                await self._next_probe()
             if (problem := self.unavailable()) is not None:
                 raise EngineError(f"{problem}; retrying every {self.retry_every_s:g} s")
             room = [endpoint for endpoint in self.endpoints if not endpoint.out

@@ -64,6 +64,13 @@ def test_malformed_line_is_named_and_can_be_skipped(tmp_path: Path) -> None:
     assert corpus.problems[0].line == 2
 
 
+def test_a_control_character_is_named_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "docs.jsonl", '{"_id": "a", "text": "tab\there"}\n')
+    with pytest.raises(CorpusError) as error:
+        load(path)
+    assert f"{path}:1: malformed JSON: Invalid control character at column " in str(error.value)
+
+
 def test_each_kind_of_bad_record_is_reported_with_its_line(tmp_path: Path) -> None:
     lines = (
         jsonl({"_id": "a", "text": "fine"}, {"_id": "b"}, {"_id": "a", "text": "again"}, {"_id": "c", "text": 5},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,9 +26,19 @@ STOP_TIMEOUT_S = 30
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a port the kernel hands out (to a bind to port 0, as vLLM
+    does for its own processes, or to an outgoing connection) could be taken in the minute before the app or
+    server we give it to binds it (seen: "Cannot find empty port" while another vLLM started)."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral = int(ranges.read_text().split()[0]) if ranges.is_file() else 32768
+    while True:
+        port = random.randrange(10_000, ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class VLLMServer:

@@ -31,7 +31,9 @@ def expect_your_grades(page: Page, grades: list[str]) -> None:
 
 
 def open_annotate(page: Page, url: str) -> None:
-    page.goto(url)
+    # Not "load": once, on a busy machine, a restarted app's page did not reach it within 30 s; the locators
+    # below wait for what they need.
+    page.goto(url, wait_until="domcontentloaded")
     page.get_by_role("tab", name="Annotate").click()
 
 

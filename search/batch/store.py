@@ -170,7 +170,7 @@ class BatchStore:
         if stored is None or stored == spec:
             return
         same_cut = spec if stored.top_k == spec.top_k else dataclasses.replace(spec, inputs=digest_at(stored.top_k))
-        raise _other_batch(out, stored.differences(same_cut) or stored.differences(spec))
+        raise _other_batch(out, stored.differences(same_cut))
 
     @classmethod
     def read(cls, out: Path) -> BatchStore:

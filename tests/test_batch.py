@@ -14,13 +14,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import write
 from scripted import ScriptedEngine, grading, reversing
-from servers import VLLMServer, finished_requests, healthy, running_requests
+from servers import VLLMServer, finished_requests, running_requests
 from transformers import AutoTokenizer
 
 from search.batch import (
@@ -306,10 +305,11 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def servers(prelaunched: dict[str, list[VLLMServer]]) -> Iterator[list[VLLMServer]]:
-    """Two servers, launched as the session started (conftest.PRELAUNCHED)."""
-    with healthy(prelaunched["servers"]) as started:
-        yield started
+def servers(vllm_servers: list[VLLMServer]) -> list[VLLMServer]:
+    """The two shared servers (conftest), once both answer."""
+    for server in vllm_servers:
+        server.wait_healthy()
+    return vllm_servers
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,7 @@ def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
     assert "error: no server reachable: http://127.0.0.1:9: " in result.stderr
 
 
+@pytest.mark.vllm
 def test_rerank_on_vllm_keeps_standard_output_to_the_events(index_dir: Path, tmp_path: Path) -> None:
     """Also the path where vLLM spawns its engine process, which imports ``python -m search`` again; the engine
     is the automatic choice: no GPU here, and vLLM's CPU build installed."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import CuttingProxy, VLLMServer, free_port, healthy, running_requests
+from servers import CuttingProxy, VLLMServer, free_port, running_requests
 
 from search.corpus import Passage
 from search.engines.base import Engine, GenerationChunk, GenerationRequest
@@ -50,14 +50,14 @@ def candidates(first_stage: FirstStage) -> tuple[Candidate, ...]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def server(prelaunched: dict[str, list[VLLMServer]]) -> Iterator[VLLMServer]:
-    """Launched as the session started (conftest.PRELAUNCHED), stopped when this module is done."""
-    with healthy(prelaunched["server"]) as (server,):
-        yield server
+def server(vllm_servers: list[VLLMServer]) -> VLLMServer:
+    """The first of the shared servers, launched as this module starts, so that it loads beside in-process vLLM."""
+    return vllm_servers[0]
 
 
 @pytest.fixture(scope="module")
 def server_url(server: VLLMServer) -> str:
+    server.wait_healthy()
     return server.url
 
 

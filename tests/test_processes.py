@@ -84,6 +84,7 @@ def judged(out: Path) -> int:
         store.close()
 
 
+@pytest.mark.vllm
 def test_killed_the_app_and_rerank_run_take_their_vllm_engine_processes_with_them(
         index_dir: Path, run_file: Path, tmp_path: Path) -> None:
     """Both started at once (each start waits mostly on imports, on one core), each SIGKILLed once its engine is
@@ -133,6 +134,7 @@ def rerank_rows(client: Client) -> tuple[str, list[dict]]:
     return summary, rows
 
 
+@pytest.mark.vllm
 def test_an_app_started_before_its_server_reranks_once_it_is_up_and_fails_fast_once_it_is_gone(
         demo_model: Path, index_dir: Path, tmp_path: Path) -> None:
     """The server is launched just after the app, so that both load at once: the app serves within about 20 s,

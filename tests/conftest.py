@@ -77,24 +77,39 @@ def _vllm_rank(item: pytest.Item) -> int | None:
     return 2 if item.get_closest_marker("vllm") else None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Tests that start vLLM run in one xdist group, module by module in ``_vllm_rank`` order (so that module
     fixtures are set up once); every other module is a group of its own. The shared fixtures are stopped after
-    their last test."""
+    their last test. A wrapper, so that the groups are marked before pytest-xdist reads them, and checked after:
+    where xdist could not tag the tests with their group (a pytest it does not know), the tests that start vLLM
+    would run on every worker at once, so they fail before they start anything."""
     ranks: dict[object, int] = {}
     for item in items:
         rank = _vllm_rank(item)
         item.add_marker(pytest.mark.xdist_group(VLLM_GROUP if rank is not None else item.nodeid.split("::")[0]))
         if rank is not None:
             ranks[item.module] = min(rank, ranks.get(item.module, rank))
-    if not ranks:
-        return
-    modules = sorted(ranks, key=ranks.__getitem__)  # stable: in collection order within a rank
-    together = [item for module in modules for item in items if item.module is module]
-    first = min(items.index(item) for item in together)
-    items[first:] = [*together, *(item for item in items[first:] if item.module not in ranks)]
-    _last_user.update({name: item for item in items for name in _shared_vllm(item)})
+    if ranks:
+        modules = sorted(ranks, key=ranks.__getitem__)  # stable: in collection order within a rank
+        together = [item for module in modules for item in items if item.module is module]
+        first = min(items.index(item) for item in together)
+        items[first:] = [*together, *(item for item in items[first:] if item.module not in ranks)]
+        _last_user.update({name: item for item in items for name in _shared_vllm(item)})
+    yield
+    ungrouped = [item for item in items if _vllm_rank(item) is not None and not item.nodeid.endswith(f"@{VLLM_GROUP}")]
+    if getattr(config.option, "loadgroup", False):
+        _ungrouped.update(ungrouped)
+
+
+_ungrouped: set[pytest.Item] = set()
+UNGROUPED = ("pytest-xdist did not put the tests that start vLLM in one group (pytest-dev/pytest-xdist#1386), so they"
+             " would load vLLM on every worker at once: install pytest<9.2 (`make test` does) or use TEST_WORKERS=0")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item in _ungrouped:
+        pytest.fail(UNGROUPED, pytrace=False)
 
 
 def pytest_runtest_teardown(item: pytest.Item) -> None:

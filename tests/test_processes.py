@@ -59,6 +59,27 @@ def test_a_lifeline_ends_what_it_adopted_once_its_pipe_closes() -> None:
     assert not psutil.pid_exists(lifeline.pid)  # the watchdog is gone too
 
 
+def test_a_lifeline_leaves_alone_what_was_running_before_it_and_what_that_starts() -> None:
+    """Another engine, a server, any subprocess started before the engine's lifeline is not the engine's, nor is
+    what it starts while the engine loads (seen: in-process vLLM, closed, ended the engine core of a vLLM server
+    that had been loading beside it)."""
+    elder = subprocess.Popen([sys.executable, "-c", "import subprocess, time; time.sleep(1); "
+                              "subprocess.Popen(['sleep', '600']); time.sleep(600)"])
+    try:
+        lifeline = Lifeline()
+        with lifeline.adopting(every_s=0.1):
+            own = subprocess.Popen(["sleep", "600"])
+            wait_for(lambda: bool(psutil.Process(elder.pid).children()), 30)
+        elders_child = psutil.Process(elder.pid).children()[0]
+        lifeline.close()
+        assert own.wait(timeout=10) == -signal.SIGTERM
+        assert elder.poll() is None and elders_child.status() != psutil.STATUS_ZOMBIE  # not ended: unreaped
+    finally:
+        for process in tree(elder.pid)[::-1]:
+            process.kill()
+        elder.wait()
+
+
 @pytest.fixture(scope="module")
 def run_file(first_stage: FirstStage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("run") / "bm25.trec"

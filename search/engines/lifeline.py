@@ -36,25 +36,33 @@ class Lifeline:
     down the normal way."""
 
     def __init__(self) -> None:
-        known = descendant_ids()
+        others = descendant_ids()
         # Its own session, so that a signal to our process group (Ctrl-C in a terminal) leaves it to do its job.
         self._watchdog = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, text=True,
                                           stdout=subprocess.DEVNULL, start_new_session=True)
-        self._known = known | {self._watchdog.pid}
+        self._others = others | {self._watchdog.pid}
+        self._adopted: set[int] = set()
 
     @property
     def pid(self) -> int:
         return self._watchdog.pid
 
     def adopt(self) -> None:
-        """Hand the watchdog every descendant of ours it does not know yet."""
+        """Hand the watchdog every new descendant of ours that is not descended from a process that was already
+        running when the lifeline started (another engine, a server, any subprocess: theirs, not the engine's)."""
         pipe = self._watchdog.stdin
         assert pipe is not None
-        for process in psutil.Process().children(recursive=True):
-            if process.pid not in self._known:
-                self._known.add(process.pid)
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    pipe.write(f"{process.pid} {process.create_time()!r}\n")
+        ours = psutil.Process().pid
+        for process in psutil.Process().children(recursive=True):  # parents before their children
+            if process.pid in self._others or process.pid in self._adopted:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                parent = process.ppid()
+                if parent != ours and parent not in self._adopted:
+                    self._others.add(process.pid)
+                    continue
+                self._adopted.add(process.pid)
+                pipe.write(f"{process.pid} {process.create_time()!r}\n")
         pipe.flush()
 
     @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shoot, write
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Page, expect
 
 from search.batch import BatchSpec, BatchStore, load_batch
 from search.corpus import Corpus, Document
@@ -53,11 +53,10 @@ def page_url(batch: BatchStore, library: CorpusLibrary) -> Iterator[str]:
     app.close()
 
 
-def test_the_report_of_a_running_batch_follows_it_to_the_end(browser: Browser, page_url: str,
+def test_the_report_of_a_running_batch_follows_it_to_the_end(page: Page, page_url: str,
                                                              batch: BatchStore) -> None:
     batch.record("q1", judged("a", 0.2))
     batch.record("q1", judged("b", 0.9))
-    page = browser.new_page()
     page.goto(page_url)
     page.get_by_role("tab", name="Evaluation").click()
     page.locator("#evaluation-batch input").click()
@@ -79,15 +78,13 @@ def test_the_report_of_a_running_batch_follows_it_to_the_end(browser: Browser, p
     expect(page.locator("#evaluation-by-grade img")).to_be_visible()
     assert page.evaluate("window.hacked") is None
     shoot(page, "evaluation-tab")
-    page.close()
 
 
-def test_with_no_batch_the_tab_says_what_it_shows_and_how_to_make_one(browser: Browser, library: CorpusLibrary,
+def test_with_no_batch_the_tab_says_what_it_shows_and_how_to_make_one(page: Page, library: CorpusLibrary,
                                                                        tmp_path: Path) -> None:
     app = build_app(library, batches=tmp_path / "batches")
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url)
         page.get_by_role("tab", name="Evaluation").click()
         status = page.locator("#evaluation-status")
@@ -97,6 +94,5 @@ def test_with_no_batch_the_tab_says_what_it_shows_and_how_to_make_one(browser: B
         for empty in ("metrics", "gains", "by-grade", "per-query"):  # no empty tables or plot frames
             expect(page.locator(f"#evaluation-{empty}")).to_be_hidden()
         shoot(page, "evaluation-empty")
-        page.close()
     finally:
         app.close()

@@ -144,8 +144,8 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
 
 
 def test_a_blind_project_with_the_assessor_shows_its_grades_only_after_yours(
-        browser: Browser, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page: Page, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
+    page.set_viewport_size({"width": 1280, "height": 1600})
     with app_process(tmp_path / "annotations.sqlite3", index_dir, tmp_path / "app.log") as (url, _):
         open_annotate(page, url)
         page.get_by_label("Annotator (your name)").fill("ada")

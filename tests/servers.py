@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -91,12 +91,11 @@ class VLLMServer:
 
 
 @contextlib.contextmanager
-def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0,
-                launched: Callable[[], object] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
+                ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override),
-    serving until the block ends; yields its URL and process (``launched`` runs as soon as the process exists,
-    before it serves). Unless the block killed it, the app is then sent SIGTERM and must exit cleanly (status 0)
-    within ``STOP_TIMEOUT_S``."""
+    serving until the block ends; yields its URL and process. Unless the block killed it, the app is then sent
+    SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
     port = port or free_port()
     command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
                "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
@@ -107,8 +106,6 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     try:
-        if launched is not None:
-            launched()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert process.poll() is None, f"app.py exited: see {log}"

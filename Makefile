@@ -62,12 +62,15 @@ quality: setup
 
 ## Speed and memory figures quoted in docs/benchmarks.md.
 benchmarks: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bm25_engines.py $(DATASET)
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)
 	$(BIN)/python benchmarks/rerank.py
 	$(BIN)/python benchmarks/annotation.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/cpu_dtype.py
+	$(BIN)/python benchmarks/evidence.py
+	$(BIN)/python benchmarks/evidence.py --splitters
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

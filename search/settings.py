@@ -172,6 +172,8 @@ class RerankSettings:
     window: int = _setting(20, "reasonrank: passages per window")
     step: int = _setting(10, "reasonrank: how far each window slides (back of the list to the front)")
     passage_tokens: int = _setting(512, "reasonrank: each passage cut to its first this many tokens")
+    evidence: bool = _setting(False, "rank1 and assessor: after each judgment, measure which passage sentences it "
+                                     "rests on (one re-score per sentence) and check the reasoning's faithfulness")
     judgment_cache: bool = _setting(True, "keep judgments on disk and replay them for repeated queries")
     judgment_cache_path: Path = _setting(cache_home() / "judgments.sqlite3", "SQLite file of cached judgments")
 

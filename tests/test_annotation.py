@@ -13,12 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from search.annotation.agreement import REFERENCE, annotator_agreement, model_agreement, reference_judgments
+from search.annotation.agreement import (
+    REFERENCE,
+    annotator_agreement,
+    evidence_overlap,
+    model_agreement,
+    reference_judgments,
+    token_f1,
+)
 from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
 from search.annotation.store import (
     AnnotationError,
     AnnotationStore,
+    EvidenceSentence,
     HumanJudgment,
+    ModelEvidence,
     ModelJudgment,
     Position,
     Project,
@@ -26,7 +35,17 @@ from search.annotation.store import (
     StoredCandidate,
 )
 from search.annotation.workbench import Workbench, rerank_candidate
-from search.rerank.events import Failed, Graded, Judged, Reasoning
+from search.evidence import split_sentences
+from search.rerank.events import (
+    Evidence,
+    EvidenceCost,
+    Failed,
+    Faithfulness,
+    Graded,
+    Judged,
+    Reasoning,
+    SentenceEffect,
+)
 from search.retrieval.ranking import Candidate
 from ui.annotation_cards import render_document, render_list, render_model, render_progress
 
@@ -402,3 +421,47 @@ def test_moving_on_keeps_a_changed_note_and_refuses_to_drop_an_unsaved_one(tmp_p
     assert (kept.grade, kept.note, kept.span) == (1, "added later", Span(start=0, end=5))
     bench.keep(note="added later", span=Span(start=0, end=5))
     assert len(store.history("p", "ann", "q1", kept.doc_id)) == 2  # unchanged: nothing written
+
+
+def evidence_event(doc_id: str, title: str, text: str, deltas: list[float]) -> Evidence:
+    """Evidence as the reranker gives it: over title, space, text, the title a sentence of its own."""
+    contents = f"{title} {text}"
+    spans = split_sentences(contents, title=title)
+    return Evidence(reranker="rank1", doc_id=doc_id, passage=contents, method="ablation", score=0.5,
+                    sentences=tuple(SentenceEffect(start=span.start, end=span.end, delta=delta, text=span.text)
+                                    for span, delta in zip(spans, deltas, strict=True)),
+                    quotes=(), faithfulness=Faithfulness(top_removed=0.2, random_removed=0.4, sentences_removed=1,
+                                                         supported=True),
+                    cost=EvidenceCost(requests=4, prefill_tokens=100, cached_tokens=0, seconds=0.1))
+
+
+def test_the_model_s_evidence_is_kept_in_the_passage_s_offsets_and_taken_as_a_span(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="p", corpus="sample", depth=2), QUERIES)
+    text = "Moons orbit planets. Venus has none. Mars has two."
+    stored = StoredCandidate(query_id="", doc_id="m1", rank=1, passage_id="p", title="Moons", passage=text)
+    bench = Workbench.open(store, "p", "ann", lambda corpus, query, depth: [rerank_candidate(stored)])
+    # The title, then the three sentences: the second supports the score most, the third counts against it.
+    bench.apply("q1", evidence_event("m1", "Moons", text, [0.3, 0.05, 0.4, -0.2]))
+    kept = bench.model_evidence()["m1"]
+    assert [(text[item.start:item.end], item.delta) for item in kept.sentences] == [
+        ("Moons orbit planets.", 0.05), ("Venus has none.", 0.4), ("Mars has two.", -0.2)]  # the title is left out
+    assert kept.span == Span(start=21, end=36) and text[21:36] == "Venus has none."
+    assert AnnotationStore(tmp_path / "annotations.sqlite3").model_evidence("p") == {("q1", "m1"): kept}
+    bench.apply("q1", evidence_event("m1", "Moons", text, [0.3, -0.1, 0.0, -0.2]))
+    assert bench.model_evidence()["m1"].span is None  # nothing supports the score: no span to take
+    panel = render_model(bench)
+    assert "no sentence of the passage supports" in panel
+
+
+def test_evidence_overlap_is_token_f1_per_annotator_and_per_query() -> None:
+    passage = "alpha beta gamma delta"
+    model = ModelEvidence(query_id="q1", doc_id="d1", model="m",
+                          sentences=(EvidenceSentence(start=11, end=22, delta=0.3),))  # gamma delta
+    judgments = [human("ann", "q1", "d1", 2, span=Span(start=6, end=16)),  # beta gamma: F1 = 2·1 / (2 + 2)
+                 human("bob", "q1", "d1", 1, span=Span(start=11, end=22)),  # the same words: 1
+                 human("cy", "q1", "d1", 1)]  # no span: not counted
+    by_annotator, by_query = evidence_overlap(judgments, {("q1", "d1"): model}, {("q1", "d1"): passage})
+    assert [(item.who, item.documents, item.f1) for item in by_annotator] == [("ann", 1, 0.5), ("bob", 1, 1.0)]
+    assert [(item.who, item.documents, item.f1) for item in by_query] == [("q1", 2, 0.75)]
+    assert token_f1(passage, Span(start=0, end=5), Span(start=17, end=22)) == 0.0

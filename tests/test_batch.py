@@ -39,7 +39,7 @@ from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.engines.openai_engine import spanning_stop
 from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
 from search.rerank.assessor import AssessorReranker
-from search.rerank.events import Judged
+from search.rerank.events import Evidence, Judged
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
 from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
@@ -175,6 +175,41 @@ def test_a_batch_resumes_retries_failures_and_replays_what_it_had_not_recorded(
                                 lambda top_k: load_batch(corpus, queries, run, top_k).digest())
     assert "(top_k: 3 → 2; budget: 8 → 16)" in str(refused.value)
     BatchStore.refuse_other(out, spec_of(inputs), lambda top_k: load_batch(corpus, queries, run, top_k).digest())
+
+
+def test_a_batch_with_evidence_keeps_it_beside_each_judgment_and_resumes_without_redoing_either(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], verdict: VerdictTokens, demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    out = tmp_path / "out"
+    settings = RerankSettings(evidence=True)
+    spec = spec_of(inputs, options=Rank1Reranker.fingerprint(settings))
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+
+    def explain(store: BatchStore, engine: ScriptedEngine) -> None:
+        reranker = Rank1Reranker(engine, model_key="scripted", budget=8, settings=settings,
+                                 cache=store.judgment_cache())
+        asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
+
+    store = BatchStore.open(out, spec, inputs, sources={"run": str(run)})
+    explain(store, ScriptedEngine(tokenizer, Judge(verdict)))
+    events = [item.event for item in store.kept()]
+    pairs = {(query, doc) for query in ("q1", "q2", "q3") for doc in ("d1", "d2-good", "d3")}
+    kept_by_query = store.kept_by_query()
+    assert {(query, event.doc_id) for query, found in kept_by_query.items() for event in found
+            if isinstance(event, Judged)} == pairs
+    assert {(query, event.doc_id) for query, found in kept_by_query.items() for event in found
+            if isinstance(event, Evidence)} == pairs  # kept beside its judgment, not in its place
+    assert len(events) == 18
+    again = ScriptedEngine(tokenizer, Judge(verdict))
+    explain(store, again)
+    assert again.requests == []  # nothing judged or explained twice
+    view = view_batch(store)
+    rows = [row for query in view.queries for row in query.run.rows()]
+    assert len(rows) == 9 and all(row["evidence"]["passage"] == f"Title {row['doc_id']} text of {row['doc_id']}"
+                                  for row in rows)
+    with pytest.raises(BatchStoreError, match=r"evidence: True → None"):
+        BatchStore.open(out, spec_of(inputs), inputs, sources={})
 
 
 def test_the_report_measures_before_and_after_and_writes_every_output(

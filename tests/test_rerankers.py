@@ -152,7 +152,7 @@ def check_exports_parse(name: str, run: Run, candidates: tuple[Candidate, ...], 
 
 def test_every_reranker_is_registered_once_with_distinct_event_tags() -> None:
     assert set(RERANKERS) == set(typing.get_args(RerankerName)) == set(SCRIPTS)
-    assert len({cls.type for cls in EVENT_TYPES.values()}) == len(EVENT_TYPES) == 9
+    assert len({cls.type for cls in EVENT_TYPES.values()}) == len(EVENT_TYPES) == 10
     assert all(cls.defaults.budget < cls.defaults.max_model_len for cls in RERANKERS.values())
 
 

@@ -18,7 +18,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from search.annotation.agreement import REFERENCE, annotator_agreement, model_agreement, reference_judgments
+from search.annotation.agreement import (
+    REFERENCE,
+    annotator_agreement,
+    evidence_overlap,
+    model_agreement,
+    reference_judgments,
+)
 from search.annotation.exchange import import_jsonl, jsonl_text, qrels_text
 from search.annotation.store import (
     DEFAULT_GRADES,
@@ -303,7 +309,13 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                                               relevant_from=int(relevant_from))
             summary += (f" The model vs the existing qrels on {model_reference.items} documents: Cohen's kappa "
                         f"{_format_kappa(model_reference.kappa)}.")
-        return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query
+        passages = {(item.query_id, item.doc_id): item.passage for item in store.candidates(project)}
+        overlap_by_annotator, overlap_by_query = evidence_overlap(judgments, store.model_evidence(project), passages)
+        overlap = pd.DataFrame([{"annotator or query": f"{kind}: {item.who}", "documents": item.documents,
+                                 "token F1": round(item.f1, 3)}
+                                for kind, rows in (("annotator", overlap_by_annotator), ("query", overlap_by_query))
+                                for item in rows], columns=["annotator or query", "documents", "token F1"])
+        return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query, overlap
 
     exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
 
@@ -384,6 +396,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                     with gr.Column(scale=1, min_width=160):
                         span_button = gr.Button("Mark selected text as evidence (s)", elem_id="annotate-span",
                                                 size="sm")
+                        take_button = gr.Button("Take the model's evidence (e)", elem_id="annotate-take",
+                                                size="sm")
                         save_button = gr.Button("Save note and evidence", size="sm")
             with gr.Column(scale=2):
                 model_panel = gr.HTML()
@@ -408,6 +422,9 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                 pairs = gr.Dataframe(label="Between annotators: Cohen's kappa per pair", interactive=False,
                                      elem_id="annotate-pairs")
                 alpha_by_query = gr.Dataframe(label="Between annotators, per query", interactive=False)
+            overlap = gr.Dataframe(label="Evidence: annotators' spans vs the model's evidence (its strongest "
+                                         "supporting sentence), token-level F1", interactive=False,
+                                   elem_id="annotate-overlap")
         with gr.Accordion("Export", open=False):
             export_button = gr.Button("Export my qrels and the project's JSONL", size="sm")
             files = gr.File(label="Annotation exports", file_count="multiple", interactive=False)
@@ -455,6 +472,15 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         button.click(grade, inputs=fields, outputs=shown, **edits)
     clear_button.click(edit(lambda bench: bench.clear()), outputs=shown, **edits)
 
+    def take_model_evidence(note: str, request: gr.Request) -> tuple:
+        """The model's evidence (its strongest supporting sentence) as the annotator's evidence span."""
+        bench = bench_of(request)
+        evidence = bench.model_evidence().get(bench.doc_id) if bench.shows_model(bench.doc_id) else None
+        span = evidence.span if evidence is not None else None
+        if span is None:
+            raise gr.Error("The model has no evidence for this document (yet).")
+        return mark(note, span.start, span.end, request)
+
     def save(note: str, start: float, end: float, request: gr.Request) -> tuple:
         return edit(lambda bench: bench.annotate(note=note, span=pending_span(start, end)))(request)
 
@@ -469,6 +495,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         return (*views(bench, span)[:2], note, span.start, span.end)
 
     save_button.click(save, inputs=fields, outputs=shown, **edits)
+    take_button.click(take_model_evidence, inputs=note, outputs=shown, **edits)
     span_button.click(None, inputs=[span_start, span_end], outputs=[span_start, span_end], js=SELECTION_JS).then(
         mark, inputs=fields, outputs=shown, **edits)
 
@@ -482,7 +509,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
           api_visibility="private")
     agreement_button.click(agreement, inputs=[threshold, relevant_from],
                            outputs=[agreement_summary, confusion, per_query, by_grade, calibration, pairs,
-                                    alpha_by_query], api_visibility="private")
+                                    alpha_by_query, overlap], api_visibility="private")
     export_button.click(export, outputs=files, api_visibility="private")
     gr.api(judge_api, api_name="judge", concurrency_id=EDITS, concurrency_limit=1)
 

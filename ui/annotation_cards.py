@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from html import escape
 
-from search.annotation.store import HumanJudgment, ModelJudgment, Span, StoredCandidate
+from search.annotation.store import HumanJudgment, ModelEvidence, ModelJudgment, Span, StoredCandidate
 from search.annotation.workbench import FILTERS, Workbench
 
 ANNOTATION_CSS = """
@@ -18,8 +18,10 @@ ANNOTATION_CSS = """
 .es-list tr.es-current { background: var(--background-fill-secondary); font-weight: 600; }
 .es-grade { font-family: var(--font-mono); }
 .es-disagree { color: #cf222e; }
-.es-keys kbd { border: 1px solid var(--border-color-primary); border-radius: 3px; padding: 0 4px;
-               font-family: var(--font-mono); }
+.es-model-evidence { margin: 4px 0; padding: 4px 6px; border-left: 3px solid rgb(33, 102, 172);
+                     background: rgba(33, 102, 172, 0.12); }
+.es-model-evidence kbd, .es-keys kbd { border: 1px solid var(--border-color-primary); border-radius: 3px;
+                                       padding: 0 4px; font-family: var(--font-mono); }
 """
 
 # Run on page load: the workbench's keys. They act only while the Annotate tab shows the workbench and the
@@ -30,7 +32,7 @@ KEYS_JS = """
   const click = (id) => { const button = document.getElementById(id); if (button) button.click(); };
   const keys = {j: "annotate-next-doc", ArrowDown: "annotate-next-doc", k: "annotate-prev-doc",
                 ArrowUp: "annotate-prev-doc", n: "annotate-next-query", p: "annotate-prev-query",
-                x: "annotate-clear", s: "annotate-span"};
+                x: "annotate-clear", s: "annotate-span", e: "annotate-take"};
   document.addEventListener("keydown", (event) => {
     const bench = document.getElementById("annotate-workbench");
     if (!bench || bench.offsetParent === null || event.ctrlKey || event.metaKey || event.altKey) return;
@@ -124,9 +126,26 @@ def render_model(bench: Workbench | None) -> str:
     reasoning = judgment.reasoning if judgment is not None else (live or "")
     p_relevant = judgment.p_relevant(bench.relevant_from) if judgment is not None else None
     percent = f"{p_relevant * 100:.1f}" if p_relevant is not None else "0"
+    evidence = bench.model_evidence().get(bench.doc_id)
+    candidate = bench.current()
     return (f"{circular}<div>{name}: {_model_summary(judgment, live)}</div>"
             f'<div class="es-bar" title="measured probability of relevance {percent}%">'
-            f'<div style="width: {percent}%"></div></div><div class="es-trace">{escape(reasoning)}</div>')
+            f'<div style="width: {percent}%"></div></div>'
+            f"{_model_evidence(evidence, candidate, judgment) if evidence and candidate else ''}"
+            f'<div class="es-trace">{escape(reasoning)}</div>')
+
+
+def _model_evidence(evidence: ModelEvidence, candidate: StoredCandidate, judgment: ModelJudgment | None) -> str:
+    """The sentence of the passage the model's score rests on most, measured, and the key that takes it."""
+    best = evidence.strongest
+    if best is None:
+        return ('<div class="es-model-evidence">Evidence: no sentence of the passage supports the model\'s score '
+                "(removing any one does not lower it).</div>")
+    graded = judgment is not None and judgment.graded
+    name, factor = ("expected grade", 3.0) if graded else ("P(true)", 1.0)
+    return (f'<div class="es-model-evidence">Evidence: <q>{escape(candidate.passage[best.start:best.end])}</q> '
+            f"(without it {name} drops by {best.delta * factor:.2f}) · <kbd>e</kbd> takes it as your evidence"
+            "</div>")
 
 
 def render_list(bench: Workbench | None) -> str:
@@ -175,4 +194,5 @@ def render_progress(bench: Workbench | None) -> str:
             f"{judged} of {candidates} in the {opened} queries opened</div>"
             '<div class="es-keys">Keys: <kbd>0</kbd>–<kbd>9</kbd> grade and go on · <kbd>j</kbd>/<kbd>k</kbd> '
             "next/previous document · <kbd>n</kbd>/<kbd>p</kbd> next/previous query · <kbd>s</kbd> mark the "
-            "selected passage text as evidence · <kbd>x</kbd> clear my grade</div>")
+            "selected passage text as evidence · <kbd>e</kbd> take the model's evidence · <kbd>x</kbd> clear my "
+            "grade</div>")

@@ -22,6 +22,7 @@ from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
 from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
+from search.evidence import evidence_by_default
 from search.models import REGISTRY
 from search.pipeline import LoadedModel, open_model, open_reranker
 from search.rerank import RERANKERS, Reranker, Run
@@ -31,6 +32,7 @@ from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.evaluate import build_evaluate_tab
+from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
 from ui.renderers import RENDERERS
 from ui.results import CSS as RESULTS_CSS
@@ -42,8 +44,12 @@ MAX_CANDIDATES = 50
 MAX_RESULTS = 1000
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
+EVIDENCE_LABEL = "Evidence: which passage sentences each verdict rests on"
+EVIDENCE_INFO = ("rank1 and the assessor: after each judgment, the verdict is re-scored with each sentence removed "
+                 "(the reasoning held fixed). On by default with vLLM on a GPU and with OpenAI-compatible servers; "
+                 "on a CPU it adds about as much time as the judgments took (docs/benchmarks.md).")
 MAX_PROBLEMS_LISTED = 10
-CSS = RESULTS_CSS + CARDS_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS
+CSS = RESULTS_CSS + CARDS_CSS + EVIDENCE_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS
 COUNTER_JS = f"""
 () => {{
   const limit = {MAX_QUERY_CHARS}, n = (value) => value.toLocaleString("en");
@@ -145,7 +151,14 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         loaded = models.get(key)
         return settings.rerank.budget or (loaded.model.budget if loaded else 0) or RERANKERS[kind].defaults.budget
 
-    def reranker_for(key: str, kind: RerankerName, budget: int | None = None) -> Reranker | None:
+    def evidence_default(key: str) -> bool:
+        """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""
+        loaded = models.get(key)
+        return settings.rerank.evidence or (loaded is not None and evidence_by_default(loaded.engine.kind,
+                                                                                       loaded.engine.device))
+
+    def reranker_for(key: str, kind: RerankerName, budget: int | None = None, evidence: bool | None = None
+                     ) -> Reranker | None:
         """The reranker ``kind`` on the session's model ``key`` (None when no model is loaded)."""
         loaded = models.get(key)
         if loaded is None:
@@ -153,7 +166,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         if (waiting := loaded.engine.waiting()) is not None:
             raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
                               "as a server answers")
-        chosen = dataclasses.replace(settings.rerank, reranker=kind, budget=budget or settings.rerank.budget)
+        chosen = dataclasses.replace(settings.rerank, reranker=kind, budget=budget or settings.rerank.budget,
+                                     evidence=settings.rerank.evidence if evidence is None else evidence)
         return open_reranker(chosen, loaded)
 
     def header_now(key: str) -> str:
@@ -213,7 +227,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         return (*corpus_choices(library.names()[0]), render_notice(f"Removed {name}."))
 
     async def load_model(name: str, engine: str, kind: RerankerName, progress: gr.Progress = gr.Progress()  # noqa: B008
-                         ) -> tuple[Any, Any, str, Any]:
+                         ) -> tuple[Any, Any, str, Any, Any]:
         key = f"{name} · {engine}"
         if key not in models:
             progress(0, desc=f"starting {engine} with {name}")
@@ -222,11 +236,11 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 models[key] = await asyncio.to_thread(open_model, serving, kind)
             except (EngineError, DemoModelError) as error:
                 return (gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}"),
-                        gr.skip())
+                        gr.skip(), gr.skip())
         loaded = models[key]
         demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
         return (key, budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
-                render_header(loaded))
+                render_header(loaded), evidence_default(key))
 
     # The run each session shows. Stop and a new query replace it, and a replaced run ends at its next event:
     # Gradio's cancel alone has been seen to miss a run that had only just started.
@@ -239,7 +253,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
                      reranked: bool, corpus_name: str, kind: RerankerName = "rank1", key: str = default_key,
-                     request: gr.Request | None = None
+                     evidence: bool = False, request: gr.Request | None = None
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         problem = (_validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
@@ -252,7 +266,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             return
         try:
             found = library.get(corpus_name).search(query, int(candidates), method).candidates
-            reranker = reranker_for(key, kind, int(budget))
+            reranker = reranker_for(key, kind, int(budget), evidence)
         except (EngineError, UploadError) as error:
             yield render_notice(str(error)), "", None, []
             return
@@ -325,6 +339,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 reranker_kind = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items()],
                                          value=settings.rerank.reranker, label="Reranker")
                 sort_reranked = gr.Checkbox(value=True, label="Sort by the reranker (off: first-stage order)")
+                evidence = gr.Checkbox(value=evidence_default(default_key), label=EVIDENCE_LABEL,
+                                       info=EVIDENCE_INFO)
             with gr.Accordion("Model", open=False):
                 current = default_key.split(" · ") if default_key else ["demo", "transformers"]
                 model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
@@ -375,10 +391,10 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         app.load(header_now, inputs=selected, outputs=header, api_visibility="private")
 
         load_button.click(load_model, inputs=[model_name, engine_kind, reranker_kind],
-                          outputs=[selected, budget, model_status, header], api_visibility="private")
+                          outputs=[selected, budget, model_status, header, evidence], api_visibility="private")
         reranker_kind.change(budget_of, inputs=[reranker_kind, selected], outputs=budget, api_visibility="private")
         run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked, corpus_name,
-                                          reranker_kind, selected],
+                                          reranker_kind, selected, evidence],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
                           concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
         # A new query starts the next run at once; the run it replaces ends at its next event (current_runs).
@@ -393,8 +409,10 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         export_button.click(export, inputs=shown_run, outputs=files)
         if annotations is not None and remembered is not None:
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
-                context = AnnotationContext(store=annotations, library=library, reranker_for=reranker_for,
-                                            top_k=settings.rerank.top_k)
+                # The workbench's model gives evidence where the page would by default.
+                context = AnnotationContext(store=annotations, library=library, top_k=settings.rerank.top_k,
+                                            reranker_for=lambda key, kind: reranker_for(
+                                                key, kind, evidence=evidence_default(key)))
                 build_annotate_tab(app, context, selected, reranker_kind, remembered, auth=auth,
                                    concurrency=concurrency)
         if batches is not None:

@@ -1,6 +1,8 @@
 """Escaped HTML for a pointwise rerank run: one compact card per candidate that shows, without being opened, its
 state, the latest lines of its reasoning as they stream, and a two-line passage excerpt with the query's terms
-marked; rank1's verdict and P(true), or the assessor's grade distribution, once judged. Document text and model
+marked; rank1's verdict and P(true), or the assessor's grade distribution, once judged; with evidence, the
+sentences shaded by their measured effect, a "why" line and a badge when the reasoning fails the faithfulness
+check (ui/evidence.py). Document text and model
 output are untrusted: every piece of them goes through escape()."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from search.rerank import Summary
 from search.rerank.events import Graded, Judged
 from search.rerank.pointwise import DocumentState, PointwiseRun
 from search.retrieval.highlight import snippet_start, term_spans
+from ui.evidence import ScoreScale, excerpt_start, faithfulness_badge, highlighted, legend, why_line
 from ui.results import STAGE_LABELS
 
 SNIPPET_CHARS = 240
@@ -194,7 +197,8 @@ def snippet(query: str, text: str) -> tuple[str, str]:
     return excerpt, marked(text, spans)
 
 
-def render_card(state: DocumentState, position: int | None, verdict: Verdict, *, query: str, stopped: bool) -> str:
+def render_card(state: DocumentState, position: int | None, verdict: Verdict, *, query: str, stopped: bool,
+                scale: ScoreScale) -> str:
     passage = state.candidate.passage
     key = escape(passage.doc_id, quote=True)
     kind, label, tip = card_state(state, stopped=stopped)
@@ -206,13 +210,22 @@ def render_card(state: DocumentState, position: int | None, verdict: Verdict, *,
     shown = verdict(state.outcome) if state.outcome is not None else (
         f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
     excerpt, whole = snippet(query, passage.text)
+    evidence = state.evidence
+    why = ""
+    if evidence is not None:
+        flags += faithfulness_badge(evidence, scale)
+        why = why_line(evidence, scale)
+        start = excerpt_start(evidence, SNIPPET_CHARS)
+        excerpt = ("… " if start else "") + highlighted(evidence, scale, start=start,
+                                                       end=min(len(evidence.passage), start + SNIPPET_CHARS * 2))
+        whole = highlighted(evidence, scale)
     return (
         f'<div class="es-rcard es-s-{kind}" data-doc="{key}">'
         f'<div class="es-head">{_movement(state, position)}'
         f'<span class="es-title" title="{escape(passage.title or passage.doc_id, quote=True)}">'
         f'{escape(passage.title or passage.doc_id)}</span>'
         f'<span class="es-state" title="{escape(tip, quote=True)}">{escape(label)}</span></div>'
-        f'<div class="es-verdict">{shown}{flags}</div>'
+        f'<div class="es-verdict">{shown}{flags}</div>{why}'
         f'<div class="es-snippet">{excerpt}</div>'
         f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
         f'<div class="es-toggles"><details class="es-all" data-keep="trace:{key}"><summary>all reasoning '
@@ -223,13 +236,16 @@ def render_card(state: DocumentState, position: int | None, verdict: Verdict, *,
     )
 
 
-def render_board(run: PointwiseRun, *, reranked: bool, verdict: Verdict) -> str:
+def render_board(run: PointwiseRun, *, reranked: bool, verdict: Verdict, scale: ScoreScale) -> str:
+    """The cards, under the evidence legend once any card has evidence."""
     if not run.documents:
         return '<p class="es-notice">No passage matches this query.</p>'
     positions = run.reranked_positions()
-    cards = "".join(render_card(state, positions.get(state.doc_id), verdict, query=run.query, stopped=run.stopped)
-                    for state in run.states(reranked=reranked))
-    return f'<div class="es-board">{cards}</div>'
+    states = run.states(reranked=reranked)
+    cards = "".join(render_card(state, positions.get(state.doc_id), verdict, query=run.query, stopped=run.stopped,
+                                scale=scale) for state in states)
+    explained = any(state.evidence is not None for state in states)
+    return f'{legend(scale) if explained else ""}<div class="es-board">{cards}</div>'
 
 
 def _clock(seconds: float) -> str:
@@ -240,6 +256,7 @@ def render_summary(summary: Summary, *, budget: int, unit: str = "judged") -> st
     """Done/total, the live token rate, elapsed time, an upper bound on the time left, and a progress bar."""
     state = "stopped" if summary.stopped else ("done" if summary.finished else "reasoning")
     failed = f", {summary.failed} failed" if summary.failed else ""
+    failed += f" · evidence {summary.explained}/{summary.judged}" if summary.explained else ""
     done = summary.judged + (summary.failed if unit == "windows" else 0)
     eta = summary.eta_s(budget)
     left = "" if summary.finished or summary.stopped else (

@@ -26,7 +26,10 @@ MEASURED = (
     "distribution from its four grade tokens (UMBRELA's reference reads a digit from the text and silently gives "
     "0 when there is none; here the expected grade Σ g·p(g) ranks); ReasonRank gives ranks only, read from its "
     "answer, never from digits in its reasoning. \"forced\" marks a judgment the model did not give on its own, "
-    "read in one extra step after closing its reasoning; a document with nothing measurable is marked failed."
+    "read in one extra step after closing its reasoning; a document with nothing measurable is marked failed. "
+    "Evidence shading is measured too: each sentence removed in turn, the model's reasoning held fixed, the verdict "
+    "read again; the shade is how far the score moves (\"≈\" where long passages are estimated from random "
+    "removals)."
 )
 DEMO = (
     "Demo model: SmolLM2-135M runs offline so that every part of the page works, but it is not a trained reranker "

@@ -9,6 +9,7 @@ from typing import Any
 
 from search.rerank import Summary
 from ui.cards import grade_verdict, rank1_verdict, render_board, render_summary
+from ui.evidence import ScoreScale
 from ui.window_cards import render_list_summary, render_windows
 
 
@@ -21,9 +22,12 @@ class Renderer:
 
 
 RENDERERS: dict[str, Renderer] = {
-    "rank1": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=rank1_verdict),
+    "rank1": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=rank1_verdict,
+                                                               scale=ScoreScale(name="P(true)")),
                       summary=lambda summary, budget: render_summary(summary, budget=budget)),
-    "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict),
+    "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict,
+                                                                  scale=ScoreScale(name="expected grade",
+                                                                                   factor=3.0)),
                          summary=lambda summary, budget: render_summary(summary, budget=budget)),
     "reasonrank": Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
                            summary=lambda summary, budget: render_list_summary(summary, budget=budget)),

@@ -4,12 +4,14 @@ from scikit-learn, Krippendorff's alpha from ``krippendorff``; nothing here re-i
 Against rank1, decisions are binary: the model says relevant when P(true) >= ``threshold``, a human when their
 grade >= ``relevant_from``. Against a graded model (the assessor, on the TREC 0–3 scale) the grades themselves
 are compared: Cohen's kappa with quadratic weights and ordinal Krippendorff's alpha. A statistic that is undefined
-on the data (one class only, fewer than two items) is None, never a made-up 0.
+on the data (one class only, fewer than two items) is None, never a made-up 0. Evidence spans are compared with
+the model's evidence by token-level F1 (scikit-learn's f1_score over the passage's words).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,7 +21,7 @@ from itertools import combinations
 import krippendorff
 import numpy as np
 
-from search.annotation.store import HumanJudgment, ModelJudgment
+from search.annotation.store import HumanJudgment, ModelEvidence, ModelJudgment, Span
 
 Key = tuple[str, str]
 """(query id, doc id)"""
@@ -227,3 +229,50 @@ def annotator_agreement(judgments: Sequence[HumanJudgment], *, relevant_from: in
     return AnnotatorAgreement(annotators=annotators, pairs=tuple(pairs),
                               alpha=krippendorff_alpha(ratings, shared_items) if shared_items else None,
                               per_query=per_query)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvidenceOverlap:
+    """How far evidence spans overlap the model's, for one annotator or one query: the mean token-level F1 over
+    the ``documents`` where both marked evidence."""
+
+    who: str
+    documents: int
+    f1: float
+
+
+WORD = re.compile(r"\w+")
+
+
+def token_f1(passage: str, mine: Span, theirs: Span) -> float:
+    """F1 of the passage's words one span touches against those the other touches (scikit-learn's f1_score)."""
+    from sklearn.metrics import f1_score
+
+    words = [(match.start(), match.end()) for match in WORD.finditer(passage)]
+
+    def touched(span: Span) -> list[bool]:
+        return [start < span.end and span.start < end for start, end in words]
+
+    return float(f1_score(touched(theirs), touched(mine), zero_division=0.0))
+
+
+def evidence_overlap(judgments: Sequence[HumanJudgment], evidence: Mapping[Key, ModelEvidence],
+                     passages: Mapping[Key, str]) -> tuple[list[EvidenceOverlap], list[EvidenceOverlap]]:
+    """Each annotator's evidence spans against the model's evidence (its strongest supporting sentence): mean
+    token F1 per annotator and per query."""
+    by_annotator: dict[str, list[float]] = defaultdict(list)
+    by_query: dict[str, list[float]] = defaultdict(list)
+    for judgment in judgments:
+        key = (judgment.query_id, judgment.doc_id)
+        model = evidence.get(key)
+        if judgment.span is None or model is None or model.span is None or key not in passages:
+            continue
+        score = token_f1(passages[key], judgment.span, model.span)
+        by_annotator[judgment.annotator].append(score)
+        by_query[judgment.query_id].append(score)
+
+    def rows(groups: dict[str, list[float]]) -> list[EvidenceOverlap]:
+        return [EvidenceOverlap(who=who, documents=len(scores), f1=sum(scores) / len(scores))
+                for who, scores in sorted(groups.items())]
+
+    return rows(by_annotator), rows(by_query)

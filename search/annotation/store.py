@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from search.rerank import RERANKERS
-from search.rerank.events import Failed, Graded, Outcome
+from search.rerank.events import Evidence, Failed, Graded, Outcome
 
 DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
 """The TREC Deep Learning scale, 0 to 3."""
@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS model_judgments (
     verdict INTEGER, p_true REAL, reasoning TEXT NOT NULL, forced INTEGER NOT NULL, end_reason TEXT NOT NULL,
     failure TEXT NOT NULL, reranker TEXT NOT NULL DEFAULT 'rank1', grade INTEGER,
     distribution TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (project, query_id, doc_id));
+CREATE TABLE IF NOT EXISTS model_evidence (
+    project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, model TEXT NOT NULL,
+    sentences TEXT NOT NULL, PRIMARY KEY (project, query_id, doc_id));
 CREATE TABLE IF NOT EXISTS judgments (
     project TEXT NOT NULL, annotator TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
     grade INTEGER NOT NULL, note TEXT NOT NULL, span_start INTEGER, span_end INTEGER, judged_at TEXT NOT NULL,
@@ -187,6 +190,49 @@ class Span:
 
     start: int
     end: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvidenceSentence:
+    """A sentence of a candidate's passage (offsets into the stored passage) and the model's measured delta."""
+
+    start: int
+    end: int
+    delta: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelEvidence:
+    """The model's evidence for its judgment of one candidate, in the stored passage's offsets (the title, which
+    the model read as a sentence of its own, is not part of that passage and is left out)."""
+
+    query_id: str
+    doc_id: str
+    model: str
+    sentences: tuple[EvidenceSentence, ...]
+
+    @property
+    def strongest(self) -> EvidenceSentence | None:
+        """The sentence that supports the score most; None when none supports it."""
+        best = max(self.sentences, key=lambda sentence: sentence.delta, default=None)
+        return best if best is not None and best.delta > 0 else None
+
+    @property
+    def span(self) -> Span | None:
+        """The model's evidence as one span, like an annotator's: its strongest sentence."""
+        best = self.strongest
+        return Span(start=best.start, end=best.end) if best is not None else None
+
+
+def model_evidence(query_id: str, model: str, event: Evidence, candidate: StoredCandidate) -> ModelEvidence:
+    """What is kept of an evidence event: its sentences moved into the stored passage's offsets (the reranker
+    read title, space, passage)."""
+    shift = len(candidate.title) + 1 if candidate.title and event.passage.startswith(f"{candidate.title} ") else 0
+    sentences = tuple(EvidenceSentence(start=sentence.start - shift, end=sentence.end - shift, delta=sentence.delta)
+                      for sentence in event.sentences
+                      if sentence.start >= shift and candidate.passage[sentence.start - shift:sentence.end - shift]
+                      == sentence.text)
+    return ModelEvidence(query_id=query_id, doc_id=event.doc_id, model=model, sentences=sentences)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -391,6 +437,21 @@ class AnnotationStore:
         rows = self._rows("SELECT * FROM model_judgments WHERE project = ? AND (? IS NULL OR query_id = ?)",
                           project, query_id, query_id)
         return {(row["query_id"], row["doc_id"]): _model_row(row) for row in rows}
+
+    def put_model_evidence(self, project: str, evidence: ModelEvidence) -> None:
+        sentences = json.dumps([[item.start, item.end, item.delta] for item in evidence.sentences])
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO model_evidence VALUES (?, ?, ?, ?, ?)",
+                       (project, evidence.query_id, evidence.doc_id, evidence.model, sentences))
+
+    def model_evidence(self, project: str, query_id: str | None = None) -> dict[tuple[str, str], ModelEvidence]:
+        """By (query id, doc id)."""
+        rows = self._rows("SELECT * FROM model_evidence WHERE project = ? AND (? IS NULL OR query_id = ?)",
+                          project, query_id, query_id)
+        return {(row["query_id"], row["doc_id"]): ModelEvidence(
+            query_id=row["query_id"], doc_id=row["doc_id"], model=row["model"],
+            sentences=tuple(EvidenceSentence(start=start, end=end, delta=delta)
+                            for start, end, delta in json.loads(row["sentences"]))) for row in rows}
 
     # Human judgments ------------------------------------------------------------------------------------
 

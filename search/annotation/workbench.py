@@ -13,15 +13,17 @@ from search.annotation.store import (
     AnnotationQuery,
     AnnotationStore,
     HumanJudgment,
+    ModelEvidence,
     ModelJudgment,
     Position,
     Project,
     Span,
     StoredCandidate,
+    model_evidence,
     model_judgment,
 )
 from search.corpus import Passage
-from search.rerank.events import Event, Failed, Measured, Reasoning
+from search.rerank.events import Event, Evidence, Failed, Measured, Reasoning
 from search.retrieval.ranking import Candidate, Hit
 
 Filter = Literal["all", "unjudged", "disagree"]
@@ -108,6 +110,12 @@ class Workbench:
         return {doc_id: judgment for (_, doc_id), judgment in
                 self.store.model_judgments(self.project.name, self.query.query_id).items()
                 if (not self.model or judgment.model == self.model) and judgment.reranker == self.project.reranker}
+
+    def model_evidence(self) -> dict[str, ModelEvidence]:
+        """The current model's evidence for its judgments of this query's documents, by doc id."""
+        return {doc_id: evidence for (_, doc_id), evidence in
+                self.store.model_evidence(self.project.name, self.query.query_id).items()
+                if not self.model or evidence.model == self.model}
 
     def shows_model(self, doc_id: str) -> bool:
         """Whether the model's judgment of ``doc_id`` may be shown: always, or in a blind project only once this
@@ -242,3 +250,9 @@ class Workbench:
             self.store.put_model_judgment(self.project.name, model_judgment(query_id, self.model, event))
             if query_id == self.query.query_id:
                 self.live.pop(event.doc_id, None)
+        elif isinstance(event, Evidence):
+            candidate = next((item for item in self.store.candidates(self.project.name, query_id)
+                              if item.doc_id == event.doc_id), None)
+            if candidate is not None:
+                self.store.put_model_evidence(self.project.name,
+                                              model_evidence(query_id, self.model, event, candidate))

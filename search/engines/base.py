@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -64,6 +64,9 @@ class GenerationChunk:
     logprobs: tuple[Mapping[int, float], ...]
     finish_reason: FinishReason | None = None
     stop_reason: str | None = None
+    cached_tokens: int = 0
+    """Of the prompt's tokens, those the engine's prefix cache served instead of computing them (on the last chunk;
+    0 where the engine keeps no cache or does not say)."""
 
 
 class Engine(ABC):
@@ -161,3 +164,30 @@ class Engine(ABC):
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    """One forced step: the token chosen, the watched tokens' log-probabilities at its position as the engine
+    returned them (before the restriction), and the prompt tokens the engine's prefix cache served."""
+
+    token: int | None
+    logprobs: dict[int, float]
+    cached_tokens: int = 0
+
+
+async def one_step(engine: Engine, prompt: str, token_ids: tuple[int, ...]) -> Step:
+    """One new token restricted to ``token_ids``: a forced answer."""
+    request = GenerationRequest(prompt=prompt, max_tokens=1, watch_token_ids=token_ids, allowed_token_ids=token_ids)
+    chunks = [chunk async for chunk in engine.generate(request)]
+    generated = [token for chunk in chunks for token in chunk.token_ids]
+    logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
+    return Step(token=generated[-1] if generated else None, logprobs=dict(logprobs[-1]) if logprobs else {},
+                cached_tokens=sum(chunk.cached_tokens for chunk in chunks))
+
+
+def measured(logprobs: Mapping[int, float], token_ids: Sequence[int]) -> tuple[float, ...] | None:
+    """The log-probabilities of every one of ``token_ids``, or None when the engine did not return them all."""
+    if all(token in logprobs for token in token_ids):
+        return tuple(logprobs[token] for token in token_ids)
+    return None

@@ -105,6 +105,7 @@ class VLLMEngine(Engine):
                                    for entry in completion.logprobs or ()),
                     finish_reason=_finish_reason(completion.finish_reason) if finished else None,
                     stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
+                    cached_tokens=(output.num_cached_tokens or 0) if finished else 0,
                 )
         except asyncio.CancelledError:
             raise

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from search.engines.base import Engine, EngineError, GenerationRequest
+from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
 from search.rerank.base import RerankerDefaults
-from search.rerank.events import EndReason, Failed, Graded
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning, measured, one_step
+from search.rerank.events import EndReason, Failed, Graded, Measured, expected_grade, grade_distribution
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, Probe, clean_reasoning
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -160,6 +160,18 @@ class AssessorReranker(PointwiseReranker):
     def render_prompt(self, query: str, passage: str) -> str:
         return render_prompt(self.engine.tokenizer, query, passage)
 
+    def probe(self, query: str, outcome: Measured) -> Probe:
+        """The grade position after the model's own reasoning and answer line; the forced one's for a forced grade.
+        The score is the expected grade ÷ 3."""
+        suffix, grade_ids = self.grade_tokens.forced
+        thought = f"{clean_reasoning(outcome.reasoning)}\n" if outcome.forced else outcome.reasoning
+
+        def prompt(passage: str) -> str:
+            return f"{render_prompt(self.engine.tokenizer, query, passage)}{thought}{ANSWER}{suffix}"
+
+        return Probe(prompt=prompt, token_ids=grade_ids,
+                     score=lambda values: expected_grade(grade_distribution(values)) / GRADES[-1])
+
     async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str, int], None]
                     ) -> Graded | Failed:
         request = GenerationRequest(prompt=prepared.prompt, max_tokens=self.budget,
@@ -205,7 +217,8 @@ class AssessorReranker(PointwiseReranker):
             end_reason = "budget" if finish == "length" else "end_of_sequence"
         suffix, grade_ids = self.grade_tokens.forced
         prompt = f"{prepared.prompt}{clean_reasoning(thought)}\n{ANSWER}{suffix}"
-        token, forced = await one_step(self.engine, prompt, grade_ids)
+        step = await one_step(self.engine, prompt, grade_ids)
+        token, forced = step.token, step.logprobs
         values = measured(forced, grade_ids)
         if token not in grade_ids or values is None:
             return Failed(**ids, reasoning=thought, reason=(

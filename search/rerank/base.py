@@ -53,6 +53,8 @@ class Summary:
     """Of ``tokens``, those written for units not finished yet."""
     stopped: bool = False
     unit: str = "documents"
+    explained: int = 0
+    """Judged documents whose evidence has arrived (evidence follows its judgment)."""
 
     @property
     def tokens_per_s(self) -> float:

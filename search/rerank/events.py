@@ -5,7 +5,8 @@ reranker that emitted it) and what it is about, ``doc_id`` (pointwise rerankers)
 
 Pointwise (rank1, the assessor): for each candidate ``Started``, any number of ``Reasoning`` deltas, then exactly
 one outcome: ``Judged`` (rank1's verdict and P(true)), ``Graded`` (the assessor's 0–3 grade distribution) or
-``Failed``. Events of different candidates interleave; the order within one candidate is fixed.
+``Failed``; with evidence on, one ``Evidence`` follows each measured outcome. Events of different candidates
+interleave; the order within one candidate is fixed.
 
 Listwise (ReasonRank): for each window in turn ``WindowStarted``, ``WindowReasoning`` deltas and one
 ``WindowRanked``; then one ``RankingDone``.
@@ -120,13 +121,21 @@ class Graded(Measured):
     @classmethod
     def measured(cls, logprobs: tuple[float, ...], **fields: Any) -> Graded:
         """The grade, distribution and expected grade from the grade tokens' log-probabilities."""
-        top = max(logprobs)
-        weights = [math.exp(value - top) for value in logprobs]
-        total = sum(weights)
-        distribution = tuple(weight / total for weight in weights)
+        distribution = grade_distribution(logprobs)
         return cls(grade=max(range(len(distribution)), key=distribution.__getitem__), distribution=distribution,
-                   expected_grade=sum(grade * p for grade, p in enumerate(distribution)), logprobs=logprobs,
-                   **fields)
+                   expected_grade=expected_grade(distribution), logprobs=logprobs, **fields)
+
+
+def grade_distribution(logprobs: tuple[float, ...]) -> tuple[float, ...]:
+    """The grade tokens' log-probabilities renormalised over them (grades 0, 1, …)."""
+    top = max(logprobs)
+    weights = [math.exp(value - top) for value in logprobs]
+    total = sum(weights)
+    return tuple(weight / total for weight in weights)
+
+
+def expected_grade(distribution: tuple[float, ...]) -> float:
+    return sum(grade * p for grade, p in enumerate(distribution))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,6 +155,92 @@ class Failed:
 
 Outcome = Judged | Graded | Failed
 """How a pointwise judgment of one candidate ends."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SentenceEffect:
+    """One sentence of the passage (the title counts as one): ``passage[start:end]``, and ``delta``, the score with
+    it minus the score without it, the reasoning held fixed (positive: it supports the verdict's score)."""
+
+    start: int
+    end: int
+    delta: float
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quote:
+    """A span of the passage, ``passage[start:end]``, that the reasoning quotes or closely paraphrases."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Faithfulness:
+    """Whether the sentences the attribution ranks highest move the score more than as many random ones.
+
+    ``top_removed``: the score without the ``sentences_removed`` sentences of largest |delta|; ``random_removed``:
+    the mean score without as many random sentences (a few fixed-seed draws). ``supported`` is False when the top
+    ones move the score no further from the whole passage's than random ones do (|score − top_removed| ≤
+    |score − random_removed|: "reasoning not supported by the passage"), None when the passage has too few
+    sentences for the check to tell them apart."""
+
+    top_removed: float
+    random_removed: float
+    sentences_removed: int
+    supported: bool | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvidenceCost:
+    """What the evidence cost: engine requests, prompt tokens sent, those the prefix cache served, seconds."""
+
+    requests: int
+    prefill_tokens: int
+    cached_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Evidence:
+    """Which sentences of the passage a pointwise verdict rests on, measured after the judgment: each sentence
+    removed in turn (``method`` "ablation"), or for long passages random removals and a sparse linear fit
+    ("surrogate"), every time re-scoring the verdict with the model's reasoning held fixed. ``passage`` is the
+    text the model read (title, space, text, as in the prompt; cut when the prompt was cut), which every offset
+    points into; ``score`` the verdict's score re-measured on it the same way (P(true), or expected grade ÷ 3)."""
+
+    type: ClassVar[str] = "evidence"
+    reranker: str
+    doc_id: str
+    passage: str
+    method: Literal["ablation", "surrogate"]
+    score: float
+    sentences: tuple[SentenceEffect, ...]
+    quotes: tuple[Quote, ...]
+    faithfulness: Faithfulness
+    cost: EvidenceCost
+    from_cache: bool = False
+    """The same judgment was explained before and its evidence replayed (``cost`` is what it cost then)."""
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> Evidence:
+        """From ``event_to_json``'s nested objects."""
+        return cls(**{**fields, "sentences": tuple(SentenceEffect(**item) for item in fields["sentences"]),
+                      "quotes": tuple(Quote(**item) for item in fields["quotes"]),
+                      "faithfulness": Faithfulness(**fields["faithfulness"]), "cost": EvidenceCost(**fields["cost"])})
+
+    def strongest(self) -> SentenceEffect | None:
+        """The sentence whose removal moves the score most."""
+        return max(self.sentences, key=lambda sentence: abs(sentence.delta), default=None)
+
+    def describe(self) -> str:
+        check = {True: "supported", False: "NOT supported by the passage", None: "too short to check"}
+        top = self.strongest()
+        lead = f"strongest Δ{top.delta:+.2f} {top.text[:60]!r}" if top else "no sentences"
+        return (f"evidence  {self.doc_id}  {lead}; {check[self.faithfulness.supported]} "
+                f"({self.method}, {self.cost.requests} requests, {self.cost.seconds:.1f} s)")
 
 WindowStatus = Literal["ok", "repaired", "truncated", "failed"]
 
@@ -212,9 +307,10 @@ class RankingDone:
     doc_ids: tuple[str, ...]
 
 
-Event = Started | Reasoning | Judged | Graded | Failed | WindowStarted | WindowReasoning | WindowRanked | RankingDone
+Event = (Started | Reasoning | Judged | Graded | Failed | Evidence | WindowStarted | WindowReasoning | WindowRanked
+         | RankingDone)
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (
-    Started, Reasoning, Judged, Graded, Failed, WindowStarted, WindowReasoning, WindowRanked, RankingDone)}
+    Started, Reasoning, Judged, Graded, Failed, Evidence, WindowStarted, WindowReasoning, WindowRanked, RankingDone)}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -224,11 +320,17 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 def event_from_json(record: dict[str, Any]) -> Event:
     """The event ``event_to_json`` wrote (lists back to tuples)."""
+    kind = EVENT_TYPES[record["type"]]
+    if kind is Evidence:
+        return Evidence.from_fields({name: value for name, value in record.items() if name != "type"})
     fields = {name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
               if name != "type"}
-    return EVENT_TYPES[record["type"]](**fields)
+    return kind(**fields)
 
 
 def subject(event: Event) -> str:
-    """What the event is about: its document, or its window and kind (the envelope has one or the other)."""
+    """What the event is about, as a batch keeps one event per subject: a document's outcome, a document's
+    evidence, or a window and kind (the envelope has a document or a window)."""
+    if isinstance(event, Evidence):
+        return f"evidence {event.doc_id}"
     return event.doc_id if hasattr(event, "doc_id") else f"{event.type} {event.window}"

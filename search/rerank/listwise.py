@@ -36,6 +36,17 @@ class WindowState:
         return self.started.end
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Move:
+    """What one window did to one document: it was passage ``[label]`` of the window's prompt (what the window's
+    reasoning calls it), at place ``before`` in the list, and the window's answer put it at ``after``."""
+
+    window: int
+    label: int
+    before: int
+    after: int
+
+
 class ListwiseRun(Run):
     """Windows, the current order and trajectories of one query."""
 
@@ -72,6 +83,16 @@ class ListwiseRun(Run):
             self.order, self.done = list(event.doc_ids), True
         if self.finished_at is None and self.summary().finished:
             self.finished_at = time.monotonic()
+
+    def moves(self, doc_id: str) -> list[Move]:
+        """The windows that ranked ``doc_id``, in order: why it sits where it does."""
+        moves = []
+        for state in self.windows:
+            if state.ranked is not None and doc_id in state.started.doc_ids:
+                given = state.started.doc_ids.index(doc_id)
+                moves.append(Move(window=state.window, label=given + 1, before=state.start + given + 1,
+                                  after=state.start + state.ranked.doc_ids.index(doc_id) + 1))
+        return moves
 
     def active(self) -> WindowState | None:
         """The window the model is reasoning about now."""

@@ -8,24 +8,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from search.engines.base import Engine, EngineError, GenerationRequest
+from search.engines.base import EngineError
 from search.rerank.base import Reranker, Run, Status, Summary, query_text
 from search.rerank.cache import judgment_key
-from search.rerank.events import Event, Failed, Graded, Measured, Outcome, Reasoning, Started, event_from_json
+from search.rerank.events import (
+    Event,
+    Evidence,
+    Failed,
+    Graded,
+    Measured,
+    Outcome,
+    Reasoning,
+    Started,
+    event_from_json,
+)
 from search.retrieval.ranking import Candidate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from search.corpus import Passage
     from search.settings import RerankSettings
 
 Emit = Callable[[Event | None], None]
+logger = logging.getLogger(__name__)
+EVIDENCE_RECIPE = "evidence-v1"
+"""Changes whenever how evidence is measured changes, so cached evidence of another recipe is not replayed."""
 
 
 SENTENCE_ENDS = (".", "!", "?")
@@ -47,6 +62,8 @@ def clean_reasoning(text: str) -> str:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PreparedPrompt:
     prompt: str
+    passage: str
+    """The passage as the prompt holds it (cut when ``truncated_passage``)."""
     truncated_passage: bool
 
 
@@ -63,14 +80,15 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
 
     excess = length(prompt) - room
     if excess <= 0:
-        return PreparedPrompt(prompt=prompt, truncated_passage=False)
+        return PreparedPrompt(prompt=prompt, passage=passage, truncated_passage=False)
     passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
     keep = len(passage_ids) - excess
     while keep > 0:
-        prompt = render(query, tokenizer.decode(passage_ids[:keep]))
+        cut = tokenizer.decode(passage_ids[:keep])
+        prompt = render(query, cut)
         excess = length(prompt) - room
         if excess <= 0:
-            return PreparedPrompt(prompt=prompt, truncated_passage=True)
+            return PreparedPrompt(prompt=prompt, passage=cut, truncated_passage=True)
         keep -= excess
     raise ValueError(
         f"the query leaves no room for the passage: max model length {max_model_len} tokens minus reasoning "
@@ -78,21 +96,14 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
     )
 
 
-async def one_step(engine: Engine, prompt: str, token_ids: tuple[int, ...]) -> tuple[int | None, dict[int, float]]:
-    """One new token restricted to ``token_ids``, and the log-probabilities of those tokens at its position as
-    the engine returned them (before the restriction): a forced answer."""
-    request = GenerationRequest(prompt=prompt, max_tokens=1, watch_token_ids=token_ids, allowed_token_ids=token_ids)
-    chunks = [chunk async for chunk in engine.generate(request)]
-    generated = [token for chunk in chunks for token in chunk.token_ids]
-    logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
-    return (generated[-1] if generated else None), (dict(logprobs[-1]) if logprobs else {})
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Probe:
+    """How to re-score one verdict on a changed passage, the reasoning held fixed: ``prompt(passage)`` ends where
+    the verdict is read, ``token_ids`` are read there, ``score`` maps their log-probabilities to 0–1."""
 
-
-def measured(logprobs: Mapping[int, float], token_ids: Sequence[int]) -> tuple[float, ...] | None:
-    """The log-probabilities of every one of ``token_ids``, or None when the engine did not return them all."""
-    if all(token in logprobs for token in token_ids):
-        return tuple(logprobs[token] for token in token_ids)
-    return None
+    prompt: Callable[[str], str]
+    token_ids: tuple[int, ...]
+    score: Callable[[tuple[float, ...]], float]
 
 
 class PointwiseReranker(Reranker):
@@ -118,6 +129,15 @@ class PointwiseReranker(Reranker):
                     ) -> Measured | Failed:
         """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning`` with
         the number of new tokens it came from."""
+
+    @abstractmethod
+    def probe(self, query: str, outcome: Measured) -> Probe:
+        """How to re-score ``outcome`` on a changed passage with its reasoning held fixed: the prompt the judgment's
+        verdict was read at (the forced one's, when it was forced), and its score scaled to 0–1."""
+
+    @classmethod
+    def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:
+        return {"evidence": True} if settings.evidence else {}
 
     def requests_per_query(self, candidates: int) -> int:
         return candidates
@@ -167,29 +187,62 @@ class PointwiseReranker(Reranker):
         except ValueError as error:
             emit(Failed(**ids, reason=str(error)))
             return
+        outcome = await self._judgment(emit, prepared, ids, slot)
+        if self.settings.evidence and isinstance(outcome, Measured):
+            await self._evidence(emit, query, passage, prepared, outcome, slot)
+
+    async def _judgment(self, emit: Emit, prepared: PreparedPrompt, ids: dict[str, str],
+                        slot: contextlib.AbstractAsyncContextManager) -> Outcome:
+        """The candidate's judgment, replayed from the cache or measured, and emitted with its reasoning."""
         key = judgment_key(model=self.model_key, recipe=self.recipe, budget=self.budget, prompt=prepared.prompt)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             if cached["reasoning"]:
-                emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=cached["reasoning"]))
-            emit(event_from_json({**cached, **ids, "type": self.outcome.type, "from_cache": True}))
-            return
+                emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=cached["reasoning"]))
+            outcome = event_from_json({**cached, **ids, "type": self.outcome.type, "from_cache": True})
+            emit(outcome)
+            return outcome  # type: ignore[return-value]
         parts: list[str] = []
 
         def reasoning(text: str, tokens: int) -> None:
             parts.append(text)
-            emit(Reasoning(reranker=self.name, doc_id=passage.doc_id, text=text, tokens=tokens))
+            emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=text, tokens=tokens))
 
         try:
             async with slot:
                 outcome = await self.judge(prepared, ids, reasoning)
         except EngineError as error:
-            emit(Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts)))
-            return
+            outcome = Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts))
         if self.cache is not None and not isinstance(outcome, Failed):
             self.cache.put(key, dataclasses.asdict(outcome), model=self.model_key, recipe=self.recipe,
                            budget=self.budget, prompt=prepared.prompt)
         emit(outcome)
+        return outcome
+
+    async def _evidence(self, emit: Emit, query: str, passage: Passage, prepared: PreparedPrompt, outcome: Measured,
+                        slot: contextlib.AbstractAsyncContextManager) -> None:
+        """The judgment's evidence, replayed from the cache or measured; none when the engine fails meanwhile (the
+        judgment stands, and the terminal says why)."""
+        key = judgment_key(model=self.model_key, recipe=f"{self.recipe}+{EVIDENCE_RECIPE}", budget=self.budget,
+                           prompt=prepared.prompt + outcome.reasoning)
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            emit(Evidence.from_fields({**cached, "doc_id": passage.doc_id, "from_cache": True}))
+            return
+        from search.evidence import explain  # not at the top: search.evidence reads this package's events
+
+        try:
+            async with slot:
+                evidence = await explain(self.engine, self.probe(query, outcome), reranker=self.name,
+                                         doc_id=passage.doc_id, passage=prepared.passage, title=passage.title,
+                                         reasoning=outcome.reasoning)
+        except EngineError as error:
+            logger.warning("no evidence for %s: %s", passage.doc_id, error)
+            return
+        if self.cache is not None:
+            self.cache.put(key, dataclasses.asdict(evidence), model=self.model_key,
+                           recipe=f"{self.recipe}+{EVIDENCE_RECIPE}", budget=self.budget, prompt=prepared.prompt)
+        emit(evidence)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -203,6 +256,7 @@ class DocumentState:
     """New tokens streamed so far (the outcome's count replaces it once judged)."""
     outcome: Measured | None = None
     failure: str = ""
+    evidence: Evidence | None = None
 
     @property
     def doc_id(self) -> str:
@@ -235,6 +289,8 @@ class PointwiseRun(Run):
             state.status, state.failure, state.reasoning = "failed", event.reason, event.reasoning or state.reasoning
         elif isinstance(event, Measured):
             state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
+        elif isinstance(event, Evidence):
+            state.evidence = event
         if self.finished_at is None and self.summary().finished:
             self.finished_at = time.monotonic()
 
@@ -264,7 +320,8 @@ class PointwiseRun(Run):
                        failed=sum(state.status == "failed" for state in states),
                        tokens=sum(outcome.tokens for outcome in measured if not outcome.from_cache) + pending
                        + sum(state.tokens for state in states if state.status == "failed"),
-                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s())
+                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s(),
+                       explained=sum(state.evidence is not None for state in states))
 
     def status(self, doc_id: str) -> Status:
         return self.documents[doc_id].status
@@ -279,17 +336,25 @@ class PointwiseRun(Run):
     def details(self, doc_id: str) -> dict[str, Any]:
         state = self.documents[doc_id]
         return {**{name: getattr(state.outcome, name) if state.outcome else None for name in self.fields},
-                "reasoning": state.reasoning}
+                "reasoning": state.reasoning, "evidence": evidence_fields(state.evidence)}
 
     def grades(self) -> dict[str, int]:
         return {doc_id: state.outcome.grade for doc_id, state in self.documents.items()
                 if isinstance(state.outcome, Graded)}
 
     def describe(self, event: Event) -> str | None:
-        return event.describe() if isinstance(event, Measured | Failed) else None
+        return event.describe() if isinstance(event, Measured | Failed | Evidence) else None
 
-    def durable(self, event: Event) -> tuple[Outcome, ...]:
-        return (event,) if isinstance(event, Measured | Failed) else ()
+    def durable(self, event: Event) -> tuple[Outcome | Evidence, ...]:
+        return (event,) if isinstance(event, Measured | Failed | Evidence) else ()
 
     def unfinished(self) -> tuple[Candidate, ...]:
         return tuple(state.candidate for state in self.states(reranked=False) if state.status != "judged")
+
+
+def evidence_fields(evidence: Evidence | None) -> dict[str, Any] | None:
+    """A row's ``evidence``: the event's fields but the envelope (None without evidence)."""
+    if evidence is None:
+        return None
+    fields = dataclasses.asdict(evidence)
+    return {name: value for name, value in fields.items() if name not in ("reranker", "doc_id")}

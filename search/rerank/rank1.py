@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from search.engines.base import Engine, EngineError, GenerationRequest
+from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
 from search.rerank.base import RerankerDefaults
-from search.rerank.events import EndReason, Failed, Judged
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning, measured, one_step
+from search.rerank.events import EndReason, Failed, Judged, Measured
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, Probe, clean_reasoning
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -83,6 +83,18 @@ class Rank1Reranker(PointwiseReranker):
     def render_prompt(self, query: str, passage: str) -> str:
         return render_prompt(query, passage)
 
+    def probe(self, query: str, outcome: Measured) -> Probe:
+        """The verdict position after the model's own reasoning and ``</think>``; the forced one's for a forced
+        verdict."""
+
+        def prompt(passage: str) -> str:
+            rendered = render_prompt(query, passage)
+            if outcome.forced:
+                return forced_prompt(rendered, outcome.reasoning)
+            return f"{rendered}{outcome.reasoning}</think>"
+
+        return Probe(prompt=prompt, token_ids=self.verdict_tokens.ids, score=lambda values: p_true(*values))
+
     async def judge(self, prepared: PreparedPrompt, ids: dict[str, str], reasoning: Callable[[str, int], None]
                     ) -> Judged | Failed:
         """The model's own verdict when it gives one; else the reference's forced verdict, measured."""
@@ -115,7 +127,8 @@ class Rank1Reranker(PointwiseReranker):
         else:
             return self._judged(ids, prepared, verdict, last_token == self.verdict_tokens.true_id, text, tokens,
                                 end_reason="verdict")
-        token, logprobs = await one_step(self.engine, forced_prompt(prepared.prompt, text), self.verdict_tokens.ids)
+        step = await one_step(self.engine, forced_prompt(prepared.prompt, text), self.verdict_tokens.ids)
+        token, logprobs = step.token, step.logprobs
         verdict = measured(logprobs, self.verdict_tokens.ids)
         if token not in self.verdict_tokens.ids or verdict is None:
             return Failed(**ids, reasoning=text, reason=(

@@ -4,6 +4,7 @@ splitters it could use.
 
     .venv/bin/python benchmarks/evidence.py [--engines vllm transformers] [--queries 3] [--candidates 8]
     .venv/bin/python benchmarks/evidence.py --splitters   # pysbd against blingfire (pip install blingfire)
+    .venv/bin/python benchmarks/evidence.py --surrogate 12 --engines transformers   # surrogate vs ablation
 
 Per engine, in a fresh process each: every query reranked with evidence off, then again with it on (the judgments
 replayed from a cache filled by the first pass, so that the second pass's time is the evidence alone; the
@@ -78,6 +79,46 @@ def engine_case(engine: str, queries: int, candidates: int, budget: int) -> dict
     }
 
 
+def surrogate_case(engine: str, documents: int, budget: int) -> dict:
+    """One long passage (the sample corpus's first ``documents`` documents of a topic, joined), attributed both
+    ways: one sentence at a time, and by the surrogate; how far they agree and what each cost."""
+    from scipy.stats import spearmanr
+
+    from search.corpus import Passage
+    from search.evidence import explain
+    from search.retrieval.ranking import Candidate, Hit
+
+    ensure_demo_model()
+    settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=Path(tempfile.mkdtemp()) / "indexes")
+    corpus = open_first_stage(settings, ("bm25",)).corpus
+    chosen = [document for document in corpus.documents if document.doc_id.startswith("bev-")][:documents]
+    passage = Passage(passage_id="long", doc_id="long", index=0, title="",
+                      text=" ".join(document.text for document in chosen))
+    query = "what are the health effects of caffeine"
+    loaded = open_model(EngineSettings(model="demo", engine=engine))
+    reranker = Rank1Reranker(loaded.engine, model_key=loaded.model.key, budget=budget,
+                             settings=RerankSettings(evidence=False))
+
+    async def both() -> tuple:
+        candidate = Candidate(passage=passage, stage="bm25", provenance={"bm25": Hit(rank=1, score=1.0)})
+        [judged] = [event async for event in reranker.stream(query, (candidate,)) if isinstance(event, Judged)]
+        common = {"reranker": "rank1", "doc_id": "long", "passage": passage.contents, "title": "",
+                  "reasoning": judged.reasoning}
+        exact = await explain(loaded.engine, reranker.probe(query, judged), **common, exact_limit=10**6)
+        fitted = await explain(loaded.engine, reranker.probe(query, judged), **common, exact_limit=0)
+        return exact, fitted
+
+    exact, fitted = asyncio.run(both())
+    loaded.engine.close()
+    deltas = [[sentence.delta for sentence in evidence.sentences] for evidence in (exact, fitted)]
+    top = [{number for number, _ in sorted(enumerate(values), key=lambda item: -abs(item[1]))[:3]}
+           for values in deltas]
+    return {"engine": loaded.engine.description, "sentences": len(exact.sentences),
+            "exact requests": exact.cost.requests, "exact s": f"{exact.cost.seconds:.1f}",
+            "surrogate requests": fitted.cost.requests, "surrogate s": f"{fitted.cost.seconds:.1f}",
+            "Spearman": f"{spearmanr(*deltas).statistic:.2f}", "top-3 shared": len(top[0] & top[1])}
+
+
 def splitters() -> None:
     import blingfire
 
@@ -109,9 +150,15 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--splitters", action="store_true", help="compare sentence splitters instead")
+    parser.add_argument("--surrogate", type=int, metavar="DOCUMENTS", default=0,
+                        help="compare the surrogate with one-at-a-time ablation on this many documents joined")
     args = parser.parse_args()
     if args.splitters:
         splitters()
+        return
+    if args.surrogate:
+        rows = [in_fresh_process(surrogate_case, engine, args.surrogate, args.budget) for engine in args.engines]
+        print_table(rows, list(rows[0]))
         return
     rows = [in_fresh_process(engine_case, engine, args.queries, args.candidates, args.budget)
             for engine in args.engines]

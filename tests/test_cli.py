@@ -194,10 +194,11 @@ def test_rerank_prints_the_event_stream_as_json_lines(index_dir: Path, tmp_path:
         doc_id: event["p_true"] for doc_id, event in judged.items()}
 
 
-def test_the_assessor_gives_every_judged_document_a_grade_distribution(index_dir: Path) -> None:
+def test_the_assessor_gives_every_judged_document_a_grade_distribution_and_its_evidence(index_dir: Path) -> None:
     result = run("rerank", "--reranker", "assessor", "--corpus", "sample_corpus", "--query",
                  "which planets have no moons", "--top-k", "3", "--budget", "8", "--no-judgment-cache", "--engine",
-                 "transformers", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+                 "transformers", "--evidence", "--jsonl", index_dir=index_dir,
+                 extra_environment={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "qwen2.5-1.5b-instruct is not cached, so the demo model runs" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -208,6 +209,15 @@ def test_the_assessor_gives_every_judged_document_a_grade_distribution(index_dir
         assert event["grade"] == max(range(4), key=event["distribution"].__getitem__)
         assert event["expected_grade"] == pytest.approx(sum(g * p for g, p in enumerate(event["distribution"])))
         assert event["forced"] == (event["end_reason"] != "grade")
+    evidence = {event["doc_id"]: event for event in events if event["type"] == "evidence"}
+    assert evidence.keys() == {event["doc_id"] for event in graded}
+    for event in graded:
+        explained = evidence[event["doc_id"]]
+        # The whole passage re-scored at the grade position, the reasoning held fixed: the expected grade ÷ 3.
+        assert explained["score"] == pytest.approx(event["expected_grade"] / 3, abs=1e-3)
+        assert all(explained["passage"][item["start"]:item["end"]] == item["text"] and -1 <= item["delta"] <= 1
+                   for item in explained["sentences"])
+        assert set(explained["faithfulness"]) == {"top_removed", "random_removed", "sentences_removed", "supported"}
 
 
 def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from search.engines.base import GenerationChunk, GenerationRequest
 from search.evidence import find_quotes, split_sentences, without
-from search.evidence.attribution import MIN_CHECKABLE, fit_surrogate, surrogate_masks
+from search.evidence.attribution import EXACT_LIMIT, MIN_CHECKABLE, fit_surrogate, surrogate_masks
 from search.rerank.assessor import AssessorReranker
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Event, Evidence, Graded, Judged, event_from_json, event_to_json
@@ -156,10 +156,10 @@ def test_the_surrogate_recovers_known_weights() -> None:
 
 
 def test_long_passages_are_attributed_by_the_surrogate(tokenizer: object) -> None:
-    filler = " ".join(f"Sentence number {number} says nothing." for number in range(40))
+    filler = " ".join(f"Sentence number {number} says nothing." for number in range(EXACT_LIMIT))
     engine = ScriptedEngine(tokenizer, weighing(tokenizer))
     evidence = evidence_of(rerank(engine, texts={"long": f"{SENTENCES[0]} {filler}"}))["long"]
-    assert evidence.method == "surrogate" and len(evidence.sentences) == 42
+    assert evidence.method == "surrogate" and len(evidence.sentences) == EXACT_LIMIT + 2
     strongest = evidence.strongest()
     assert strongest is not None and strongest.text == SENTENCES[0]
     assert evidence.cost.requests < len(evidence.sentences)

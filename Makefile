@@ -71,6 +71,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/cpu_dtype.py
 	$(BIN)/python benchmarks/evidence.py
 	$(BIN)/python benchmarks/evidence.py --splitters
+	$(BIN)/python benchmarks/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -7,6 +7,7 @@ setting also comes from its EXPLAINABLE_SEARCH_* environment variable, as Spaces
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import sqlite3
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import get_args
 
 from search.annotation.store import AnnotationStore
+from search.api import ReasoningReranker
 from search.corpus import CorpusError
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
-from search.pipeline import open_model, open_reranker
+from search.pipeline import build_reranker, open_model
 from search.progress import console_progress
 from search.retrieval.first_stage import open_first_stage
+from search.server import ApiState, api_routes
 from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
 from search.uploads import MAX_UPLOAD_BYTES, CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, build_app
@@ -36,7 +39,7 @@ def open_status(settings: Settings) -> ModelStatus:
             # Servers that are not up yet: the engine keeps probing, and reranking works once one answers.
             print(f"warning: {waiting}", file=sys.stderr)
             return ModelStatus(loaded=loaded, settings=settings)
-        open_reranker(settings.rerank, loaded)  # refuses a budget the context cannot hold
+        build_reranker(settings.rerank, loaded)  # refuses a budget the context cannot hold
     except (EngineError, DemoModelError) as error:
         print(f"warning: no reranker: {error}", file=sys.stderr)
         return ModelStatus(loaded=None, problem=str(error), settings=settings)
@@ -73,7 +76,8 @@ def serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or GRADIO_SERVER_PORT)")
     parser.add_argument("--concurrency", type=int, default=8,
-                        help="rerank runs served at once; more wait in the queue (default 8)")
+                        help="rerank runs served at once, the page's and the API's (/v1/rerank) together; more wait "
+                             "(default 8)")
     parser.add_argument("--auth", default=os.environ.get("EXPLAINABLE_SEARCH_AUTH", ""),
                         help="sign-in: user:password[,user:password...]; each annotator judges under their user "
                              "name (env EXPLAINABLE_SEARCH_AUTH)")
@@ -101,11 +105,20 @@ def serve(argv: Sequence[str] | None = None) -> int:
         print(f"error: --annotations {settings.annotations}: cannot open it: {error}", file=sys.stderr)
         return 2
     status = open_status(settings)
+    slots = asyncio.Semaphore(args.concurrency)  # rerank runs at once, the page's and the API's together
+    api = ApiState(reranker=ReasoningReranker(status.loaded, settings.rerank) if status.loaded else None,
+                   limits=settings.api, slots=slots, problem=status.problem)
     app = build_app(library, status, concurrency=args.concurrency, annotations=annotations, browser_secret=secret,
-                    auth=bool(auth), batches=settings.batches)
-    # Blocks until KeyboardInterrupt (Ctrl-C, or SIGTERM: see main), then closes the server and returns.
+                    auth=bool(auth), batches=settings.batches, slots=slots)
+    routes = api_routes(api)
+    if auth and not settings.api.api_key:  # sign-in guards the page only: the API would be open beside it
+        print("warning: the rerank API (/v1/rerank) is off because the page asks for sign-in; give --api-key to "
+              "serve it too", file=sys.stderr)
+        routes = []
+    # Blocks until KeyboardInterrupt (Ctrl-C, or SIGTERM: see main), then closes the server and returns. The rerank
+    # API's routes come first in the server's app, beside Gradio's own.
     app.queue().launch(server_name=args.host, server_port=args.port, css=CSS, js=JS, max_file_size=MAX_UPLOAD_BYTES,
-                       auth=auth or None)
+                       auth=auth or None, app_kwargs={"routes": routes})
     return 0
 
 

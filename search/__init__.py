@@ -6,8 +6,15 @@ The first stage in three lines::
     from search import Settings, open_first_stage
     first_stage = open_first_stage(Settings().replace(corpus=Path("my_corpus")))
     ranking = first_stage.search("which treatments do not need medication?", k=10)
+
+and any documents reranked with their reasoning (``search.api``)::
+
+    from search import open_reranker
+    with open_reranker("demo") as reranker:
+        results = reranker.rerank("which planets have no moons", ["Mercury has none.", "Mars has two."], top_n=1)
 """
 
+from search.api import ReasoningReranker, RerankDocument, RerankResult, open_reranker
 from search.corpus import Corpus, CorpusError, Document, LoadProblem, Passage, Query, load_corpus, split_documents
 from search.evaluation import evaluate
 from search.retrieval.first_stage import FirstStage, open_first_stage
@@ -16,6 +23,6 @@ from search.settings import Settings, SettingsError
 
 __all__ = [
     "Candidate", "Corpus", "CorpusError", "Document", "FirstStage", "Hit", "LoadProblem", "Passage", "Query",
-    "Ranking", "Retriever", "Settings", "SettingsError", "evaluate", "load_corpus", "open_first_stage",
-    "split_documents",
+    "Ranking", "ReasoningReranker", "RerankDocument", "RerankResult", "Retriever", "Settings", "SettingsError",
+    "evaluate", "load_corpus", "open_first_stage", "open_reranker", "split_documents",
 ]

@@ -1,9 +1,10 @@
-"""The command line: ``python -m search index | query | eval | rerank | rerank-run``."""
+"""The command line: ``python -m search index | query | eval | rerank | rerank-run | serve``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from search.corpus import Corpus, CorpusError, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, read_run, retrieve_run, write_trec_run
-from search.pipeline import Choice, choose, open_model, open_reranker, planned_model_key, reranker_budget
+from search.pipeline import Choice, LoadedModel, build_reranker, choose, open_model, planned_model_key, reranker_budget
 from search.progress import console_progress
 from search.rerank import RERANKERS, Reranker
 from search.rerank.cache import JudgmentCache
@@ -147,14 +148,19 @@ def command_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _open_reranker(settings: Settings, cache: JudgmentCache | None = None, choice: Choice | None = None
-                   ) -> Reranker:
-    """The reranker the settings name on the engine they choose, saying what was chosen."""
+def _open_model(settings: Settings, choice: Choice | None = None) -> LoadedModel:
+    """The engine the settings choose, saying what was chosen."""
     choice = choice or choose(settings.serving, settings.rerank.reranker)
     for note in choice.notes:
         print(f"model: {note}", file=sys.stderr)
     print(f"starting {choice.engine} with {choice.model.name or 'the served model'} …", file=sys.stderr)
-    return open_reranker(settings.rerank, open_model(settings.serving, settings.rerank.reranker, choice), cache)
+    return open_model(settings.serving, settings.rerank.reranker, choice)
+
+
+def _open_reranker(settings: Settings, cache: JudgmentCache | None = None, choice: Choice | None = None
+                   ) -> Reranker:
+    """The reranker the settings name on the engine they choose, saying what was chosen."""
+    return build_reranker(settings.rerank, _open_model(settings, choice), cache)
 
 
 def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
@@ -255,6 +261,30 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if view.failed else 0
 
 
+def command_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The rerank API alone (no page), for RAG back ends, until interrupted."""
+    import uvicorn
+
+    from search.api import ReasoningReranker
+    from search.server import ApiState, headless_app
+
+    loaded = _open_model(settings)
+    if (waiting := loaded.engine.waiting()) is not None:
+        print(f"warning: {waiting}; requests get 503 until a server answers", file=sys.stderr)
+    else:
+        build_reranker(settings.rerank, loaded)  # refuses a budget the context cannot hold
+    state = ApiState(reranker=ReasoningReranker(loaded, settings.rerank), limits=settings.api,
+                     slots=asyncio.Semaphore(args.concurrency))
+    print(f"serving {loaded.model.name or loaded.engine.model} ({settings.rerank.reranker} on "
+          f"{loaded.engine.description}) at http://{args.host}:{args.port}/v1/rerank"
+          + (", asking for the API key" if settings.api.api_key else ""), file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(headless_app(state), host=args.host, port=args.port,
+                                           timeout_graceful_shutdown=5))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on SIGINT and SIGTERM, then passes them on
+        server.run()
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (the option and what is wrong with it), not the whole usage."""
 
@@ -329,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumed if it exists)")
     add_arguments(batch)
     batch.set_defaults(handler=command_rerank_run)
+
+    serve = commands.add_parser(
+        "serve", help="serve the rerank API alone (Cohere's POST /v1/rerank, with reasoning), for RAG back ends",
+        description="POST /v1/rerank (also /v2/rerank and /rerank), GET /v1/models and GET /health on the model the "
+                    "settings choose; --api-key (or EXPLAINABLE_SEARCH_API_KEY) makes it ask for a bearer token. "
+                    "See docs/api.md.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
+    serve.add_argument("--concurrency", type=_positive, default=8,
+                       help="rerank requests served at once; more wait (default 8)")
+    add_arguments(serve, skip=("concurrency", "top_k"), sections=("rerank", "serving", "api"))
+    serve.set_defaults(handler=command_serve)
     return parser
 
 

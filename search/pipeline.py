@@ -1,6 +1,6 @@
 """The product's spine: query → first-stage candidates → a reranker's one stream of events. The page, the command
 line, the API and batch runs all go through here: ``open_model`` starts the engine the settings ask for (or the
-best this machine can run), ``open_reranker`` builds any reranker on it, and ``collect`` / ``rerank`` are the
+best this machine can run), ``build_reranker`` builds any reranker on it, and ``collect`` / ``rerank`` are the
 forms for scripts that do not watch the stream."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
     return served_model(serving.endpoint_urls, serving.served_model)
 
 
-def open_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
+def build_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
     """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
     settings' judgment cache). Its budget: the settings', else the model's own need, else the reranker's."""
     cls = RERANKERS[settings.reranker]

@@ -189,6 +189,22 @@ class RerankSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ApiSettings:
+    """The rerank API (``/v1/rerank``, beside the page and in ``python -m search serve``): who may call it and
+    how much one request may ask."""
+
+    api_key: str = _setting("", "bearer token the rerank API asks for (empty: none asked)")
+    api_max_documents: int = _setting(1000, "rerank API: most documents in one request")
+    api_max_document_bytes: int = _setting(100_000, "rerank API: most bytes of one document (UTF-8, title and text)")
+    api_max_request_bytes: int = _setting(16 * 2**20, "rerank API: most bytes of one request body")
+
+    def __post_init__(self) -> None:
+        for name in ("api_max_documents", "api_max_document_bytes", "api_max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Every setting, grouped by the component that reads it."""
 
@@ -199,6 +215,7 @@ class Settings:
     fusion: FusionSettings = field(default_factory=FusionSettings)
     rerank: RerankSettings = field(default_factory=RerankSettings)
     serving: EngineSettings = field(default_factory=EngineSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
     annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
     batches: Path = _setting(data_home() / "batches", "folder whose rerank-run outputs (one folder each) the "
@@ -291,12 +308,13 @@ def options() -> list[Option]:
     return list(_fields_of(Settings, None))
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per setting, grouped by section; all default to None so unset flags keep the environment's
-    value."""
+def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
+                  sections: tuple[str, ...] | None = None) -> None:
+    """Add one flag per setting (of ``sections`` only, when given), grouped by section; all default to None so
+    unset flags keep the environment's value."""
     groups: dict[str | None, argparse._ArgumentGroup] = {}
     for option in options():
-        if option.name in skip:
+        if option.name in skip or (sections is not None and option.section not in sections):
             continue
         if option.section not in groups:
             title = f"{option.section} settings" if option.section else "storage settings"

@@ -9,9 +9,9 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from search.corpus import Passage
-from search.engines.base import Engine, GenerationChunk, GenerationRequest
+from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.rerank.assessor import ANSWER, GradeTokens
-from search.rerank.rank1 import STOP_TRUE, VerdictTokens
+from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, VerdictTokens
 from search.retrieval.ranking import Candidate, Hit
 
 Script = Callable[[GenerationRequest], Sequence[GenerationChunk] | Exception]
@@ -125,3 +125,27 @@ def reversing(request: GenerationRequest) -> list[GenerationChunk]:
 SCRIPTS: dict[str, Callable[[object], Script]] = {"rank1": rank1_judge, "assessor": grading,
                                                   "reasonrank": lambda tokenizer: reversing}
 """A scripted model for every registered reranker, by name."""
+
+
+class Judge:
+    """A scripted rank1: "good" passages get P(true) 0.8 (a verdict), others 0.2 (forced); passages named in
+    ``failing`` make the engine fail."""
+
+    def __init__(self, verdict: VerdictTokens, failing: tuple[str, ...] = ()) -> None:
+        self.verdict = verdict
+        self.failing = failing
+
+    def __call__(self, request: GenerationRequest) -> list[GenerationChunk] | Exception:
+        if any(f"text of {doc_id}\n" in request.prompt for doc_id in self.failing):
+            return EngineError("server gone")
+        good = "good" in request.prompt.split("Passage:")[-1]
+        logprobs = {self.verdict.true_id: math.log(0.8 if good else 0.2),
+                    self.verdict.false_id: math.log(0.2 if good else 0.8)}
+        token = self.verdict.true_id if good else self.verdict.false_id
+        if request.allowed_token_ids:  # the forced verdict step
+            return [GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="length")]
+        thinking = GenerationChunk(text="thinking.", token_ids=(11,), logprobs=({},))
+        if not good:
+            return [thinking, GenerationChunk(text="", token_ids=(12,), logprobs=({},), finish_reason="length")]
+        return [thinking, GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="stop",
+                                          stop_reason=STOP_TRUE if good else STOP_FALSE)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
-from scripted import ScriptedEngine, grading, reversing
+from scripted import Judge, ScriptedEngine, grading, reversing
 from servers import CuttingProxy, VLLMServer, finished_requests, running_requests
 from transformers import AutoTokenizer
 
@@ -35,7 +35,6 @@ from search.batch import (
 from search.batch.report import comparison, grade_agreement
 from search.batch.store import STATE_FILE, Kept
 from search.corpus import Corpus, CorpusError, Document
-from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.engines.openai_engine import spanning_stop
 from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
 from search.rerank.assessor import AssessorReranker
@@ -87,30 +86,6 @@ def test_a_batch_takes_each_querys_top_k_and_names_what_the_corpus_lacks(tmp_pat
 @pytest.fixture(scope="module")
 def verdict(demo_model: Path) -> VerdictTokens:
     return VerdictTokens.of(AutoTokenizer.from_pretrained(demo_model))
-
-
-class Judge:
-    """A scripted rank1: "good" passages get P(true) 0.8 (a verdict), others 0.2 (forced); passages named in
-    ``failing`` make the engine fail."""
-
-    def __init__(self, verdict: VerdictTokens, failing: tuple[str, ...] = ()) -> None:
-        self.verdict = verdict
-        self.failing = failing
-
-    def __call__(self, request: GenerationRequest) -> list[GenerationChunk] | Exception:
-        if any(f"text of {doc_id}\n" in request.prompt for doc_id in self.failing):
-            return EngineError("server gone")
-        good = "good" in request.prompt.split("Passage:")[-1]
-        logprobs = {self.verdict.true_id: math.log(0.8 if good else 0.2),
-                    self.verdict.false_id: math.log(0.2 if good else 0.8)}
-        token = self.verdict.true_id if good else self.verdict.false_id
-        if request.allowed_token_ids:  # the forced verdict step
-            return [GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="length")]
-        thinking = GenerationChunk(text="thinking.", token_ids=(11,), logprobs=({},))
-        if not good:
-            return [thinking, GenerationChunk(text="", token_ids=(12,), logprobs=({},), finish_reason="length")]
-        return [thinking, GenerationChunk(text="", token_ids=(token,), logprobs=(logprobs,), finish_reason="stop",
-                                          stop_reason=STOP_TRUE if good else STOP_FALSE)]
 
 
 @pytest.fixture

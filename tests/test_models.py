@@ -9,7 +9,7 @@ import pytest
 from search import engines
 from search.engines import EngineError, close_engines, engine_kind
 from search.models import DEMO, REGISTRY, resolve_model, shared_lineage, spec_of
-from search.pipeline import choose, open_model, open_reranker
+from search.pipeline import build_reranker, choose, open_model
 from search.rerank import RERANKERS
 from search.settings import EngineSettings, RerankSettings, Settings, SettingsError
 
@@ -77,8 +77,8 @@ def test_a_budget_the_context_cannot_hold_is_refused(demo_model: Path) -> None:
     try:
         loaded = open_model(EngineSettings(model=DEMO, engine="transformers"))
         with pytest.raises(EngineError, match=r"budget \(4,096 tokens\) must be below the context of .*, 2,048 tokens"):
-            open_reranker(RerankSettings(budget=4096, judgment_cache=False), loaded)
-        assert open_reranker(RerankSettings(reranker="assessor", judgment_cache=False), loaded).budget == \
+            build_reranker(RerankSettings(budget=4096, judgment_cache=False), loaded)
+        assert build_reranker(RerankSettings(reranker="assessor", judgment_cache=False), loaded).budget == \
             REGISTRY[DEMO].budget  # the demo model's own short budget, whatever the reranker
     finally:
         close_engines()

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.evaluation import read_run
 from search.models import ResolvedModel
-from search.pipeline import LoadedModel, open_reranker
+from search.pipeline import LoadedModel, build_reranker
 from search.rerank import RERANKERS, Reranker, Run
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import EVENT_TYPES, Event, event_to_json
@@ -61,7 +61,7 @@ def reranker_on(engine: Engine | Counting, name: str, *, budget: int, cache: Jud
                               passage_tokens=48, judgment_cache=False)
     loaded = LoadedModel(engine=typing.cast(Engine, engine),
                          model=ResolvedModel(name="test", location="", key="test-model", is_demo=False))
-    return open_reranker(settings, loaded, cache)
+    return build_reranker(settings, loaded, cache)
 
 
 def rerank(reranker: Reranker, candidates: tuple[Candidate, ...], query: str = QUERY) -> tuple[list[Event], Run]:

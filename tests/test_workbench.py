@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import shoot
 from gradio_client import Client
@@ -224,6 +225,8 @@ def test_signed_in_users_judge_under_their_own_name(tmp_path: Path, index_dir: P
             Client(url, auth=("ada", "wrong"), verbose=False)
         saved = Client(url, auth=("bob", "secret2"), verbose=False).predict(
             "auth", "ada", "q1", "d1", 1, "", api_name="/judge")
+        # Sign-in guards the page alone, so without an API key the rerank API is not served beside it.
+        assert httpx.post(f"{url}v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 404
     assert saved["annotator"] == "bob"  # the signed-in user, whatever name the request gives
     assert [item.annotator for item in AnnotationStore(annotations).judgments("auth")] == ["bob"]
 

@@ -24,7 +24,7 @@ from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
 from search.models import REGISTRY
-from search.pipeline import LoadedModel, open_model, open_reranker
+from search.pipeline import LoadedModel, build_reranker, open_model
 from search.rerank import RERANKERS, Reranker, Run
 from search.settings import RerankerName, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
@@ -127,12 +127,13 @@ def upload_failure(name: str, error: UploadError | CorpusError) -> str:
 
 def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, concurrency: int = 8,
               annotations: AnnotationStore | None = None, browser_secret: str = "", auth: bool = False,
-              batches: Path | None = None) -> gr.Blocks:
+              batches: Path | None = None, slots: asyncio.Semaphore | None = None) -> gr.Blocks:
     """The page over the corpora in ``library`` (the first is shown first; users can upload more), reranking on
     ``status.loaded`` when there is a model; at most ``concurrency`` rerank runs at a time share the engine (more
     wait in Gradio's queue). With an ``annotations`` store it has the annotator workbench too, where the signed-in
     user is the annotator when ``auth`` is on. With ``batches`` (a folder of rerank-run outputs) it has the
-    Evaluation tab."""
+    Evaluation tab. ``slots``, when given, bounds rerank runs together with whoever else holds it (the API)."""
+    slots = slots or asyncio.Semaphore(concurrency)
     default_corpus = library.names()[0]
     corpus = library.get(default_corpus).corpus
     status = status or ModelStatus(loaded=None, problem="none was configured.")
@@ -168,7 +169,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                               "as a server answers")
         chosen = dataclasses.replace(settings.rerank, reranker=kind, budget=budget or settings.rerank.budget,
                                      evidence=settings.rerank.evidence if evidence is None else evidence)
-        return open_reranker(chosen, loaded)
+        return build_reranker(chosen, loaded)
 
     def header_now(key: str) -> str:
         """The header as the engine is now (a server that went away or came back since the page was built)."""
@@ -280,13 +281,14 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         last = time.monotonic()
         events = reranker.stream(query, found, instruction=instruction)
         try:
-            async for event in events:
-                if current_runs.get(session) is not run:
-                    return  # stopped, or replaced by a newer query
-                run.apply(event)
-                if time.monotonic() - last >= UPDATE_EVERY_S:
-                    last = time.monotonic()
-                    yield (*shown(run, budget, reranked=reranked), run, run.rows())
+            async with slots:
+                async for event in events:
+                    if current_runs.get(session) is not run:
+                        return  # stopped, or replaced by a newer query
+                    run.apply(event)
+                    if time.monotonic() - last >= UPDATE_EVERY_S:
+                        last = time.monotonic()
+                        yield (*shown(run, budget, reranked=reranked), run, run.rows())
         finally:
             await events.aclose()  # ends the engine requests
         yield (*shown(run, budget, reranked=reranked), run, run.rows())

@@ -13,7 +13,8 @@ from typing import get_args
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.settings import EngineKind, EngineSettings
 
-__all__ = ["ENGINE_KINDS", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "close_engines",
+__all__ = ["ENGINE_KINDS", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "close_engine",
+           "close_engines",
            "cuda_available", "engine_kind", "open_engine"]
 
 ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
@@ -94,6 +95,14 @@ def stop_on_sigterm() -> None:
     """SIGTERM (what ``kill``, systemd and container runtimes send) interrupts like Ctrl-C, so that the same
     clean-up runs: engines closed, finished work kept. Call it from the main thread."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def close_engine(engine: Engine) -> None:
+    """Stop one engine; the next ``open_engine`` of its kind and model starts a new one."""
+    with _lock:
+        for key in [key for key, started in _open.items() if started is engine]:
+            del _open[key]
+    engine.close()
 
 
 def close_engines() -> None:

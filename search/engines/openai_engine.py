@@ -27,7 +27,8 @@ import httpx
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 
-API_KEY_VARIABLES = ("EXPLAINABLE_SEARCH_API_KEY", "OPENAI_API_KEY")
+API_KEY_VARIABLES = ("EXPLAINABLE_SEARCH_ENDPOINT_API_KEY", "OPENAI_API_KEY")
+"""Where the key the servers ask for comes from (EXPLAINABLE_SEARCH_API_KEY is the key our own API asks for)."""
 TOKEN_ID_PREFIX = "token_id:"
 ATTEMPTS_PER_ENDPOINT = 2
 """A request fails after this many failed attempts per endpoint, or at once when every endpoint is out."""

@@ -141,6 +141,10 @@ class Run(ABC):
         """The document's score so far (``score_name``), None when it has none (waiting, or failed)."""
 
     @abstractmethod
+    def relevance(self, doc_id: str) -> float | None:
+        """The score on 0–1, the rerank API's ``relevance_score`` (None without a score)."""
+
+    @abstractmethod
     def details(self, doc_id: str) -> dict[str, Any]:
         """The reranker's own fields of a document's row."""
 

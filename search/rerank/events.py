@@ -71,6 +71,11 @@ class Measured:
         """What the reranker ranks by."""
         raise NotImplementedError
 
+    @property
+    def relevance(self) -> float:
+        """``score`` on 0–1 (the rerank API's ``relevance_score``)."""
+        raise NotImplementedError
+
     def how(self) -> str:
         """How the judgment came about: tokens, why it ended, and its flags."""
         flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(self, name))
@@ -93,6 +98,10 @@ class Judged(Measured):
     def score(self) -> float:
         return self.p_true
 
+    @property
+    def relevance(self) -> float:
+        return self.p_true
+
     def describe(self) -> str:
         return f"{'true ' if self.verdict else 'false'} P(true)={self.p_true:.3f}  {self.doc_id}  ({self.how()})"
 
@@ -113,6 +122,10 @@ class Graded(Measured):
     @property
     def score(self) -> float:
         return self.expected_grade
+
+    @property
+    def relevance(self) -> float:
+        return self.expected_grade / (len(self.distribution) - 1)
 
     def describe(self) -> str:
         shares = " ".join(f"{p:.2f}" for p in self.distribution)

@@ -131,6 +131,11 @@ class ListwiseRun(Run):
         ordered = [candidate.passage.doc_id for candidate in self.ordered()]
         return float(len(ordered) - ordered.index(doc_id))
 
+    def relevance(self, doc_id: str) -> float | None:
+        """(count − rank + 1) ÷ count: 1 for the first, 1/count for the last."""
+        score = self.score(doc_id)
+        return None if score is None else score / len(self.candidates)
+
     def failure(self, doc_id: str) -> str:
         if self.status(doc_id) != "failed":
             return ""

@@ -330,6 +330,10 @@ class PointwiseRun(Run):
         outcome = self.documents[doc_id].outcome
         return outcome.score if outcome is not None else None
 
+    def relevance(self, doc_id: str) -> float | None:
+        outcome = self.documents[doc_id].outcome
+        return outcome.relevance if outcome is not None else None
+
     def failure(self, doc_id: str) -> str:
         return self.documents[doc_id].failure
 

@@ -1,0 +1,230 @@
+"""Rerank any documents for a query, reasoning included: the Python API, and the request and result shapes that the
+HTTP API (``search.server``: Cohere's ``/v1/rerank``) shares with it.
+
+    from search import open_reranker
+
+    with open_reranker("demo", engine="transformers", budget=16) as reranker:
+        for result in reranker.rerank("which planets have no moons", ["Mercury has no moon.", "Mars has two."]):
+            print(result.index, round(result.relevance_score, 3), result.reasoning[:60])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from search.corpus import Passage
+from search.engines import EngineError, close_engine
+from search.pipeline import LoadedModel, build_reranker, open_model
+from search.rerank import Reranker, Run
+from search.rerank.base import Status
+from search.rerank.events import Event
+from search.retrieval.ranking import Candidate, Hit
+from search.settings import RerankerName, RerankSettings, Settings
+
+T = TypeVar("T")
+REQUEST_STAGE = "request"
+"""The stage the documents come from: the caller's order, with no score of its own."""
+ROW_ENVELOPE = ("rank", "doc_id", "passage_id", "first_stage_rank", "score", "status", "failure", "reasoning")
+"""The row fields a result carries as attributes of its own (the rest are the reranker's: ``details``)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankDocument:
+    """A document to rerank: the model reads the title, a space, then the text. ``id`` is the caller's, echoed."""
+
+    text: str
+    title: str = ""
+    id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankRequest:
+    """One query's documents to rerank, and how; None means the settings the model was opened with."""
+
+    query: str
+    documents: tuple[RerankDocument, ...]
+    top_n: int | None = None
+    instruction: str = ""
+    reranker: RerankerName | None = None
+    budget: int | None = None
+    evidence: bool | None = None
+
+    def settings(self, base: RerankSettings) -> RerankSettings:
+        """``base`` with what this request asks for instead."""
+        return dataclasses.replace(
+            base, reranker=self.reranker or base.reranker, budget=self.budget or base.budget,
+            evidence=base.evidence if self.evidence is None else self.evidence)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RerankResult:
+    """One document's outcome, best first. ``relevance_score`` is on 0–1: P(true) for rank1, the expected grade ÷ 3
+    for the assessor, (count − rank + 1) ÷ count for ReasonRank (it gives ranks, no scores); a document that failed
+    has 0 and ``failure`` says why. ``details`` holds the reranker's own fields (rank1: ``p_true``, ``verdict``,
+    ``forced``…; the assessor: ``grade``, ``distribution``…; ReasonRank: ``trajectory``) and ``evidence``."""
+
+    index: int
+    """The document's place in the request, from 0."""
+    document: RerankDocument
+    relevance_score: float
+    status: Status
+    reasoning: str
+    failure: str | None
+    details: Mapping[str, Any]
+
+    def to_json(self, *, return_documents: bool = False) -> dict[str, Any]:
+        """Cohere's result (``index``, ``relevance_score``, ``document`` when asked) and our fields after it."""
+        document = {"text": self.document.text, **({"title": self.document.title} if self.document.title else {})}
+        return {"index": self.index, "relevance_score": self.relevance_score,
+                **({"document": document} if return_documents else {}),
+                **({"id": self.document.id} if self.document.id is not None else {}),
+                "status": self.status, "reasoning": self.reasoning, "failure": self.failure, **self.details}
+
+
+def candidates_of(documents: Sequence[RerankDocument]) -> tuple[Candidate, ...]:
+    """The documents as candidates in the caller's order, each named by its index (ids need not be unique)."""
+    return tuple(Candidate(passage=Passage(passage_id=str(index), doc_id=str(index), index=0, title=document.title,
+                                           text=document.text),
+                           stage=REQUEST_STAGE, provenance={REQUEST_STAGE: Hit(rank=index + 1, score=0.0)})
+                 for index, document in enumerate(documents))
+
+
+class Reranking:
+    """One request on its way: iterate ``events()`` (each is folded into ``run`` as it passes), then read
+    ``results()``."""
+
+    def __init__(self, reranker: Reranker, request: RerankRequest) -> None:
+        self.request = request
+        self.reranker = reranker
+        self.candidates = candidates_of(request.documents)
+        self.run: Run = reranker.start_run(request.query, self.candidates, instruction=request.instruction)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event as the model writes; closing this early aborts the engine requests."""
+        stream = self.reranker.stream(self.request.query, self.candidates, instruction=self.request.instruction)
+        try:
+            async for event in stream:
+                self.run.apply(event)
+                yield event
+        finally:
+            await stream.aclose()
+
+    def results(self) -> list[RerankResult]:
+        """The documents best first (failures last), cut to ``top_n``."""
+        results = []
+        for row in self.run.rows()[:self.request.top_n]:
+            index = int(row["doc_id"])
+            relevance = self.run.relevance(row["doc_id"])
+            results.append(RerankResult(
+                index=index, document=self.request.documents[index],
+                relevance_score=0.0 if relevance is None else relevance, status=row["status"],
+                reasoning=row.get("reasoning") or "", failure=row["failure"],
+                details={name: value for name, value in row.items() if name not in ROW_ENVELOPE
+                         and (name != "evidence" or self.reranker.settings.evidence)}))
+        return results
+
+
+def as_documents(documents: Sequence[str | RerankDocument | Mapping[str, Any]]) -> tuple[RerankDocument, ...]:
+    """Plain strings, ``RerankDocument``s or mappings with ``text`` (and ``title``, ``id``)."""
+    converted = []
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            converted.append(RerankDocument(text=document))
+        elif isinstance(document, RerankDocument):
+            converted.append(document)
+        elif isinstance(document, Mapping) and isinstance(document.get("text"), str):
+            converted.append(RerankDocument(text=document["text"], title=str(document.get("title") or ""),
+                                            id=None if document.get("id") is None else str(document["id"])))
+        else:
+            raise TypeError(f"documents[{index}]: expected a string or a mapping with a 'text' string, "
+                            f"got {type(document).__name__}")
+    return tuple(converted)
+
+
+class ReasoningReranker:
+    """A model on its engine, reranking any documents for a query. ``open_reranker`` makes one."""
+
+    def __init__(self, loaded: LoadedModel, settings: RerankSettings) -> None:
+        self.loaded = loaded
+        self.settings = settings
+
+    @property
+    def model(self) -> str:
+        """The model's name as the catalogue knows it (``demo``, ``rank1-7b``, a hub id or folder)."""
+        return self.loaded.model.name or self.loaded.engine.model
+
+    def start(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
+              top_n: int | None = None, instruction: str = "", reranker: RerankerName | None = None,
+              budget: int | None = None, evidence: bool | None = None) -> Reranking:
+        """A request ready to stream; raises ``EngineError`` when the engine cannot take it (its servers are out,
+        or the budget does not fit its context)."""
+        return self.reranking(RerankRequest(query=query, documents=as_documents(documents), top_n=top_n,
+                                            instruction=instruction, reranker=reranker, budget=budget,
+                                            evidence=evidence))
+
+    def reranking(self, request: RerankRequest) -> Reranking:
+        """``request`` ready to stream (``start`` with the request made already)."""
+        return Reranking(build_reranker(request.settings(self.settings), self.loaded), request)
+
+    def names(self) -> set[str]:
+        """Every name a request's ``model`` may give this model by."""
+        return {name for name in (self.model, self.loaded.key, self.loaded.engine.model, self.loaded.model.location,
+                                  getattr(self.loaded.engine, "served_model", "")) if name}
+
+    async def astream(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]],
+                      **options: Any) -> AsyncIterator[Event]:
+        """Every event of reranking ``documents`` (``options`` as for ``rerank``), as the model writes."""
+        async for event in self.start(query, documents, **options).events():
+            yield event
+
+    async def arerank(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]],
+                      **options: Any) -> list[RerankResult]:
+        reranking = self.start(query, documents, **options)
+        async for _ in reranking.events():
+            pass
+        return reranking.results()
+
+    def rerank(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
+               top_n: int | None = None, instruction: str = "", reranker: RerankerName | None = None,
+               budget: int | None = None, evidence: bool | None = None) -> list[RerankResult]:
+        """The documents best first, each with its reasoning. Works inside a running event loop too (a notebook)."""
+        return _run(self.arerank(query, documents, top_n=top_n, instruction=instruction, reranker=reranker,
+                                 budget=budget, evidence=evidence))
+
+    def close(self) -> None:
+        """Stop the engine (vLLM's workers are separate processes)."""
+        close_engine(self.loaded.engine)
+
+    def __enter__(self) -> ReasoningReranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, on a thread of its own when this thread already runs a loop (Jupyter's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def open_reranker(model: str = "auto", *, reranker: RerankerName = "rank1", engine: str = "auto",
+                  **settings: Any) -> ReasoningReranker:
+    """``model`` (``demo``, ``rank1-7b``, any hub id or folder; ``auto``: the best this machine runs) on ``engine``
+    (``vllm``, ``openai`` with ``endpoints="http://…"``, ``transformers``; ``auto``: the best here), reranking with
+    ``reranker``. Any other setting by its name (``budget=64``, ``evidence=True``, ``max_model_len=…``); the rest come
+    from the ``EXPLAINABLE_SEARCH_*`` variables."""
+    chosen = Settings.from_env().replace(model=model, engine=engine, reranker=reranker, **settings)
+    loaded = open_model(chosen.serving, chosen.rerank.reranker)
+    if (problem := loaded.engine.waiting()) is not None:
+        raise EngineError(problem)
+    return ReasoningReranker(loaded, chosen.rerank)

@@ -1,0 +1,175 @@
+"""The rerank API over HTTP: Cohere's ``POST /v1/rerank`` (also at ``/v2/rerank``, where the cohere SDK's
+``ClientV2`` posts, and ``/rerank``, as vLLM's server has them), streamed as Server-Sent Events with
+``"stream": true``; ``GET /v1/models`` and ``GET /health``. The same routes serve beside the page (app.py) and alone
+(``python -m search serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
+
+from search.api import ReasoningReranker, Reranking
+from search.engines import EngineError
+from search.rerank import RERANKERS
+from search.rerank.events import event_to_json
+from search.server.protocol import ApiError, ParsedRequest, parse_request, response, sse
+from search.settings import ApiSettings
+
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiState:
+    """What the routes serve: the model (None, with ``problem`` saying why, when none could be opened), the limits,
+    and the slots that bound rerank runs at once (shared with the page when it is served beside it)."""
+
+    reranker: ReasoningReranker | None
+    limits: ApiSettings
+    slots: asyncio.Semaphore
+    problem: str = ""
+
+
+def api_routes(state: ApiState) -> list[BaseRoute]:
+    """The API's routes, for ``FastAPI(routes=…)`` or beside Gradio's (``launch(app_kwargs={"routes": …})``)."""
+    router = APIRouter()
+
+    async def rerank(request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            _check_key(request, state.limits.api_key)
+            parsed = parse_request(await _body(request, state.limits.api_max_request_bytes), state.limits)
+            reranking = _reranking(state, parsed)
+        except ApiError as error:
+            return _refusal(error)
+        if parsed.stream:
+            return StreamingResponse(_streamed(state, reranking, parsed, started), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        async with state.slots, contextlib.aclosing(reranking.events()) as events:
+            async for _ in events:
+                if await request.is_disconnected():
+                    return Response(status_code=499)  # closing the events ends the engine requests
+        try:
+            return JSONResponse(_answer(reranking, parsed, _served(state).model, started))
+        except ApiError as error:
+            return _refusal(error)
+
+    for path in RERANK_PATHS:
+        router.add_api_route(path, rerank, methods=["POST"], summary="Rerank documents for a query, with reasoning")
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            _check_key(request, state.limits.api_key)
+        except ApiError as error:
+            return _refusal(error)
+        served = state.reranker
+        cards = [] if served is None else [{
+            "id": served.model, "object": "model", "owned_by": "explainable-search", "rerankers": list(RERANKERS),
+            "reranker": served.settings.reranker, "max_model_len": served.loaded.engine.max_model_len}]
+        return JSONResponse({"object": "list", "data": cards})
+
+    @router.get("/health")
+    async def health() -> Response:
+        """200 when a request would be served now; 503 with the reason when not (no model, servers out)."""
+        if (problem := _not_ready(state)) is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+        served = _served(state)
+        return JSONResponse({"status": "ok", "model": served.model, "engine": served.loaded.engine.description})
+
+    return router.routes
+
+
+def headless_app(state: ApiState) -> FastAPI:
+    """The API alone, for RAG back ends: no page."""
+    return FastAPI(title="Explainable Search rerank API", routes=api_routes(state))
+
+
+def _refusal(error: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    if error.status == 503:
+        headers["Retry-After"] = "2"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _check_key(request: Request, key: str) -> None:
+    """401 unless the request carries ``Authorization: Bearer <key>`` (when a key is set), compared in constant
+    time."""
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                       kind="authentication_error")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it passes ``limit`` bytes (announced or not)."""
+    too_big = ApiError(413, f"the request body is over {limit:,} bytes (api_max_request_bytes)")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _not_ready(state: ApiState) -> str | None:
+    """Why no request can be served now, or None."""
+    if state.reranker is None:
+        return f"no model is loaded: {state.problem or 'none was configured'}"
+    engine = state.reranker.loaded.engine
+    return engine.waiting() or engine.unavailable()
+
+
+def _served(state: ApiState) -> ReasoningReranker:
+    """The model, once ``_not_ready`` has said there is one."""
+    if state.reranker is None:
+        raise ApiError(503, state.problem or "no model is loaded", kind="service_unavailable")
+    return state.reranker
+
+
+def _reranking(state: ApiState, parsed: ParsedRequest) -> Reranking:
+    if (problem := _not_ready(state)) is not None:
+        raise ApiError(503, problem, kind="service_unavailable")
+    served = _served(state)
+    if parsed.model is not None and parsed.model not in served.names():
+        raise ApiError(404, f"model: {parsed.model!r} is not served here; this server serves {served.model!r}",
+                       kind="not_found_error")
+    try:
+        return served.reranking(parsed.request)
+    except EngineError as error:  # the budget does not fit the context
+        raise ApiError(400, f"budget: {error}") from None
+
+
+def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: float) -> dict:
+    """The response, or 503 when every document failed (the engine's reason)."""
+    summary = reranking.run.summary()
+    results = reranking.results()
+    if summary.failed and summary.failed == len(parsed.request.documents):
+        reason = next(result.failure for result in results if result.failure)
+        raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
+    return response(results, parsed, failed=summary.failed, model=model,
+                    reranker=reranking.reranker.name, seconds=time.monotonic() - started, tokens=summary.tokens)
+
+
+async def _streamed(state: ApiState, reranking: Reranking, parsed: ParsedRequest, started: float
+                    ) -> AsyncIterator[bytes]:
+    """Every event as the model writes it, then ``results`` (the response) or ``error``."""
+    async with state.slots:
+        async for event in reranking.events():
+            yield sse(event.type, event_to_json(event))
+    try:
+        yield sse("results", _answer(reranking, parsed, _served(state).model, started))
+    except ApiError as error:
+        yield sse("error", error.body())

@@ -1,0 +1,266 @@
+"""The rerank API's logic, in process over a scripted engine: Cohere's request and response shapes, our fields,
+every refusal naming its field, the bearer key, Server-Sent Events, and the Python API. Real servers and real
+clients (the cohere SDK, LangChain, 16 at once) are in test_api_server.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from scripted import SCRIPTS, Judge, ScriptedEngine
+from servers import free_port
+from transformers import AutoTokenizer
+
+from search.api import ReasoningReranker, RerankDocument
+from search.models import ResolvedModel
+from search.pipeline import LoadedModel
+from search.rerank.rank1 import VerdictTokens
+from search.server import ApiState, headless_app
+from search.server.routes import RERANK_PATHS
+from search.settings import ApiSettings, RerankerName, RerankSettings
+
+KEY = "s3cret-key"
+DOCUMENTS = ["Mercury has no moon: a good answer.", "Jupiter has many moons.",
+             {"text": "Venus has no moon either, a good one.", "title": "Venus", "id": "venus"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model: Path) -> object:
+    return AutoTokenizer.from_pretrained(demo_model)
+
+
+def reranker_on(engine: ScriptedEngine, reranker: RerankerName = "rank1") -> ReasoningReranker:
+    loaded = LoadedModel(engine=engine, model=ResolvedModel(name="scripted", location="", key="scripted-key",
+                                                            is_demo=False))
+    return ReasoningReranker(loaded, RerankSettings(reranker=reranker, budget=8, judgment_cache=False, window=3,
+                                                    step=2, passage_tokens=48))
+
+
+def client_of(reranker: ReasoningReranker | None, **limits: Any) -> TestClient:
+    state = ApiState(reranker=reranker, limits=ApiSettings(**limits), slots=asyncio.Semaphore(4),
+                     problem="the model could not load")
+    return TestClient(headless_app(state))
+
+
+@pytest.fixture
+def judge(tokenizer: object) -> ScriptedEngine:
+    """rank1 that finds "good" passages relevant (P(true) 0.8) and fails on "text of bad"."""
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer), failing=("bad",)))
+    yield engine
+    engine.close()
+
+
+def test_a_rerank_answers_in_cohere_shape_best_first_with_the_reasoning(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge))
+    for path in RERANK_PATHS:
+        answer = client.post(path, json={"model": "scripted", "query": "which planets have no moons",
+                                         "documents": DOCUMENTS, "top_n": 2, "return_documents": True})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        results = {result["index"]: result for result in body["results"]}
+        assert set(results) == {0, 2}  # the two good ones; top_n cut the third
+        assert [result["relevance_score"] for result in body["results"]] == pytest.approx([0.8, 0.8])
+        assert results[2]["document"] == {"text": DOCUMENTS[2]["text"], "title": "Venus"}
+        assert results[2]["id"] == "venus" and "id" not in results[0]
+        assert all(result["reasoning"] == "thinking." and result["verdict"] is True and result["forced"] is False
+                   and result["failure"] is None and "evidence" not in result for result in results.values())
+        assert body["meta"]["warnings"] == [] and body["meta"]["reranker"] == "rank1"
+        assert body["meta"]["relevance_score"].startswith("P(true)")
+    whole = client.post("/v1/rerank", json={"query": "q", "documents": DOCUMENTS}).json()
+    assert [result["index"] for result in whole["results"]][2] == 1  # the forced, unlikely one last
+    assert whole["results"][2]["relevance_score"] == pytest.approx(0.2) and whole["results"][2]["forced"] is True
+    assert "document" not in whole["results"][0]
+
+
+def test_failures_come_last_with_zero_and_a_warning_and_all_failed_is_503(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge))
+    body = client.post("/v1/rerank", json={"query": "q", "documents": ["a good one", "text of bad"]}).json()
+    assert [(result["index"], result["status"]) for result in body["results"]] == [(0, "judged"), (1, "failed")]
+    assert body["results"][1]["relevance_score"] == 0 and "server gone" in body["results"][1]["failure"]
+    assert body["meta"]["warnings"] == ["1 of 2 documents failed: each has relevance_score 0 and says why in failure"]
+    refused = client.post("/v1/rerank", json={"query": "q", "documents": ["text of bad", "text of bad"]})
+    assert refused.status_code == 503 and "every document failed" in refused.json()["message"]
+
+
+@pytest.mark.parametrize(("reranker", "expected"), [
+    ("assessor", {0: 1.7 / 3, 1: 1.7 / 3, 2: 1.7 / 3}),  # the scripted assessor's expected grade, ÷ 3
+    ("reasonrank", {2: 1.0, 1: 2 / 3, 0: 1 / 3}),  # it reverses its window: (count − rank + 1) ÷ count
+])
+def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reranker: RerankerName,
+                                                        expected: dict[int, float]) -> None:
+    engine = ScriptedEngine(tokenizer, SCRIPTS[reranker](tokenizer))
+    try:
+        body = client_of(reranker_on(engine)).post("/v1/rerank", json={
+            "query": "q", "documents": ["one", "two", "three"], "reranker": reranker}).json()
+    finally:
+        engine.close()
+    assert {result["index"]: result["relevance_score"] for result in body["results"]} == pytest.approx(expected)
+    assert body["meta"]["reranker"] == reranker
+
+
+@pytest.mark.parametrize(("body", "status", "named"), [
+    (b'{"query": "q", "documents": ["a",]}', 400, "not valid JSON"),
+    (b'["q"]', 400, "must be a JSON object"),
+    (b'{"query": "q"}', 422, "documents: Field required"),
+    (b'{"documents": ["a"]}', 422, "query: Field required"),
+    (b'{"query": "q", "documents": ["a"], "top_n": "2"}', 422, "top_n: Input should be a valid integer"),
+    (b'{"query": "q", "documents": ["a"], "top_n": 0}', 422, "top_n: Input should be greater than or equal to 1"),
+    (b'{"query": "q", "documents": ["a", 7]}', 422, "documents[1]: expected a string or a mapping"),
+    (b'{"query": "q", "documents": [{"title": "no text"}]}', 422, "documents[0]: expected a string"),
+    (b'{"query": "q", "documents": ["a"], "reranker": "bm25"}', 422, "reranker: Input should be 'rank1'"),
+    (b'{"query": "q", "documents": ["a"], "evidence": "yes"}', 422, "evidence: Input should be a valid boolean"),
+    (b'{"query": "q", "documents": []}', 400, "documents: empty"),
+    (b'{"query": "  ", "documents": ["a"]}', 400, "query: empty"),
+    (json.dumps({"query": "q", "documents": ["a"] * 10_000}).encode(), 413, "the limit is 1,000 per request"),
+    (json.dumps({"query": "q", "documents": ["a", "x" * 100_001]}).encode(), 413,
+     "documents[1]: 100,001 bytes; the limit is 100,000"),
+    (b'{"query": "q", "documents": ["a"], "model": "gpt-4"}', 404, "model: 'gpt-4' is not served here"),
+    (b'{"query": "q", "documents": ["a"], "budget": 1000000000}', 400, "budget: the reasoning budget"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_field_and_the_server_keeps_serving(
+        judge: ScriptedEngine, body: bytes, status: int, named: str) -> None:
+    client = client_of(reranker_on(judge))
+    refused = client.post("/v1/rerank", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == status, refused.text
+    assert named in refused.json()["message"] and refused.json()["error"]["code"] == status
+    assert client.post("/v1/rerank", json={"query": "q", "documents": ["a good one"]}).status_code == 200
+
+
+def test_a_body_past_the_limit_is_refused_before_it_is_read(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge), api_max_request_bytes=1000)
+    refused = client.post("/v1/rerank", json={"query": "q", "documents": ["x" * 2000]})
+    assert refused.status_code == 413 and "over 1,000 bytes" in refused.json()["message"]
+
+
+def test_the_key_is_asked_for_when_one_is_set(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge), api_key=KEY)
+    request = {"query": "q", "documents": ["a good one"]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        refused = client.post("/v1/rerank", json=request, headers=headers)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    assert client.get("/v1/models").status_code == 401
+    assert client.post("/v1/rerank", json=request, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    models = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [card["id"] for card in models["data"]] == ["scripted"]
+    assert client.get("/health").json()["status"] == "ok"  # for load balancers: no key
+
+
+def test_without_a_model_health_and_rerank_say_why_with_503() -> None:
+    client = client_of(None)
+    health = client.get("/health")
+    assert health.status_code == 503 and "the model could not load" in health.json()["reason"]
+    refused = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+    assert refused.status_code == 503 and "the model could not load" in refused.json()["message"]
+    assert refused.headers["Retry-After"]
+    assert client.get("/v1/models").json()["data"] == []
+
+
+def server_sent_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_a_streamed_rerank_sends_every_event_then_the_same_results(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)), pause_s=0.01)
+    client = client_of(reranker_on(engine))
+    request = {"query": "q", "documents": DOCUMENTS}
+    try:
+        with client.stream("POST", "/v1/rerank", json={**request, "stream": True}) as streamed:
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            events = server_sent_events(streamed.read().decode())
+        plain = client.post("/v1/rerank", json=request).json()
+    finally:
+        engine.close()
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "results" and kinds.count("judged") == 3 and "reasoning" in kinds
+    assert {data["doc_id"] for kind, data in events if kind == "started"} == {"0", "1", "2"}  # by index
+    final = events[-1][1]
+    assert ({(r["index"], r["relevance_score"], r["reasoning"]) for r in final["results"]}
+            == {(r["index"], r["relevance_score"], r["reasoning"]) for r in plain["results"]})
+
+
+def test_the_python_api_reranks_in_scripts_and_inside_a_running_loop(judge: ScriptedEngine) -> None:
+    reranker = reranker_on(judge)
+    results = reranker.rerank("q", ["plain", RerankDocument(text="a good one", id="g")], top_n=1)
+    assert [(result.index, result.document.id, result.relevance_score) for result in results] == [(1, "g", 0.8)]
+    assert results[0].reasoning == "thinking." and results[0].details["verdict"] is True
+
+    async def in_a_notebook() -> tuple[list[Any], list[str]]:
+        events = [event async for event in reranker.astream("q", ["a good one", "plain"])]
+        return reranker.rerank("q", ["a good one"]), [event.type for event in events]  # sync, in a running loop
+
+    inside, kinds = asyncio.run(in_a_notebook())
+    assert inside[0].relevance_score == pytest.approx(0.8) and kinds.count("judged") == 2
+    with pytest.raises(TypeError, match=r"documents\[0\]: expected a string"):
+        reranker.rerank("q", [42])
+
+
+def test_evidence_comes_with_each_result_when_asked(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)))
+    try:
+        body = client_of(reranker_on(engine)).post("/v1/rerank", json={
+            "query": "q", "documents": ["A good start. More text here. Then an end. Four. Five."],
+            "evidence": True}).json()
+    finally:
+        engine.close()
+    evidence = body["results"][0]["evidence"]
+    assert evidence is not None and len(evidence["sentences"]) == 5
+    assert all(-1 <= sentence["delta"] <= 1 for sentence in evidence["sentences"])
+
+
+@pytest.fixture
+def live(tokenizer: object) -> Iterator[tuple[str, ScriptedEngine]]:
+    """The API on a real loopback server (uvicorn in a thread) over a slow scripted rank1: 0.2 s a chunk."""
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)), pause_s=0.2)
+    state = ApiState(reranker=reranker_on(engine), limits=ApiSettings(), slots=asyncio.Semaphore(4))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(headless_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", engine
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def stops_mid_way(engine: ScriptedEngine, aborted_before: int) -> None:
+    """The engine aborted what it was working on for the client that left, and starts nothing more for it."""
+    wait_until(lambda: engine.running == 0 and len(engine.aborted) > aborted_before)
+    asked = len(engine.requests)
+    time.sleep(1.0)  # a judgment's own next request (a forced verdict) would come within 0.2 s
+    assert len(engine.requests) == asked and engine.running == 0
+
+
+def test_a_client_that_goes_away_stops_the_engine_work(live: tuple[str, ScriptedEngine]) -> None:
+    url, engine = live
+    request = {"query": "q", "documents": ["a good one", "another good one", "plain"]}
+    with httpx.stream("POST", f"{url}/v1/rerank", json={**request, "stream": True}, timeout=30) as response:
+        first = next(response.iter_lines())
+        assert first.startswith("event: ")
+    stops_mid_way(engine, 0)
+    assert len(engine.aborted) == 3  # each document's request, mid-way: none had finished after one event
+    aborted = len(engine.aborted)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/rerank", json=request, timeout=0.3)
+    stops_mid_way(engine, aborted)

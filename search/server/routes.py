@@ -166,8 +166,8 @@ def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: fl
 async def _streamed(state: ApiState, reranking: Reranking, parsed: ParsedRequest, started: float
                     ) -> AsyncIterator[bytes]:
     """Every event as the model writes it, then ``results`` (the response) or ``error``."""
-    async with state.slots:
-        async for event in reranking.events():
+    async with state.slots, contextlib.aclosing(reranking.events()) as events:
+        async for event in events:
             yield sse(event.type, event_to_json(event))
     try:
         yield sse("results", _answer(reranking, parsed, _served(state).model, started))

@@ -2,14 +2,16 @@
 with evidence off, then on, per engine (vLLM in process with its prefix cache, transformers), and the sentence
 splitters it could use.
 
-    .venv/bin/python benchmarks/evidence.py [--engines vllm transformers] [--queries 3] [--candidates 8]
+    .venv/bin/python benchmarks/evidence.py [--engines vllm transformers] [--budget 64 128 256] [--queries 3]
     .venv/bin/python benchmarks/evidence.py --splitters   # pysbd against blingfire (pip install blingfire)
     .venv/bin/python benchmarks/evidence.py --surrogate 12 --engines transformers   # surrogate vs ablation
 
-Per engine, in a fresh process each: every query reranked with evidence off, then again with it on (the judgments
-replayed from a cache filled by the first pass, so that the second pass's time is the evidence alone; the
-judgment cache never holds evidence here). Printed: the evidence's extra time as a fraction of the judgments'
-own, prompt tokens sent for evidence and how many the prefix cache served, and faithfulness: mean |Δscore| from
+Per engine and reasoning budget, in a fresh process: every query reranked with evidence off, then again with it on
+(the judgments replayed from a cache filled by the first pass, so that the second pass's time is the evidence
+alone; the judgment cache never holds evidence here); and in another fresh process, every query reranked with
+evidence on from the start, as the page runs it (evidence overlapping the other documents' judgments). Printed:
+the evidence's time alone and the extra time of a run with it, each as a fraction of judging's own, prompt
+tokens sent for evidence and how many the prefix cache served, and faithfulness: mean |Δscore| from
 removing the top-attributed sentences ÷ mean |Δscore| from removing as many random ones (above 1: the attribution
 picks sentences that matter more than chance).
 """
@@ -36,7 +38,10 @@ from search.retrieval.first_stage import open_first_stage
 from search.settings import SAMPLE_CORPUS, EngineSettings, RerankSettings, Settings
 
 
-def engine_case(engine: str, queries: int, candidates: int, budget: int) -> dict:
+def engine_case(engine: str, queries: int, candidates: int, budget: int, end_to_end: bool = False) -> dict:
+    """Judging with evidence off, then the evidence alone (judgments replayed); or, with ``end_to_end``, judging
+    with evidence on from the start, as a page run does (its own process: nothing in vLLM's prefix cache from
+    another pass)."""
     ensure_demo_model()
     settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=Path(tempfile.mkdtemp()) / "indexes")
     first_stage = open_first_stage(settings, ("hybrid",))
@@ -57,6 +62,10 @@ def engine_case(engine: str, queries: int, candidates: int, budget: int) -> dict
         return time.perf_counter() - start, seen
 
     timed(True, work=warm_up)  # the first requests pay for start-up work: another query, no shared prefix
+    if end_to_end:
+        with_evidence_s, _ = timed(True)
+        loaded.engine.close()
+        return {"with evidence s": with_evidence_s}
     cache = JudgmentCache(Path(tempfile.mkdtemp()) / "judgments.sqlite3")
     judging_s, judged = timed(False, cache)
     evidence_s, explained = timed(True, cache)  # the judgments replay from the cache: what remains is evidence
@@ -67,16 +76,27 @@ def engine_case(engine: str, queries: int, candidates: int, budget: int) -> dict
     prefill = sum(event.cost.prefill_tokens for event in evidence)
     cached = sum(event.cost.cached_tokens for event in evidence)
     return {
-        "engine": loaded.engine.description,
+        "engine": loaded.engine.description, "budget": budget,
         "judgments": sum(isinstance(event, Judged) for event in judged),
-        "judging s": f"{judging_s:.1f}", "evidence s": f"{evidence_s:.1f}",
-        "extra": f"{evidence_s / judging_s:.2f}",
+        "judging s": f"{judging_s:.1f}", "evidence alone s": f"{evidence_s:.1f}",
+        "alone ÷ judging": f"{evidence_s / judging_s:.2f}",
         "sentences/doc": f"{statistics.fmean(len(event.sentences) for event in evidence):.1f}",
         "prefill tokens": prefill, "cached": f"{cached} ({cached / max(prefill, 1):.0%})",
         "top/random |Δ|": f"{statistics.fmean(top) / max(statistics.fmean(random), 1e-12):.2f}",
         "supported/not/too short": "/".join(str(sum(event.faithfulness.supported is value for event in evidence))
                                             for value in (True, False, None)),
+        "judging_s": judging_s,
     }
+
+
+def cost_row(engine: str, queries: int, candidates: int, budget: int) -> dict:
+    """Both measures of what evidence costs: alone, and as the extra time of a run with it on."""
+    row = in_fresh_process(engine_case, engine, queries, candidates, budget)
+    with_evidence_s = in_fresh_process(engine_case, engine, queries, candidates, budget, True)["with evidence s"]
+    judging_s = row.pop("judging_s")
+    row["with evidence s"] = f"{with_evidence_s:.1f}"
+    row["extra ÷ judging"] = f"{(with_evidence_s - judging_s) / judging_s:.2f}"
+    return row
 
 
 def surrogate_case(engine: str, documents: int, budget: int) -> dict:
@@ -148,7 +168,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["vllm", "transformers"])
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--budget", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--splitters", action="store_true", help="compare sentence splitters instead")
     parser.add_argument("--surrogate", type=int, metavar="DOCUMENTS", default=0,
                         help="compare the surrogate with one-at-a-time ablation on this many documents joined")
@@ -157,11 +177,11 @@ def main() -> None:
         splitters()
         return
     if args.surrogate:
-        rows = [in_fresh_process(surrogate_case, engine, args.surrogate, args.budget) for engine in args.engines]
+        rows = [in_fresh_process(surrogate_case, engine, args.surrogate, args.budget[0]) for engine in args.engines]
         print_table(rows, list(rows[0]))
         return
-    rows = [in_fresh_process(engine_case, engine, args.queries, args.candidates, args.budget)
-            for engine in args.engines]
+    rows = [cost_row(engine, args.queries, args.candidates, budget) for engine in args.engines
+            for budget in args.budget]
     print_table(rows, list(rows[0]))
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.engines import Engine, EngineError, cuda_available, engine_kind, open_engine
+from search.engines import Engine, EngineError, cuda_available, engine_kind, on_zero_gpu, open_engine
 from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
 from search.rerank import RERANKERS, Reranker, Run
 from search.rerank.cache import JudgmentCache
@@ -45,7 +45,8 @@ class LoadedModel:
 
 def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
     """Model and engine for this machine unless the settings force them: the reranker's own default model (its
-    GPU model with vLLM on a GPU, its small one elsewhere); with no hub and no cached copy, the demo model."""
+    GPU model with vLLM on a GPU and with transformers on ZeroGPU, its small one elsewhere); with no hub and no
+    cached copy, the demo model."""
     defaults = RERANKERS[reranker].defaults
     kind = engine_kind(serving)
     notes = []
@@ -53,14 +54,15 @@ def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
     if name == "auto" and kind == "openai":
         name = ""  # whatever the servers serve
     elif name == "auto":
-        on_gpu = kind == "vllm" and cuda_available()
+        zero_gpu = kind == "transformers" and on_zero_gpu()
+        on_gpu = (kind == "vllm" and cuda_available()) or zero_gpu
         name = defaults.model_on_gpu if on_gpu else defaults.model_elsewhere
         if not hub_cached(REGISTRY[name].source) and hub_offline():
             notes.append(f"the Hugging Face Hub is unreachable and {name} is not cached, so the demo model runs: "
                          "its verdicts are not meaningful")
             name = DEMO
         else:
-            notes.append(f"{name} on {kind} ({'GPU' if on_gpu else 'CPU'})")
+            notes.append(f"{name} on {kind} ({'ZeroGPU' if zero_gpu else 'GPU' if on_gpu else 'CPU'})")
     model = resolve_model(name) if name else ResolvedModel(name="", location="", key="", is_demo=False)
     return Choice(model=model, engine=kind, notes=tuple(notes),
                   max_model_len=serving.max_model_len or model.max_model_len or defaults.max_model_len)

@@ -39,14 +39,43 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def cache_home() -> Path:
-    """Where built indexes, converted models and cached judgments live."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "explainable-search"
+PERSISTENT_STORAGE = Path(os.environ.get("EXPLAINABLE_SEARCH_PERSISTENT_STORAGE") or "/data")
+"""Where Hugging Face Spaces mounts persistent storage (another mounted volume elsewhere, named by the variable)."""
 
 
-def data_home() -> Path:
-    """Where work that must not be lost lives (annotation projects): not a cache."""
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "explainable-search"
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Storage:
+    """Where the app keeps what it builds (``cache``: indexes, converted models, cached judgments) and what must
+    not be lost (``data``: annotation projects, uploaded corpora, batch runs)."""
+
+    cache: Path
+    data: Path
+    persistent_root: Path | None
+    """Mounted persistent storage (Spaces' ``/data``) when there is some: ``cache`` and ``data`` are in it."""
+    on_space: bool
+    """On Hugging Face Spaces, whose disk is reset on every restart except for persistent storage."""
+
+    @classmethod
+    def find(cls, persistent_root: Path = PERSISTENT_STORAGE) -> Storage:
+        """Persistent storage when it is mounted and writable, else the XDG folders (``~/.cache``,
+        ``~/.local/share``)."""
+        on_space = bool(os.environ.get("SPACE_ID"))
+        if persistent_root.is_dir() and os.access(persistent_root, os.W_OK | os.X_OK):
+            home = persistent_root / "explainable-search"
+            return cls(cache=home / "cache", data=home, persistent_root=persistent_root, on_space=on_space)
+        return cls(cache=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "explainable-search",
+                   data=Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") /
+                   "explainable-search", persistent_root=None, on_space=on_space)
+
+    def outlives_restart(self, path: Path) -> bool:
+        """Whether what is kept at ``path`` is still there after a restart: anywhere off Spaces; on a Space only on
+        its persistent storage."""
+        return not self.on_space or (self.persistent_root is not None
+                                     and path.resolve().is_relative_to(self.persistent_root.resolve()))
+
+
+STORAGE = Storage.find()
+"""This process's storage: every default path below is in it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -175,7 +204,7 @@ class RerankSettings:
     evidence: bool = _setting(False, "rank1 and assessor: after each judgment, measure which passage sentences it "
                                      "rests on (one re-score per sentence) and check the reasoning's faithfulness")
     judgment_cache: bool = _setting(True, "keep judgments on disk and replay them for repeated queries")
-    judgment_cache_path: Path = _setting(cache_home() / "judgments.sqlite3", "SQLite file of cached judgments")
+    judgment_cache_path: Path = _setting(STORAGE.cache / "judgments.sqlite3", "SQLite file of cached judgments")
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 1 <= self.step <= self.window or self.passage_tokens < 1:
@@ -216,11 +245,11 @@ class Settings:
     rerank: RerankSettings = field(default_factory=RerankSettings)
     serving: EngineSettings = field(default_factory=EngineSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
-    index_dir: Path = _setting(cache_home() / "indexes", "where built indexes are kept, keyed by fingerprint")
-    annotations: Path = _setting(data_home() / "annotations.sqlite3", "SQLite file of annotation projects")
-    batches: Path = _setting(data_home() / "batches", "folder whose rerank-run outputs (one folder each) the "
+    index_dir: Path = _setting(STORAGE.cache / "indexes", "where built indexes are kept, keyed by fingerprint")
+    annotations: Path = _setting(STORAGE.data / "annotations.sqlite3", "SQLite file of annotation projects")
+    batches: Path = _setting(STORAGE.data / "batches", "folder whose rerank-run outputs (one folder each) the "
                                                       "Evaluation tab shows")
-    uploads: Path = _setting(data_home() / "corpora", "folder where corpora uploaded on the page are kept, so that "
+    uploads: Path = _setting(STORAGE.data / "corpora", "folder where corpora uploaded on the page are kept, so that "
                                                       "every session sees them after reloads and restarts")
 
     @classmethod

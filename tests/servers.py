@@ -93,11 +93,11 @@ class VLLMServer:
 
 
 @contextlib.contextmanager
-def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0
-                ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override),
-    serving until the block ends; yields its URL and process. Unless the block killed it, the app is then sent
-    SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
+def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port: int = 0,
+                env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python app.py`` on the sample corpus with the demo model (short budget; ``extra`` flags override, ``env``
+    adds variables), serving until the block ends; yields its URL and process. Unless the block killed it, the app
+    is then sent SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
     port = port or free_port()
     command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
                "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
@@ -105,7 +105,8 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
                "--uploads", str(annotations.parent / "uploads"), *extra]
     with log.open("ab") as output:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                                        **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -150,6 +150,25 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
     assert jsonl_text(AnnotationStore(annotations), "copy") == copy
 
 
+def test_the_annotate_tab_says_where_annotations_are_kept_and_warns_on_a_space_without_storage(
+        page: Page, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
+    annotations = tmp_path / "annotations.sqlite3"
+    space = {"SPACE_ID": "someone/explainable-search",
+             "EXPLAINABLE_SEARCH_PERSISTENT_STORAGE": str(tmp_path / "no-persistent-storage")}
+    for env, warned in (({}, False), (space, True)):
+        with app_process(annotations, index_dir, tmp_path / "app.log", env=env) as (url, _):
+            open_annotate(page, url)
+            notice = page.locator("#annotate-storage")
+            expect(notice).to_contain_text(f"Annotations are kept in {annotations}", timeout=30_000)
+            expect(notice).to_be_in_viewport()
+            if warned:
+                expect(notice).to_contain_text("This Space has no persistent storage: annotations are lost when it "
+                                               "restarts.")
+                shoot(page, "annotate-ephemeral-space")
+            else:
+                expect(notice).not_to_contain_text("no persistent storage")
+
+
 def test_a_blind_project_with_the_assessor_shows_its_grades_only_after_yours(
         page: Page, tmp_path: Path, index_dir: Path, demo_model: Path) -> None:
     page.set_viewport_size({"width": 1280, "height": 1600})

@@ -12,6 +12,7 @@ import asyncio
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,18 @@ class AnnotationContext:
     """(the session's model, by its key in the Model panel; a reranker name) → that reranker on that model, or
     None when no model is loaded."""
     top_k: int
+    ephemeral: bool = False
+    """The store is lost when the app restarts (a Space without persistent storage)."""
+
+
+def render_storage(path: Path, *, ephemeral: bool) -> str:
+    """Where annotations are kept, and a warning when that does not outlive a restart."""
+    where = f"Annotations are kept in <code>{escape(str(path))}</code>."
+    if not ephemeral:
+        return f'<div class="es-notice">{where}</div>'
+    return (f'<div class="es-notice es-error"><b>This Space has no persistent storage: annotations are lost when it '
+            f"restarts.</b> {where} Export each project (JSONL) before the Space restarts, or turn on persistent "
+            "storage in the Space's settings (docs/spaces.md).</div>")
 
 
 def _format_kappa(value: float | None) -> str:
@@ -344,6 +357,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
 
     # Layout ------------------------------------------------------------------------------------------------
 
+    gr.HTML(render_storage(store.path, ephemeral=context.ephemeral), elem_id="annotate-storage")
     with gr.Row():
         annotator = gr.Textbox(label="Annotator" + (" (signed in)" if auth else " (your name)"), scale=1,
                                max_length=100, interactive=not auth)

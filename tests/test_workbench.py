@@ -162,11 +162,11 @@ def test_the_annotate_tab_says_where_annotations_are_kept_and_warns_on_a_space_w
             expect(notice).to_contain_text(f"Annotations are kept in {annotations}", timeout=30_000)
             expect(notice).to_be_in_viewport()
             if warned:
-                expect(notice).to_contain_text("This Space has no persistent storage: annotations are lost when it "
-                                               "restarts.")
+                expect(notice).to_contain_text("Annotations are lost when this Space restarts: they are not on "
+                                               "persistent storage.")
                 shoot(page, "annotate-ephemeral-space")
             else:
-                expect(notice).not_to_contain_text("no persistent storage")
+                expect(notice).not_to_contain_text("lost")
 
 
 def test_a_blind_project_with_the_assessor_shows_its_grades_only_after_yours(

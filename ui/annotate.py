@@ -74,9 +74,9 @@ def render_storage(path: Path, *, ephemeral: bool) -> str:
     where = f"Annotations are kept in <code>{escape(str(path))}</code>."
     if not ephemeral:
         return f'<div class="es-notice">{where}</div>'
-    return (f'<div class="es-notice es-error"><b>This Space has no persistent storage: annotations are lost when it '
-            f"restarts.</b> {where} Export each project (JSONL) before the Space restarts, or turn on persistent "
-            "storage in the Space's settings (docs/spaces.md).</div>")
+    return (f'<div class="es-notice es-error"><b>Annotations are lost when this Space restarts: they are not on '
+            f"persistent storage.</b> {where} Export each project (JSONL) before the Space restarts, or turn on "
+            "persistent storage in the Space's settings (docs/spaces.md).</div>")
 
 
 def _format_kappa(value: float | None) -> str:

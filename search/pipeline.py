@@ -26,6 +26,8 @@ class Choice:
     model: ResolvedModel
     engine: EngineKind
     max_model_len: int
+    on_cpu: bool
+    """Whether the engine will compute on this machine's CPU (``Engine.on_cpu`` before it starts)."""
     notes: tuple[str, ...] = ()
 
 
@@ -64,7 +66,7 @@ def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
         else:
             notes.append(f"{name} on {kind} ({'ZeroGPU' if zero_gpu else 'GPU' if on_gpu else 'CPU'})")
     model = resolve_model(name) if name else ResolvedModel(name="", location="", key="", is_demo=False)
-    return Choice(model=model, engine=kind, notes=tuple(notes),
+    return Choice(model=model, engine=kind, notes=tuple(notes), on_cpu=kind != "openai" and not cuda_available(),
                   max_model_len=serving.max_model_len or model.max_model_len or defaults.max_model_len)
 
 
@@ -97,9 +99,9 @@ def judgment_cache(settings: RerankSettings) -> JudgmentCache | None:
         return cache
 
 
-def reranker_budget(settings: RerankSettings, model: ResolvedModel) -> int:
-    """The reasoning budget: the settings', else the model's own need, else the reranker's."""
-    return settings.budget or model.budget or RERANKERS[settings.reranker].defaults.budget
+def reranker_budget(settings: RerankSettings, model: ResolvedModel, *, on_cpu: bool) -> int:
+    """The reasoning budget: the settings', else the model's own need, else the reranker's for the hardware."""
+    return settings.budget or model.budget or RERANKERS[settings.reranker].defaults.budget_on(cpu=on_cpu)
 
 
 def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
@@ -114,9 +116,9 @@ def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
 
 def build_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
     """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
-    settings' judgment cache). Its budget: the settings', else the model's own need, else the reranker's."""
+    settings' judgment cache). Its budget: ``reranker_budget``."""
     cls = RERANKERS[settings.reranker]
-    budget = reranker_budget(settings, loaded.model)
+    budget = reranker_budget(settings, loaded.model, on_cpu=loaded.engine.on_cpu)
     engine = loaded.engine
     if (problem := engine.waiting()) is not None:
         raise EngineError(problem)

@@ -214,6 +214,18 @@ def test_each_card_says_its_state_and_after_stop_none_is_left_working() -> None:
     assert "stopped" in RENDERERS["rank1"].summary(run.summary(), 24)
 
 
+@pytest.mark.parametrize(("end_reason", "label"), [("budget", "forced · budget reached"),
+                                                   ("end_of_sequence", "forced")])
+def test_a_forced_card_says_when_the_budget_ran_out(end_reason: str, label: str) -> None:
+    run = live_run()
+    run.apply(Judged(reranker="rank1", doc_id="b", passage_id="b", verdict=False, p_true=0.4, logprob_true=-1.0,
+                     logprob_false=-0.6, reasoning="The passage says", tokens=24, end_reason=end_reason, forced=True,
+                     truncated_passage=False))
+    html = RENDERERS["rank1"].cards(run, True)
+    assert f">{label}<" in html
+    assert ("used its whole budget (24 tokens)" in html) == (end_reason == "budget")
+
+
 def test_rerank_with_reasonrank_streams_windows_and_gives_ranks_not_probabilities(client: Client) -> None:
     job = client.submit("which planets have no moons", "", "hybrid", 4, 8, True, "sample_corpus", "reasonrank",
                         api_name="/rerank")

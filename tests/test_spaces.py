@@ -166,7 +166,9 @@ def zero_gpu_engine(request: pytest.FixtureRequest, demo_model: Path, monkeypatc
                     ) -> Iterator[tuple[TransformersEngine, RecordingGPU]]:
     recorder = RecordingGPU(copied=request.param)
     monkeypatch.setattr(spaces, "GPU", recorder)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=2048)
+    assert not engine.continuous  # ZeroGPU's static batches, each one call of spaces.GPU
     yield engine, recorder
     engine.close()
 
@@ -180,8 +182,9 @@ def generate(engine: TransformersEngine, request: GenerationRequest) -> list[Gen
 
 @pytest.fixture(scope="module")
 def undecorated(demo_model: Path) -> Iterator[TransformersEngine]:
-    """The engine with the real ``spaces`` package installed and no ZeroGPU: its decorator changes nothing."""
+    """The engine with the real ``spaces`` package installed and no ZeroGPU: continuous batching, no decorator."""
     engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=2048)
+    assert engine.continuous
     yield engine
     engine.close()
 

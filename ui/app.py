@@ -24,7 +24,7 @@ from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
 from search.models import REGISTRY
-from search.pipeline import LoadedModel, build_reranker, open_model
+from search.pipeline import LoadedModel, build_reranker, open_model, reranker_budget
 from search.rerank import RERANKERS, Reranker, Run
 from search.settings import STORAGE, RerankerName, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
@@ -150,7 +150,10 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
     def budget_of(kind: RerankerName, key: str) -> int:
         """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it."""
         loaded = models.get(key)
-        return settings.rerank.budget or (loaded.model.budget if loaded else 0) or RERANKERS[kind].defaults.budget
+        if loaded is None:
+            return settings.rerank.budget or RERANKERS[kind].defaults.budget
+        return reranker_budget(dataclasses.replace(settings.rerank, reranker=kind), loaded.model,
+                               on_cpu=loaded.engine.on_cpu)
 
     def evidence_default(key: str) -> bool:
         """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""

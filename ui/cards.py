@@ -142,6 +142,11 @@ def card_state(state: DocumentState, *, stopped: bool) -> tuple[str, str, str]:
     if state.status == "failed":
         return "failed", "failed", state.failure
     if state.outcome is not None:
+        if state.outcome.forced and state.outcome.end_reason == "budget":
+            return "judged", "forced · budget reached", (
+                f"The reasoning used its whole budget ({state.outcome.tokens} tokens) before answering: the answer "
+                "was read in one extra step after closing it. A larger reasoning budget (☰ settings) lets the model "
+                f"finish. {state.outcome.how()}")
         if state.outcome.forced:
             return "judged", "forced", f"{FORCED_TIP} {state.outcome.how()}"
         return "judged", "judged", state.outcome.how()

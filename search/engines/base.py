@@ -81,6 +81,9 @@ class Engine(ABC):
     """How many requests are worth keeping in flight at once (batch runs fill this many)."""
     retry_every_s: float = 0.0
     """How often an engine whose servers are out looks for them again (0: it has no servers)."""
+    on_cpu: bool = False
+    """Whether the model computes on this machine's CPU, where rerankers default to shorter budgets
+    (``RerankerDefaults.cpu_budget``); servers count as accelerated."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()

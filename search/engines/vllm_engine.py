@@ -48,6 +48,7 @@ class VLLMEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         on_gpu = cuda_available()
         self.device = "GPU" if on_gpu else "CPU"
+        self.on_cpu = not on_gpu
         self.capacity = 256 if on_gpu else 64
         self.stagger = not on_gpu if stagger is None else stagger
         """Let the first request that finds the engine idle start alone, the rest once it shows its first text:

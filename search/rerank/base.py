@@ -34,9 +34,23 @@ class RerankerDefaults:
     prompts, and the model it runs on a GPU with vLLM and anywhere else (catalogue names)."""
 
     budget: int
+    """The reference's budget, the default where the model runs on a GPU (or on servers)."""
     max_model_len: int
     model_on_gpu: str
     model_elsewhere: str
+    cpu_budget: int = 0
+    """The default where the model computes on a CPU (0: ``budget``). The rule: the most tokens each of a query's 20
+    candidates may write for the whole query to take at most ``CPU_QUERY_MINUTES`` at the aggregate rate the
+    reranker's CPU model (``model_elsewhere``, at its real size) decodes 20 streams on a 2-core CPU, measured by
+    benchmarks/real_shape.py, rounded down to a multiple of 64 (docs/benchmarks.md)."""
+
+    def budget_on(self, *, cpu: bool) -> int:
+        return self.cpu_budget if cpu and self.cpu_budget else self.budget
+
+
+CPU_QUERY_MINUTES = 10
+"""The longest a query of 20 candidates should take on a 2-core CPU when every candidate writes its whole budget
+(a free CPU Space): the rule behind ``RerankerDefaults.cpu_budget``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -58,29 +58,42 @@ def shape_dir(name: str) -> Path:
     return STORAGE.cache / "shapes" / name
 
 
-def build_shape(name: str) -> Path:
-    """A folder with ``name``'s configuration, random bf16 weights and a tokenizer of its vocabulary size (built
-    once; a few seconds for 0.5B, a minute for 7B)."""
+def build_tokenizer(name: str, folder: Path) -> None:
+    """``name``'s tokenizer files in ``folder``: the demo model's, grown to the shape's vocabulary."""
+    from search.engines.demo_model import ensure_demo_model
+
+    demo = ensure_demo_model()
+    tokenizer = grown_tokenizer(json.loads((demo / "tokenizer.json").read_text(encoding="utf-8")),
+                                SHAPES[name]["vocab_size"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_bytes((demo / "tokenizer_config.json").read_bytes())
+
+
+def build_shape(name: str, tokenizer_from: Path | None = None) -> Path:
+    """A folder with ``name``'s configuration, random bf16 weights (made on the GPU when there is one) and a
+    tokenizer of its vocabulary size, from ``tokenizer_from`` when given (a machine without the demo model),
+    else grown here. Built once: seconds for 0.5B, a few minutes for 7B on a CPU."""
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from search.engines.demo_model import ensure_demo_model
 
     folder = shape_dir(name)
     if (folder / "config.json").is_file():
         return folder
     staged = folder.with_name(folder.name + ".partial")
-    staged.mkdir(parents=True, exist_ok=True)
-    demo = ensure_demo_model()
-    tokenizer = grown_tokenizer(json.loads((demo / "tokenizer.json").read_text(encoding="utf-8")),
-                                SHAPES[name]["vocab_size"])
-    (staged / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
-    (staged / "tokenizer_config.json").write_bytes((demo / "tokenizer_config.json").read_bytes())
-    special = {token["content"]: token["id"] for token in tokenizer["added_tokens"]}
+    if tokenizer_from is not None:
+        shutil.copytree(tokenizer_from, staged, dirs_exist_ok=True)
+    else:
+        build_tokenizer(name, staged)
+    special = {token["content"]: token["id"]
+               for token in json.loads((staged / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]}
     config = Qwen2Config(**QWEN2, **SHAPES[name], max_window_layers=SHAPES[name]["num_hidden_layers"],
                          bos_token_id=special["<|im_start|>"], eos_token_id=special["<|im_end|>"])
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(staged)
     staged.rename(folder)
     return folder
@@ -167,7 +180,21 @@ def case(shape: str, kind: str, candidates: int, budget: int) -> dict:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     row["peak MiB"] = f"{own:.0f}" + (f" + {child:.0f}" if child > 64 else "")
+    import torch
+
+    if torch.cuda.is_available():
+        row["peak GPU GiB"] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}"
     return row
+
+
+def processor() -> str:
+    """The CPU's model name (and the GPU's, when there is one)."""
+    import torch
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (names[0] if names else platform.machine()) + gpu
 
 
 def main() -> None:
@@ -176,17 +203,24 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["transformers", "vllm"], choices=["transformers", "vllm"])
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--tokenizer-from", type=Path, help="a folder of tokenizer files to use (made elsewhere with "
+                                                             "--write-tokenizer) instead of growing the demo model's")
+    parser.add_argument("--write-tokenizer", type=Path, help="only write the first shape's tokenizer into this folder")
     arguments = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    if arguments.write_tokenizer:
+        build_tokenizer(arguments.shapes[0], arguments.write_tokenizer)
+        return
     for shape in arguments.shapes:
-        build_shape(shape)
+        build_shape(shape, arguments.tokenizer_from)
     rows = [in_fresh_process(case, shape, kind, arguments.candidates, arguments.budget)
             for shape in arguments.shapes for kind in arguments.engines]
-    print(f"rank1 over {arguments.candidates} sample-corpus candidates at budget "
-          f"{arguments.budget}; {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(f"rank1 over {arguments.candidates} sample-corpus candidates at budget {arguments.budget}; "
+          f"{os.cpu_count()} cores, {processor()}")
     print_table(rows, ["checkout", "shape", "engine", "start s", "first text s", f"judge {arguments.candidates} s",
-                       "to budget", f"{arguments.candidates} streams tok/s", "peak MiB"])
+                       "to budget", f"{arguments.candidates} streams tok/s", "peak MiB",
+                       *(["peak GPU GiB"] if "peak GPU GiB" in rows[0] else [])])
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
         else:
             notes.append(f"{name} on {kind} ({'ZeroGPU' if zero_gpu else 'GPU' if on_gpu else 'CPU'})")
     model = resolve_model(name) if name else ResolvedModel(name="", location="", key="", is_demo=False)
-    return Choice(model=model, engine=kind, notes=tuple(notes), on_cpu=kind != "openai" and not cuda_available(),
+    on_cpu = kind != "openai" and not (cuda_available() or (kind == "transformers" and on_zero_gpu()))
+    return Choice(model=model, engine=kind, notes=tuple(notes), on_cpu=on_cpu,
                   max_model_len=serving.max_model_len or model.max_model_len or defaults.max_model_len)
 
 

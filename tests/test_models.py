@@ -52,6 +52,22 @@ def test_forced_model_and_engine_are_taken_as_given_with_the_reranker_s_context(
     assert choose(EngineSettings(model="rank1-7b", engine="vllm", max_model_len=4096)).max_model_len == 4096
 
 
+def test_on_a_cpu_the_default_budget_is_the_cpu_one_and_on_a_gpu_or_servers_the_references(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from search import pipeline
+
+    rank1 = RERANKERS["rank1"].defaults
+    assert 0 < rank1.cpu_budget < rank1.budget == 8192  # the reference's on a GPU
+    model = resolve_model("rank1-0.5b")
+    for kind, gpu, budget in (("vllm", False, rank1.cpu_budget), ("transformers", False, rank1.cpu_budget),
+                              ("vllm", True, rank1.budget), ("openai", False, rank1.budget)):
+        monkeypatch.setattr(pipeline, "cuda_available", lambda gpu=gpu: gpu)
+        choice = choose(EngineSettings(model="rank1-0.5b", engine=kind, endpoints="http://a:8000"))
+        assert pipeline.reranker_budget(RerankSettings(), choice.model, on_cpu=choice.on_cpu) == budget, (kind, gpu)
+    assert pipeline.reranker_budget(RerankSettings(budget=77), model, on_cpu=True) == 77  # the user's wins
+    assert pipeline.reranker_budget(RerankSettings(), resolve_model(DEMO), on_cpu=True) == REGISTRY[DEMO].budget
+
+
 def test_endpoints_select_the_openai_engine_and_any_id_or_folder_works(demo_model: Path) -> None:
     assert choose(EngineSettings(endpoints="http://a:8000, http://b:8000")).engine == "openai"
     assert EngineSettings(endpoints="http://a:8000, http://b:8000,").endpoint_urls == ("http://a:8000",

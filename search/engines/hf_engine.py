@@ -19,6 +19,7 @@ import dataclasses
 import math
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,10 @@ BATCH_WAIT_S = 0.05
 PREFILL_TOKENS_PER_STEP = 256
 """Prompt tokens prefilled between two decoding steps of the running batch: requests that arrive together join a
 few at a time, so the rows already running keep streaming while the others are read in (as vLLM's chunked
-prefill does); the first request's text shows after its own prefill."""
+prefill does)."""
+LEAD_WAIT_S = 3.0
+"""A request that finds the engine idle leads: the others wait until it shows text, or this long, so that the
+first reasoning appears after one prompt's prefill and a few steps rather than after a whole burst's."""
 WORKER_JOIN_S = 60
 """The longest a closing engine waits for the batch in progress."""
 GPU_CALL_BASE_S = 15
@@ -107,6 +111,12 @@ class _Running:
     next_token: int
     cached_tokens: int
     """Of the prompt's tokens, those the prefix cache served (reported on the row's last chunk, as vLLM does)."""
+    joined_at: float
+
+    def leading(self) -> bool:
+        """Whether it still holds the others back (``LEAD_WAIT_S``)."""
+        row = self.waiting.row
+        return not (row.sent_chars or row.done or row.cancelled) and time.monotonic() - self.joined_at < LEAD_WAIT_S
 
 
 def gpu_seconds(rows: list[_Row]) -> int:
@@ -121,8 +131,10 @@ def watched_and_chosen(logits: Any, request: GenerationRequest) -> tuple[int, di
     the watched tokens' log-probabilities over the full distribution, before any restriction."""
     import torch
 
-    logprobs = torch.log_softmax(logits, dim=-1)
-    watched = {token: logprobs[token].item() for token in request.watch_token_ids}
+    watched = {}
+    if request.watch_token_ids:
+        total = torch.logsumexp(logits, dim=-1)
+        watched = {token: (logits[token] - total).item() for token in request.watch_token_ids}
     if request.allowed_token_ids:
         allowed = list(request.allowed_token_ids)
         return allowed[int(torch.argmax(logits[allowed]))], watched
@@ -133,7 +145,7 @@ class TransformersEngine(Engine):
     kind = "transformers"
 
     def __init__(self, *, model: str, location: str, max_model_len: int, dtype: str = "auto",
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 20) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,26 +227,39 @@ class TransformersEngine(Engine):
             if None in queued:
                 return
             queued = [waiting for waiting in queued if not waiting.row.cancelled]
-            try:
-                self._admit(queued, running, batch, prefixes)
-                if running:
+            if any(row.waiting.row.cancelled for row in running):  # left by their readers: no step more
+                kept = [index for index, row in enumerate(running) if not row.waiting.row.cancelled]
+                batch.keep(kept)
+                running[:] = [running[index] for index in kept]
+            self._admit(queued, running, batch, prefixes)
+            if running:
+                try:
                     self._step(running, batch, prefixes)
-            except Exception as error:  # the model failed: every request in the engine hears why
-                failure = EngineError(f"transformers generation failed: {error}")
-                for waiting in [*queued, *(row.waiting for row in running)]:
-                    waiting.deliver(failure)
-                queued, running[:] = [], []
-                batch.keep([])
+                except Exception as error:  # the model failed: every running request hears why
+                    for row in running:
+                        row.waiting.deliver(EngineError(f"transformers generation failed: {error}"))
+                    running[:] = []
+                    batch.keep([])
             self._running = [row.waiting.row for row in running]
 
     def _admit(self, queued: list[_Waiting], running: list[_Running], batch: Any, prefixes: Any) -> None:
         """Prefill queued requests, one at a time, up to ``PREFILL_TOKENS_PER_STEP`` prompt tokens (at least one
-        request) and the batch size; each gives its first token at once, and joins the batch unless that ended it."""
+        request) and the batch size; each gives its first token at once, and joins the batch unless that ended it.
+        On an idle engine the first request joins alone and leads (``LEAD_WAIT_S``)."""
+        lead = not running
+        if len(running) == 1 and running[0].leading():
+            return
         prefilled = 0
         while queued and len(running) < self.batch_size and (prefilled == 0 or prefilled < PREFILL_TOKENS_PER_STEP):
+            if lead and running:
+                return
             waiting = queued.pop(0)
             prompt_ids = self.tokenizer(waiting.row.request.prompt).input_ids
-            result = batch.prefill(prompt_ids, prefixes)
+            try:
+                result = batch.prefill(prompt_ids, prefixes)
+            except Exception as error:  # this prompt failed (too long for memory, say): the others go on
+                waiting.deliver(EngineError(f"transformers generation failed: {error}"))
+                continue
             prefilled += len(prompt_ids) - result.cached_tokens
             token, logprobs = watched_and_chosen(result.logits, waiting.row.request)
             chunk = waiting.row.advance(token, logprobs, self.tokenizer, self._eos_ids)
@@ -245,7 +270,7 @@ class TransformersEngine(Engine):
             waiting.deliver(chunk)
             batch.join(result.cache)
             running.append(_Running(waiting=waiting, prompt_ids=prompt_ids, next_token=token,
-                                    cached_tokens=result.cached_tokens))
+                                    cached_tokens=result.cached_tokens, joined_at=time.monotonic()))
             self._running = [row.waiting.row for row in running]
 
     def _step(self, running: list[_Running], batch: Any, prefixes: Any) -> None:
@@ -254,7 +279,7 @@ class TransformersEngine(Engine):
         kept = []
         for index, row in enumerate(running):
             state = row.waiting.row
-            if state.cancelled:
+            if state.cancelled:  # left during the step
                 continue
             token, logprobs = watched_and_chosen(logits[index], state.request)
             chunk = state.advance(token, logprobs, self.tokenizer, self._eos_ids)

@@ -143,7 +143,7 @@ class AssessorReranker(PointwiseReranker):
     name = "assessor"
     label = "Assessor (UMBRELA): graded 0–3, expected grade per document"
     defaults = RerankerDefaults(budget=1024, max_model_len=8192, model_on_gpu="qwen2.5-7b-instruct",
-                                model_elsewhere="qwen2.5-1.5b-instruct")
+                                model_elsewhere="qwen2.5-1.5b-instruct", cpu_budget=256)
     recipe = "umbrela-v1"
     outcome = Graded
     row_fields = ("grade", "expected_grade", "distribution", "forced", "end_reason", "truncated_passage",

@@ -65,6 +65,7 @@ benchmarks: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bm25_engines.py $(DATASET)
 	$(BIN)/python benchmarks/retrieval.py $(DATASET)
+	$(BIN)/python benchmarks/encoder_precision.py $(DATASET)
 	$(BIN)/python benchmarks/rerank.py
 	$(BIN)/python benchmarks/annotation.py
 	$(BIN)/python benchmarks/batch.py
@@ -72,6 +73,8 @@ benchmarks: setup
 	$(BIN)/python benchmarks/evidence.py
 	$(BIN)/python benchmarks/evidence.py --splitters
 	$(BIN)/python benchmarks/api.py
+	$(BIN)/python benchmarks/real_shape.py
+	$(BIN)/python benchmarks/space_install.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -1,6 +1,7 @@
-"""The page as a new user meets it, in Chromium at 1280×800: the sample corpus, the demo model, a warm engine.
+"""The page as a new user meets it, in Chromium at 1280×800: the sample corpus, the demo model (or ``--model``:
+a real-size shape from benchmarks/real_shape.py), a warm engine.
 
-    .venv/bin/python benchmarks/page.py [--engine vllm|transformers] [--candidates 20] [--budget 128]
+    .venv/bin/python benchmarks/page.py [--engine vllm|transformers] [--candidates 20] [--budget 128] [--model M]
 
 Measured after Enter (each figure from the browser's own clock): when the first-stage list is visible, when the
 first reasoning text is visible in the viewport, how many cards show reasoning in view at most, the most
@@ -94,13 +95,15 @@ def main() -> None:
     parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--budget", type=int, default=128)
+    parser.add_argument("--model", default="demo", help="a catalogue name or a model folder "
+                        "(e.g. ~/.cache/explainable-search/shapes/rank1-0.5b)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is missing: make chromium"
     folder = Path(tempfile.mkdtemp(prefix="page-benchmark-"))
     rows = []
     for candidates in (args.candidates, 50):
-        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes", model="demo",
+        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes", model=args.model,
                                       engine=args.engine, budget=args.budget, judgment_cache=False, top_k=candidates)
         library = CorpusLibrary(settings, ("hybrid",))
         library.add("sample_corpus", open_first_stage(settings, ("hybrid",)))

@@ -313,6 +313,13 @@ def test_a_space_built_from_requirements_alone_serves_search_and_rerank(tmp_path
         assert "not on persistent storage" in httpx.get(f"{url}config", timeout=30).text  # the page warns
         log_text = log.read_text(encoding="utf-8", errors="replace")
         assert "demo" in log_text  # no hub: the demo model, said so
+        # No vLLM on a CPU Space: the continuous-batching transformers engine, float32 through oneDNN.
+        engine = subprocess.run([python, "-c", "import importlib.util, sys; from search.engines import engine_kind, "
+                                 "onednn; from search.settings import EngineSettings; "
+                                 "print(engine_kind(EngineSettings()), importlib.util.find_spec('vllm') is None, "
+                                 "onednn.available())"], cwd=space, env=env, capture_output=True, text=True,
+                                check=True).stdout.split()
+        assert engine == ["transformers", "True", "True"]
     finally:
         app.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -40,9 +40,10 @@ class RerankerDefaults:
     model_elsewhere: str
     cpu_budget: int = 0
     """The default where the model computes on a CPU (0: ``budget``). The rule: the most tokens each of a query's 20
-    candidates may write for the whole query to take at most ``CPU_QUERY_MINUTES`` at the aggregate rate the
-    reranker's CPU model (``model_elsewhere``, at its real size) decodes 20 streams on a 2-core CPU, measured by
-    benchmarks/real_shape.py, rounded down to a multiple of 64 (docs/benchmarks.md)."""
+    candidates may write for the whole query to take at most ``CPU_QUERY_MINUTES`` at the rate the reranker's CPU
+    model (``model_elsewhere``, at its real size) judges 20 candidates at budget 256 on the transformers engine on
+    a 2-core CPU (tokens written ÷ seconds, prefill and forced steps included), measured by
+    benchmarks/real_shape.py, rounded down to a multiple of 64 (the numbers: docs/benchmarks.md)."""
 
     def budget_on(self, *, cpu: bool) -> int:
         return self.cpu_budget if cpu and self.cpu_budget else self.budget

@@ -1,6 +1,7 @@
 """The transformers engine's own machinery, on the demo model: continuous batching (a late request does not wait for
-the running ones; rows joining and leaving a running batch keep their own numbers), the prefix cache, and
-float32 linear layers through oneDNN. test_engines.py runs it beside vLLM through the rerankers."""
+the running ones; rows joining and leaving a running batch keep their own numbers), the prefix cache, float32
+linear layers through oneDNN, and grouped-query attention that reads the shared key/value heads in place.
+test_engines.py runs it beside vLLM through the rerankers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from search.engines import onednn
 from search.engines.base import GenerationChunk, GenerationRequest
+from search.engines.grouped_attention import NAME, use_grouped_attention
 from search.engines.hf_engine import TransformersEngine
 
 TOLERANCE = 1e-3
@@ -123,3 +125,21 @@ def test_packed_linear_layers_compute_what_pytorchs_do(demo_model: Path, referen
     inputs = inputs or tokenizer(PROMPTS[3], return_tensors="pt")
     with torch.inference_mode():
         assert torch.allclose(packed(**inputs).logits, model(**inputs).logits, atol=1e-3)
+
+
+def test_grouped_attention_computes_what_sdpa_does_on_a_left_padded_batch(
+        demo_model: Path, reference: tuple[object, object], engine: TransformersEngine) -> None:
+    """The engine's attention (key/value heads shared in place, with a padding mask) against transformers' SDPA
+    (heads repeated), every real position of a left-padded batch."""
+    model, tokenizer = reference
+    assert engine._model.config._attn_implementation == NAME
+    grouped = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()
+    assert grouped.config.num_key_value_heads < grouped.config.num_attention_heads  # the demo model groups heads
+    assert use_grouped_attention(grouped) and grouped.config._attn_implementation == NAME
+    rows = [tokenizer(prompt).input_ids for prompt in PROMPTS]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[0] * (width - len(row)) + row for row in rows])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    with torch.inference_mode():
+        expected, got = (each(input_ids=ids, attention_mask=mask).logits for each in (model, grouped))
+    assert torch.allclose(got[mask.bool()], expected[mask.bool()], atol=1e-4)

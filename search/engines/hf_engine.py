@@ -168,7 +168,9 @@ class TransformersEngine(Engine):
         """Rows join a running batch (everywhere but ZeroGPU, whose GPU process no later request can join)."""
         if self.device == "cpu":
             from search.engines import onednn
+            from search.engines.grouped_attention import use_grouped_attention
 
+            use_grouped_attention(self._model)
             if onednn.available():
                 onednn.pack_linear_layers(self._model)
         if not self.continuous:

@@ -69,7 +69,7 @@ class Rank1Reranker(PointwiseReranker):
     name = "rank1"
     label = "rank1: pointwise, P(true) per document"
     defaults = RerankerDefaults(budget=8192, max_model_len=16000, model_on_gpu="rank1-7b",
-                                model_elsewhere="rank1-0.5b", cpu_budget=896)
+                                model_elsewhere="rank1-0.5b", cpu_budget=1024)
     recipe = "rank1-v2"
     outcome = Judged
     row_fields = ("p_true", "verdict", "forced", "end_reason", "truncated_passage", "from_cache", "tokens")

@@ -3,9 +3,9 @@
 transformers' SDPA attention hands PyTorch a mask only after repeating every key/value head for each query head
 in its group (``repeat_kv``) on a CPU: a copy of the whole cache in every layer at every step, seven times over
 for Qwen2.5-0.5B (14 query heads, 2 key/value heads): a decoding step of 20 rows took 0.89 s with the copies
-and 0.28 s without (docs/benchmarks.md).
-PyTorch's ``scaled_dot_product_attention(..., enable_gqa=True)`` reads the shared heads in place, with the mask,
-and gives the same numbers. Registered through transformers' own attention and mask interfaces.
+and 0.28 s without (docs/architecture.md). PyTorch's ``scaled_dot_product_attention(..., enable_gqa=True)``
+reads the shared heads in place, with the mask, and gives the same numbers. Registered through transformers' own
+attention and mask interfaces.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@ against the in-process vLLM engine (the cost of going over HTTP; target: at leas
 second), then through two servers (the share of requests each took).
 
     .venv/bin/python benchmarks/batch.py [--queries 12] [--top-k 4] [--budget 64] [--concurrency 16]
+    .venv/bin/python benchmarks/batch.py --driver [--queries 4] [--top-k 100]
+
+``--driver`` measures the batch runner's own CPU time per event instead: rank1 on an engine that answers at once
+from a script (every document reasons ``--budget`` tokens, one event each, then is judged), so that the process's
+CPU time is the folding, counting and storing of events.
 
 Each case runs rank1 over the same run file (BM25 on the sample corpus) in a fresh process with a fresh batch
 folder, after a warm-up batch on other queries. On a 2-core machine two servers share the same cores, so the
@@ -18,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from common import in_fresh_process, print_table
@@ -28,12 +33,13 @@ from search.corpus import load_corpus
 from search.engines.base import Engine
 from search.engines.demo_model import ensure_demo_model
 from search.evaluation import retrieve_run, write_trec_run
+from search.rerank.events import Event
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import open_first_stage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, RerankSettings, Settings
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from servers import vllm_servers  # the tests' loopback vLLM server helper
+from servers import VLLMServer  # the tests' loopback vLLM server
 
 MAX_MODEL_LEN = 2048
 
@@ -84,6 +90,19 @@ def server_case(urls: list[str], warmup: Path, run: Path, budget: int, concurren
 
 
 @contextlib.contextmanager
+def vllm_servers(model: Path, logs: Path, count: int) -> Iterator[list[VLLMServer]]:
+    """``count`` vLLM servers on loopback, healthy, stopped after the block."""
+    servers = [VLLMServer(model, logs / f"server-{number}.log") for number in range(count)]
+    try:
+        for server in servers:
+            server.wait_healthy()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@contextlib.contextmanager
 def run_files(queries: int, top_k: int) -> Iterator[tuple[Path, Path]]:
     """A BM25 run of the sample corpus: a warm-up file (other queries) and the measured one."""
     with tempfile.TemporaryDirectory() as folder:
@@ -97,14 +116,72 @@ def run_files(queries: int, top_k: int) -> Iterator[tuple[Path, Path]]:
         yield paths
 
 
+def driver_case(queries: int, top_k: int, tokens: int) -> dict:
+    """The runner's CPU time per event over ``queries`` × ``top_k`` documents of the sample corpus."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from scripted import ScriptedEngine, rank1_judge
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_demo_model())
+    judged = rank1_judge(tokenizer)
+    thinking = tokens_of_one(tokenizer)
+
+    def script(request: object) -> list:
+        answer = judged(request)
+        return answer if getattr(request, "allowed_token_ids", None) else [thinking] * tokens + list(answer)
+
+    corpus = load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS))
+    events = 0
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "run.trec"
+        write_trec_run({query.query_id: {document.doc_id: float(-rank) for rank, document
+                                         in enumerate(corpus.documents[:top_k])}
+                        for query in corpus.queries[:queries]}, run, tag="all")
+        inputs = load_batch(corpus, None, run, top_k)
+        reranker = Rank1Reranker(ScriptedEngine(tokenizer, script), model_key="scripted", budget=tokens + 8,
+                                 settings=RerankSettings(judgment_cache=False))
+        stream = reranker.stream
+
+        async def counted(*args: object, **kwargs: object) -> AsyncIterator[Event]:
+            nonlocal events
+            async for event in stream(*args, **kwargs):
+                events += 1
+                yield event
+
+        reranker.stream = counted
+        spec = BatchSpec(inputs=inputs.digest(), top_k=top_k, reranker="rank1", model="scripted", budget=tokens + 8)
+        store = BatchStore.open(Path(folder) / "out", spec, inputs, sources={})
+        started, wall = time.process_time(), time.perf_counter()
+        asyncio.run(run_batch(inputs, store, reranker, concurrency=16, report=lambda _: None))
+        cpu, wall = time.process_time() - started, time.perf_counter() - wall
+        store.close()
+    return {"events": events, "cpu_s": cpu, "wall_s": wall}
+
+
+def tokens_of_one(tokenizer: object) -> object:
+    """One streamed reasoning token, as the scripted engine sends it."""
+    from search.engines.base import GenerationChunk
+
+    return GenerationChunk(text=" so", token_ids=(tokenizer(" so", add_special_tokens=False).input_ids[0],),
+                           logprobs=({},))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--driver", action="store_true", help="the runner's CPU time per event (no model)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.driver:
+        result = driver_case(args.queries, args.top_k, args.budget)
+        print(f"{args.queries} queries × top {args.top_k}, {args.budget} reasoning tokens each: {result['events']:,} "
+              f"events, {result['cpu_s']:.2f} s CPU ({result['cpu_s'] / result['events'] * 1e6:.0f} µs per event), "
+              f"{result['wall_s']:.2f} s wall")
+        return
     model = ensure_demo_model()
     settings = (args.budget, args.concurrency)
     with run_files(args.queries, args.top_k) as (warmup, run), tempfile.TemporaryDirectory() as logs:

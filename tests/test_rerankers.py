@@ -6,6 +6,7 @@ checked here without a line of this file changing (its scripted model goes in ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -22,9 +23,10 @@ from search.engines.base import Engine, EngineError, GenerationChunk, Generation
 from search.evaluation import read_run
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel, build_reranker
-from search.rerank import RERANKERS, Reranker, Run
+from search.rerank import RERANKERS, Reranker, Run, Summary
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import EVENT_TYPES, Event, event_to_json
+from search.rerank.pointwise import PointwiseRun
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate
 from search.settings import RerankerName, RerankSettings
@@ -197,6 +199,36 @@ def test_scripted_failures_are_never_scored(tokenizer: object, name: str) -> Non
     events, run = rerank(reranker_on(engine, name, budget=32), SCRIPTED)
     check_failures_are_never_scored(events, run, SCRIPTED)
     assert all("500" in run.failure(item.passage.doc_id) for item in SCRIPTED)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, name: str, tmp_path: Path) -> None:
+    """A run keeps its counts as it folds events (no pass over the candidates per event): after every event, with
+    a failure among the judgments and then again replayed from the cache, they equal a count from scratch."""
+    judge = SCRIPTS[name](tokenizer)
+
+    def script(request: GenerationRequest) -> Any:
+        return EngineError("server answered 500") if "passage 4 about" in request.prompt else judge(request)
+
+    for cache in (JudgmentCache(tmp_path / "judgments.sqlite3"),) * 2:
+        reranker = reranker_on(ScriptedEngine(tokenizer, script), name, budget=32, cache=cache)
+        run = reranker.start_run(QUERY, SCRIPTED)
+        events, _ = rerank(reranker, SCRIPTED)
+        for event in events:
+            run.apply(event)
+            assert run.documents_done() == Run.documents_done(run)
+            assert run.documents_failed() == Run.documents_failed(run)
+            if isinstance(run, PointwiseRun):
+                states = run.documents.values()
+                unfinished = [state for state in states if state.status in ("waiting", "reasoning")]
+                tokens = sum(state.outcome.tokens for state in states if state.outcome and not
+                             state.outcome.from_cache) + sum(state.tokens for state in states
+                                                             if state.status != "judged")
+                assert dataclasses.replace(run.summary(), elapsed_s=0) == Summary(
+                    total=len(SCRIPTED), judged=run.documents_done(), failed=run.documents_failed(), tokens=tokens,
+                    pending_tokens=sum(state.tokens for state in unfinished), elapsed_s=0,
+                    explained=sum(state.evidence is not None for state in states))
+        assert run.documents_failed() >= 1 and run.documents_done() >= 1
 
 
 @pytest.mark.parametrize("name", NAMES)

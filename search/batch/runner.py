@@ -63,10 +63,6 @@ class _Work:
     todo: tuple[Candidate, ...]
 
 
-def _failed(run: Run) -> int:
-    return sum(run.status(candidate.passage.doc_id) == "failed" for candidate in run.candidates)
-
-
 async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Reranker, *, concurrency: int,
                     report: Report) -> BatchProgress:
     """Rerank what is not yet done; ``report`` is called after every kept event (and query). At most
@@ -78,7 +74,7 @@ async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Reranker, 
         run = reranker.start_run(item.query.text, item.candidates, instruction=item.query.instruction)
         for event in kept.get(item.query.query_id, []):
             run.apply(event)
-        done, failed = done + run.documents_done(), failed + _failed(run)
+        done, failed = done + run.documents_done(), failed + run.documents_failed()
         if todo := run.unfinished():
             work.append(_Work(item=item, run=run, todo=todo))
     progress = BatchProgress(queries=len(inputs.queries), documents=inputs.document_count, documents_done=done,
@@ -102,12 +98,12 @@ async def _rerank_query(work: _Work, store: BatchStore, reranker: Reranker, slot
                         progress: BatchProgress, report: Report) -> None:
     query, run = work.item.query, work.run
     async for event in reranker.stream(query.text, work.todo, instruction=query.instruction, slots=slots):
-        before = (run.documents_done(), _failed(run), run.summary().tokens)
+        before = (run.documents_done(), run.documents_failed(), run.summary().tokens)
         run.apply(event)
         kept = run.durable(event)
         for item in kept:
             store.record(query.query_id, item)
-        after = (run.documents_done(), _failed(run), run.summary().tokens)
+        after = (run.documents_done(), run.documents_failed(), run.summary().tokens)
         progress.documents_done += after[0] - before[0]
         progress.failed += after[1] - before[1]
         progress.tokens += after[2] - before[2]

@@ -230,6 +230,10 @@ class Run(ABC):
         """Documents with a final judgment so far."""
         return sum(self.status(candidate.passage.doc_id) == "judged" for candidate in self.candidates)
 
+    def documents_failed(self) -> int:
+        """Documents that failed (for a listwise run: those no window could rank, once it is over)."""
+        return sum(self.status(candidate.passage.doc_id) == "failed" for candidate in self.candidates)
+
 
 class Reranker(ABC):
     """A reasoning reranker over an engine. Subclasses are pure logic: they build prompts, read the engine's

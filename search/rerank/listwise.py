@@ -115,6 +115,12 @@ class ListwiseRun(Run):
         active = self.active()
         return "reasoning" if active and doc_id in self.order[active.start:active.end] else "waiting"
 
+    def documents_done(self) -> int:
+        return len(self.judged)
+
+    def documents_failed(self) -> int:
+        return len(self.candidates) - len(self.judged) if self.finished else 0
+
     def ordered(self, *, reranked: bool = True) -> list[Candidate]:
         """The list as the windows have left it so far (documents no window could rank last), or in first-stage
         order."""

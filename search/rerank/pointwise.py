@@ -267,6 +267,20 @@ class DocumentState:
         return self.candidate.rank
 
 
+COUNTED = ("judged", "failed", "tokens", "pending_tokens", "explained")
+"""The ``Summary`` fields a pointwise run sums over its documents."""
+
+
+def _counts(state: DocumentState) -> tuple[int, ...]:
+    """One document's share of each ``COUNTED`` sum: new tokens are the outcome's (unless replayed) and, until
+    judged or after failing, those streamed so far."""
+    unfinished = state.status in ("waiting", "reasoning")
+    tokens = (state.outcome.tokens if state.outcome is not None and not state.outcome.from_cache else 0) + (
+        state.tokens if unfinished or state.status == "failed" else 0)
+    return (int(state.status == "judged"), int(state.status == "failed"), tokens, state.tokens if unfinished else 0,
+            int(state.evidence is not None))
+
+
 class PointwiseRun(Run):
     """Every candidate's state for one query, updated event by event."""
 
@@ -277,9 +291,13 @@ class PointwiseRun(Run):
         self.score_name = score_name
         self.documents = {candidate.passage.doc_id: DocumentState(candidate=candidate)
                           for candidate in self.candidates}
+        self.counts: tuple[int, ...] = (0,) * len(COUNTED)
+        """The sums over the documents of what ``_counts`` gives, kept by ``apply`` (a summary per event is
+        then no pass over the candidates)."""
 
     def apply(self, event: Event) -> None:
         state = self.documents[event.doc_id]
+        before = _counts(state)
         if isinstance(event, Started):
             state.status = "reasoning"
         elif isinstance(event, Reasoning):
@@ -291,6 +309,8 @@ class PointwiseRun(Run):
             state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
         elif isinstance(event, Evidence):
             state.evidence = event
+        self.counts = tuple(total - old + new for total, old, new in zip(self.counts, before, _counts(state),
+                                                                           strict=True))
         if self.finished_at is None and self.summary().finished:
             self.finished_at = time.monotonic()
 
@@ -313,15 +333,14 @@ class PointwiseRun(Run):
         return {state.doc_id: position for position, state in enumerate(judged, start=1)}
 
     def summary(self) -> Summary:
-        states = self.documents.values()
-        measured = [state.outcome for state in states if state.outcome is not None]
-        pending = sum(state.tokens for state in states if state.status in ("waiting", "reasoning"))
-        return Summary(total=len(self.documents), judged=sum(state.status == "judged" for state in states),
-                       failed=sum(state.status == "failed" for state in states),
-                       tokens=sum(outcome.tokens for outcome in measured if not outcome.from_cache) + pending
-                       + sum(state.tokens for state in states if state.status == "failed"),
-                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s(),
-                       explained=sum(state.evidence is not None for state in states))
+        counts = dict(zip(COUNTED, self.counts, strict=True))
+        return Summary(total=len(self.documents), stopped=self.stopped, elapsed_s=self.elapsed_s(), **counts)
+
+    def documents_done(self) -> int:
+        return self.counts[COUNTED.index("judged")]
+
+    def documents_failed(self) -> int:
+        return self.counts[COUNTED.index("failed")]
 
     def status(self, doc_id: str) -> Status:
         return self.documents[doc_id].status

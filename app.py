@@ -23,6 +23,7 @@ from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.pipeline import build_reranker, open_model
 from search.progress import console_progress
+from search.rerank.registry import SETTING_CHOICES
 from search.retrieval.first_stage import open_first_stage
 from search.server import ApiState, api_routes
 from search.settings import RetrievalMethod, Settings, SettingsError, add_arguments, from_arguments
@@ -81,10 +82,11 @@ def serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth", default=os.environ.get("EXPLAINABLE_SEARCH_AUTH", ""),
                         help="sign-in: user:password[,user:password...]; each annotator judges under their user "
                              "name (env EXPLAINABLE_SEARCH_AUTH)")
-    add_arguments(parser, skip=("concurrency",))  # rerank-run's; the page has its own --concurrency above
+    # --concurrency is rerank-run's; the page has its own above
+    add_arguments(parser, skip=("concurrency",), choices=SETTING_CHOICES)
     args = parser.parse_args(argv)
     try:
-        settings = from_arguments(args)
+        settings = from_arguments(args, choices=SETTING_CHOICES)
         auth = parse_auth(args.auth)
         default = settings.fusion.method
         methods = (default, *(method for method in get_args(RetrievalMethod) if method != default))

@@ -32,11 +32,12 @@ from search.batch import BatchSpec, BatchStore, load_batch, run_batch
 from search.corpus import load_corpus
 from search.engines.base import Engine
 from search.engines.demo_model import ensure_demo_model
-from search.evaluation import retrieve_run, write_trec_run
+from search.evaluation import retrieve_run
 from search.rerank.events import Event
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import open_first_stage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, RerankSettings, Settings
+from search.trec import write_trec_run
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from servers import VLLMServer  # the tests' loopback vLLM server

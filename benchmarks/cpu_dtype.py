@@ -15,7 +15,7 @@ import time
 from common import in_fresh_process, print_table, sample_workload
 
 from search.pipeline import collect, open_model
-from search.rerank import RERANKERS
+from search.rerank.registry import RERANKERS
 from search.settings import EngineSettings, RerankSettings
 
 RERANKER_NAMES = ("rank1", "assessor")

@@ -14,13 +14,30 @@ and any documents reranked with their reasoning (``search.api``)::
         results = reranker.rerank("which planets have no moons", ["Mercury has none.", "Mars has two."], top_n=1)
 """
 
-from search.api import ReasoningReranker, RerankDocument, RerankResult, open_reranker
-from search.corpus import Corpus, CorpusError, Document, LoadProblem, Passage, Query, load_corpus, split_documents
-from search.evaluation import evaluate
-from search.retrieval.first_stage import FirstStage, open_first_stage
-from search.retrieval.ranking import Candidate, Hit, Ranking, Retriever
-from search.settings import Settings, SettingsError
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from search.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from search.api import ReasoningReranker, RerankDocument, RerankResult, open_reranker
+    from search.corpus import Corpus, CorpusError, Document, LoadProblem, Passage, Query, load_corpus, split_documents
+    from search.evaluation import evaluate
+    from search.retrieval.first_stage import FirstStage, open_first_stage
+    from search.retrieval.ranking import Candidate, Hit, Ranking, Retriever
+    from search.settings import Settings, SettingsError
+
+_EXPORTS = {
+    "search.api": ("ReasoningReranker", "RerankDocument", "RerankResult", "open_reranker"),
+    "search.corpus": ("Corpus", "CorpusError", "Document", "LoadProblem", "Passage", "Query", "load_corpus",
+                      "split_documents"),
+    "search.evaluation": ("evaluate",),
+    "search.retrieval.first_stage": ("FirstStage", "open_first_stage"),
+    "search.retrieval.ranking": ("Candidate", "Hit", "Ranking", "Retriever"),
+    "search.settings": ("Settings", "SettingsError"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = [
     "Candidate", "Corpus", "CorpusError", "Document", "FirstStage", "Hit", "LoadProblem", "Passage", "Query",
     "Ranking", "ReasoningReranker", "RerankDocument", "RerankResult", "Retriever", "Settings", "SettingsError",

@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 from search.corpus import Passage
 from search.engines import EngineError, close_engine
 from search.pipeline import LoadedModel, build_reranker, open_model
-from search.rerank import Reranker, Run
-from search.rerank.base import Status
+from search.rerank.base import Reranker, Run, Status
 from search.rerank.events import Event
+from search.rerank.registry import SETTING_CHOICES
 from search.retrieval.ranking import Candidate, Hit
-from search.settings import RerankerName, RerankSettings, Settings
+from search.settings import DEFAULT_RERANKER, RerankSettings, Settings
 
 T = TypeVar("T")
 REQUEST_STAGE = "request"
@@ -50,7 +50,7 @@ class RerankRequest:
     documents: tuple[RerankDocument, ...]
     top_n: int | None = None
     instruction: str = ""
-    reranker: RerankerName | None = None
+    reranker: str | None = None
     budget: int | None = None
     evidence: bool | None = None
 
@@ -63,10 +63,10 @@ class RerankRequest:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RerankResult:
-    """One document's outcome, best first. ``relevance_score`` is on 0–1: P(true) for rank1, the expected grade ÷ 3
-    for the assessor, (count − rank + 1) ÷ count for ReasonRank (it gives ranks, no scores); a document that failed
-    has 0 and ``failure`` says why. ``details`` holds the reranker's own fields (rank1: ``p_true``, ``verdict``,
-    ``forced``…; the assessor: ``grade``, ``distribution``…; ReasonRank: ``trajectory``) and ``evidence``."""
+    """One document's outcome, best first. ``relevance_score`` is on 0–1, as the reranker's ``relevance_meaning``
+    says; a document that failed has 0 and ``failure`` says why. ``details`` holds the reranker's own fields (its
+    run's ``details``: rank1's ``p_true``, ``verdict``…, the assessor's ``grade``, ``distribution``…) and
+    ``evidence``."""
 
     index: int
     """The document's place in the request, from 0."""
@@ -159,7 +159,7 @@ class ReasoningReranker:
         return self.loaded.model.name or self.loaded.engine.model
 
     def start(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
-              top_n: int | None = None, instruction: str = "", reranker: RerankerName | None = None,
+              top_n: int | None = None, instruction: str = "", reranker: str | None = None,
               budget: int | None = None, evidence: bool | None = None) -> Reranking:
         """A request ready to stream; raises ``EngineError`` when the engine cannot take it (its servers are out,
         or the budget does not fit its context)."""
@@ -190,7 +190,7 @@ class ReasoningReranker:
         return reranking.results()
 
     def rerank(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
-               top_n: int | None = None, instruction: str = "", reranker: RerankerName | None = None,
+               top_n: int | None = None, instruction: str = "", reranker: str | None = None,
                budget: int | None = None, evidence: bool | None = None) -> list[RerankResult]:
         """The documents best first, each with its reasoning. Works inside a running event loop too (a notebook)."""
         return _run(self.arerank(query, documents, top_n=top_n, instruction=instruction, reranker=reranker,
@@ -217,13 +217,14 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def open_reranker(model: str = "auto", *, reranker: RerankerName = "rank1", engine: str = "auto",
+def open_reranker(model: str = "auto", *, reranker: str = DEFAULT_RERANKER, engine: str = "auto",
                   **settings: Any) -> ReasoningReranker:
     """``model`` (``demo``, ``rank1-7b``, any hub id or folder; ``auto``: the best this machine runs) on ``engine``
     (``vllm``, ``openai`` with ``endpoints="http://…"``, ``transformers``; ``auto``: the best here), reranking with
     ``reranker``. Any other setting by its name (``budget=64``, ``evidence=True``, ``max_model_len=…``); the rest come
     from the ``EXPLAINABLE_SEARCH_*`` variables."""
-    chosen = Settings.from_env().replace(model=model, engine=engine, reranker=reranker, **settings)
+    chosen = Settings.from_env(choices=SETTING_CHOICES).replace(model=model, engine=engine, reranker=reranker,
+                                                                **settings)
     loaded = open_model(chosen.serving, chosen.rerank.reranker)
     if (problem := loaded.engine.waiting()) is not None:
         raise EngineError(problem)

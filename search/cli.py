@@ -27,12 +27,13 @@ from search.batch.store import STATE_FILE
 from search.corpus import Corpus, CorpusError, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
-from search.evaluation import evaluate, read_qrels, read_run, retrieve_run, write_trec_run
+from search.evaluation import evaluate, read_qrels, retrieve_run
 from search.pipeline import Choice, LoadedModel, build_reranker, choose, open_model, planned_model_key, reranker_budget
 from search.progress import console_progress
-from search.rerank import RERANKERS, Reranker
+from search.rerank.base import Reranker
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import event_to_json
+from search.rerank.registry import RERANKERS, SETTING_CHOICES
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.retrieval.ranking import Candidate
 from search.settings import (
@@ -44,6 +45,7 @@ from search.settings import (
     add_arguments,
     from_arguments,
 )
+from search.trec import read_run, write_trec_run
 
 METHODS: tuple[RetrievalMethod, ...] = get_args(RetrievalMethod)
 BATCH_TOP_K = 100
@@ -301,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     index = commands.add_parser("index", help="build (or load) the BM25 and dense indexes of a corpus")
-    add_arguments(index)
+    add_arguments(index, choices=SETTING_CHOICES)
     index.set_defaults(handler=command_index)
 
     query = commands.add_parser(
@@ -310,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("-k", type=_positive, default=10, help="how many documents to print (default 10)")
     query.add_argument("--json", action="store_true",
                        help="one JSON object per document (its best passage) instead of text")
-    add_arguments(query)
+    add_arguments(query, choices=SETTING_CHOICES)
     query.set_defaults(handler=command_query)
 
     evaluation = commands.add_parser(
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--run-out", type=Path, metavar="FILE",
                             help="write the TREC run (top 100 per query) of --method (default: hybrid)")
     evaluation.add_argument("-k", type=_positive, default=100, help="documents per query in the run (default 100)")
-    add_arguments(evaluation, skip=("corpus",))
+    add_arguments(evaluation, skip=("corpus",), choices=SETTING_CHOICES)
     evaluation.set_defaults(handler=command_eval)
 
     rerank = commands.add_parser(
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--template", default="",
                         help="dataset prompt whose FILL_QUERY_HERE becomes the query (as in rank1's BRIGHT runs)")
     rerank.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
-    add_arguments(rerank)
+    add_arguments(rerank, choices=SETTING_CHOICES)
     rerank.set_defaults(handler=command_rerank)
 
     batch = commands.add_parser(
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--qrels", type=_existing_file, metavar="FILE",
                        help="judgments for the report (default: the corpus folder's qrels, if any)")
     batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumed if it exists)")
-    add_arguments(batch)
+    add_arguments(batch, choices=SETTING_CHOICES)
     batch.set_defaults(handler=command_rerank_run)
 
     serve = commands.add_parser(
@@ -370,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
     serve.add_argument("--concurrency", type=_positive, default=8,
                        help="rerank requests served at once; more wait (default 8)")
-    add_arguments(serve, skip=("concurrency", "top_k"), sections=("rerank", "serving", "api"))
+    add_arguments(serve, skip=("concurrency", "top_k"), sections=("rerank", "serving", "api"), choices=SETTING_CHOICES)
     serve.set_defaults(handler=command_serve)
     return parser
 
@@ -380,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_sigterm()
     try:
-        settings = from_arguments(args)
+        settings = from_arguments(args, choices=SETTING_CHOICES)
         return args.handler(args, settings)
     except (CorpusError, SettingsError, EngineError, DemoModelError, BatchStoreError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Runs, judgments and metrics. Measures come from ir-measures; nothing here re-implements one.
+"""Judgments and metrics over TREC runs (``search.trec``). Measures come from ir-measures; nothing here
+re-implements one.
 
 Rankings are over passages and judgments over documents, so a document scores as its best passage (MaxP).
 Every judged query counts: a query the run has nothing for scores 0 rather than vanishing from the mean,
@@ -7,21 +8,18 @@ and no document is ever dropped from a run because its id equals the query id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ir_measures
 from ir_measures import RR, R, nDCG
 
-from search.corpus import CorpusError, LoadProblem, Qrels, Query, column_lines, load_qrels
+from search.corpus import CorpusError, Qrels, Query, load_qrels
 from search.retrieval.ranking import Retriever
+from search.trec import TrecRun
 
 MEASURES = (nDCG @ 10, R @ 100, RR @ 10)
-
-Run = dict[str, dict[str, float]]
-"""Query id → document id → score, each query's documents best first."""
-
 
 def measure_name(measure: object) -> str:
     """The name people read: nDCG@10, Recall@100, MRR@10 (ir-measures says R@100 and RR@10)."""
@@ -32,33 +30,9 @@ def measure_name(measure: object) -> str:
     return name
 
 
-def load_run(path: Path) -> tuple[Run, list[LoadProblem]]:
-    """A six-column TREC run (``query Q0 doc rank score tag``), each query's documents ordered by score, ties
-    by the file's rank; a document listed twice keeps its first line. Problems name their line."""
-    rows: dict[str, dict[str, tuple[float, int]]] = {}
-    problems: list[LoadProblem] = []
-    for number, cells in column_lines(path, problems):
-        if len(cells) != 6:
-            problems.append(LoadProblem(path=path, line=number, message=f"expected 6 columns (query Q0 doc rank "
-                                                                        f"score tag), found {len(cells)}"))
-            continue
-        query_id, _, doc_id, rank, score = cells[:5]
-        try:
-            scored = (float(score), int(rank))
-        except ValueError:
-            wrong = f"rank {rank!r} is not an integer" if not rank.lstrip("-").isdigit() else \
-                f"score {score!r} is not a number"
-            problems.append(LoadProblem(path=path, line=number, message=wrong))
-            continue
-        rows.setdefault(query_id, {}).setdefault(doc_id, scored)
-    run = {query_id: {doc_id: score for doc_id, (score, _) in sorted(docs.items(), key=lambda item: (
-        -item[1][0], item[1][1]))} for query_id, docs in rows.items()}
-    return run, problems
-
-
-def retrieve_run(retriever: Retriever, queries: Sequence[Query], k: int, batch_size: int = 64) -> Run:
+def retrieve_run(retriever: Retriever, queries: Sequence[Query], k: int, batch_size: int = 64) -> TrecRun:
     """The top ``k`` documents of every query (searched in batches), each scored by its best passage."""
-    run: Run = {}
+    run: TrecRun = {}
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
         rankings = retriever.search_documents([query.text for query in batch], k)
@@ -75,16 +49,7 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def read_run(path: Path) -> Run:
-    """A TREC run, refused with every bad line named."""
-    run, problems = load_run(path)
-    if problems or not run:
-        raise CorpusError(f"{path}: {len(problems)} bad line(s), {len(run)} queries; expected query Q0 doc rank "
-                          "score tag", problems)
-    return run
-
-
-def per_query(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str, dict[str, float]]:
+def per_query(qrels: Qrels, run: TrecRun, measures: Iterable = MEASURES) -> dict[str, dict[str, float]]:
     """Each measure's value for every judged query (0 where the run has nothing for it), by measure name."""
     measures = tuple(measures)
     values: dict[str, dict[str, float]] = {measure_name(measure): dict.fromkeys(qrels, 0.0) for measure in measures}
@@ -94,7 +59,7 @@ def per_query(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str
     return values
 
 
-def evaluate(qrels: Qrels, run: Run, measures: Iterable = MEASURES) -> dict[str, float]:
+def evaluate(qrels: Qrels, run: TrecRun, measures: Iterable = MEASURES) -> dict[str, float]:
     """Mean of each measure over every judged query (graded gains for nDCG, relevance >= 1 otherwise)."""
     return {name: sum(by_query.values()) / max(len(by_query), 1)
             for name, by_query in per_query(qrels, run, measures).items()}
@@ -115,7 +80,7 @@ class Comparison:
         return after - before
 
 
-def compare(qrels: Qrels, before: Run, after: Run, measures: Iterable = MEASURES) -> Comparison:
+def compare(qrels: Qrels, before: TrecRun, after: TrecRun, measures: Iterable = MEASURES) -> Comparison:
     """``before`` and ``after`` measured on every query of ``qrels``."""
     measures = tuple(measures)
     old, new = per_query(qrels, before, measures), per_query(qrels, after, measures)
@@ -127,18 +92,3 @@ def compare(qrels: Qrels, before: Run, after: Run, measures: Iterable = MEASURES
         per_query={query_id: {name: (old[name][query_id], new[name][query_id]) for name in names}
                    for query_id in qrels},
     )
-
-
-def format_trec_run(run: Mapping[str, Mapping[str, float]], tag: str) -> str:
-    """The standard six-column TREC run format, in the run's order. Scores are written in full (the shortest
-    text that reads back as the same number): rounding would tie close probabilities, and tools order ties by
-    document id, not by our order."""
-    return "".join(
-        f"{query_id} Q0 {doc_id} {rank} {float(score)!r} {tag}\n"
-        for query_id, scored in run.items()
-        for rank, (doc_id, score) in enumerate(scored.items(), start=1)
-    )
-
-
-def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
-    path.write_text(format_trec_run(run, tag), encoding="utf-8")

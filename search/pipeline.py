@@ -13,10 +13,11 @@ from pathlib import Path
 
 from search.engines import Engine, EngineError, cuda_available, engine_kind, on_zero_gpu, open_engine
 from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
-from search.rerank import RERANKERS, Reranker, Run
+from search.rerank.base import Reranker, Run
 from search.rerank.cache import JudgmentCache
+from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Ranking
-from search.settings import EngineKind, EngineSettings, RerankerName, RerankSettings
+from search.settings import DEFAULT_RERANKER, EngineKind, EngineSettings, RerankSettings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -45,11 +46,11 @@ class LoadedModel:
         return self.model.key or self.engine.model
 
 
-def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
+def choose(serving: EngineSettings, reranker: str = DEFAULT_RERANKER) -> Choice:
     """Model and engine for this machine unless the settings force them: the reranker's own default model (its
     GPU model with vLLM on a GPU and with transformers on ZeroGPU, its small one elsewhere); with no hub and no
     cached copy, the demo model."""
-    defaults = RERANKERS[reranker].defaults
+    defaults = reranker_class(reranker).defaults
     kind = engine_kind(serving)
     notes = []
     name = serving.model
@@ -71,7 +72,7 @@ def choose(serving: EngineSettings, reranker: RerankerName = "rank1") -> Choice:
                   max_model_len=serving.max_model_len or model.max_model_len or defaults.max_model_len)
 
 
-def open_model(serving: EngineSettings, reranker: RerankerName = "rank1", choice: Choice | None = None
+def open_model(serving: EngineSettings, reranker: str = DEFAULT_RERANKER, choice: Choice | None = None
                ) -> LoadedModel:
     """The engine chosen for this machine (or forced by the settings), with a context that holds ``reranker``'s
     prompts; refused early when its weights cannot be had."""
@@ -100,9 +101,10 @@ def judgment_cache(settings: RerankSettings) -> JudgmentCache | None:
         return cache
 
 
-def reranker_budget(settings: RerankSettings, model: ResolvedModel, *, on_cpu: bool) -> int:
-    """The reasoning budget: the settings', else the model's own need, else the reranker's for the hardware."""
-    return settings.budget or model.budget or RERANKERS[settings.reranker].defaults.budget_on(cpu=on_cpu)
+def reranker_budget(settings: RerankSettings, model: ResolvedModel | None, *, on_cpu: bool) -> int:
+    """The reasoning budget of the settings' reranker (``Reranker.budget_for``) on ``model`` (None: none loaded)."""
+    return reranker_class(settings.reranker).budget_for(asked=settings.budget, model_needs=model.budget if model else 0,
+                                                        on_cpu=on_cpu)
 
 
 def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
@@ -118,7 +120,7 @@ def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
 def build_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
     """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
     settings' judgment cache). Its budget: ``reranker_budget``."""
-    cls = RERANKERS[settings.reranker]
+    cls = reranker_class(settings.reranker)
     budget = reranker_budget(settings, loaded.model, on_cpu=loaded.engine.on_cpu)
     engine = loaded.engine
     if (problem := engine.waiting()) is not None:

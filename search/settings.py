@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,8 @@ from typing import Any, Literal
 ENV_PREFIX = "EXPLAINABLE_SEARCH_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = REPO_ROOT / "sample_corpus"
+if not SAMPLE_CORPUS.is_dir():  # installed (pip install .): the folder is the package data search/sample_corpus
+    SAMPLE_CORPUS = Path(__file__).resolve().parent / "sample_corpus"
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 FusionMethod = Literal["rrf", "weighted"]
@@ -27,8 +29,13 @@ BM25Backend = Literal["auto", "numba", "numpy"]
 EngineKind = Literal["vllm", "openai", "transformers"]
 """The engines, listed once (``search.engines`` opens them)."""
 EngineChoice = Literal["auto", EngineKind]
-RerankerName = Literal["rank1", "reasonrank", "assessor"]
-"""The rerankers, by the names ``search.rerank.RERANKERS`` maps to their classes."""
+DEFAULT_RERANKER = "rank1"
+"""The reranker used unless one is named (the names: ``search.rerank.registry``)."""
+
+
+Choices = Mapping[str, Iterable[str]]
+"""Valid values of settings whose type does not list them, by setting (the rerankers' names: their registry has
+them, ``search.rerank.registry.SETTING_CHOICES``)."""
 
 
 class SettingsError(ValueError):
@@ -164,8 +171,7 @@ class EngineSettings:
     model: str = _setting("auto", "model: a registry name (rank1-7b, reasonrank-7b, qwen2.5-7b-instruct, demo, ...), "
                                   "hub id or local folder (auto: the reranker's default for this machine)")
     engine: EngineChoice = _setting("auto", "engine: vllm (in process), openai (remote servers), transformers")
-    max_model_len: int = _setting(0, "context length in tokens (0: what the model and reranker need, e.g. 16000 "
-                                     "for rank1)")
+    max_model_len: int = _setting(0, "context length in tokens (0: what the model and reranker need)")
     endpoints: str = _setting("", "comma-separated base URLs of OpenAI-compatible servers (openai engine)")
     served_model: str = _setting("", "model name to request from the servers (default: the one they serve)")
     request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
@@ -193,10 +199,9 @@ class EngineSettings:
 class RerankSettings:
     """The reasoning reranker: which one, over how many candidates, with how much room to think."""
 
-    reranker: RerankerName = _setting("rank1", "rank1 (pointwise, P(true) per document), reasonrank (listwise "
-                                               "windows, ranks only) or assessor (UMBRELA's graded 0–3 judgment)")
+    reranker: str = _setting(DEFAULT_RERANKER, "the reranker, by its name in search/rerank/registry.py")
     top_k: int = _setting(20, "first-stage candidates (documents) reranked per query")
-    budget: int = _setting(0, "reasoning budget in new tokens (0: the reranker's default, 8192 for rank1)")
+    budget: int = _setting(0, "reasoning budget in new tokens (0: the reranker's default for the hardware)")
     concurrency: int = _setting(0, "rerank-run: documents judged at once (0: what the engine can keep busy)")
     window: int = _setting(20, "reasonrank: passages per window")
     step: int = _setting(10, "reasonrank: how far each window slides (back of the list to the front)")
@@ -253,14 +258,14 @@ class Settings:
                                                       "every session sees them after reloads and restarts")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Defaults overridden by ``EXPLAINABLE_SEARCH_*`` variables."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, choices: Choices | None = None) -> Settings:
+        """Defaults overridden by ``EXPLAINABLE_SEARCH_*`` variables (``choices``: as for ``add_arguments``)."""
         environ = os.environ if environ is None else environ
         values = {}
         for option in options():
             raw = environ.get(option.env_name)
             if raw is not None:
-                values[option.name] = option.parse(raw, source=option.env_name)
+                values[option.name] = option.parse(raw, source=option.env_name, choices=choices)
         return cls().replace(**values)
 
     def replace(self, **values: Any) -> Settings:
@@ -299,15 +304,17 @@ class Option:
     def env_name(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
-    @property
-    def choices(self) -> tuple[str, ...] | None:
-        return typing.get_args(self.type) if typing.get_origin(self.type) is Literal else None
+    def valid(self, choices: Choices | None = None) -> tuple[str, ...] | None:
+        """The values it may take: its type's, else those ``choices`` gives for it; None when any will do."""
+        if typing.get_origin(self.type) is Literal:
+            return typing.get_args(self.type)
+        return tuple((choices or {})[self.name]) if self.name in (choices or {}) else None
 
-    def parse(self, raw: str, *, source: str) -> Any:
+    def parse(self, raw: str, *, source: str, choices: Choices | None = None) -> Any:
         """Convert text from a flag or variable, or say which one was wrong."""
-        if self.choices is not None:
-            if raw not in self.choices:
-                raise SettingsError(f"{source} must be one of {', '.join(self.choices)}; got {raw!r}")
+        if (valid := self.valid(choices)) is not None:
+            if raw not in valid:
+                raise SettingsError(f"{source} must be one of {', '.join(valid)}; got {raw!r}")
             return raw
         if self.type is bool:
             lowered = raw.strip().lower()
@@ -338,9 +345,10 @@ def options() -> list[Option]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
-                  sections: tuple[str, ...] | None = None) -> None:
+                  sections: tuple[str, ...] | None = None, choices: Choices | None = None) -> None:
     """Add one flag per setting (of ``sections`` only, when given), grouped by section; all default to None so
-    unset flags keep the environment's value."""
+    unset flags keep the environment's value. ``choices``: the valid values of settings whose type does not list
+    them (the rerankers' names, which their registry knows)."""
     groups: dict[str | None, argparse._ArgumentGroup] = {}
     for option in options():
         if option.name in skip or (sections is not None and option.section not in sections):
@@ -351,22 +359,24 @@ def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()
         group = groups[option.section]
         default = f"; default {option.default}" if option.default not in ("", None) else ""
         help_text = f"{option.help} (env {option.env_name}{default})"
+        listed = option.valid(choices)
         if option.type is bool:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(
-                option.flag, default=None, choices=option.choices, metavar=None if option.choices else "VALUE",
+                option.flag, default=None, choices=listed, metavar=None if listed else "VALUE",
                 help=help_text,
             )
 
 
-def from_arguments(namespace: argparse.Namespace, base: Settings | None = None) -> Settings:
+def from_arguments(namespace: argparse.Namespace, base: Settings | None = None, *, choices: Choices | None = None
+                   ) -> Settings:
     """Settings from the environment, overridden by every flag the user gave."""
-    base = Settings.from_env() if base is None else base
+    base = Settings.from_env(choices=choices) if base is None else base
     values = {}
     for option in options():
         raw = getattr(namespace, option.name, None)
         if raw is None:
             continue
-        values[option.name] = raw if isinstance(raw, bool) else option.parse(raw, source=option.flag)
+        values[option.name] = raw if isinstance(raw, bool) else option.parse(raw, source=option.flag, choices=choices)
     return base.replace(**values)

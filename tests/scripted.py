@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from search.corpus import Passage
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
-from search.rerank.assessor import ANSWER, GradeTokens
-from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, VerdictTokens
+from search.rerank.assessor import ANSWER, AssessorReranker, GradeTokens
+from search.rerank.base import Reranker
+from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
+from search.rerank.reasonrank import ReasonRankReranker
+from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Hit
 
 Script = Callable[[GenerationRequest], Sequence[GenerationChunk] | Exception]
@@ -122,9 +125,14 @@ def reversing(request: GenerationRequest) -> list[GenerationChunk]:
                             stop_reason="</answer>")]
 
 
-SCRIPTS: dict[str, Callable[[object], Script]] = {"rank1": rank1_judge, "assessor": grading,
-                                                  "reasonrank": lambda tokenizer: reversing}
-"""A scripted model for every registered reranker, by name."""
+SCRIPTS: dict[type[Reranker], Callable[[object], Script]] = {
+    Rank1Reranker: rank1_judge, AssessorReranker: grading, ReasonRankReranker: lambda tokenizer: reversing}
+"""A scripted model for every registered reranker, by its class."""
+
+
+def scripted_model(name: str, tokenizer: object) -> Script:
+    """The scripted model of the reranker called ``name``."""
+    return SCRIPTS[reranker_class(name)](tokenizer)
 
 
 class Judge:

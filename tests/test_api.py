@@ -9,36 +9,30 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from scripted import SCRIPTS, Judge, ScriptedEngine
+from scripted import Judge, ScriptedEngine, reversing, scripted_model
 from servers import free_port
-from transformers import AutoTokenizer
 
 from search.api import ReasoningReranker, RerankDocument
+from search.engines.base import EngineError
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel
 from search.rerank.rank1 import VerdictTokens
 from search.server import ApiState, headless_app
 from search.server.routes import RERANK_PATHS
-from search.settings import ApiSettings, RerankerName, RerankSettings
+from search.settings import ApiSettings, RerankSettings
 
 KEY = "s3cret-key"
 DOCUMENTS = ["Mercury has no moon: a good answer.", "Jupiter has many moons.",
              {"text": "Venus has no moon either, a good one.", "title": "Venus", "id": "venus"}]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
-
-
-def reranker_on(engine: ScriptedEngine, reranker: RerankerName = "rank1") -> ReasoningReranker:
+def reranker_on(engine: ScriptedEngine, reranker: str = "rank1") -> ReasoningReranker:
     loaded = LoadedModel(engine=engine, model=ResolvedModel(name="scripted", location="", key="scripted-key",
                                                             is_demo=False))
     return ReasoningReranker(loaded, RerankSettings(reranker=reranker, budget=8, judgment_cache=False, window=3,
@@ -91,13 +85,31 @@ def test_failures_come_last_with_zero_and_a_warning_and_all_failed_is_503(judge:
     assert refused.status_code == 503 and "every document failed" in refused.json()["message"]
 
 
+def test_listwise_failures_are_counted_in_documents_not_windows(tokenizer: object) -> None:
+    """ReasonRank fails windows: the answer counts the documents they leave unranked, and all of them is a 503."""
+    def failing_on(marker: str) -> ScriptedEngine:
+        return ScriptedEngine(tokenizer, lambda request: EngineError("server gone") if marker in request.prompt
+                              else reversing(request))
+
+    documents = [f"passage {number}" for number in range(5)]  # windows of 3 by 2: positions 3-5, then 1-3
+    client = client_of(reranker_on(failing_on("passage 4"), "reasonrank"))
+    body = client.post("/v1/rerank", json={"query": "q", "documents": documents}).json()
+    failed = {result["index"] for result in body["results"] if result["status"] == "failed"}
+    assert failed == {3, 4}  # the first window failed; the second ranked 0, 1 and 2
+    assert body["meta"]["warnings"] == ["2 of 5 documents failed: each has relevance_score 0 and says why in failure"]
+    refused = client_of(reranker_on(failing_on("passage"), "reasonrank")).post(
+        "/v1/rerank", json={"query": "q", "documents": documents})
+    assert refused.status_code == 503 and "every document failed" in refused.json()["message"]
+    assert "server gone" in refused.json()["message"]
+
+
 @pytest.mark.parametrize(("reranker", "expected"), [
     ("assessor", {0: 1.7 / 3, 1: 1.7 / 3, 2: 1.7 / 3}),  # the scripted assessor's expected grade, ÷ 3
     ("reasonrank", {2: 1.0, 1: 2 / 3, 0: 1 / 3}),  # it reverses its window: (count − rank + 1) ÷ count
 ])
-def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reranker: RerankerName,
+def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reranker: str,
                                                         expected: dict[int, float]) -> None:
-    engine = ScriptedEngine(tokenizer, SCRIPTS[reranker](tokenizer))
+    engine = ScriptedEngine(tokenizer, scripted_model(reranker, tokenizer))
     try:
         body = client_of(reranker_on(engine)).post("/v1/rerank", json={
             "query": "q", "documents": ["one", "two", "three"], "reranker": reranker}).json()
@@ -116,7 +128,7 @@ def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reran
     (b'{"query": "q", "documents": ["a"], "top_n": 0}', 422, "top_n: Input should be greater than or equal to 1"),
     (b'{"query": "q", "documents": ["a", 7]}', 422, "documents[1]: expected a string or a mapping"),
     (b'{"query": "q", "documents": [{"title": "no text"}]}', 422, "documents[0]: expected a string"),
-    (b'{"query": "q", "documents": ["a"], "reranker": "bm25"}', 422, "reranker: Input should be 'rank1'"),
+    (b'{"query": "q", "documents": ["a"], "reranker": "bm25"}', 422, "reranker: 'bm25' is not a reranker"),
     (b'{"query": "q", "documents": ["a"], "evidence": "yes"}', 422, "evidence: Input should be a valid boolean"),
     (b'{"query": "q", "documents": []}', 400, "documents: empty"),
     (b'{"query": "  ", "documents": ["a"]}', 400, "query: empty"),

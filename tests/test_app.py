@@ -12,7 +12,6 @@ from gradio_client.exceptions import AppError
 from search.corpus import Passage
 from search.engines import close_engines
 from search.pipeline import open_model
-from search.rerank import RERANKERS
 from search.rerank.events import (
     Graded,
     Judged,
@@ -26,11 +25,12 @@ from search.rerank.events import (
 from search.rerank.listwise import ListwiseRun
 from search.rerank.pointwise import PointwiseRun
 from search.rerank.rank1 import Rank1Reranker
+from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, build_app
-from ui.renderers import RENDERERS
+from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
 
 BUDGET = 16
@@ -100,7 +100,7 @@ def test_the_header_line_names_model_engine_device_and_keeps_the_demo_warning_a_
 
 
 def test_every_reranker_has_a_renderer() -> None:
-    assert set(RENDERERS) == set(RERANKERS)
+    assert {cls.renderer for cls in RERANKERS.values()} <= set(FAMILIES)
 
 
 def hostile_run(reranker: str = "rank1") -> PointwiseRun:
@@ -115,7 +115,7 @@ def hostile_run(reranker: str = "rank1") -> PointwiseRun:
 
 @pytest.mark.parametrize("reranker", ["rank1", "assessor"])
 def test_cards_escape_document_text_and_model_output(reranker: str) -> None:
-    html = RENDERERS[reranker].cards(hostile_run(reranker), True)
+    html = renderer_of(RERANKERS[reranker]).cards(hostile_run(reranker), True)
     assert "<script>" not in html and "<img" not in html and "<b>bold" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html and "back\\slash" in html
 
@@ -138,7 +138,7 @@ def test_an_assessor_card_shows_the_grade_distribution_and_the_expected_grade() 
     run = hostile_run("assessor")
     run.apply(Graded.measured((-2.3, -1.6, -0.5, -2.3), reranker="assessor", doc_id="evil", passage_id="p",
                               reasoning="fine", tokens=4, end_reason="grade", forced=False, truncated_passage=False))
-    html = RENDERERS["assessor"].cards(run, True)
+    html = renderer_of(RERANKERS["assessor"]).cards(run, True)
     assert html.count("<i style=\"height:") == 4 and "grade 2" in html and "expected grade <b>1.70</b> / 3" in html
     assert "P(true)" not in html
     (row,) = run.rows()
@@ -198,20 +198,20 @@ def test_the_summary_counts_tokens_while_they_stream_with_progress_and_time_left
     assert summary.tokens_per_s > 0  # text is arriving, so the rate is not zero
     assert summary.progress(budget=24) == pytest.approx((1 + 12 / 24) / 3)
     assert summary.eta_s(budget=24) == pytest.approx((2 * 24 - 12) / summary.tokens_per_s)
-    html = RENDERERS["rank1"].summary(summary, 24)
+    html = renderer_of(RERANKERS["rank1"]).summary(summary, 24)
     assert "<b>1/3</b> judged" in html and "tokens/s" in html and "left" in html and "es-progress" in html
 
 
 def test_each_card_says_its_state_and_after_stop_none_is_left_working() -> None:
     run = live_run()
-    html = RENDERERS["rank1"].cards(run, True)
+    html = renderer_of(RERANKERS["rank1"]).cards(run, True)
     assert ">judged<" in html and ">thinking · 12 tokens<" in html and ">queued<" in html
     assert "<mark>Sea</mark> <mark>levels</mark> <mark>rise</mark>" in html  # the query's BM25 terms, marked
     run.stop()
-    stopped = RENDERERS["rank1"].cards(run, True)
+    stopped = renderer_of(RERANKERS["rank1"]).cards(run, True)
     assert "thinking" not in stopped and "queued" not in stopped
     assert ">stopped · 12 tokens<" in stopped and ">stopped<" in stopped and stopped.count("The passage says") == 2
-    assert "stopped" in RENDERERS["rank1"].summary(run.summary(), 24)
+    assert "stopped" in renderer_of(RERANKERS["rank1"]).summary(run.summary(), 24)
 
 
 @pytest.mark.parametrize(("end_reason", "label"), [("budget", "forced · budget reached"),
@@ -221,7 +221,7 @@ def test_a_forced_card_says_when_the_budget_ran_out(end_reason: str, label: str)
     run.apply(Judged(reranker="rank1", doc_id="b", passage_id="b", verdict=False, p_true=0.4, logprob_true=-1.0,
                      logprob_false=-0.6, reasoning="The passage says", tokens=24, end_reason=end_reason, forced=True,
                      truncated_passage=False))
-    html = RENDERERS["rank1"].cards(run, True)
+    html = renderer_of(RERANKERS["rank1"]).cards(run, True)
     assert f">{label}<" in html
     assert ("used its whole budget (24 tokens)" in html) == (end_reason == "budget")
 
@@ -261,5 +261,5 @@ def test_a_listwise_run_folds_windows_and_derives_scores_from_ranks() -> None:
     records = [json.loads(line) for line in board.jsonl().splitlines()]
     assert [record["type"] for record in records] == ["window", "window", *["document"] * 4]
     assert records[0]["missing"] == [1, 2] and records[0]["duplicates"] == [3] and records[1]["status"] == "truncated"
-    html = RENDERERS["reasonrank"].cards(board, True)
+    html = renderer_of(RERANKERS["reasonrank"]).cards(board, True)
     assert "<img" not in html and "<b>think" not in html and "missing (appended) [1], [2]" in html

@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from pathlib import Path
 
 import pytest
 from scripted import GRADE_SHARES, ScriptedEngine, candidate, grading, tokens_of
-from transformers import AutoTokenizer
 
 from search.engines.base import GenerationChunk, GenerationRequest
 from search.rerank.assessor import (
@@ -44,11 +42,6 @@ Measure how trustworthy the passage is (T).
 Consider the aspects above and the relative importance of each, and decide on a final score (O). Final score must be an integer value only.
 Do not provide any code in result. Provide each score in the format of: ##final score: score without providing any reasoning."""  # noqa: E501, W291
 """``qrel_zeroshot_bing`` as ../shared/reference/umbrela.md gives it, trailing spaces and all."""
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
 
 
 @pytest.fixture(scope="module")

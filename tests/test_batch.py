@@ -36,13 +36,14 @@ from search.batch.report import comparison, grade_agreement
 from search.batch.store import STATE_FILE, Kept
 from search.corpus import Corpus, CorpusError, Document
 from search.engines.openai_engine import spanning_stop
-from search.evaluation import load_run, read_run, retrieve_run, write_trec_run
+from search.evaluation import retrieve_run
 from search.rerank.assessor import AssessorReranker
 from search.rerank.events import Evidence, Judged
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens
 from search.rerank.reasonrank import ReasonRankReranker
 from search.retrieval.first_stage import FirstStage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, RerankSettings
+from search.trec import load_run, read_run, write_trec_run
 
 # ---------------------------------------------------------------------------------------------------------
 # Inputs

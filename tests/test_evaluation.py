@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from search.evaluation import evaluate, retrieve_run, write_trec_run
+from search.evaluation import evaluate, retrieve_run
 from search.retrieval.first_stage import FirstStage
+from search.trec import write_trec_run
 
 
 def test_graded_ndcg_by_hand() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from scripted import ScriptedEngine, candidate, grading, rank1_judge
-from transformers import AutoTokenizer
 
 from search.engines.base import GenerationChunk, GenerationRequest
 from search.evidence import find_quotes, split_sentences, without
@@ -33,11 +32,6 @@ CONTENTS = f"{TITLE} {TEXT}"
 REASONING = "\nThe passage says caffeine blocks adenosine receptors, so it is relevant."
 WEIGHTS = {SENTENCES[0]: 2.0, SENTENCES[1]: 1.0, SENTENCES[3]: -1.5}
 """The scripted verdict's log-odds: a sum over the sentences the prompt still holds (the others weigh 0)."""
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
 
 
 def log_odds(prompt: str) -> float:

@@ -10,7 +10,7 @@ from search import engines
 from search.engines import EngineError, close_engines, engine_kind
 from search.models import DEMO, REGISTRY, resolve_model, shared_lineage, spec_of
 from search.pipeline import build_reranker, choose, open_model
-from search.rerank import RERANKERS
+from search.rerank.registry import RERANKERS, SETTING_CHOICES
 from search.settings import EngineSettings, RerankSettings, Settings, SettingsError
 
 
@@ -84,7 +84,7 @@ def test_settings_come_from_flags_and_environment_in_their_groups() -> None:
     with pytest.raises(SettingsError, match="EXPLAINABLE_SEARCH_ENGINE must be one of auto, vllm, openai"):
         Settings.from_env({"EXPLAINABLE_SEARCH_ENGINE": "tgi"})
     with pytest.raises(SettingsError, match="EXPLAINABLE_SEARCH_RERANKER must be one of rank1, reasonrank, assessor"):
-        Settings.from_env({"EXPLAINABLE_SEARCH_RERANKER": "monot5"})
+        Settings.from_env({"EXPLAINABLE_SEARCH_RERANKER": "monot5"}, choices=SETTING_CHOICES)
     with pytest.raises(SettingsError, match="top_k must be at least 1"):
         RerankSettings(top_k=0)
 

@@ -21,9 +21,10 @@ from servers import VLLMServer, app_process, free_port
 from search.batch import BatchStore
 from search.batch.store import STATE_FILE
 from search.engines.lifeline import Lifeline
-from search.evaluation import retrieve_run, write_trec_run
+from search.evaluation import retrieve_run
 from search.retrieval.first_stage import FirstStage
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
+from search.trec import write_trec_run
 
 GONE_WITHIN_S = 20
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from scripted import ScriptedEngine, candidate
-from transformers import AutoTokenizer
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.pipeline import collect
@@ -30,11 +29,6 @@ from search.rerank.rank1 import (
 )
 from search.retrieval.ranking import Candidate
 from search.settings import RerankSettings
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
 
 
 @pytest.fixture(scope="module")

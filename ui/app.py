@@ -25,8 +25,9 @@ from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
 from search.models import REGISTRY
 from search.pipeline import LoadedModel, build_reranker, open_model, reranker_budget
-from search.rerank import RERANKERS, Reranker, Run
-from search.settings import STORAGE, RerankerName, RetrievalMethod, Settings
+from search.rerank.base import Reranker, Run
+from search.rerank.registry import RERANKERS, reranker_class
+from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
@@ -34,7 +35,7 @@ from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
-from ui.renderers import RENDERERS
+from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
 from ui.window_cards import WINDOW_CSS
@@ -147,13 +148,12 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         default_key = model_key(status.loaded)
         models[default_key] = status.loaded
 
-    def budget_of(kind: RerankerName, key: str) -> int:
-        """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it."""
+    def budget_of(kind: str, key: str) -> int:
+        """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
+        its default for a CPU, where a model-less page is served)."""
         loaded = models.get(key)
-        if loaded is None:
-            return settings.rerank.budget or RERANKERS[kind].defaults.budget
-        return reranker_budget(dataclasses.replace(settings.rerank, reranker=kind), loaded.model,
-                               on_cpu=loaded.engine.on_cpu)
+        return reranker_budget(dataclasses.replace(settings.rerank, reranker=kind), loaded.model if loaded else None,
+                               on_cpu=loaded is None or loaded.engine.on_cpu)
 
     def evidence_default(key: str) -> bool:
         """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""
@@ -161,7 +161,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         return settings.rerank.evidence or (loaded is not None and evidence_by_default(loaded.engine.kind,
                                                                                        loaded.engine.device))
 
-    def reranker_for(key: str, kind: RerankerName, budget: int | None = None, evidence: bool | None = None
+    def reranker_for(key: str, kind: str, budget: int | None = None, evidence: bool | None = None
                      ) -> Reranker | None:
         """The reranker ``kind`` on the session's model ``key`` (None when no model is loaded)."""
         loaded = models.get(key)
@@ -230,7 +230,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error))
         return (*corpus_choices(library.names()[0]), render_notice(f"Removed {name}."))
 
-    async def load_model(name: str, engine: str, kind: RerankerName, progress: gr.Progress = gr.Progress()  # noqa: B008
+    async def load_model(name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
                          ) -> tuple[Any, Any, str, Any, Any]:
         key = f"{name} · {engine}"
         if key not in models:
@@ -252,11 +252,11 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
 
     def shown(run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
         """The summary line and the results, as the run's reranker renders them."""
-        renderer = RENDERERS[run.reranker]
+        renderer = renderer_for(run)
         return renderer.summary(run.summary(), budget), renderer.cards(run, reranked)
 
     async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     reranked: bool, corpus_name: str, kind: RerankerName = "rank1", key: str = default_key,
+                     reranked: bool, corpus_name: str, kind: str = DEFAULT_RERANKER, key: str = default_key,
                      evidence: bool = False, request: gr.Request | None = None
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
@@ -275,7 +275,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             yield render_notice(str(error)), "", None, []
             return
         budget = reranker.budget if reranker is not None else int(budget)
-        run = RERANKERS[kind].new_run(query, found, instruction=instruction, settings=settings.rerank)
+        run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=settings.rerank)
         session = request.session_hash if request else ""
         current_runs[session] = run
         yield (*shown(run, budget, reranked=reranked), run, run.rows())

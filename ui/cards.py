@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from html import escape
 
-from search.rerank import Summary
+from search.rerank.base import Summary
 from search.rerank.events import Graded, Judged
 from search.rerank.pointwise import DocumentState, PointwiseRun
 from search.retrieval.highlight import snippet_start, term_spans

@@ -1,5 +1,6 @@
-"""One renderer per reranker name: how a run of that reranker shows on the page (its cards and its summary
-line). The page looks its reranker's renderer up here and never asks which reranker it holds."""
+"""How a run shows on the page (its cards and its summary line), by renderer family: a reranker names its family
+(``Reranker.renderer``) and gives its score's name and scale; the page asks ``renderer_for`` and never asks which
+reranker it holds. A new reranker reuses a family, or adds one here."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from search.rerank import Summary
-from ui.cards import grade_verdict, rank1_verdict, render_board, render_summary
+from search.rerank.base import Reranker, Run, Summary
+from search.rerank.registry import reranker_class
+from ui.cards import Verdict, grade_verdict, rank1_verdict, render_board, render_summary
 from ui.evidence import ScoreScale
 from ui.window_cards import render_list_summary, render_windows
 
@@ -21,14 +23,30 @@ class Renderer:
     """(summary, reasoning budget) → the summary line's HTML, with progress and time left."""
 
 
-RENDERERS: dict[str, Renderer] = {
-    "rank1": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=rank1_verdict,
-                                                               scale=ScoreScale(name="P(true)")),
-                      summary=lambda summary, budget: render_summary(summary, budget=budget)),
-    "assessor": Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=grade_verdict,
-                                                                  scale=ScoreScale(name="expected grade",
-                                                                                   factor=3.0)),
-                         summary=lambda summary, budget: render_summary(summary, budget=budget)),
-    "reasonrank": Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
-                           summary=lambda summary, budget: render_list_summary(summary, budget=budget)),
+def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
+    """A pointwise family: one card per document, its verdict read by ``verdict``, scores on the reranker's scale."""
+
+    def renderer(reranker: type[Reranker]) -> Renderer:
+        scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max)
+        return Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=verdict, scale=scale),
+                        summary=lambda summary, budget: render_summary(summary, budget=budget))
+
+    return renderer
+
+
+FAMILIES: dict[str, Callable[[type[Reranker]], Renderer]] = {
+    "verdicts": _board(rank1_verdict),
+    "grades": _board(grade_verdict),
+    "windows": lambda reranker: Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
+                                         summary=lambda summary, budget: render_list_summary(summary, budget=budget)),
 }
+"""The renderer families, by the names rerankers give in ``Reranker.renderer``."""
+
+
+def renderer_of(reranker: type[Reranker]) -> Renderer:
+    return FAMILIES[reranker.renderer](reranker)
+
+
+def renderer_for(run: Run) -> Renderer:
+    """The renderer of ``run``'s reranker."""
+    return renderer_of(reranker_class(run.reranker))

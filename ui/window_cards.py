@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from html import escape
 
-from search.rerank import Summary
+from search.rerank.base import Summary
 from search.rerank.listwise import ListwiseRun, WindowState
 from search.retrieval.ranking import Candidate
 from ui.cards import render_summary, snippet

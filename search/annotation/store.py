@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from search.rerank import RERANKERS
 from search.rerank.events import Evidence, Failed, Graded, Outcome, expected_grade
+from search.rerank.registry import RERANKERS
 
 DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
 """The TREC Deep Learning scale, 0 to 3."""

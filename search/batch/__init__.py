@@ -5,10 +5,26 @@ reranks what is not yet done, and ``view_batch`` / ``write_outputs`` turn the st
 report. ``python -m search rerank-run`` wires them together; the Evaluation tab reads the same state.
 """
 
-from search.batch.inputs import BatchInputs, BatchSpec, load_batch
-from search.batch.report import BatchView, comparison, view_batch, write_outputs
-from search.batch.runner import BatchProgress, run_batch
-from search.batch.store import BatchStore, BatchStoreError
+from __future__ import annotations
 
-__all__ = ["BatchInputs", "BatchProgress", "BatchSpec", "BatchStore", "BatchStoreError", "BatchView", "comparison",
-           "load_batch", "run_batch", "view_batch", "write_outputs"]
+from typing import TYPE_CHECKING
+
+from search.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from search.batch.inputs import BatchInputs, BatchSpec, load_batch
+    from search.batch.report import BatchView, comparison, view_batch, write_outputs
+    from search.batch.runner import BatchProgress, run_batch
+    from search.batch.store import BatchStore, BatchStoreError
+
+_EXPORTS = {
+    "search.batch.inputs": ("BatchInputs", "BatchSpec", "load_batch"),
+    "search.batch.report": ("BatchView", "comparison", "view_batch", "write_outputs"),
+    "search.batch.runner": ("BatchProgress", "run_batch"),
+    "search.batch.store": ("BatchStore", "BatchStoreError"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "BatchInputs", "BatchProgress", "BatchSpec", "BatchStore", "BatchStoreError", "BatchView", "comparison",
+    "load_batch", "run_batch", "view_batch", "write_outputs",
+]

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.corpus import Corpus, CorpusError, LoadProblem, Passage, Query, load_queries
-from search.evaluation import load_run
+from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Hit
 from search.settings import RerankSettings
+from search.trec import load_run
 
 if TYPE_CHECKING:
-    from search.rerank import Reranker
+    from search.rerank.base import Reranker
 
 RUN_STAGE = "run"
 """The stage name of the first-stage run's hits in each candidate's provenance."""
@@ -47,10 +48,8 @@ class BatchSpec:
     def planned(cls, inputs: str, settings: RerankSettings, *, model: str, budget: int) -> BatchSpec:
         """The spec of a batch before its engine starts (``model``: the weights' key, ``budget``: the one the
         reranker will get), so that a folder holding another batch is refused before minutes of loading."""
-        from search.rerank import RERANKERS
-
         return cls(inputs=inputs, top_k=settings.top_k, reranker=settings.reranker, model=model, budget=budget,
-                   options=RERANKERS[settings.reranker].fingerprint(settings))
+                   options=reranker_class(settings.reranker).fingerprint(settings))
 
     def rerank_settings(self) -> RerankSettings:
         """The reranker settings the batch ran with, as far as they decide its outputs."""

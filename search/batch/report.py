@@ -16,10 +16,11 @@ from ir_measures import RR, R, nDCG
 from search.annotation.agreement import cohen_kappa, krippendorff_alpha
 from search.batch.store import BatchStore
 from search.corpus import Passage, Qrels
-from search.evaluation import Comparison, compare, format_trec_run
-from search.evaluation import Run as TrecRun
-from search.rerank import RERANKERS, Run
+from search.evaluation import Comparison, compare
+from search.rerank.base import Run
+from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Hit
+from search.trec import TrecRun, format_trec_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,7 +101,7 @@ def view_batch(store: BatchStore) -> BatchView:
     if spec is None:
         raise ValueError(f"{store.path}: holds no batch yet")
     kept = store.kept_by_query()
-    reranker, settings = RERANKERS[spec.reranker], spec.rerank_settings()
+    reranker, settings = reranker_class(spec.reranker), spec.rerank_settings()
     views = []
     judged = failed = documents = 0
     first_stage: TrecRun = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from search.batch.inputs import BatchInputs, BatchQuery
 from search.batch.store import BatchStore
-from search.rerank import Reranker, Run
+from search.rerank.base import Reranker, Run
 from search.retrieval.ranking import Candidate
 
 

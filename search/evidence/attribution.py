@@ -22,7 +22,7 @@ from search.rerank.events import Evidence, EvidenceCost, Faithfulness, SentenceE
 
 if TYPE_CHECKING:
     from search.engines.base import Engine
-    from search.rerank.pointwise import Probe
+    from search.rerank.probe import Probe
 
 EXACT_LIMIT = 100
 """Passages with up to this many sentences are ablated one sentence at a time; longer ones by the surrogate.

@@ -1,14 +1,4 @@
 """Rerankers: pure logic over an Engine behind one interface (``search.rerank.base``), speaking the event
-vocabulary of ``search.rerank.events``. ``RERANKERS`` is the one place that maps names to reranker classes."""
-
-from __future__ import annotations
-
-from search.rerank.assessor import AssessorReranker
-from search.rerank.base import Reranker, RerankerDefaults, Run, Summary
-from search.rerank.rank1 import Rank1Reranker
-from search.rerank.reasonrank import ReasonRankReranker
-
-__all__ = ["RERANKERS", "Reranker", "RerankerDefaults", "Run", "Summary"]
-
-RERANKERS: dict[str, type[Reranker]] = {cls.name: cls for cls in (Rank1Reranker, ReasonRankReranker,
-                                                                    AssessorReranker)}
+vocabulary of ``search.rerank.events``; ``search.rerank.registry`` maps names to their classes. Nothing is imported
+here, so that reading the events (``search.rerank.events``, which imports nothing of the project) loads no
+reranker, engine or index."""

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
 from search.rerank.base import RerankerDefaults
 from search.rerank.events import EndReason, Failed, Graded, Measured, expected_grade, grade_distribution
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, Probe, clean_reasoning
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
+from search.rerank.probe import Probe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -149,6 +150,9 @@ class AssessorReranker(PointwiseReranker):
     row_fields = ("grade", "expected_grade", "distribution", "forced", "end_reason", "truncated_passage",
                   "from_cache", "tokens")
     score_name = "expected grade"
+    score_max = float(len(GRADES) - 1)
+    relevance_meaning = "the expected grade ÷ 3 (UMBRELA's 0–3 scale)"
+    renderer = "grades"
     grades = len(GRADES)
     reserve = 16
 

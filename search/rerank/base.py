@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from search.evaluation import format_trec_run
 from search.rerank.events import Event
 from search.retrieval.ranking import Candidate, Hit, Ranking
 from search.settings import RerankSettings
+from search.trec import format_trec_run
 
 if TYPE_CHECKING:
     from search.engines.base import Engine
@@ -243,6 +243,15 @@ class Reranker(ABC):
     label: ClassVar[str]
     """One line for pickers: the name and what it gives."""
     defaults: ClassVar[RerankerDefaults]
+    score_name: ClassVar[str]
+    """What a document's score is, for labels ("P(true)", "expected grade", …)."""
+    score_max: ClassVar[float] = 1.0
+    """The highest score (the assessor's expected grade reaches 3)."""
+    relevance_meaning: ClassVar[str]
+    """What the rerank API's ``relevance_score`` (``Run.relevance``, 0–1) is and how it is computed, for readers of
+    its answers."""
+    renderer: ClassVar[str]
+    """The family of page renderers that shows its runs (``ui.renderers``): ``verdicts``, ``grades``, ``windows``."""
     judges_documents: ClassVar[bool] = False
     """Whether it judges each document on its own (then annotators can see its judgments beside theirs)."""
     grades: ClassVar[int] = 0
@@ -255,6 +264,12 @@ class Reranker(ABC):
         self.budget = budget
         self.settings = settings
         self.cache = cache
+
+    @classmethod
+    def budget_for(cls, *, asked: int = 0, model_needs: int = 0, on_cpu: bool) -> int:
+        """The reasoning budget: what the user asked for, else what the model needs (a catalogue entry may say),
+        else this reranker's default for the hardware the model computes on."""
+        return asked or model_needs or cls.defaults.budget_on(cpu=on_cpu)
 
     @abstractmethod
     def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from search.engines.base import EngineError
+from search.evidence.attribution import explain
 from search.rerank.base import Reranker, Run, Status, Summary, query_text
 from search.rerank.cache import judgment_key
 from search.rerank.events import (
@@ -29,6 +30,7 @@ from search.rerank.events import (
     Started,
     event_from_json,
 )
+from search.rerank.probe import Probe
 from search.retrieval.ranking import Candidate
 
 if TYPE_CHECKING:
@@ -96,16 +98,6 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
     )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Probe:
-    """How to re-score one verdict on a changed passage, the reasoning held fixed: ``prompt(passage)`` ends where
-    the verdict is read, ``token_ids`` are read there, ``score`` maps their log-probabilities to 0–1."""
-
-    prompt: Callable[[str], str]
-    token_ids: tuple[int, ...]
-    score: Callable[[tuple[float, ...]], float]
-
-
 class PointwiseReranker(Reranker):
     """Judges every candidate of a query at once on one engine and merges their events into one stream."""
 
@@ -115,7 +107,6 @@ class PointwiseReranker(Reranker):
     outcome: ClassVar[type[Measured]]
     row_fields: ClassVar[tuple[str, ...]]
     """The outcome's fields each row carries (None until the document is judged)."""
-    score_name: ClassVar[str]
     judges_documents = True
     reserve: ClassVar[int] = 8
     """Context kept free beyond the budget, for a forced step's additions."""
@@ -229,7 +220,6 @@ class PointwiseReranker(Reranker):
         if cached is not None:
             emit(Evidence.from_fields({**cached, "doc_id": passage.doc_id, "from_cache": True}))
             return
-        from search.evidence import explain  # not at the top: search.evidence reads this package's events
 
         try:
             async with slot:

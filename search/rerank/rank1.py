@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
 from search.rerank.base import RerankerDefaults
 from search.rerank.events import EndReason, Failed, Judged, Measured
-from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, Probe, clean_reasoning
+from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
+from search.rerank.probe import Probe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -74,6 +75,8 @@ class Rank1Reranker(PointwiseReranker):
     outcome = Judged
     row_fields = ("p_true", "verdict", "forced", "end_reason", "truncated_passage", "from_cache", "tokens")
     score_name = "P(true)"
+    relevance_meaning = "P(true): the probability of the verdict true"
+    renderer = "verdicts"
 
     def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
                  cache: JudgmentCache | None = None) -> None:

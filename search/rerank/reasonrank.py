@@ -135,6 +135,9 @@ class ReasonRankReranker(Reranker):
     label = "ReasonRank: listwise windows, ranks only"
     defaults = RerankerDefaults(budget=3072, max_model_len=32768, model_on_gpu="reasonrank-7b",
                                 model_elsewhere="reasonrank-7b")
+    score_name = ListwiseRun.score_name
+    relevance_meaning = "(count − rank + 1) ÷ count: ReasonRank gives ranks, no scores"
+    renderer = "windows"
 
     @property
     def window(self) -> int:

@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.api import RerankRequest, RerankResult, as_documents
-from search.settings import ApiSettings, RerankerName
+from search.rerank.base import Reranker
+from search.rerank.registry import reranker_class
+from search.settings import ApiSettings, SettingsError
 
 
 class ApiError(Exception):
@@ -40,7 +42,7 @@ class RerankBody(BaseModel):
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     instruction: str = ""
-    reranker: RerankerName | None = None
+    reranker: str | None = None
     budget: int | None = Field(default=None, ge=1)
     evidence: bool | None = None
     stream: bool = False
@@ -71,6 +73,11 @@ def parse_request(raw: bytes, limits: ApiSettings) -> ParsedRequest:
         raise ApiError(422, "; ".join(_field_error(problem) for problem in error.errors()[:5])) from None
     if not body.query.strip():
         raise ApiError(400, "query: empty")
+    if body.reranker is not None:
+        try:
+            reranker_class(body.reranker)
+        except SettingsError as error:
+            raise ApiError(422, str(error)) from None
     if not body.documents:
         raise ApiError(400, "documents: empty; send at least one")
     if len(body.documents) > limits.api_max_documents:
@@ -97,24 +104,16 @@ def _field_error(problem: Any) -> str:
     return f"{where or 'body'}: {problem['msg']}"
 
 
-def response(results: list[RerankResult], parsed: ParsedRequest, *, failed: int, model: str, reranker: str,
-             seconds: float, tokens: int) -> dict[str, Any]:
+def response(results: list[RerankResult], parsed: ParsedRequest, *, failed: int, model: str,
+             reranker: type[Reranker], seconds: float, tokens: int) -> dict[str, Any]:
     """Cohere's v2 response: ``id``, ``results`` best first, ``meta``; ours beside them in ``meta``."""
     count = len(parsed.request.documents)
     warnings = [f"{failed} of {count} documents failed: each has relevance_score 0 and says why in failure"] * bool(
         failed)
     return {"id": uuid.uuid4().hex,
             "results": [result.to_json(return_documents=parsed.return_documents) for result in results],
-            "meta": {"api_version": {"version": "2"}, "warnings": warnings, "model": model, "reranker": reranker,
-                     "relevance_score": RELEVANCE[reranker], "seconds": round(seconds, 3), "tokens": tokens}}
-
-
-RELEVANCE: dict[str, str] = {
-    "rank1": "P(true): the probability of the verdict true",
-    "assessor": "the expected grade ÷ 3 (UMBRELA's 0–3 scale)",
-    "reasonrank": "(count − rank + 1) ÷ count: ReasonRank gives ranks, no scores",
-}
-"""What ``relevance_score`` is, by reranker (also in each response's ``meta``)."""
+            "meta": {"api_version": {"version": "2"}, "warnings": warnings, "model": model, "reranker": reranker.name,
+                     "relevance_score": reranker.relevance_meaning, "seconds": round(seconds, 3), "tokens": tokens}}
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

@@ -18,8 +18,8 @@ from starlette.routing import BaseRoute
 
 from search.api import ReasoningReranker, Reranking
 from search.engines import EngineError
-from search.rerank import RERANKERS
 from search.rerank.events import event_to_json
+from search.rerank.registry import RERANKERS
 from search.server.protocol import ApiError, ParsedRequest, parse_request, response, sse
 from search.settings import ApiSettings
 
@@ -153,14 +153,15 @@ def _reranking(state: ApiState, parsed: ParsedRequest) -> Reranking:
 
 
 def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: float) -> dict:
-    """The response, or 503 when every document failed (the engine's reason)."""
-    summary = reranking.run.summary()
-    results = reranking.results()
-    if summary.failed and summary.failed == len(parsed.request.documents):
-        reason = next(result.failure for result in results if result.failure)
+    """The response, or 503 when every document failed (the engine's reason). Failures are counted in documents,
+    whatever the reranker's unit of work (a listwise one fails windows)."""
+    run = reranking.run
+    failed = run.documents_failed()
+    if failed and failed == len(parsed.request.documents):
+        reason = run.failure(run.candidates[0].passage.doc_id)
         raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
-    return response(results, parsed, failed=summary.failed, model=model,
-                    reranker=reranking.reranker.name, seconds=time.monotonic() - started, tokens=summary.tokens)
+    return response(reranking.results(), parsed, failed=failed, model=model, reranker=type(reranking.reranker),
+                    seconds=time.monotonic() - started, tokens=run.summary().tokens)
 
 
 async def _streamed(state: ApiState, reranking: Reranking, parsed: ParsedRequest, started: float

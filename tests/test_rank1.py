@@ -9,6 +9,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scripted import ScriptedEngine, candidate
@@ -18,6 +19,7 @@ from search.pipeline import collect
 from search.rerank.base import query_text
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import Event, Failed, Judged
+from search.rerank.pointwise import PreparedPrompt
 from search.rerank.rank1 import (
     STOP_FALSE,
     STOP_TRUE,
@@ -212,6 +214,33 @@ def test_reranked_order_is_by_probability_with_failures_last(tokenizer: object, 
     assert [item.passage.doc_id for item in ranking.candidates] == ["c", "a", "b"]
     assert ranking.candidates[0].provenance["rank1"].rank == 1 and "rank1" not in ranking.candidates[2].provenance
     assert folded.status("b") == "failed" and folded.score("b") is None
+
+
+def test_a_reader_that_raises_closes_the_engine_stream_at_once(tokenizer: object) -> None:
+    """An exception while reading (here from the reasoning callback) aborts the engine request then, not when the
+    garbage collector finalises the stream."""
+    closed = []
+
+    class Recorded(ScriptedEngine):
+        async def generate(self, request: GenerationRequest) -> Any:
+            try:
+                async for chunk in super().generate(request):
+                    yield chunk
+            finally:
+                closed.append(request)
+
+    engine = Recorded(tokenizer, lambda request: [GenerationChunk(text="so ", token_ids=(11,), logprobs=({},))] * 50)
+    reranker = Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
+
+    def refuse(text: str, tokens: int) -> None:
+        raise RuntimeError("the reader failed")
+
+    async def judge() -> int:
+        with pytest.raises(RuntimeError):
+            await reranker.judge(PreparedPrompt(prompt="p", passage="p", truncated_passage=False), {}, refuse)
+        return len(closed)  # before any other task runs
+
+    assert asyncio.run(judge()) == 1
 
 
 def test_a_stream_that_ends_unfinished_fails_and_keeps_the_partial_reasoning(tokenizer: object) -> None:

@@ -184,6 +184,41 @@ def test_scripted_cancel_frees_the_engine(tokenizer: object, name: str) -> None:
     assert engine.aborted
 
 
+class ClosingRecorded(ScriptedEngine):
+    """A scripted engine that counts the streams its callers have closed (``generate``'s own end, not the abort that
+    follows on the engine's thread)."""
+
+    closed = 0
+
+    async def generate(self, request: GenerationRequest) -> Any:
+        try:
+            async for chunk in super().generate(request):
+                yield chunk
+        finally:
+            self.closed += 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_closing_the_stream_closes_the_engine_streams_at_once(tokenizer: object, name: str) -> None:
+    """Not when the garbage collector finalises them: a reader that leaves frees the engine before the next turn of
+    the loop."""
+    def endless(request: GenerationRequest) -> list[GenerationChunk]:
+        return [GenerationChunk(text="thinking ", token_ids=(11,), logprobs=({},))] * 10_000
+
+    engine = ClosingRecorded(tokenizer, endless, pause_s=0.001)
+
+    async def leave_early() -> tuple[int, int]:
+        stream = reranker_on(engine, name, budget=32).stream(QUERY, SCRIPTED[:3])
+        async for event in stream:
+            if event.type in DELTAS:
+                break
+        await stream.aclose()
+        return len(engine.requests), engine.closed  # read before any other task runs
+
+    opened, closed = asyncio.run(leave_early())
+    assert opened >= 1 and closed == opened
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_scripted_cache_replay(tokenizer: object, name: str, tmp_path: Path) -> None:
     counting = Counting(ScriptedEngine(tokenizer, scripted_model(name, tokenizer)))

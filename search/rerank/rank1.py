@@ -8,6 +8,7 @@ measured from both verdict log-probabilities; a judgment that cannot be measured
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,15 +109,16 @@ class Rank1Reranker(PointwiseReranker):
         last_token: int | None = None
         last_logprobs: dict[int, float] = {}
         finish, stop = None, None
-        async for chunk in self.engine.generate(request):
-            if chunk.text:
-                parts.append(chunk.text)
-                reasoning(chunk.text, len(chunk.token_ids))
-            tokens += len(chunk.token_ids)
-            if chunk.token_ids:
-                last_token = chunk.token_ids[-1]
-                last_logprobs = dict(chunk.logprobs[-1]) if chunk.logprobs else {}
-            finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
+        async with contextlib.aclosing(self.engine.generate(request)) as chunks:  # an early exit aborts it now
+            async for chunk in chunks:
+                if chunk.text:
+                    parts.append(chunk.text)
+                    reasoning(chunk.text, len(chunk.token_ids))
+                tokens += len(chunk.token_ids)
+                if chunk.token_ids:
+                    last_token = chunk.token_ids[-1]
+                    last_logprobs = dict(chunk.logprobs[-1]) if chunk.logprobs else {}
+                finish, stop = chunk.finish_reason or finish, chunk.stop_reason or stop
         if finish is None or finish == "abort":
             raise EngineError("the engine aborted the request" if finish else "the stream ended unfinished")
         text = "".join(parts)

@@ -202,8 +202,9 @@ class ReasonRankReranker(Reranker):
                     request = GenerationRequest(prompt=prompt, max_tokens=self.budget + ANSWER_ROOM,
                                                 stop=(ANSWER_END,))
                     finish = stop = None
-                    async with slots or contextlib.nullcontext():
-                        async for chunk in self.engine.generate(request):
+                    async with slots or contextlib.nullcontext(), contextlib.aclosing(
+                            self.engine.generate(request)) as chunks:  # closing the stream aborts it now
+                        async for chunk in chunks:
                             if chunk.text:
                                 parts.append(chunk.text)
                                 yield WindowReasoning(reranker=self.name, window=number, text=chunk.text,

@@ -119,6 +119,12 @@ def test_the_grade_is_read_with_or_without_a_space(tokenizer: object, grades: Gr
 
     graded = assess(ScriptedEngine(tokenizer, script))[-1]
     assert isinstance(graded, Graded) and graded.end_reason == "grade" and graded.grade == 2
+    # Evidence re-scores exactly where the judgment was read: the same text before the grade, the same tokens.
+    probe = AssessorReranker(ScriptedEngine(tokenizer, script), model_key="scripted", budget=64,
+                             settings=RerankSettings()).probe("moons of mars", graded)
+    passage = "Mars Phobos and Deimos orbit Mars."
+    assert probe.prompt(passage) == render_prompt(tokenizer, "moons of mars", passage) + f"Fine.\n{answer[:-1]}"
+    assert probe.token_ids == grades.bare
 
 
 def forced_script(tokenizer: object, grades: GradeTokens, output: list[GenerationChunk],

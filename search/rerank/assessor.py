@@ -145,7 +145,7 @@ class AssessorReranker(PointwiseReranker):
     label = "Assessor (UMBRELA): graded 0–3, expected grade per document"
     defaults = RerankerDefaults(budget=1024, max_model_len=8192, model_on_gpu="qwen2.5-7b-instruct",
                                 model_elsewhere="qwen2.5-1.5b-instruct", cpu_budget=256)
-    recipe = "umbrela-v1"
+    recipe = "umbrela-v2"  # v2: a grade records where it was read (answer_suffix, spaced_grade), for evidence
     outcome = Graded
     row_fields = ("grade", "expected_grade", "distribution", "forced", "end_reason", "truncated_passage",
                   "from_cache", "tokens")
@@ -167,11 +167,13 @@ class AssessorReranker(PointwiseReranker):
     def probe(self, query: str, outcome: Measured) -> Probe:
         """The grade position after the model's own reasoning and answer line; the forced one's for a forced grade.
         The score is the expected grade ÷ 3."""
-        suffix, grade_ids = self.grade_tokens.forced
+        if not isinstance(outcome, Graded):
+            raise TypeError(f"the assessor probes its own grades, not {type(outcome).__name__}")
+        grade_ids = self.grade_tokens.spaced if outcome.spaced_grade else self.grade_tokens.bare
         thought = f"{clean_reasoning(outcome.reasoning)}\n" if outcome.forced else outcome.reasoning
 
         def prompt(passage: str) -> str:
-            return f"{render_prompt(self.engine.tokenizer, query, passage)}{thought}{ANSWER}{suffix}"
+            return f"{render_prompt(self.engine.tokenizer, query, passage)}{thought}{ANSWER}{outcome.answer_suffix}"
 
         return Probe(prompt=prompt, token_ids=grade_ids,
                      score=lambda values: expected_grade(grade_distribution(values)) / GRADES[-1])
@@ -213,7 +215,9 @@ class AssessorReranker(PointwiseReranker):
         if place:
             position, grade_ids = place
             if (values := measured(logprobs[position], grade_ids)) is not None:
-                return self._graded(ids, prepared, values, thought, len(token_ids), end_reason="grade")
+                return self._graded(ids, prepared, values, thought, len(token_ids), end_reason="grade",
+                                    answer_suffix=" " if position > start else "",
+                                    spaced_grade=grade_ids == self.grade_tokens.spaced)
             end_reason = "missing_logprobs"
         elif place is False:
             end_reason = "not_a_grade"
@@ -228,10 +232,13 @@ class AssessorReranker(PointwiseReranker):
             return Failed(**ids, reasoning=thought, reason=(
                 f"no grade after {end_reason.replace('_', ' ')}: the forced answer step returned token {token} and "
                 f"log-probabilities for {sorted(forced) or 'no tokens'}, not all four grade tokens"))
-        return self._graded(ids, prepared, values, thought, len(token_ids), end_reason=end_reason, forced=True)
+        return self._graded(ids, prepared, values, thought, len(token_ids), end_reason=end_reason, forced=True,
+                            answer_suffix=suffix, spaced_grade=grade_ids == self.grade_tokens.spaced)
 
     @staticmethod
     def _graded(ids: dict[str, str], prepared: PreparedPrompt, logprobs: tuple[float, ...], reasoning: str,
-                tokens: int, *, end_reason: EndReason, forced: bool = False) -> Graded:
+                tokens: int, *, end_reason: EndReason, answer_suffix: str, spaced_grade: bool, forced: bool = False
+                ) -> Graded:
         return Graded.measured(logprobs, **ids, reasoning=reasoning, tokens=tokens, end_reason=end_reason,
-                               forced=forced, truncated_passage=prepared.truncated_passage)
+                               forced=forced, truncated_passage=prepared.truncated_passage,
+                               answer_suffix=answer_suffix, spaced_grade=spaced_grade)

@@ -118,6 +118,11 @@ class Graded(Measured):
     expected_grade: float
     distribution: tuple[float, ...]
     logprobs: tuple[float, ...]
+    answer_suffix: str = ""
+    """What the model (or the forced step) wrote after the answer line's prefix before the grade token: "" or a
+    space token. Evidence re-scores after exactly this text."""
+    spaced_grade: bool = False
+    """Whether the grade token read is the space-prefixed digit (" 2" as one token) rather than the bare one."""
 
     @property
     def score(self) -> float:

@@ -76,7 +76,19 @@ def test_every_command_of_ours_exists_with_its_flags(name: str, words: list[str]
         return
     flags = {word.split("=", 1)[0] for word in words if word.startswith("--")}
     usage = help_text(which)
-    assert all(re.search(rf"{re.escape(flag)}\b", usage) for flag in flags), (name, flags)
+    assert all(offers(usage, flag) for flag in flags), (name, [flag for flag in flags if not offers(usage, flag)])
+
+
+def offers(usage: str, flag: str) -> bool:
+    """Whether ``usage`` lists ``flag`` itself (not only a longer flag that starts with it: ``--run`` in
+    ``--run-out``)."""
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage) is not None
+
+
+def test_a_flag_is_found_whole() -> None:
+    usage = "usage: rerank-run [--run-out VALUE] [--no-evidence] [--top-k VALUE]\n  --budget VALUE  tokens"
+    assert offers(usage, "--run-out") and offers(usage, "--top-k") and offers(usage, "--budget")
+    assert not offers(usage, "--run") and not offers(usage, "--evidence") and not offers(usage, "--top")
 
 
 def test_every_runnable_python_block_runs(index_dir: Path, tmp_path: Path, demo_model: Path) -> None:

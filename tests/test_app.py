@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,6 +31,7 @@ from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, build_app
+from ui.live import LiveRuns
 from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
 
@@ -49,6 +51,54 @@ def client(library: CorpusLibrary, status: ModelStatus) -> Iterator[Client]:
     _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
     yield Client(url, verbose=False)
     app.close()
+
+
+def test_live_runs_hold_only_what_streams_and_at_most_their_capacity() -> None:
+    live = LiveRuns(capacity=100)
+    runs = {f"session-{number}": live_run() for number in range(5000)}
+    for session, run in runs.items():  # visitors come, run a query each, and it ends
+        live.start(session, run)
+        assert live.current(session, run)
+        live.end(session, run)
+    assert len(live) == 0
+    for session, run in runs.items():  # runs that never end (their visitors stay): the oldest are pushed out
+        live.start(session, run)
+    assert len(live) == 100 and not live.current("session-0", runs["session-0"])
+    assert live.current("session-4999", runs["session-4999"])
+    newer = live_run()
+    live.start("session-4999", newer)  # a new query replaces the session's run; the old one's end keeps it
+    live.end("session-4999", runs["session-4999"])
+    assert live.current("session-4999", newer)
+    for session in runs:  # they close the page
+        live.stop(session)
+    assert len(live) == 0
+
+
+def test_the_page_forgets_each_session_s_run_when_it_ends_or_the_page_is_closed(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    live = LiveRuns()
+    app = build_app(library, status, live=live)
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
+    try:
+        for _ in range(6):  # six visitors, one query each
+            visitor = Client(url, verbose=False)
+            visitor.predict("which planets have no moons", "", "hybrid", 2, BUDGET, True, "sample_corpus",
+                            api_name="/rerank")
+            visitor.close()
+        assert len(live) == 0
+        leaving = Client(url, verbose=False)
+        job = leaving.submit("which planets have no moons", "", "hybrid", 5, 512, True, "sample_corpus",
+                             api_name="/rerank")
+        deadline = time.monotonic() + 120
+        while not len(live) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(live) == 1
+        leaving.close()  # the page is closed mid-run: the run is cancelled and forgotten
+        while len(live) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(live) == 0, job.status()
+    finally:
+        app.close()
 
 
 def test_search_returns_ranked_cards(client: Client) -> None:

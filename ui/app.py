@@ -35,6 +35,7 @@ from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
+from ui.live import LiveRuns
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -128,7 +129,8 @@ def upload_failure(name: str, error: UploadError | CorpusError) -> str:
 
 def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, concurrency: int = 8,
               annotations: AnnotationStore | None = None, browser_secret: str = "", auth: bool = False,
-              batches: Path | None = None, slots: asyncio.Semaphore | None = None) -> gr.Blocks:
+              batches: Path | None = None, slots: asyncio.Semaphore | None = None, live: LiveRuns | None = None
+              ) -> gr.Blocks:
     """The page over the corpora in ``library`` (the first is shown first; users can upload more), reranking on
     ``status.loaded`` when there is a model; at most ``concurrency`` rerank runs at a time share the engine (more
     wait in Gradio's queue). With an ``annotations`` store it has the annotator workbench too, where the signed-in
@@ -246,9 +248,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         return (key, budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
                 render_header(loaded), evidence_default(key))
 
-    # The run each session shows. Stop and a new query replace it, and a replaced run ends at its next event:
-    # Gradio's cancel alone has been seen to miss a run that had only just started.
-    current_runs: dict[str, Run | None] = {}
+    live = LiveRuns() if live is None else live
 
     def shown(run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
         """The summary line and the results, as the run's reranker renders them."""
@@ -277,35 +277,42 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         budget = reranker.budget if reranker is not None else int(budget)
         run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=settings.rerank)
         session = request.session_hash if request else ""
-        current_runs[session] = run
-        yield (*shown(run, budget, reranked=reranked), run, run.rows())
-        if reranker is None or not found:
-            return
-        last = time.monotonic()
-        events = reranker.stream(query, found, instruction=instruction)
+        live.start(session, run)
         try:
-            async with slots:
-                async for event in events:
-                    if current_runs.get(session) is not run:
-                        return  # stopped, or replaced by a newer query
-                    run.apply(event)
-                    if time.monotonic() - last >= UPDATE_EVERY_S:
-                        last = time.monotonic()
-                        yield (*shown(run, budget, reranked=reranked), run, run.rows())
+            yield (*shown(run, budget, reranked=reranked), run, run.rows())
+            if reranker is None or not found:
+                return
+            last = time.monotonic()
+            events = reranker.stream(query, found, instruction=instruction)
+            try:
+                async with slots:
+                    async for event in events:
+                        if not live.current(session, run):
+                            return  # stopped, replaced by a newer query, or the page was closed
+                        run.apply(event)
+                        if time.monotonic() - last >= UPDATE_EVERY_S:
+                            last = time.monotonic()
+                            yield (*shown(run, budget, reranked=reranked), run, run.rows())
+            finally:
+                await events.aclose()  # ends the engine requests
+            yield (*shown(run, budget, reranked=reranked), run, run.rows())
         finally:
-            await events.aclose()  # ends the engine requests
-        yield (*shown(run, budget, reranked=reranked), run, run.rows())
+            live.end(session, run)
 
     def resort(run: Run | None, reranked: bool, budget: int) -> str:
         return shown(run, int(budget), reranked=reranked)[1] if run else ""
 
     def stopped(run: Run | None, reranked: bool, budget: int, request: gr.Request | None = None) -> tuple[str, str]:
         """Every unfinished card says stopped and keeps its partial reasoning."""
-        current_runs[request.session_hash if request else ""] = None
+        live.stop(request.session_hash if request else "")
         if run is None:
             return "", gr.skip()
         run.stop()
         return shown(run, int(budget), reranked=reranked)
+
+    def left(request: gr.Request) -> None:
+        """The session closed the page: its run ends at its next event and is forgotten."""
+        live.stop(request.session_hash or "")
 
     def export(run: Run | None) -> list[str]:
         if run is None:
@@ -394,6 +401,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         corpus_name.input(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
         app.load(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
         app.load(header_now, inputs=selected, outputs=header, api_visibility="private")
+        app.unload(left)
 
         load_button.click(load_model, inputs=[model_name, engine_kind, reranker_kind],
                           outputs=[selected, budget, model_status, header, evidence], api_visibility="private")
@@ -402,7 +410,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                           reranker_kind, selected, evidence],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
                           concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
-        # A new query starts the next run at once; the run it replaces ends at its next event (current_runs).
+        # A new query starts the next run at once; the run it replaces ends at its next event (LiveRuns).
         # Seen: cancelling the old run with Gradio's cancel at the same moment sometimes landed on the new run
         # instead (about one time in eight), which then never showed. Stop cancels both the run and a start still
         # on its way, so that a run cannot begin just after Stop.

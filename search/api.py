@@ -138,8 +138,13 @@ def as_documents(documents: Sequence[str | RerankDocument | Mapping[str, Any]]) 
         elif isinstance(document, RerankDocument):
             converted.append(document)
         elif isinstance(document, Mapping) and isinstance(document.get("text"), str):
-            converted.append(RerankDocument(text=document["text"], title=str(document.get("title") or ""),
-                                            id=None if document.get("id") is None else str(document["id"])))
+            title, key = document.get("title"), document.get("id")
+            if title is not None and not isinstance(title, str):
+                raise TypeError(f"documents[{index}].title: expected a string, got {type(title).__name__}")
+            if key is not None and (not isinstance(key, str | int) or isinstance(key, bool)):
+                raise TypeError(f"documents[{index}].id: expected a string or an integer, got {type(key).__name__}")
+            converted.append(RerankDocument(text=document["text"], title=title or "",
+                                            id=None if key is None else str(key)))
         else:
             raise TypeError(f"documents[{index}]: expected a string or a mapping with a 'text' string, "
                             f"got {type(document).__name__}")

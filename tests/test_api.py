@@ -137,6 +137,14 @@ def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reran
      "documents[1]: 100,001 bytes; the limit is 100,000"),
     (b'{"query": "q", "documents": ["a"], "model": "gpt-4"}', 404, "model: 'gpt-4' is not served here"),
     (b'{"query": "q", "documents": ["a"], "budget": 1000000000}', 400, "budget: the reasoning budget"),
+    (b'{"query": "q", "documents": ["a \\ud800 b"]}', 400, "documents[0].text: a lone surrogate"),
+    (b'{"query": "q \\udc00", "documents": ["a"]}', 400, "query: a lone surrogate"),
+    (b'{"query": "q", "documents": [{"text": "a", "title": "\\udfff"}]}', 400, "documents[0].title: a lone"),
+    (b'{"query": "q", "documents": ["a"], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+     "nests JSON too deeply"),
+    (json.dumps({"query": "moons " * 3000, "documents": ["a"]}).encode(), 400, "query: too long for this model"),
+    (b'{"query": "q", "documents": [{"text": "a", "title": 5}]}', 422, "documents[0].title: expected a string"),
+    (b'{"query": "q", "documents": [{"text": "a", "id": [1]}]}', 422, "documents[0].id: expected a string or"),
 ])
 def test_bad_requests_get_a_4xx_that_names_the_field_and_the_server_keeps_serving(
         judge: ScriptedEngine, body: bytes, status: int, named: str) -> None:
@@ -164,6 +172,21 @@ def test_the_key_is_asked_for_when_one_is_set(judge: ScriptedEngine) -> None:
     models = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert [card["id"] for card in models["data"]] == ["scripted"]
     assert client.get("/health").json()["status"] == "ok"  # for load balancers: no key
+    for path in ("/docs", "/redoc", "/openapi.json"):  # they cannot send the key, so they are not served
+        assert client.get(path).status_code == 404
+        assert client_of(reranker_on(judge)).get(path).status_code == 200  # without a key they are
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, lambda request: RuntimeError("the engine broke"))
+    try:
+        with client_of(reranker_on(engine)).stream("POST", "/v1/rerank", json={
+                "query": "q", "documents": ["a"], "stream": True}) as streamed:
+            events = server_sent_events(streamed.read().decode())
+    finally:
+        engine.close()
+    kind, data = events[-1]
+    assert kind == "error" and "the engine broke" in data["message"] and data["error"]["code"] == 500
 
 
 def test_without_a_model_health_and_rerank_say_why_with_503() -> None:

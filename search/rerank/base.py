@@ -289,6 +289,11 @@ class Reranker(ABC):
         """An empty run of this reranker, for folding the events of ``stream``."""
         return self.new_run(query, candidates, instruction=instruction, settings=self.settings)
 
+    def query_problem(self, query: str, *, instruction: str = "", candidates: int = 1) -> str | None:
+        """Why no candidate of this query could be reranked whatever its text (the query and instruction alone
+        leave no room in the context), or None. Known before any engine request."""
+        return None
+
     @abstractmethod
     def requests_per_query(self, candidates: int) -> int:
         """At most how many engine requests one query's stream keeps in flight."""

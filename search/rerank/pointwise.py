@@ -133,6 +133,14 @@ class PointwiseReranker(Reranker):
     def requests_per_query(self, candidates: int) -> int:
         return candidates
 
+    def query_problem(self, query: str, *, instruction: str = "", candidates: int = 1) -> str | None:
+        try:
+            prepare_prompt(self.engine.tokenizer, self.render_prompt, query_text(query, instruction), "",
+                           max_model_len=self.engine.max_model_len, budget=self.budget, reserve=self.reserve)
+        except ValueError as error:
+            return str(error)
+        return None
+
     @classmethod
     def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
                 settings: RerankSettings) -> PointwiseRun:

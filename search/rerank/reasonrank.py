@@ -169,6 +169,14 @@ class ReasonRankReranker(Reranker):
                     for item in candidates]
         return render_prompt(tokenizer, query, contents)
 
+    def query_problem(self, query: str, *, instruction: str = "", candidates: int = 1) -> str | None:
+        empty = [""] * min(self.window, max(candidates, 1))
+        try:
+            self._check_room(render_prompt(self.engine.tokenizer, query_text(query, instruction), empty))
+        except ValueError as error:
+            return f"even with empty passages, {error}"
+        return None
+
     def _check_room(self, prompt: str) -> None:
         length = len(self.engine.tokenizer(prompt, add_special_tokens=False).input_ids)
         if length + self.budget + ANSWER_ROOM > self.engine.max_model_len:

@@ -65,6 +65,8 @@ def parse_request(raw: bytes, limits: ApiSettings) -> ParsedRequest:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "the body nests JSON too deeply to read") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
     try:
@@ -87,7 +89,11 @@ def parse_request(raw: bytes, limits: ApiSettings) -> ParsedRequest:
         documents = as_documents(body.documents)
     except TypeError as error:
         raise ApiError(422, str(error)) from None
+    _check_text("query", body.query)
+    _check_text("instruction", body.instruction)
     for index, document in enumerate(documents):
+        for name in ("text", "title", "id"):
+            _check_text(f"documents[{index}].{name}", getattr(document, name) or "")
         size = len(document.title.encode()) + len(document.text.encode())
         if size > limits.api_max_document_bytes:
             raise ApiError(413, f"documents[{index}]: {size:,} bytes; the limit is {limits.api_max_document_bytes:,} "
@@ -96,6 +102,15 @@ def parse_request(raw: bytes, limits: ApiSettings) -> ParsedRequest:
                             reranker=body.reranker, budget=body.budget, evidence=body.evidence)
     return ParsedRequest(request=request, model=body.model, return_documents=body.return_documents,
                          stream=body.stream)
+
+
+def _check_text(field: str, text: str) -> None:
+    """400 for text that is not Unicode (a lone surrogate, which JSON's \\u escapes can carry)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(400, f"{field}: a lone surrogate {text[error.start]!r} at character {error.start} is not "
+                            "Unicode text") from None
 
 
 def _field_error(problem: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from search.server.protocol import ApiError, ParsedRequest, parse_request, respo
 from search.settings import ApiSettings
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,8 +90,10 @@ def api_routes(state: ApiState) -> list[BaseRoute]:
 
 
 def headless_app(state: ApiState) -> FastAPI:
-    """The API alone, for RAG back ends: no page."""
-    return FastAPI(title="Explainable Search rerank API", routes=api_routes(state))
+    """The API alone, for RAG back ends: no page. The interactive docs (``/docs``, ``/redoc``, ``/openapi.json``)
+    are served only when no API key is asked for: they cannot send one."""
+    documented = {} if not state.limits.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    return FastAPI(title="Explainable Search rerank API", routes=api_routes(state), **documented)
 
 
 def _refusal(error: ApiError) -> JSONResponse:
@@ -147,9 +151,15 @@ def _reranking(state: ApiState, parsed: ParsedRequest) -> Reranking:
         raise ApiError(404, f"model: {parsed.model!r} is not served here; this server serves {served.model!r}",
                        kind="not_found_error")
     try:
-        return served.reranking(parsed.request)
+        reranking = served.reranking(parsed.request)
     except EngineError as error:  # the budget does not fit the context
         raise ApiError(400, f"budget: {error}") from None
+    request = parsed.request
+    problem = reranking.reranker.query_problem(request.query, instruction=request.instruction,
+                                               candidates=len(request.documents))
+    if problem is not None:
+        raise ApiError(400, f"query: too long for this model: {problem}")
+    return reranking
 
 
 def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: float) -> dict:
@@ -166,11 +176,16 @@ def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: fl
 
 async def _streamed(state: ApiState, reranking: Reranking, parsed: ParsedRequest, started: float
                     ) -> AsyncIterator[bytes]:
-    """Every event as the model writes it, then ``results`` (the response) or ``error``."""
-    async with state.slots, contextlib.aclosing(reranking.events()) as events:
-        async for event in events:
-            yield sse(event.type, event_to_json(event))
+    """Every event as the model writes it, then ``results`` (the response) or ``error``: a stream that breaks
+    ends with an ``error`` event, never cut without one."""
     try:
+        async with state.slots, contextlib.aclosing(reranking.events()) as events:
+            async for event in events:
+                yield sse(event.type, event_to_json(event))
         yield sse("results", _answer(reranking, parsed, _served(state).model, started))
     except ApiError as error:
         yield sse("error", error.body())
+    except Exception as error:
+        logger.exception("a streamed rerank failed")
+        yield sse("error", ApiError(500, f"the rerank failed: {type(error).__name__}: {error}",
+                                    kind="internal_error").body())

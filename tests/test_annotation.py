@@ -47,6 +47,7 @@ from search.rerank.events import (
     SentenceEffect,
 )
 from search.retrieval.ranking import Candidate
+from ui.annotate import agreement_frames, agreement_plots
 from ui.annotation_cards import render_document, render_list, render_model, render_progress
 
 QUERIES = [("q1", "first query"), ("q2", "second query")]
@@ -465,3 +466,14 @@ def test_evidence_overlap_is_token_f1_per_annotator_and_per_query() -> None:
     assert [(item.who, item.documents, item.f1) for item in by_annotator] == [("ann", 1, 0.5), ("bob", 1, 1.0)]
     assert [(item.who, item.documents, item.f1) for item in by_query] == [("q1", 2, 0.75)]
     assert token_f1(passage, Span(start=0, end=5), Span(start=17, end=22)) == 0.0
+
+
+def test_the_agreement_plots_read_the_columns_their_frames_have() -> None:
+    """Both plots were always empty: they asked for a column the frames did not have."""
+    judgments = [human("ann", "q1", f"d{number}", number % 2) for number in range(6)]
+    models = {("q1", f"d{number}"): model("q1", f"d{number}", 0.1 + 0.15 * number) for number in range(6)}
+    versus = model_agreement(judgments, models, annotator="ann", threshold=0.5, relevant_from=1)
+    frames = agreement_frames(versus)
+    for plot, frame in zip(agreement_plots(), frames, strict=True):
+        assert {plot.x, plot.y} <= set(frame.columns) and len(frame) > 0
+        assert frame[plot.y].notna().all()

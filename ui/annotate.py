@@ -21,6 +21,7 @@ import pandas as pd
 
 from search.annotation.agreement import (
     REFERENCE,
+    ModelAgreement,
     annotator_agreement,
     evidence_overlap,
     model_agreement,
@@ -119,6 +120,28 @@ def circularity(bench: Workbench, search_reranker: Reranker | None) -> str:
             "To evaluate that reranker with these judgments, load another model for one of them."
             ) if reason else ""
 
+
+GRADE, SCORE = "grade", "mean model score"
+P_RELEVANT, SHARE_RELEVANT = "mean P(relevant)", "share you judged relevant"
+"""The agreement plots' columns: one name each for the frame that fills a plot and the plot that reads it."""
+
+
+def agreement_frames(versus: ModelAgreement) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The model's mean score by the annotator's grade, and its calibration (P(relevant) bins against the share the
+    annotator judged relevant), as the agreement plots read them."""
+    by_grade = pd.DataFrame([{GRADE: str(grade), "documents": count, SCORE: mean}
+                             for grade, count, mean in versus.score_by_grade], columns=[GRADE, "documents", SCORE])
+    calibration = pd.DataFrame([{P_RELEVANT: item.mean_p_relevant, SHARE_RELEVANT: item.share_relevant,
+                                 "documents": item.count} for item in versus.calibration],
+                               columns=[P_RELEVANT, SHARE_RELEVANT, "documents"])
+    return by_grade, calibration
+
+
+def agreement_plots() -> tuple[gr.BarPlot, gr.ScatterPlot]:
+    """The plots ``agreement_frames`` fills (the score is P(true) or the expected grade: the reranker's scale)."""
+    return (gr.BarPlot(x=GRADE, y=SCORE, label="The model's mean score (P(true) or expected grade) by your grade"),
+            gr.ScatterPlot(x=P_RELEVANT, y=SHARE_RELEVANT, x_lim=[0, 1], y_lim=[0, 1],
+                           label="Calibration: P(relevant) bins vs your judgments"))
 
 def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr.State, search_kind: gr.Radio,
                        remembered: gr.BrowserState, *, auth: bool = False, concurrency: int = 8) -> None:
@@ -297,13 +320,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         per_query = pd.DataFrame([{"query": item.query_id, "documents": item.items,
                                    "agreement": round(item.agreement or 0.0, 3), "kappa": _format_kappa(item.kappa)}
                                   for item in versus.per_query], columns=["query", "documents", "agreement", "kappa"])
-        score = "mean score"
-        by_grade = pd.DataFrame([{"grade": str(grade), "documents": count, score: mean}
-                                 for grade, count, mean in versus.score_by_grade],
-                                columns=["grade", "documents", score])
-        calibration = pd.DataFrame([{"mean P(relevant)": item.mean_p_relevant, "share you judged relevant":
-                                     item.share_relevant, "documents": item.count} for item in versus.calibration],
-                                   columns=["mean P(relevant)", "share you judged relevant", "documents"])
+        by_grade, calibration = agreement_frames(versus)
         pairs = pd.DataFrame([{"annotators": f"{item.first} · {item.second}", "documents": item.items,
                                "kappa (grades)": _format_kappa(item.kappa),
                                "kappa (relevant or not)": _format_kappa(item.binary_kappa)}
@@ -430,9 +447,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                 confusion = gr.Dataframe(label="You vs the model: confusion matrix", interactive=False)
                 per_query = gr.Dataframe(label="You vs the model, per query", interactive=False)
             with gr.Row():
-                by_grade = gr.BarPlot(x="grade", y="mean P(true)", y_lim=[0, 1], label="Mean P(true) by your grade")
-                calibration = gr.ScatterPlot(x="mean P(true)", y="share you judged relevant", x_lim=[0, 1],
-                                             y_lim=[0, 1], label="Calibration: P(true) bins vs your judgments")
+                by_grade, calibration = agreement_plots()
             with gr.Row():
                 pairs = gr.Dataframe(label="Between annotators: Cohen's kappa per pair", interactive=False,
                                      elem_id="annotate-pairs")

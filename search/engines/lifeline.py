@@ -18,6 +18,7 @@ import contextlib
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO
 
@@ -25,6 +26,17 @@ import psutil
 
 GRACE_S = 5.0
 """How long the engine's processes get to shut down on SIGTERM before SIGKILL."""
+
+
+RESOURCE_TRACKER = "multiprocessing.resource_tracker"
+
+
+def follows_us(process: psutil.Process) -> bool:
+    """Whether ``process`` ends by itself when we do: multiprocessing's resource tracker (its pipe from us closes),
+    which ignores SIGTERM, so that ending it would only wait ``GRACE_S`` for the SIGKILL."""
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        return any(RESOURCE_TRACKER in part for part in process.cmdline())
+    return False
 
 
 def descendant_ids() -> set[int]:
@@ -58,7 +70,7 @@ class Lifeline:
                 continue
             with contextlib.suppress(psutil.NoSuchProcess):
                 parent = process.ppid()
-                if parent != ours and parent not in self._adopted:
+                if (parent != ours and parent not in self._adopted) or follows_us(process):
                     self._others.add(process.pid)
                     continue
                 self._adopted.add(process.pid)
@@ -114,10 +126,23 @@ def end(processes: Sequence[psutil.Process]) -> None:
     for process in everything.values():
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.terminate()
-    _, alive = psutil.wait_procs(list(everything.values()), timeout=GRACE_S)
+    deadline = time.monotonic() + GRACE_S
+    alive = list(everything.values())
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [process for process in alive if running(process)]
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()
+
+
+def running(process: psutil.Process) -> bool:
+    """Still running: not gone, and not a zombie (one that has exited, waiting for its parent to read its status,
+    which ``psutil.wait_procs`` would wait on until the grace time is over)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def watch(pipe: IO[str]) -> None:

@@ -98,8 +98,7 @@ def serve(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     library = CorpusLibrary(settings, methods, store=settings.uploads)
     library.add(first_stage.corpus.source.name, first_stage)
-    for problem in library.restore(console_progress()):
-        print(f"warning: {problem}", file=sys.stderr)
+    library.restore_in_background(lambda problem: print(f"warning: {problem}", file=sys.stderr), console_progress())
     try:
         annotations = AnnotationStore(settings.annotations)
         secret = browser_secret(settings.annotations)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from gradio.utils import get_upload_folder
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -30,7 +33,7 @@ from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
-from ui.app import CSS, JS, ModelStatus, build_app
+from ui.app import CSS, JS, ModelStatus, build_app, forget_upload
 from ui.live import LiveRuns
 from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
@@ -99,6 +102,19 @@ def test_the_page_forgets_each_session_s_run_when_it_ends_or_the_page_is_closed(
         assert len(live) == 0, job.status()
     finally:
         app.close()
+
+
+def test_only_files_in_gradio_s_upload_folder_are_forgotten(tmp_path: Path) -> None:
+    outside = tmp_path / "corpus.jsonl"
+    outside.write_text("{}", encoding="utf-8")
+    forget_upload(outside)
+    assert outside.exists()
+    inside = Path(get_upload_folder()) / f"test-{uuid.uuid4().hex}" / "corpus.jsonl"
+    inside.parent.mkdir(parents=True)
+    inside.write_text("{}", encoding="utf-8")
+    forget_upload(inside)
+    assert not inside.exists()
+    inside.parent.rmdir()
 
 
 def test_search_returns_ranked_cards(client: Client) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import README_SCREENSHOT, shoot, write
+from gradio.utils import get_upload_folder
 from gradio_client import Client
 from playwright.sync_api import Page, expect
 
@@ -272,9 +274,11 @@ def test_uploads_list_their_problems_load_the_good_documents_and_persist(
         timeout=60_000)
     expect(page.get_by_role("button", name=re.compile("Load the"))).to_be_hidden()
     # A new upload replaces the old message, even a rejected one.
-    upload.set_input_files(str(write(folder / "notes.pdf", "%PDF")))
-    expect(page.locator("#es-panel")).to_contain_text("notes.pdf was not loaded: notes.pdf: unsupported type",
+    refused = f"notes-{uuid.uuid4().hex[:8]}.pdf"
+    upload.set_input_files(str(write(folder / refused, "%PDF")))
+    expect(page.locator("#es-panel")).to_contain_text(f"{refused} was not loaded: {refused}: unsupported type",
                                                       timeout=30_000)
+    assert not list(Path(get_upload_folder()).rglob(refused))  # a refused upload is not left in Gradio's folder
     expect(page.get_by_text("Loaded bad.jsonl")).to_have_count(0)
     upload.set_input_files(str(good))
     expect(page.get_by_text("Loaded good.jsonl: 2 documents, 2 passages.")).to_be_visible(timeout=60_000)

@@ -3,6 +3,7 @@ the file the user uploaded (and the member of an archive), kept for every sessio
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from pathlib import Path
 
@@ -106,3 +107,37 @@ def test_the_number_of_kept_uploads_is_limited(settings: Settings, tmp_path: Pat
     library.upload(write(tmp_path / "one.jsonl", '{"_id": "a", "text": "owls hunt"}\n'), "one.jsonl")
     with pytest.raises(UploadError, match=r"two.jsonl: 1 uploaded corpora are kept, the most there can be"):
         library.upload(write(tmp_path / "two.jsonl", '{"_id": "b", "text": "y"}\n'), "two.jsonl")
+
+
+def test_an_archive_is_held_to_the_one_limit_unpacked(tmp_path: Path) -> None:
+    """A small zip of 101 MB of text (it compresses to about 100 KB) is refused by what it unpacks to."""
+    upload = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(upload, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("corpus/corpus.jsonl", b"a" * (uploads.MAX_UPLOAD_BYTES + 1))
+    assert upload.stat().st_size < uploads.MAX_UPLOAD_BYTES / 100
+    with pytest.raises(UploadError, match=r"bomb.zip: unpacks to 104,857,601 bytes; the limit is 104,857,600"):
+        unpack_upload(upload, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))
+
+
+def test_kept_uploads_are_restored_in_the_background(settings: Settings, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up does not wait for a kept upload to be indexed again: it is listed once it is open."""
+    store = tmp_path / "uploads"
+    upload = write(tmp_path / "incoming" / "owls.jsonl", '{"_id": "owl", "title": "Owls", "text": "Owls hunt mice."}\n')
+    CorpusLibrary(settings, ("bm25",), store=store).upload(upload, "owls.jsonl")
+    indexing = threading.Event()
+    opened = uploads.open_first_stage
+
+    def slow(*args: object, **kwargs: object) -> object:
+        assert indexing.wait(60)
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(uploads, "open_first_stage", slow)
+    restarted = CorpusLibrary(settings, ("bm25",), store=store)
+    problems: list[str] = []
+    thread = restarted.restore_in_background(problems.append)  # returns while the upload is still indexing
+    assert thread.is_alive() and restarted.names() == []
+    indexing.set()
+    thread.join(60)
+    assert restarted.names() == ["owls.jsonl"] and not problems

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from search.annotation.store import AnnotationStore
 from search.corpus import CorpusError
@@ -107,6 +108,12 @@ def _count_problem(value: float | None, name: str, high: int) -> str | None:
 def _describe(library: CorpusLibrary, name: str) -> str:
     first_stage = library.get(name)
     return f"{name}: {len(first_stage.corpus.documents)} documents, {len(first_stage.passages)} passages."
+
+
+def forget_upload(path: Path) -> None:
+    """Delete an uploaded file from Gradio's upload folder (and nothing outside it)."""
+    if path.resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        path.unlink(missing_ok=True)
 
 
 def upload_failure(name: str, error: UploadError | CorpusError) -> str:
@@ -211,9 +218,12 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                   skip_bad=skip_bad)
         except (UploadError, CorpusError) as error:
             good = error.good if isinstance(error, CorpusError) else 0
+            if not good:  # nothing to offer: the refused file goes now (one kept for "Load the good" stays)
+                forget_upload(path)
             return (gr.skip(), gr.skip(), upload_failure(path.name, error), file if good else None,
                     gr.update(visible=bool(good), value=f"Load the {good} good document{'s' if good != 1 else ''}"),
                     gr.skip(), None)
+        forget_upload(path)  # the library keeps its own copy
         dropped = library.get(name).corpus.dropped
         note = f" {dropped} bad record(s) were dropped." if dropped else ""
         return (*corpus_choices(name)[:2], render_notice(f"Loaded {_describe(library, name)}{note}"), None,
@@ -323,7 +333,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         traces.write_text(run.jsonl(), encoding="utf-8")
         return [str(run_file), str(traces)]
 
-    with gr.Blocks(title="Explainable Search", fill_width=True) as app:
+    # Uploads left in Gradio's folder (a file kept for "Load the good documents" and never loaded) go after a day.
+    with gr.Blocks(title="Explainable Search", fill_width=True, delete_cache=(3600, 86400)) as app:
         with gr.Row():
             header = gr.HTML(status.header(), elem_id="es-header", padding=False, scale=10)
             panel_button = gr.Button("☰ Corpus, settings and model", size="sm", scale=0, min_width=240,

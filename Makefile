@@ -18,7 +18,7 @@ DATASET ?= ../shared/data/cranfield
 # to whichever is free. Two keep two cores busy where one left half the time idle (waiting on imports).
 TEST_WORKERS ?= 2
 
-.PHONY: setup chromium run test lint quality benchmarks clean
+.PHONY: setup chromium run test test-fast lint quality benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ chromium:
 test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+## The fast lane: every test but those that start vLLM, drive Chromium or build a virtual environment
+## (markers set from the fixtures a test takes: tests/lanes.py).
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not vllm and not browser and not install" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

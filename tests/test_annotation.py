@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,6 +35,7 @@ from search.annotation.store import (
     Project,
     Span,
     StoredCandidate,
+    model_judgment,
 )
 from search.annotation.workbench import Workbench, rerank_candidate
 from search.evidence import split_sentences
@@ -73,10 +76,12 @@ def human(annotator: str, query_id: str, doc_id: str, grade: int, **fields: obje
 
 
 def model(query_id: str, doc_id: str, p_true: float | None) -> ModelJudgment:
-    return ModelJudgment(query_id=query_id, doc_id=doc_id, model="demo", verdict=None if p_true is None
-                         else p_true >= 0.5, p_true=p_true, reasoning=f"thinking about {doc_id}", forced=True,
-                         end_reason="budget" if p_true is not None else "failed",
-                         failure="" if p_true is not None else "no verdict logprobs")
+    ids = {"reranker": "rank1", "doc_id": doc_id, "passage_id": f"{doc_id}#0", "reasoning": f"thinking about {doc_id}"}
+    if p_true is None:
+        return model_judgment(query_id, "demo", Failed(**ids, reason="no verdict logprobs"))
+    return model_judgment(query_id, "demo", Judged(**ids, tokens=12, end_reason="budget", forced=True,
+                                                   truncated_passage=False, verdict=p_true >= 0.5, p_true=p_true,
+                                                   logprob_true=math.log(p_true), logprob_false=math.log(1 - p_true)))
 
 
 def test_judgments_are_kept_with_their_history(store: AnnotationStore) -> None:
@@ -199,9 +204,10 @@ def test_with_nothing_to_compare_the_agreement_says_why() -> None:
 
 
 def graded(query_id: str, doc_id: str, distribution: tuple[float, ...]) -> ModelJudgment:
-    return ModelJudgment(query_id=query_id, doc_id=doc_id, model="demo", reranker="assessor", verdict=None,
-                         p_true=None, grade=max(range(4), key=distribution.__getitem__), distribution=distribution,
-                         reasoning="M: fits.", forced=False, end_reason="grade")
+    return model_judgment(query_id, "demo", Graded.measured(
+        tuple(math.log(p) if p else -math.inf for p in distribution), reranker="assessor", doc_id=doc_id,
+        passage_id=f"{doc_id}#0", reasoning="M: fits.", tokens=9, end_reason="grade", forced=False,
+        truncated_passage=False))
 
 
 def test_agreement_with_a_graded_model_compares_the_grades_themselves() -> None:
@@ -477,3 +483,48 @@ def test_the_agreement_plots_read_the_columns_their_frames_have() -> None:
     for plot, frame in zip(agreement_plots(), frames, strict=True):
         assert {plot.x, plot.y} <= set(frame.columns) and len(frame) > 0
         assert frame[plot.y].notna().all()
+
+
+LEGACY_FILE = Path(__file__).parent / "data" / "annotations-before-events.sqlite3"
+"""A project file written by the version before model judgments were kept as events (one column per field):
+rank1 judgments (a verdict, a forced one, a failure), an assessor grade, a human judgment with a span."""
+
+
+def test_a_file_with_model_judgments_in_columns_opens_and_is_migrated_once(tmp_path: Path) -> None:
+    path = shutil.copy(LEGACY_FILE, tmp_path / "annotations.sqlite3")
+    store = AnnotationStore(Path(path))
+    models = store.model_judgments("moons")
+    mercury, venus, mars = models["q1", "mercury"], models["q1", "venus"], models["q1", "mars"]
+    assert (mercury.verdict, mercury.p_true, mercury.forced, mercury.end_reason, mercury.reasoning) == (
+        True, 0.8, False, "verdict", "It says no moon.")
+    assert isinstance(mercury.outcome, Judged) and mercury.outcome.passage_id == "mercury#0"
+    assert math.exp(mercury.outcome.logprob_true) == pytest.approx(0.8)
+    assert (venus.p_true, venus.forced, venus.end_reason) == (0.3, True, "budget")
+    assert not mars.measured and mars.failure == "server gone" and isinstance(mars.outcome, Failed)
+    grade = store.model_judgments("graded")["q1", "mercury"]
+    assert grade.reranker == "assessor" and grade.grade == 2
+    assert grade.distribution == pytest.approx((0.1, 0.2, 0.6, 0.1)) and grade.expected_grade == pytest.approx(1.7)
+    assert store.judgments("moons")[0].span == Span(start=0, end=20)
+    exported = jsonl_text(store, "moons")
+    store.close()
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "model_judgments" not in tables and "model_outcomes" in tables
+    again = AnnotationStore(Path(path))  # migrated once: opening again changes nothing
+    assert again.model_judgments("moons") == models and jsonl_text(again, "moons") == exported
+    again.close()
+
+
+def test_an_export_of_the_previous_version_imports_its_model_judgments(tmp_path: Path) -> None:
+    """Exports kept model judgments as fields; they come in as outcome events."""
+    old = AnnotationStore(Path(shutil.copy(LEGACY_FILE, tmp_path / "old.sqlite3")))
+    lines = [json.loads(line) for line in jsonl_text(old, "moons").splitlines()]
+    old.close()
+    for line in lines:
+        if line["type"] == "candidate" and line["model"]:
+            del line["model"]["event"]  # as the previous version wrote it
+    store = AnnotationStore(tmp_path / "new.sqlite3")
+    name = import_jsonl(store, "".join(json.dumps(line) + "\n" for line in lines))
+    models = store.model_judgments(name)
+    assert models["q1", "mercury"].p_true == 0.8 and models["q1", "mars"].failure == "server gone"
+    store.close()

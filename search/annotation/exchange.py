@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from search.annotation.store import (
+    LEGACY_RERANKER,
     AnnotationError,
     AnnotationStore,
     HumanJudgment,
@@ -21,7 +22,9 @@ from search.annotation.store import (
     Project,
     Span,
     StoredCandidate,
+    legacy_outcome,
 )
+from search.rerank.events import Failed, Graded, Judged, event_from_json, event_to_json
 
 
 def qrels_text(store: AnnotationStore, project: str, annotator: str) -> str:
@@ -36,7 +39,7 @@ def _model_json(judgment: ModelJudgment | None) -> dict[str, Any] | None:
     return {"model": judgment.model, "reranker": judgment.reranker, "verdict": judgment.verdict,
             "p_true": judgment.p_true, "grade": judgment.grade, "distribution": list(judgment.distribution),
             "reasoning": judgment.reasoning, "forced": judgment.forced, "end_reason": judgment.end_reason,
-            "failure": judgment.failure}
+            "failure": judgment.failure, "event": event_to_json(judgment.outcome)}
 
 
 def _records(store: AnnotationStore, name: str) -> Iterator[dict[str, Any]]:
@@ -86,21 +89,28 @@ def _model(record: dict[str, Any], query_id: str, doc_id: str, line: int) -> Mod
         return None
     if not isinstance(model, dict):
         raise AnnotationError(f"line {line}: field 'model' must be an object or null")
+    name = _field(model, "model", str, line)
+    if isinstance(model.get("event"), dict):  # this version's exports: the outcome event itself
+        try:
+            outcome = event_from_json(model["event"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise AnnotationError(f"line {line}: field 'model.event' is not an outcome event ({error})") from None
+        if not isinstance(outcome, Judged | Graded | Failed) or outcome.doc_id != doc_id:
+            raise AnnotationError(f"line {line}: field 'model.event' is not an outcome of document {doc_id!r}")
+        return ModelJudgment(query_id=query_id, doc_id=doc_id, model=name, outcome=outcome)
     p_true = model.get("p_true")
     if p_true is not None and not isinstance(p_true, int | float):
         raise AnnotationError(f"line {line}: field 'model.p_true' must be a number or null")
-    verdict, grade, distribution = model.get("verdict"), model.get("grade"), model.get("distribution") or []
+    grade, distribution = model.get("grade"), model.get("distribution") or []
     if grade is not None and not isinstance(grade, int):
         raise AnnotationError(f"line {line}: field 'model.grade' must be an integer or null")
     if not isinstance(distribution, list) or not all(isinstance(p, int | float) for p in distribution):
         raise AnnotationError(f"line {line}: field 'model.distribution' must be a list of numbers")
-    return ModelJudgment(query_id=query_id, doc_id=doc_id, model=_field(model, "model", str, line),
-                         reranker=str(model.get("reranker", "rank1")),
-                         verdict=None if verdict is None else bool(verdict),
-                         p_true=None if p_true is None else float(p_true), grade=grade,
-                         distribution=tuple(float(p) for p in distribution),
-                         reasoning=_field(model, "reasoning", str, line), forced=bool(model.get("forced")),
-                         end_reason=_field(model, "end_reason", str, line), failure=str(model.get("failure", "")))
+    _field(model, "reasoning", str, line)
+    _field(model, "end_reason", str, line)
+    passage_id = str(record.get("passage_id") or doc_id)
+    return ModelJudgment(query_id=query_id, doc_id=doc_id, model=name,
+                         outcome=legacy_outcome(model, doc_id=doc_id, passage_id=passage_id))
 
 
 def import_jsonl(store: AnnotationStore, text: str, *, source: str = "import") -> str:
@@ -132,7 +142,8 @@ def import_jsonl(store: AnnotationStore, text: str, *, source: str = "import") -
                                   grades=tuple(str(grade) for grade in grades),
                                   depth=_field(record, "depth", int, line),
                                   created_at=_field(record, "created_at", str, line),
-                                  reranker=str(record.get("reranker", "rank1")), blind=bool(record.get("blind")))
+                                  reranker=str(record.get("reranker", LEGACY_RERANKER)),
+                                  blind=bool(record.get("blind")))
             elif project is None:
                 raise AnnotationError(f"line {line}: the first line must be the project")
             elif kind == "query":

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from search.rerank.events import Evidence, Failed, Graded, Outcome, expected_grade
+from search.rerank.events import (
+    Evidence,
+    Failed,
+    Graded,
+    Judged,
+    Outcome,
+    event_from_json,
+    event_to_json,
+    expected_grade,
+)
 from search.rerank.registry import RERANKERS
 
 DEFAULT_GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
@@ -42,11 +53,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, rank INTEGER NOT NULL,
     passage_id TEXT NOT NULL, title TEXT NOT NULL, passage TEXT NOT NULL,
     PRIMARY KEY (project, query_id, doc_id));
-CREATE TABLE IF NOT EXISTS model_judgments (
-    project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, model TEXT NOT NULL,
-    verdict INTEGER, p_true REAL, reasoning TEXT NOT NULL, forced INTEGER NOT NULL, end_reason TEXT NOT NULL,
-    failure TEXT NOT NULL, reranker TEXT NOT NULL DEFAULT 'rank1', grade INTEGER,
-    distribution TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (project, query_id, doc_id));
+CREATE TABLE IF NOT EXISTS model_outcomes (
+    project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, model TEXT NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (project, query_id, doc_id));
 CREATE TABLE IF NOT EXISTS model_evidence (
     project TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL, model TEXT NOT NULL,
     sentences TEXT NOT NULL, PRIMARY KEY (project, query_id, doc_id));
@@ -64,12 +73,11 @@ CREATE TABLE IF NOT EXISTS positions (
 """
 ADDED_COLUMNS = {
     "projects": ("reranker TEXT NOT NULL DEFAULT 'rank1'", "blind INTEGER NOT NULL DEFAULT 0"),
-    "model_judgments": ("reranker TEXT NOT NULL DEFAULT 'rank1'", "grade INTEGER",
-                        "distribution TEXT NOT NULL DEFAULT '[]'"),
 }
 """Columns added after the first release, which an older file gains when it is opened."""
-MODEL_COLUMNS = ("project", "query_id", "doc_id", "model", "verdict", "p_true", "reasoning", "forced", "end_reason",
-                 "failure", "reranker", "grade", "distribution")
+LEGACY_RERANKER = "rank1"
+"""The reranker of projects and model judgments written before files named one (rank1 was the only one)."""
+MODEL_COLUMNS = ("project", "query_id", "doc_id", "model", "event")
 PROJECT_COLUMNS = ("name", "corpus", "guideline", "guideline_as_instruction", "grades", "depth", "created_at",
                    "reranker", "blind")
 
@@ -99,7 +107,7 @@ class Project:
     depth: int = 20
     """Candidates (documents) judged per query."""
     created_at: str = ""
-    reranker: str = "rank1"
+    reranker: str = LEGACY_RERANKER
     """The reranker whose judgments annotators see beside their own (one that judges each document)."""
     blind: bool = False
     """The model's judgment of a document stays hidden until the annotator has graded it."""
@@ -131,21 +139,50 @@ class StoredCandidate:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelJudgment:
-    """A reranker's judgment of one candidate: rank1's ``verdict`` and ``p_true``, or the assessor's ``grade`` and
-    ``distribution`` over the grades 0–3; all None (or empty) when it failed."""
+    """A reranker's judgment of one candidate, kept as the outcome event it streamed (so that a new reranker or a
+    new field needs no new column): rank1's ``verdict`` and ``p_true``, or the assessor's ``grade`` and
+    ``distribution`` over the grades 0–3, read from it; None (or empty) when it failed."""
 
     query_id: str
     doc_id: str
     model: str
-    verdict: bool | None
-    p_true: float | None
-    reasoning: str
-    forced: bool
-    end_reason: str
-    failure: str = ""
-    reranker: str = "rank1"
-    grade: int | None = None
-    distribution: tuple[float, ...] = ()
+    outcome: Outcome
+
+    @property
+    def reranker(self) -> str:
+        return self.outcome.reranker
+
+    @property
+    def reasoning(self) -> str:
+        return self.outcome.reasoning
+
+    @property
+    def forced(self) -> bool:
+        return not isinstance(self.outcome, Failed) and self.outcome.forced
+
+    @property
+    def end_reason(self) -> str:
+        return "failed" if isinstance(self.outcome, Failed) else self.outcome.end_reason
+
+    @property
+    def failure(self) -> str:
+        return self.outcome.reason if isinstance(self.outcome, Failed) else ""
+
+    @property
+    def verdict(self) -> bool | None:
+        return self.outcome.verdict if isinstance(self.outcome, Judged) else None
+
+    @property
+    def p_true(self) -> float | None:
+        return self.outcome.p_true if isinstance(self.outcome, Judged) else None
+
+    @property
+    def grade(self) -> int | None:
+        return self.outcome.grade if isinstance(self.outcome, Graded) else None
+
+    @property
+    def distribution(self) -> tuple[float, ...]:
+        return self.outcome.distribution if isinstance(self.outcome, Graded) else ()
 
     @property
     def measured(self) -> bool:
@@ -253,11 +290,41 @@ class Position:
 
 
 def _model_row(row: sqlite3.Row) -> ModelJudgment:
-    return ModelJudgment(query_id=row["query_id"], doc_id=row["doc_id"], model=row["model"],
-                         verdict=None if row["verdict"] is None else bool(row["verdict"]), p_true=row["p_true"],
-                         reasoning=row["reasoning"], forced=bool(row["forced"]), end_reason=row["end_reason"],
-                         failure=row["failure"], reranker=row["reranker"], grade=row["grade"],
-                         distribution=tuple(json.loads(row["distribution"])))
+    outcome = event_from_json(json.loads(row["event"]))
+    if not isinstance(outcome, Judged | Graded | Failed):
+        raise AnnotationError(f"model judgment of {row['doc_id']!r}: a {outcome.type} event is not an outcome")
+    return ModelJudgment(query_id=row["query_id"], doc_id=row["doc_id"], model=row["model"], outcome=outcome)
+
+
+def legacy_outcome(fields: Mapping[str, Any], *, doc_id: str, passage_id: str) -> Outcome:
+    """The outcome event of a model judgment kept as columns (files and exports of earlier versions): what they
+    kept, with the log-probabilities of the kept probabilities (normalised over the verdict or grade tokens, as
+    the probabilities were) and 0 tokens (not kept)."""
+    ids = {"reranker": str(fields.get("reranker") or LEGACY_RERANKER), "doc_id": doc_id, "passage_id": passage_id,
+           "reasoning": str(fields.get("reasoning") or "")}
+    measured = {"tokens": 0, "end_reason": str(fields.get("end_reason") or "verdict"),
+                "forced": bool(fields.get("forced")), "truncated_passage": False}
+    distribution = tuple(float(p) for p in fields.get("distribution") or ())
+    if fields.get("grade") is not None and distribution:
+        return Graded(**ids, **measured, grade=int(fields["grade"]), distribution=distribution,
+                      expected_grade=expected_grade(distribution), logprobs=tuple(_log(p) for p in distribution))
+    if fields.get("p_true") is not None:
+        p_true = float(fields["p_true"])
+        verdict = bool(fields["verdict"]) if fields.get("verdict") is not None else p_true >= 0.5
+        return Judged(**ids, **measured, verdict=verdict, p_true=p_true, logprob_true=_log(p_true),
+                      logprob_false=_log(1 - p_true))
+    return Failed(**ids, reason=str(fields.get("failure") or "no judgment was kept"))
+
+
+def _columns(row: sqlite3.Row) -> dict[str, Any]:
+    """A legacy ``model_judgments`` row as fields (files from before graded models lack the graded columns)."""
+    fields = dict(row)
+    fields["distribution"] = json.loads(fields.get("distribution") or "[]")
+    return fields
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -math.inf
 
 
 def _human_row(row: sqlite3.Row) -> HumanJudgment:
@@ -267,9 +334,7 @@ def _human_row(row: sqlite3.Row) -> HumanJudgment:
 
 
 def _model_values(project: str, item: ModelJudgment) -> tuple[object, ...]:
-    return (project, item.query_id, item.doc_id, item.model, None if item.verdict is None else int(item.verdict),
-            item.p_true, item.reasoning, int(item.forced), item.end_reason, item.failure, item.reranker, item.grade,
-            json.dumps(list(item.distribution)))
+    return (project, item.query_id, item.doc_id, item.model, json.dumps(event_to_json(item.outcome)))
 
 
 def _candidate_values(project: str, item: StoredCandidate) -> tuple[object, ...]:
@@ -277,16 +342,9 @@ def _candidate_values(project: str, item: StoredCandidate) -> tuple[object, ...]
 
 
 def model_judgment(query_id: str, model: str, event: Outcome) -> ModelJudgment:
-    """What is kept of a pointwise reranker's outcome."""
-    ids = {"query_id": query_id, "doc_id": event.doc_id, "model": model, "reranker": event.reranker}
-    if isinstance(event, Failed):
-        return ModelJudgment(**ids, verdict=None, p_true=None, reasoning=event.reasoning, forced=False,
-                             end_reason="failed", failure=event.reason)
-    if isinstance(event, Graded):
-        return ModelJudgment(**ids, verdict=None, p_true=None, grade=event.grade, distribution=event.distribution,
-                             reasoning=event.reasoning, forced=event.forced, end_reason=event.end_reason)
-    return ModelJudgment(**ids, verdict=event.verdict, p_true=event.p_true, reasoning=event.reasoning,
-                         forced=event.forced, end_reason=event.end_reason)
+    """What is kept of a pointwise reranker's outcome: the event itself (replayed ones as fresh)."""
+    outcome = event if isinstance(event, Failed) else dataclasses.replace(event, from_cache=False)
+    return ModelJudgment(query_id=query_id, doc_id=event.doc_id, model=model, outcome=outcome)
 
 
 def _check(judgment: HumanJudgment, grades: Sequence[str],
@@ -322,6 +380,25 @@ class AnnotationStore:
             for column in columns:
                 if column.split()[0] not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self._migrate_model_columns()
+
+    def _migrate_model_columns(self) -> None:
+        """An older file kept model judgments as one column per field (``model_judgments``): each becomes its
+        outcome event in ``model_outcomes``, once, in one transaction."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'model_judgments'"
+                                ).fetchone():
+            return
+        with self._transaction() as db:
+            rows = db.execute("SELECT m.*, c.passage_id AS candidate_passage FROM model_judgments m LEFT JOIN "
+                              "candidates c ON c.project = m.project AND c.query_id = m.query_id AND "
+                              "c.doc_id = m.doc_id").fetchall()
+            db.executemany(_insert("model_outcomes", MODEL_COLUMNS, ignore=True), [
+                _model_values(row["project"], ModelJudgment(
+                    query_id=row["query_id"], doc_id=row["doc_id"], model=row["model"],
+                    outcome=legacy_outcome(_columns(row), doc_id=row["doc_id"],
+                                           passage_id=row["candidate_passage"] or row["doc_id"])))
+                for row in rows])
+            db.execute("DROP TABLE model_judgments")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -430,11 +507,11 @@ class AnnotationStore:
 
     def put_model_judgment(self, project: str, judgment: ModelJudgment) -> None:
         with self._transaction() as db:
-            db.execute(_insert("model_judgments", MODEL_COLUMNS, replace=True), _model_values(project, judgment))
+            db.execute(_insert("model_outcomes", MODEL_COLUMNS, replace=True), _model_values(project, judgment))
 
     def model_judgments(self, project: str, query_id: str | None = None) -> dict[tuple[str, str], ModelJudgment]:
         """By (query id, doc id)."""
-        rows = self._rows("SELECT * FROM model_judgments WHERE project = ? AND (? IS NULL OR query_id = ?)",
+        rows = self._rows("SELECT * FROM model_outcomes WHERE project = ? AND (? IS NULL OR query_id = ?)",
                           project, query_id, query_id)
         return {(row["query_id"], row["doc_id"]): _model_row(row) for row in rows}
 
@@ -504,7 +581,7 @@ class AnnotationStore:
                             for doc_id, grade in graded.items()])
             db.executemany("INSERT OR IGNORE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [_candidate_values(project.name, item) for item in candidates])
-            db.executemany(_insert("model_judgments", MODEL_COLUMNS, ignore=True),
+            db.executemany(_insert("model_outcomes", MODEL_COLUMNS, ignore=True),
                            [_model_values(project.name, item) for item in models])
             for judgment in judgments:
                 row = db.execute("SELECT judged_at FROM judgments WHERE project = ? AND annotator = ? AND "

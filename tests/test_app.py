@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import gradio as gr
 import pytest
 from gradio.utils import get_upload_folder
 from gradio_client import Client
@@ -33,7 +36,7 @@ from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
-from ui.app import CSS, JS, ModelStatus, build_app, forget_upload
+from ui.app import CSS, JS, ModelStatus, SearchPage, build_app, forget_upload
 from ui.live import LiveRuns
 from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
@@ -115,6 +118,31 @@ def test_only_files_in_gradio_s_upload_folder_are_forgotten(tmp_path: Path) -> N
     forget_upload(inside)
     assert not inside.exists()
     inside.parent.rmdir()
+
+
+def test_the_page_s_handlers_run_without_a_browser(library: CorpusLibrary, status: ModelStatus) -> None:
+    """build_app only lays the page out and wires SearchPage's methods: each one is called here directly."""
+    page = SearchPage(library, status, slots=asyncio.Semaphore(2))
+    assert "es-card" in page.search("which planets have no moons", "bm25", 3, "sample_corpus")
+    assert "Type a query" in page.search("  ", "bm25", 3, "sample_corpus")
+    assert "no such corpus" in page.search("moons", "bm25", 3, "nowhere")
+    assert page.budget_of("rank1", page.default_key) == BUDGET  # the settings' budget wins
+    modelless = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(1))
+    assert modelless.budget_of("assessor", "") == RERANKERS["assessor"].defaults.cpu_budget  # the CPU default
+
+    async def run_once() -> list[tuple[Any, ...]]:
+        return [update async for update in page.rerank("which planets have no moons", "", "hybrid", 3, BUDGET, True,
+                                                       "sample_corpus")]
+
+    updates = asyncio.run(run_once())
+    summary, cards, run, rows = updates[-1]
+    assert "3/3" in summary or "3 / 3" in summary or "judged" in summary
+    assert run is not None and run.finished and len(rows) == 3 and "es-rcard" in cards and len(page.live) == 0
+    trec, traces = (Path(name) for name in page.export(run))
+    assert len(trec.read_text().splitlines()) == 3 and len(traces.read_text().splitlines()) == 3
+    with pytest.raises(gr.Error, match="Run a query first"):
+        page.export(None)
+    assert page.resort(run, False, BUDGET) == page.shown(run, BUDGET, reranked=False)[1]
 
 
 def test_search_returns_ranked_cards(client: Client) -> None:

@@ -134,6 +134,202 @@ def upload_failure(name: str, error: UploadError | CorpusError) -> str:
             f"problem{'s' if len(problems) != 1 else ''}.</b> {verdict}<ul>{items}</ul>{tail}</div>")
 
 
+class SearchPage:
+    """The page's handlers, one method each, over what the whole process shares: the corpora, the loaded models (by
+    "model · engine"; each session picks one and builds any reranker on it), the slots that bound rerank runs and
+    the runs that stream. Each can be called without a browser; ``build_app`` lays the page out and wires them."""
+
+    def __init__(self, library: CorpusLibrary, status: ModelStatus, *, slots: asyncio.Semaphore,
+                 live: LiveRuns | None = None) -> None:
+        self.library = library
+        self.status = status
+        self.settings = status.settings
+        self.slots = slots
+        self.live = LiveRuns() if live is None else live
+        self.exports = Path(tempfile.mkdtemp(prefix="explainable-search-"))
+        self.models: dict[str, LoadedModel] = {}
+        self.default_key = ""
+        if status.loaded is not None:
+            self.default_key = model_key(status.loaded)
+            self.models[self.default_key] = status.loaded
+
+    def budget_of(self, kind: str, key: str) -> int:
+        """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
+        its default for a CPU, where a model-less page is served)."""
+        loaded = self.models.get(key)
+        return reranker_budget(dataclasses.replace(self.settings.rerank, reranker=kind),
+                               loaded.model if loaded else None, on_cpu=loaded is None or loaded.engine.on_cpu)
+
+    def evidence_default(self, key: str) -> bool:
+        """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""
+        loaded = self.models.get(key)
+        return self.settings.rerank.evidence or (loaded is not None and evidence_by_default(loaded.engine.kind,
+                                                                                       loaded.engine.device))
+
+    def reranker_for(self, key: str, kind: str, budget: int | None = None, evidence: bool | None = None
+                     ) -> Reranker | None:
+        """The reranker ``kind`` on the session's model ``key`` (None when no model is loaded)."""
+        loaded = self.models.get(key)
+        if loaded is None:
+            return None
+        if (waiting := loaded.engine.waiting()) is not None:
+            raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
+                              "as a server answers")
+        chosen = dataclasses.replace(self.settings.rerank, reranker=kind, budget=budget or self.settings.rerank.budget,
+                                     evidence=self.settings.rerank.evidence if evidence is None else evidence)
+        return build_reranker(chosen, loaded)
+
+    def header_now(self, key: str) -> str:
+        """The header as the engine is now (a server that went away or came back since the page was built)."""
+        loaded = self.models.get(key)
+        return render_header(loaded, self.status.problem if loaded is None else "")
+
+    def search(self, query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
+        query = query.strip()
+        problem = _validate(query) or _count_problem(k, "k (results)", MAX_RESULTS)
+        if problem:
+            return render_notice(problem)
+        try:
+            first_stage = self.library.get(corpus_name)
+        except UploadError as error:
+            return render_notice(str(error))
+        return render_ranking(first_stage.search(query, int(k), method))
+
+    def corpus_choices(self, name: str) -> tuple[Any, str, Any]:
+        """The picker listing every corpus (uploads by any session included), the chosen one described, and the
+        remove button when it is an upload."""
+        names = self.library.names()
+        chosen = name if name in names else names[0]
+        return (gr.update(choices=names, value=chosen), render_notice(_describe(self.library, chosen)),
+                gr.update(visible=self.library.uploaded(chosen)))
+
+    def load_upload(self, file: str | None, skip_bad: bool, progress: gr.Progress) -> tuple[Any, ...]:
+        """(picker, corpus line, upload message, pending upload, "Load the N good documents", remove, file box)."""
+        if not file:
+            return gr.skip(), gr.skip(), "", None, gr.update(visible=False), gr.skip(), gr.skip()
+        path = Path(file)
+        try:
+            name = self.library.upload(path, path.name, lambda task, done, total: progress(done / max(total, 1),
+                                                                                        desc=task),
+                                  skip_bad=skip_bad)
+        except (UploadError, CorpusError) as error:
+            good = error.good if isinstance(error, CorpusError) else 0
+            if not good:  # nothing to offer: the refused file goes now (one kept for "Load the good" stays)
+                forget_upload(path)
+            return (gr.skip(), gr.skip(), upload_failure(path.name, error), file if good else None,
+                    gr.update(visible=bool(good), value=f"Load the {good} good document{'s' if good != 1 else ''}"),
+                    gr.skip(), None)
+        forget_upload(path)  # the library keeps its own copy
+        dropped = self.library.get(name).corpus.dropped
+        note = f" {dropped} bad record(s) were dropped." if dropped else ""
+        return (*self.corpus_choices(name)[:2], render_notice(f"Loaded {_describe(self.library, name)}{note}"), None,
+                gr.update(visible=False), gr.update(visible=True), None)
+
+    def upload(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        return self.load_upload(file, False, progress)
+
+    def load_good(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        return self.load_upload(file, True, progress)
+
+    def remove_corpus(self, name: str) -> tuple[Any, ...]:
+        try:
+            self.library.remove(name)
+        except UploadError as error:
+            return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error))
+        return (*self.corpus_choices(self.library.names()[0]), render_notice(f"Removed {name}."))
+
+    async def load_model(self, name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
+                         ) -> tuple[Any, Any, str, Any, Any]:
+        key = f"{name} · {engine}"
+        if key not in self.models:
+            progress(0, desc=f"starting {engine} with {name}")
+            serving = dataclasses.replace(self.settings.serving, model=name, engine=engine)
+            try:
+                self.models[key] = await asyncio.to_thread(open_model, serving, kind)
+            except (EngineError, DemoModelError) as error:
+                return (gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}"),
+                        gr.skip(), gr.skip())
+        loaded = self.models[key]
+        demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
+        return (key, self.budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
+                render_header(loaded), self.evidence_default(key))
+
+    def shown(self, run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
+        """The summary line and the results, as the run's reranker renders them."""
+        renderer = renderer_for(run)
+        return renderer.summary(run.summary(), budget), renderer.cards(run, reranked)
+
+    async def rerank(self, query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
+                     reranked: bool, corpus_name: str, kind: str = DEFAULT_RERANKER, key: str | None = None,
+                     evidence: bool = False, request: gr.Request | None = None
+                     ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
+        query, instruction = query.strip(), instruction.strip()
+        key = self.default_key if key is None else key
+        problem = (_validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
+                                        f"The instruction is {len(instruction):,} characters long; the limit is "
+                                        f"{MAX_QUERY_CHARS:,}.")
+                   or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
+                   or _count_problem(budget, "The reasoning budget", 10**7))
+        if problem:
+            yield render_notice(problem), "", None, []
+            return
+        try:
+            found = self.library.get(corpus_name).search(query, int(candidates), method).candidates
+            reranker = self.reranker_for(key, kind, int(budget), evidence)
+        except (EngineError, UploadError) as error:
+            yield render_notice(str(error)), "", None, []
+            return
+        budget = reranker.budget if reranker is not None else int(budget)
+        run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=self.settings.rerank)
+        session = request.session_hash if request else ""
+        self.live.start(session, run)
+        try:
+            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
+            if reranker is None or not found:
+                return
+            last = time.monotonic()
+            events = reranker.stream(query, found, instruction=instruction)
+            try:
+                async with self.slots:
+                    async for event in events:
+                        if not self.live.current(session, run):
+                            return  # stopped, replaced by a newer query, or the page was closed
+                        run.apply(event)
+                        if time.monotonic() - last >= UPDATE_EVERY_S:
+                            last = time.monotonic()
+                            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
+            finally:
+                await events.aclose()  # ends the engine requests
+            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
+        finally:
+            self.live.end(session, run)
+
+    def resort(self, run: Run | None, reranked: bool, budget: int) -> str:
+        return self.shown(run, int(budget), reranked=reranked)[1] if run else ""
+
+    def stopped(self, run: Run | None, reranked: bool, budget: int, request: gr.Request | None = None
+                ) -> tuple[str, str]:
+        """Every unfinished card says stopped and keeps its partial reasoning."""
+        self.live.stop(request.session_hash if request else "")
+        if run is None:
+            return "", gr.skip()
+        run.stop()
+        return self.shown(run, int(budget), reranked=reranked)
+
+    def left(self, request: gr.Request) -> None:
+        """The session closed the page: its run ends at its next event and is forgotten."""
+        self.live.stop(request.session_hash or "")
+
+    def export(self, run: Run | None) -> list[str]:
+        if run is None:
+            raise gr.Error("Run a query first; there is nothing to export yet.")
+        folder = Path(tempfile.mkdtemp(dir=self.exports))
+        run_file, traces = folder / "rerank.trec", folder / "rerank.jsonl"
+        run_file.write_text(run.trec_run(), encoding="utf-8")
+        traces.write_text(run.jsonl(), encoding="utf-8")
+        return [str(run_file), str(traces)]
+
+
 def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, concurrency: int = 8,
               annotations: AnnotationStore | None = None, browser_secret: str = "", auth: bool = False,
               batches: Path | None = None, slots: asyncio.Semaphore | None = None, live: LiveRuns | None = None
@@ -148,190 +344,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
     corpus = library.get(default_corpus).corpus
     status = status or ModelStatus(loaded=None, problem="none was configured.")
     settings = status.settings
-    exports = Path(tempfile.mkdtemp(prefix="explainable-search-"))
-    # Loaded models by "model · engine"; engines are shared by the whole process, each session picks one and
-    # builds any reranker on it.
-    models: dict[str, LoadedModel] = {}
-    default_key = ""
-    if status.loaded is not None:
-        default_key = model_key(status.loaded)
-        models[default_key] = status.loaded
-
-    def budget_of(kind: str, key: str) -> int:
-        """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
-        its default for a CPU, where a model-less page is served)."""
-        loaded = models.get(key)
-        return reranker_budget(dataclasses.replace(settings.rerank, reranker=kind), loaded.model if loaded else None,
-                               on_cpu=loaded is None or loaded.engine.on_cpu)
-
-    def evidence_default(key: str) -> bool:
-        """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""
-        loaded = models.get(key)
-        return settings.rerank.evidence or (loaded is not None and evidence_by_default(loaded.engine.kind,
-                                                                                       loaded.engine.device))
-
-    def reranker_for(key: str, kind: str, budget: int | None = None, evidence: bool | None = None
-                     ) -> Reranker | None:
-        """The reranker ``kind`` on the session's model ``key`` (None when no model is loaded)."""
-        loaded = models.get(key)
-        if loaded is None:
-            return None
-        if (waiting := loaded.engine.waiting()) is not None:
-            raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
-                              "as a server answers")
-        chosen = dataclasses.replace(settings.rerank, reranker=kind, budget=budget or settings.rerank.budget,
-                                     evidence=settings.rerank.evidence if evidence is None else evidence)
-        return build_reranker(chosen, loaded)
-
-    def header_now(key: str) -> str:
-        """The header as the engine is now (a server that went away or came back since the page was built)."""
-        loaded = models.get(key)
-        return render_header(loaded, status.problem if loaded is None else "")
-
-    def search(query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
-        query = query.strip()
-        problem = _validate(query) or _count_problem(k, "k (results)", MAX_RESULTS)
-        if problem:
-            return render_notice(problem)
-        try:
-            first_stage = library.get(corpus_name)
-        except UploadError as error:
-            return render_notice(str(error))
-        return render_ranking(first_stage.search(query, int(k), method))
-
-    def corpus_choices(name: str) -> tuple[Any, str, Any]:
-        """The picker listing every corpus (uploads by any session included), the chosen one described, and the
-        remove button when it is an upload."""
-        names = library.names()
-        chosen = name if name in names else names[0]
-        return (gr.update(choices=names, value=chosen), render_notice(_describe(library, chosen)),
-                gr.update(visible=library.uploaded(chosen)))
-
-    def load_upload(file: str | None, skip_bad: bool, progress: gr.Progress) -> tuple[Any, ...]:
-        """(picker, corpus line, upload message, pending upload, "Load the N good documents", remove, file box)."""
-        if not file:
-            return gr.skip(), gr.skip(), "", None, gr.update(visible=False), gr.skip(), gr.skip()
-        path = Path(file)
-        try:
-            name = library.upload(path, path.name, lambda task, done, total: progress(done / max(total, 1),
-                                                                                        desc=task),
-                                  skip_bad=skip_bad)
-        except (UploadError, CorpusError) as error:
-            good = error.good if isinstance(error, CorpusError) else 0
-            if not good:  # nothing to offer: the refused file goes now (one kept for "Load the good" stays)
-                forget_upload(path)
-            return (gr.skip(), gr.skip(), upload_failure(path.name, error), file if good else None,
-                    gr.update(visible=bool(good), value=f"Load the {good} good document{'s' if good != 1 else ''}"),
-                    gr.skip(), None)
-        forget_upload(path)  # the library keeps its own copy
-        dropped = library.get(name).corpus.dropped
-        note = f" {dropped} bad record(s) were dropped." if dropped else ""
-        return (*corpus_choices(name)[:2], render_notice(f"Loaded {_describe(library, name)}{note}"), None,
-                gr.update(visible=False), gr.update(visible=True), None)
-
-    def upload(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        return load_upload(file, False, progress)
-
-    def load_good(file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        return load_upload(file, True, progress)
-
-    def remove_corpus(name: str) -> tuple[Any, ...]:
-        try:
-            library.remove(name)
-        except UploadError as error:
-            return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error))
-        return (*corpus_choices(library.names()[0]), render_notice(f"Removed {name}."))
-
-    async def load_model(name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
-                         ) -> tuple[Any, Any, str, Any, Any]:
-        key = f"{name} · {engine}"
-        if key not in models:
-            progress(0, desc=f"starting {engine} with {name}")
-            serving = dataclasses.replace(settings.serving, model=name, engine=engine)
-            try:
-                models[key] = await asyncio.to_thread(open_model, serving, kind)
-            except (EngineError, DemoModelError) as error:
-                return (gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}"),
-                        gr.skip(), gr.skip())
-        loaded = models[key]
-        demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
-        return (key, budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
-                render_header(loaded), evidence_default(key))
-
-    live = LiveRuns() if live is None else live
-
-    def shown(run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
-        """The summary line and the results, as the run's reranker renders them."""
-        renderer = renderer_for(run)
-        return renderer.summary(run.summary(), budget), renderer.cards(run, reranked)
-
-    async def rerank(query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
-                     reranked: bool, corpus_name: str, kind: str = DEFAULT_RERANKER, key: str = default_key,
-                     evidence: bool = False, request: gr.Request | None = None
-                     ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
-        query, instruction = query.strip(), instruction.strip()
-        problem = (_validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
-                                        f"The instruction is {len(instruction):,} characters long; the limit is "
-                                        f"{MAX_QUERY_CHARS:,}.")
-                   or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
-                   or _count_problem(budget, "The reasoning budget", 10**7))
-        if problem:
-            yield render_notice(problem), "", None, []
-            return
-        try:
-            found = library.get(corpus_name).search(query, int(candidates), method).candidates
-            reranker = reranker_for(key, kind, int(budget), evidence)
-        except (EngineError, UploadError) as error:
-            yield render_notice(str(error)), "", None, []
-            return
-        budget = reranker.budget if reranker is not None else int(budget)
-        run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=settings.rerank)
-        session = request.session_hash if request else ""
-        live.start(session, run)
-        try:
-            yield (*shown(run, budget, reranked=reranked), run, run.rows())
-            if reranker is None or not found:
-                return
-            last = time.monotonic()
-            events = reranker.stream(query, found, instruction=instruction)
-            try:
-                async with slots:
-                    async for event in events:
-                        if not live.current(session, run):
-                            return  # stopped, replaced by a newer query, or the page was closed
-                        run.apply(event)
-                        if time.monotonic() - last >= UPDATE_EVERY_S:
-                            last = time.monotonic()
-                            yield (*shown(run, budget, reranked=reranked), run, run.rows())
-            finally:
-                await events.aclose()  # ends the engine requests
-            yield (*shown(run, budget, reranked=reranked), run, run.rows())
-        finally:
-            live.end(session, run)
-
-    def resort(run: Run | None, reranked: bool, budget: int) -> str:
-        return shown(run, int(budget), reranked=reranked)[1] if run else ""
-
-    def stopped(run: Run | None, reranked: bool, budget: int, request: gr.Request | None = None) -> tuple[str, str]:
-        """Every unfinished card says stopped and keeps its partial reasoning."""
-        live.stop(request.session_hash if request else "")
-        if run is None:
-            return "", gr.skip()
-        run.stop()
-        return shown(run, int(budget), reranked=reranked)
-
-    def left(request: gr.Request) -> None:
-        """The session closed the page: its run ends at its next event and is forgotten."""
-        live.stop(request.session_hash or "")
-
-    def export(run: Run | None) -> list[str]:
-        if run is None:
-            raise gr.Error("Run a query first; there is nothing to export yet.")
-        folder = Path(tempfile.mkdtemp(dir=exports))
-        run_file, traces = folder / "rerank.trec", folder / "rerank.jsonl"
-        run_file.write_text(run.trec_run(), encoding="utf-8")
-        traces.write_text(run.jsonl(), encoding="utf-8")
-        return [str(run_file), str(traces)]
+    page = SearchPage(library, status, slots=slots, live=live)
+    default_key = page.default_key
 
     # Uploads left in Gradio's folder (a file kept for "Load the good documents" and never loaded) go after a day.
     with gr.Blocks(title="Explainable Search", fill_width=True, delete_cache=(3600, 86400)) as app:
@@ -357,12 +371,12 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=settings.rerank.top_k, step=1,
                                        label="Candidates to rerank")
                 # No precision: Gradio would round 2.5 to 2 where the handler must refuse it (_count_problem).
-                budget = gr.Number(value=budget_of(settings.rerank.reranker, default_key), minimum=1, step=1,
+                budget = gr.Number(value=page.budget_of(settings.rerank.reranker, default_key), minimum=1, step=1,
                                    label="Reasoning budget (tokens)")
                 reranker_kind = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items()],
                                          value=settings.rerank.reranker, label="Reranker")
                 sort_reranked = gr.Checkbox(value=True, label="Sort by the reranker (off: first-stage order)")
-                evidence = gr.Checkbox(value=evidence_default(default_key), label=EVIDENCE_LABEL,
+                evidence = gr.Checkbox(value=page.evidence_default(default_key), label=EVIDENCE_LABEL,
                                        info=EVIDENCE_INFO)
             with gr.Accordion("Model", open=False):
                 current = default_key.split(" · ") if default_key else ["demo", "transformers"]
@@ -399,26 +413,27 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 first_stage_only = gr.HTML()
                 search_button = gr.Button()
                 runs = gr.Number(value=0, precision=0)
-        search_button.click(search, inputs=[query, method, k, corpus_name], outputs=first_stage_only,
+        search_button.click(page.search, inputs=[query, method, k, corpus_name], outputs=first_stage_only,
                             api_name="search")
         panel_button.click(lambda: gr.Sidebar(open=True), outputs=panel, api_visibility="private")
         corpus_panel = [corpus_name, corpus_status, remove_button]
         upload_outputs = [corpus_name, corpus_status, upload_status, pending_upload, load_good_button, remove_button,
                           corpus_file]
-        corpus_file.upload(upload, inputs=corpus_file, outputs=upload_outputs, api_visibility="private")
-        load_good_button.click(load_good, inputs=pending_upload, outputs=upload_outputs, api_visibility="private")
-        remove_button.click(remove_corpus, inputs=corpus_name, outputs=[*corpus_panel, upload_status],
+        corpus_file.upload(page.upload, inputs=corpus_file, outputs=upload_outputs, api_visibility="private")
+        load_good_button.click(page.load_good, inputs=pending_upload, outputs=upload_outputs, api_visibility="private")
+        remove_button.click(page.remove_corpus, inputs=corpus_name, outputs=[*corpus_panel, upload_status],
                             api_visibility="private")
-        corpus_name.input(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
-        app.load(corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
-        app.load(header_now, inputs=selected, outputs=header, api_visibility="private")
-        app.unload(left)
+        corpus_name.input(page.corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
+        app.load(page.corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
+        app.load(page.header_now, inputs=selected, outputs=header, api_visibility="private")
+        app.unload(page.left)
 
-        load_button.click(load_model, inputs=[model_name, engine_kind, reranker_kind],
+        load_button.click(page.load_model, inputs=[model_name, engine_kind, reranker_kind],
                           outputs=[selected, budget, model_status, header, evidence], api_visibility="private")
-        reranker_kind.change(budget_of, inputs=[reranker_kind, selected], outputs=budget, api_visibility="private")
-        run = runs.change(rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked, corpus_name,
-                                          reranker_kind, selected, evidence],
+        reranker_kind.change(page.budget_of, inputs=[reranker_kind, selected], outputs=budget,
+                             api_visibility="private")
+        run = runs.change(page.rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked,
+                                               corpus_name, reranker_kind, selected, evidence],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
                           concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
         # A new query starts the next run at once; the run it replaces ends at its next event (LiveRuns).
@@ -427,16 +442,16 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         # on its way, so that a run cannot begin just after Stop.
         start = gr.on([query.submit, run_button.click], lambda count: count + 1, inputs=runs, outputs=runs,
                       api_visibility="private")
-        stop_button.click(None, cancels=[run, start]).then(stopped, inputs=[shown_run, sort_reranked, budget],
+        stop_button.click(None, cancels=[run, start]).then(page.stopped, inputs=[shown_run, sort_reranked, budget],
                                                            outputs=[summary, results], api_visibility="private")
-        sort_reranked.change(resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
-        export_button.click(export, inputs=shown_run, outputs=files)
+        sort_reranked.change(page.resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
+        export_button.click(page.export, inputs=shown_run, outputs=files)
         if annotations is not None and remembered is not None:
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 # The workbench's model gives evidence where the page would by default.
                 context = AnnotationContext(store=annotations, library=library, top_k=settings.rerank.top_k,
-                                            reranker_for=lambda key, kind: reranker_for(
-                                                key, kind, evidence=evidence_default(key)),
+                                            reranker_for=lambda key, kind: page.reranker_for(
+                                                key, kind, evidence=page.evidence_default(key)),
                                             ephemeral=not STORAGE.outlives_restart(annotations.path))
                 build_annotate_tab(app, context, selected, reranker_kind, remembered, auth=auth,
                                    concurrency=concurrency)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from search.annotation.agreement import (
@@ -50,7 +51,8 @@ from search.rerank.events import (
     SentenceEffect,
 )
 from search.retrieval.ranking import Candidate
-from ui.annotate import agreement_frames, agreement_plots
+from search.uploads import CorpusLibrary
+from ui.annotate import AnnotateTab, AnnotationContext, agreement_frames, agreement_plots
 from ui.annotation_cards import render_document, render_list, render_model, render_progress
 
 QUERIES = [("q1", "first query"), ("q2", "second query")]
@@ -527,4 +529,32 @@ def test_an_export_of_the_previous_version_imports_its_model_judgments(tmp_path:
     name = import_jsonl(store, "".join(json.dumps(line) + "\n" for line in lines))
     models = store.model_judgments(name)
     assert models["q1", "mercury"].p_true == 0.8 and models["q1", "mars"].failure == "server gone"
+    store.close()
+
+
+def test_the_annotate_tab_s_handlers_run_without_a_browser(library: CorpusLibrary, tmp_path: Path) -> None:
+    """build_annotate_tab only lays the tab out and wires AnnotateTab's methods: here they are called directly."""
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    tab = AnnotateTab(AnnotationContext(store=store, library=library, reranker_for=lambda key, kind: None, top_k=3))
+    listed = tab.create_project("moons", "sample_corpus", None, "q1\twhich planets have no moons", None, "", False,
+                                "no, yes", 3, "rank1", False)
+    assert listed["value"] == "moons"
+    ada, bob = gr.Request(session_hash="ada"), gr.Request(session_hash="bob")
+    with pytest.raises(gr.Error, match="Open a project first"):
+        tab.bench_of(ada)
+    progress, document, note, start, end = tab.open_project("ada", "moons", "", "rank1", ada)[:5]
+    assert "ada · project moons · query 1 of 1 · 0 of 3 judged here" in progress
+    assert "es-" in document and note == "" and (start, end) == (-1, -1)
+    first = tab.bench_of(ada).doc_id
+    tab.edit(lambda bench: bench.grade(1, note="names no moon"))(ada)
+    assert [(item.doc_id, item.grade, item.note) for item in store.judgments("moons")] == [(first, 1, "names no moon")]
+    with pytest.raises(gr.Error, match="Select some text"):
+        tab.mark("", -1, -1, ada)
+    qrels, records = (Path(name) for name in tab.export(ada))
+    assert qrels.read_text(encoding="utf-8") == f"q1 0 {first} 1\n" and records.read_text(encoding="utf-8")
+    tab.forget(ada)
+    with pytest.raises(gr.Error, match="Open a project first"):
+        tab.bench_of(ada)
+    with pytest.raises(gr.Error, match="Open a project first"):
+        tab.bench_of(bob)
     store.close()

@@ -143,30 +143,36 @@ def agreement_plots() -> tuple[gr.BarPlot, gr.ScatterPlot]:
             gr.ScatterPlot(x=P_RELEVANT, y=SHARE_RELEVANT, x_lim=[0, 1], y_lim=[0, 1],
                            label="Calibration: P(relevant) bins vs your judgments"))
 
-def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr.State, search_kind: gr.Radio,
-                       remembered: gr.BrowserState, *, auth: bool = False, concurrency: int = 8) -> None:
-    """The tab's components and events, inside ``app``; ``model_key`` is the session's model choice and
-    ``search_kind`` its reranker on the Search tab, ``remembered`` from ``remembered_state``."""
-    store, library = context.store, context.library
-    benches: dict[str, Workbench] = {}
-    """Each browser session's open workbench."""
+class AnnotateTab:
+    """The Annotate tab's handlers, one method each, over the store, the corpora and each browser session's open
+    workbench. Each can be called without a browser; ``build_annotate_tab`` lays the tab out and wires them."""
 
-    def find_candidates(corpus: str, query: str, depth: int) -> list[Candidate]:
-        if corpus not in library.names():
+    def __init__(self, context: AnnotationContext, *, auth: bool = False) -> None:
+        self.context = context
+        self.store, self.library = context.store, context.library
+        self.auth = auth
+        self.benches: dict[str, Workbench] = {}
+        """Each browser session's open workbench."""
+        self.last_shown: dict[str, tuple[str, str]] = {}
+        """What the refresh timer last sent each session (it sends nothing when that has not changed)."""
+        self.exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
+
+    def find_candidates(self, corpus: str, query: str, depth: int) -> list[Candidate]:
+        if corpus not in self.library.names():
             raise AnnotationError(f"corpus: this project is over {corpus!r}, which is not loaded now; upload it "
                                   "again on the Search tab or start the app with --corpus")
-        return list(library.get(corpus).search(query, depth).candidates)
+        return list(self.library.get(corpus).search(query, depth).candidates)
 
-    def bench_of(request: gr.Request) -> Workbench:
-        bench = benches.get(request.session_hash or "")
+    def bench_of(self, request: gr.Request) -> Workbench:
+        bench = self.benches.get(request.session_hash or "")
         if bench is None:
             raise gr.Error("Open a project first (name and project at the top of this tab).")
         return bench
 
-    def who(annotator: str, request: gr.Request) -> str:
-        return request.username if auth and request.username else annotator
+    def who(self, annotator: str, request: gr.Request) -> str:
+        return request.username if self.auth and request.username else annotator
 
-    def views(bench: Workbench, span: Span | None = None) -> tuple[str, str, str, int, int]:
+    def views(self, bench: Workbench, span: Span | None = None) -> tuple[str, str, str, int, int]:
         """What an edit answers with: progress, the document (with ``span`` marked, else the stored one) and
         the note and span fields holding the current document's stored ones. The model panel and the list
         follow on the next tick of the refresh timer."""
@@ -175,50 +181,51 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         return (render_progress(bench), render_document(bench, span), mine.note if mine else "",
                 span.start if span else -1, span.end if span else -1)
 
-    def edit(change: Callable[[Workbench], object]) -> Callable[..., tuple]:
+    def edit(self, change: Callable[[Workbench], object]) -> Callable[..., tuple]:
         def handler(request: gr.Request) -> tuple:
-            bench = bench_of(request)
+            bench = self.bench_of(request)
             try:
                 change(bench)
             except AnnotationError as error:
                 raise gr.Error(str(error)) from None
-            return views(bench)
+            return self.views(bench)
         return handler
 
-    def pending_span(start: float | None, end: float | None) -> Span | None:
+    def pending_span(self, start: float | None, end: float | None) -> Span | None:
         return Span(start=int(start), end=int(end)) if start is not None and end is not None and start >= 0 \
             and end > start else None
 
     # Projects ------------------------------------------------------------------------------------------
 
-    def restore(remembered: dict[str, str] | None, request: gr.Request) -> tuple[Any, ...]:
+    def restore(self, remembered: dict[str, str] | None, request: gr.Request) -> tuple[Any, ...]:
         remembered = remembered or {}
-        name = request.username if auth and request.username else remembered.get("annotator", "")
-        project = remembered.get("project") if remembered.get("project") in store.project_names() else None
-        return (gr.update(value=name, interactive=not auth), gr.update(choices=store.project_names(), value=project))
+        name = request.username if self.auth and request.username else remembered.get("annotator", "")
+        project = remembered.get("project") if remembered.get("project") in self.store.project_names() else None
+        return (gr.update(value=name, interactive=not self.auth),
+                gr.update(choices=self.store.project_names(), value=project))
 
-    def open_project(annotator: str, project: str | None, key: str, search: str, request: gr.Request
+    def open_project(self, annotator: str, project: str | None, key: str, search: str, request: gr.Request
                      ) -> tuple[Any, ...]:
-        annotator = who(annotator, request)
+        annotator = self.who(annotator, request)
         if not project:
             raise gr.Error("project: choose a project, or start one under “New project”.")
         try:
-            chosen = context.reranker_for(key, store.project(project).reranker)
-            bench = Workbench.open(store, project, annotator, find_candidates,
+            chosen = self.context.reranker_for(key, self.store.project(project).reranker)
+            bench = Workbench.open(self.store, project, annotator, self.find_candidates,
                                    model=chosen.model_key if chosen else "")
         except AnnotationError as error:
             raise gr.Error(str(error)) from None
-        bench.circularity = circularity(bench, context.reranker_for(key, search))
-        benches[request.session_hash or ""] = bench
+        bench.circularity = circularity(bench, self.context.reranker_for(key, search))
+        self.benches[request.session_hash or ""] = bench
         grades = bench.project.grades
         buttons = [gr.update(visible=index < len(grades), value=f"{index} · {grades[index]}" if index < len(grades)
                              else str(index)) for index in range(MAX_GRADES)]
         guideline = render_notice(f"Guideline: {bench.project.guideline}") if bench.project.guideline else ""
         relevant = gr.update(maximum=len(grades) - 1, value=bench.relevant_from)
-        return (*views(bench), *buttons, guideline, relevant, {"annotator": annotator, "project": project},
+        return (*self.views(bench), *buttons, guideline, relevant, {"annotator": annotator, "project": project},
                 gr.update(visible=True), gr.update(open=False), gr.Timer(active=True))
 
-    def create_project(name: str, corpus: str, queries_file: str | None, typed: str, qrels_file: str | None,
+    def create_project(self, name: str, corpus: str, queries_file: str | None, typed: str, qrels_file: str | None,
                        guideline: str, to_model: bool, grades: str, depth: float, reranker: str, blind: bool) -> Any:
         if queries_file:
             path = Path(queries_file)
@@ -236,35 +243,34 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                 raise gr.Error(f"Qrels not loaded: {_shown_name(problems[0], path)}")
         labels = tuple(label.strip() for label in grades.split(",") if label.strip())
         try:
-            created = store.create_project(Project(name=name, corpus=corpus, guideline=guideline.strip(),
-                                                   guideline_as_instruction=to_model, grades=labels,
-                                                   depth=int(depth), reranker=reranker, blind=blind),
-                                           queries, reference)
+            project = Project(name=name, corpus=corpus, guideline=guideline.strip(), guideline_as_instruction=to_model,
+                              grades=labels, depth=int(depth), reranker=reranker, blind=blind)
+            created = self.store.create_project(project, queries, reference)
         except AnnotationError as error:
             raise gr.Error(str(error)) from None
-        return gr.update(choices=store.project_names(), value=created.name)
+        return gr.update(choices=self.store.project_names(), value=created.name)
 
-    def import_project(file: str | None) -> tuple[Any, str]:
+    def import_project(self, file: str | None) -> tuple[Any, str]:
         if not file:
             return gr.update(), ""
         path = Path(file)
         if path.suffix.lower() not in {".jsonl", ".ndjson"} or path.stat().st_size > MAX_IMPORT_BYTES:
             raise gr.Error(f"{path.name}: import a .jsonl export of at most {MAX_IMPORT_BYTES // 2**20} MB")
         try:
-            name = import_jsonl(store, path.read_text(encoding="utf-8"), source=path.name)
+            name = import_jsonl(self.store, path.read_text(encoding="utf-8"), source=path.name)
         except (AnnotationError, UnicodeDecodeError) as error:
             raise gr.Error(f"Not imported: {error}") from None
-        return (gr.update(choices=store.project_names(), value=name),
+        return (gr.update(choices=self.store.project_names(), value=name),
                 render_notice(f"Imported project {name!r} from {path.name}; open it to go on."))
 
     # The model -----------------------------------------------------------------------------------------
 
-    async def judge_with_model(key: str, request: gr.Request) -> None:
+    async def judge_with_model(self, key: str, request: gr.Request) -> None:
         """The project's reranker's reasoning about this query's documents it has not judged, stored as each
         judgment lands; the refresh timer shows it. Ends when the annotator opens another query."""
         session = request.session_hash or ""
-        bench = benches.get(session)
-        chosen = context.reranker_for(key, bench.project.reranker) if bench is not None else None
+        bench = self.benches.get(session)
+        chosen = self.context.reranker_for(key, bench.project.reranker) if bench is not None else None
         if bench is None or chosen is None or bench.live:
             return
         query = bench.query
@@ -278,7 +284,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                                slots=asyncio.Semaphore(MODEL_AHEAD))
         try:
             async for event in events:
-                if benches.get(session) is not bench or bench.query != query:
+                if self.benches.get(session) is not bench or bench.query != query:
                     return
                 bench.apply(query.query_id, event)
         finally:
@@ -286,33 +292,32 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
             if bench.query == query:
                 bench.live = {}  # whatever was not judged is judged again the next time the query opens
 
-    last_shown: dict[str, tuple[str, str]] = {}
 
-    def refresh(request: gr.Request) -> tuple[Any, Any]:
+    def refresh(self, request: gr.Request) -> tuple[Any, Any]:
         """The model panel and the candidate list, re-rendered on every tick and sent only when they changed.
         They have this one writer, so an update computed before an edit cannot arrive after it and stay."""
         session = request.session_hash or ""
-        bench = benches.get(session)
+        bench = self.benches.get(session)
         if bench is None:
             return gr.skip(), gr.skip()
         shown_now = (render_model(bench), render_list(bench))
-        if last_shown.get(session) == shown_now:
+        if self.last_shown.get(session) == shown_now:
             return gr.skip(), gr.skip()
-        last_shown[session] = shown_now
+        self.last_shown[session] = shown_now
         return shown_now
 
     # Agreement and export ------------------------------------------------------------------------------
 
-    def agreement(threshold: float, relevant_from: float, request: gr.Request) -> tuple[Any, ...]:
-        bench = bench_of(request)
+    def agreement(self, threshold: float, relevant_from: float, request: gr.Request) -> tuple[Any, ...]:
+        bench = self.bench_of(request)
         project = bench.project.name
-        judgments = store.judgments(project)
-        models = store.model_judgments(project)
+        judgments = self.store.judgments(project)
+        models = self.store.model_judgments(project)
         versus = model_agreement(judgments, models, annotator=bench.annotator, threshold=threshold,
                                  relevant_from=int(relevant_from))
         between = annotator_agreement(judgments, relevant_from=int(relevant_from))
         # The qrels the project started with are compared like one more annotator, but not counted in alpha.
-        reference = reference_judgments(store.reference(project))
+        reference = reference_judgments(self.store.reference(project))
         with_reference = annotator_agreement([*judgments, *reference], relevant_from=int(relevant_from))
         confusion = pd.DataFrame([[f"you: {label}", *row] for label, row in zip(versus.labels, versus.confusion,
                                                                                  strict=True)],
@@ -340,33 +345,33 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                                               relevant_from=int(relevant_from))
             summary += (f" The model vs the existing qrels on {model_reference.items} documents: Cohen's kappa "
                         f"{_format_kappa(model_reference.kappa)}.")
-        passages = {(item.query_id, item.doc_id): item.passage for item in store.candidates(project)}
-        overlap_by_annotator, overlap_by_query = evidence_overlap(judgments, store.model_evidence(project), passages)
+        passages = {(item.query_id, item.doc_id): item.passage for item in self.store.candidates(project)}
+        overlap_by_annotator, overlap_by_query = evidence_overlap(judgments, self.store.model_evidence(project),
+                                                                  passages)
         overlap = pd.DataFrame([{"annotator or query": f"{kind}: {item.who}", "documents": item.documents,
                                  "token F1": round(item.f1, 3)}
                                 for kind, rows in (("annotator", overlap_by_annotator), ("query", overlap_by_query))
                                 for item in rows], columns=["annotator or query", "documents", "token F1"])
         return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query, overlap
 
-    exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
 
-    def export(request: gr.Request) -> list[str]:
-        bench = bench_of(request)
-        folder = Path(tempfile.mkdtemp(dir=exports))
+    def export(self, request: gr.Request) -> list[str]:
+        bench = self.bench_of(request)
+        folder = Path(tempfile.mkdtemp(dir=self.exports))
         stem = _file_safe(bench.project.name)
         qrels = folder / f"{stem}.{_file_safe(bench.annotator)}.qrels"
-        qrels.write_text(qrels_text(store, bench.project.name, bench.annotator), encoding="utf-8")
+        qrels.write_text(qrels_text(self.store, bench.project.name, bench.annotator), encoding="utf-8")
         records = folder / f"{stem}.jsonl"
-        records.write_text(jsonl_text(store, bench.project.name), encoding="utf-8")
+        records.write_text(jsonl_text(self.store, bench.project.name), encoding="utf-8")
         return [str(qrels), str(records)]
 
-    def judge_api(project: str, annotator: str, query_id: str, doc_id: str, grade: int, note: str = "",
+    def judge_api(self, project: str, annotator: str, query_id: str, doc_id: str, grade: int, note: str = "",
                   request: gr.Request | None = None) -> dict[str, Any]:
         """Record one judgment (committed before this returns); with authentication, as the signed-in user."""
-        if auth and request is not None and request.username:
+        if self.auth and request is not None and request.username:
             annotator = request.username
         try:
-            saved = store.judge(project, HumanJudgment(annotator=annotator, query_id=query_id, doc_id=doc_id,
+            saved = self.store.judge(project, HumanJudgment(annotator=annotator, query_id=query_id, doc_id=doc_id,
                                                        grade=int(grade), note=note))
         except AnnotationError as error:
             raise gr.Error(str(error)) from None
@@ -375,7 +380,55 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
 
     # Layout ------------------------------------------------------------------------------------------------
 
+    def navigate(self, move: Callable[[Workbench], object]) -> Callable[..., tuple]:
+        """A move that first keeps the note and evidence typed for the document being left."""
+        def handler(note: str, start: float, end: float, request: gr.Request) -> tuple:
+            def keep_then_move(bench: Workbench) -> None:
+                bench.keep(note=note, span=self.pending_span(start, end))
+                move(bench)
+            return self.edit(keep_then_move)(request)
+        return handler
+
+    def take_model_evidence(self, note: str, request: gr.Request) -> tuple:
+        """The model's evidence (its strongest supporting sentence) as the annotator's evidence span."""
+        bench = self.bench_of(request)
+        evidence = bench.model_evidence().get(bench.doc_id) if bench.shows_model(bench.doc_id) else None
+        span = evidence.span if evidence is not None else None
+        if span is None:
+            raise gr.Error("The model has no evidence for this document (yet).")
+        return self.mark(note, span.start, span.end, request)
+
+    def save(self, note: str, start: float, end: float, request: gr.Request) -> tuple:
+        return self.edit(lambda bench: bench.annotate(note=note, span=self.pending_span(start, end)))(request)
+
+    def mark(self, note: str, start: float, end: float, request: gr.Request) -> tuple:
+        """Show the marked evidence; it is saved at once when the document already has a grade."""
+        bench = self.bench_of(request)
+        span = self.pending_span(start, end)
+        if span is None:
+            raise gr.Error("Select some text of the passage first, then mark it.")
+        if bench.doc_id in bench.judgments():
+            return self.save(note, start, end, request)
+        return (*self.views(bench, span)[:2], note, span.start, span.end)
+
+    def set_view(self, choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> str:
+        bench = self.bench_of(request)
+        bench.filter, bench.threshold, bench.relevant_from, bench.show_others = choice, at, int(relevant), others
+        return render_document(bench)
+
+    def forget(self, request: gr.Request) -> None:
+        self.benches.pop(request.session_hash or "", None)
+        self.last_shown.pop(request.session_hash or "", None)
+
+
+def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr.State, search_kind: gr.Radio,
+                       remembered: gr.BrowserState, *, auth: bool = False, concurrency: int = 8) -> None:
+    """The tab's components and events, inside ``app``; ``model_key`` is the session's model choice and
+    ``search_kind`` its reranker on the Search tab, ``remembered`` from ``remembered_state``."""
+    tab = AnnotateTab(context, auth=auth)
+    store, library = context.store, context.library
     gr.HTML(render_storage(store.path, ephemeral=context.ephemeral), elem_id="annotate-storage")
+
     with gr.Row():
         annotator = gr.Textbox(label="Annotator" + (" (signed in)" if auth else " (your name)"), scale=1,
                                max_length=100, interactive=not auth)
@@ -471,95 +524,55 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                                  "show_progress": "hidden"}
 
     opened = [*shown, *grade_buttons, guideline_view, relevant_from, remembered, workbench, new_project, ticks]
-    gr.on([open_button.click, project.select], open_project, inputs=[annotator, project, model_key, search_kind],
-          outputs=opened, api_visibility="private").success(judge_with_model, inputs=model_key,
+    gr.on([open_button.click, project.select], tab.open_project, inputs=[annotator, project, model_key, search_kind],
+          outputs=opened, api_visibility="private").success(tab.judge_with_model, inputs=model_key,
                                                             **model_run)
-    create_button.click(create_project, inputs=[new_name, new_corpus, queries_file, typed, qrels_file, guideline,
+    create_button.click(tab.create_project, inputs=[new_name, new_corpus, queries_file, typed, qrels_file, guideline,
                                                 to_model, grades, depth, model_reranker, blind], outputs=project,
                         api_visibility="private").success(
-        open_project, inputs=[annotator, project, model_key, search_kind], outputs=opened,
-        api_visibility="private").success(judge_with_model, inputs=model_key, **model_run)
-    import_file.upload(import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
-
-    def navigate(move: Callable[[Workbench], object]) -> Callable[..., tuple]:
-        """A move that first keeps the note and evidence typed for the document being left."""
-        def handler(note: str, start: float, end: float, request: gr.Request) -> tuple:
-            def keep_then_move(bench: Workbench) -> None:
-                bench.keep(note=note, span=pending_span(start, end))
-                move(bench)
-            return edit(keep_then_move)(request)
-        return handler
+        tab.open_project, inputs=[annotator, project, model_key, search_kind], outputs=opened,
+        api_visibility="private").success(tab.judge_with_model, inputs=model_key, **model_run)
+    import_file.upload(tab.import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
 
     fields = [note, span_start, span_end]
     for step, button in ((-1, prev_query), (1, next_query)):
-        button.click(navigate(lambda bench, step=step: bench.move_query(step)), inputs=fields, outputs=shown,
-                     **edits).success(judge_with_model, inputs=model_key, **model_run)
+        button.click(tab.navigate(lambda bench, step=step: bench.move_query(step)), inputs=fields, outputs=shown,
+                     **edits).success(tab.judge_with_model, inputs=model_key, **model_run)
     for step, button in ((-1, prev_doc), (1, next_doc)):
-        button.click(navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown, **edits)
+        button.click(tab.navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown, **edits)
     for value, button in enumerate(grade_buttons):
         def grade(note: str, start: float, end: float, request: gr.Request, value: int = value) -> tuple:
-            return edit(lambda bench: bench.grade(value, note=note, span=pending_span(start, end)))(request)
+            return tab.edit(lambda bench: bench.grade(value, note=note, span=tab.pending_span(start, end)))(request)
         button.click(grade, inputs=fields, outputs=shown, **edits)
-    clear_button.click(edit(lambda bench: bench.clear()), outputs=shown, **edits)
+    clear_button.click(tab.edit(lambda bench: bench.clear()), outputs=shown, **edits)
 
-    def take_model_evidence(note: str, request: gr.Request) -> tuple:
-        """The model's evidence (its strongest supporting sentence) as the annotator's evidence span."""
-        bench = bench_of(request)
-        evidence = bench.model_evidence().get(bench.doc_id) if bench.shows_model(bench.doc_id) else None
-        span = evidence.span if evidence is not None else None
-        if span is None:
-            raise gr.Error("The model has no evidence for this document (yet).")
-        return mark(note, span.start, span.end, request)
-
-    def save(note: str, start: float, end: float, request: gr.Request) -> tuple:
-        return edit(lambda bench: bench.annotate(note=note, span=pending_span(start, end)))(request)
-
-    def mark(note: str, start: float, end: float, request: gr.Request) -> tuple:
-        """Show the marked evidence; it is saved at once when the document already has a grade."""
-        bench = bench_of(request)
-        span = pending_span(start, end)
-        if span is None:
-            raise gr.Error("Select some text of the passage first, then mark it.")
-        if bench.doc_id in bench.judgments():
-            return save(note, start, end, request)
-        return (*views(bench, span)[:2], note, span.start, span.end)
-
-    save_button.click(save, inputs=fields, outputs=shown, **edits)
-    take_button.click(take_model_evidence, inputs=note, outputs=shown, **edits)
+    save_button.click(tab.save, inputs=fields, outputs=shown, **edits)
+    take_button.click(tab.take_model_evidence, inputs=note, outputs=shown, **edits)
     span_button.click(None, inputs=[span_start, span_end], outputs=[span_start, span_end], js=SELECTION_JS).then(
-        mark, inputs=fields, outputs=shown, **edits)
+        tab.mark, inputs=fields, outputs=shown, **edits)
 
-    def set_view(choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> str:
-        bench = bench_of(request)
-        bench.filter, bench.threshold, bench.relevant_from, bench.show_others = choice, at, int(relevant), others
-        return render_document(bench)
-
-    gr.on([view_filter.change, threshold.change, relevant_from.change, show_others.change], set_view,
+    gr.on([view_filter.change, threshold.change, relevant_from.change, show_others.change], tab.set_view,
           inputs=[view_filter, threshold, relevant_from, show_others], outputs=document,
           api_visibility="private")
-    agreement_button.click(agreement, inputs=[threshold, relevant_from],
+    agreement_button.click(tab.agreement, inputs=[threshold, relevant_from],
                            outputs=[agreement_summary, confusion, per_query, by_grade, calibration, pairs,
                                     alpha_by_query, overlap], api_visibility="private")
-    export_button.click(export, outputs=files, api_visibility="private")
-    gr.api(judge_api, api_name="judge", concurrency_id=EDITS, concurrency_limit=1)
+    export_button.click(tab.export, outputs=files, api_visibility="private")
+    gr.api(tab.judge_api, api_name="judge", concurrency_id=EDITS, concurrency_limit=1)
 
     def resume(annotator_name: str, project_name: str | None, key: str, search: str, request: gr.Request
                ) -> tuple[Any, ...]:
         """Back to work after a reload or restart, when the browser remembers who and which project."""
         if not annotator_name or not project_name:
             return tuple(gr.skip() for _ in opened)
-        return open_project(annotator_name, project_name, key, search, request)
+        return tab.open_project(annotator_name, project_name, key, search, request)
 
-    def forget(request: gr.Request) -> None:
-        benches.pop(request.session_hash or "", None)
-        last_shown.pop(request.session_hash or "", None)
-
-    ticks.tick(refresh, outputs=[model_panel, listing], concurrency_limit=None, api_visibility="private",
+    ticks.tick(tab.refresh, outputs=[model_panel, listing], concurrency_limit=None, api_visibility="private",
                show_progress="hidden")
 
     annotator.blur(lambda name, value: {**(value or {}), "annotator": name}, inputs=[annotator, remembered],
                    outputs=remembered, api_visibility="private")
-    app.load(restore, inputs=remembered, outputs=[annotator, project], api_visibility="private").then(
+    app.load(tab.restore, inputs=remembered, outputs=[annotator, project], api_visibility="private").then(
         resume, inputs=[annotator, project, model_key, search_kind], outputs=opened, api_visibility="private").then(
-        judge_with_model, inputs=model_key, **model_run)
-    app.unload(forget)
+        tab.judge_with_model, inputs=model_key, **model_run)
+    app.unload(tab.forget)

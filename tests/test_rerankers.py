@@ -22,16 +22,18 @@ from scripted import SCRIPTS, ScriptedEngine, candidate, scripted_model
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel, build_reranker
-from search.rerank.base import Reranker, Run, Summary
+from search.rerank.base import Reranker, RerankerDefaults, Run, Summary
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import EVENT_TYPES, Event, event_to_json
 from search.rerank.pointwise import PointwiseRun
-from search.rerank.registry import RERANKERS
+from search.rerank.rank1 import Rank1Reranker
+from search.rerank.registry import RERANKERS, SETTING_CHOICES
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate
-from search.settings import RerankSettings
+from search.server.protocol import parse_request
+from search.settings import ApiSettings, RerankSettings, Settings
 from search.trec import read_run
-from ui.renderers import FAMILIES
+from ui.renderers import FAMILIES, renderer_for
 
 NAMES = list(RERANKERS)
 STARTS = {"started", "window_started"}
@@ -310,6 +312,31 @@ def test_the_opener_refuses_a_budget_the_context_cannot_hold(tokenizer: object) 
     for name in NAMES:
         with pytest.raises(EngineError, match=r"budget \(4,096 tokens\) must be below the context of .*, 2,048 tokens"):
             reranker_on(engine, name, budget=4096)
+
+
+def test_a_fourth_reranker_is_its_own_class_and_one_registry_entry(tokenizer: object,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered, a new reranker is taken by the settings (flag and variable), the rerank API, the page's renderer
+    and the budget rule, with no other file changed."""
+
+    class Echo(Rank1Reranker):  # its own module, in real life
+        name = "echo"
+        label = "echo: rank1's reading under another name"
+        recipe = "echo-v1"
+        relevance_meaning = "P(true), as rank1 reads it"
+        defaults = RerankerDefaults(budget=96, max_model_len=2048, model_on_gpu="demo", model_elsewhere="demo",
+                                    cpu_budget=48)
+
+    monkeypatch.setitem(RERANKERS, "echo", Echo)  # the one registry line
+    assert Settings.from_env({"EXPLAINABLE_SEARCH_RERANKER": "echo"}, choices=SETTING_CHOICES).rerank.reranker == "echo"
+    assert parse_request(b'{"query": "q", "documents": ["a"], "reranker": "echo"}', ApiSettings()).request.reranker \
+        == "echo"
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer))
+    reranker = reranker_on(engine, "echo", budget=0)
+    assert isinstance(reranker, Echo) and reranker.budget == Echo.defaults.budget  # its rule (not a CPU engine)
+    events, run = rerank(reranker, SCRIPTED[:2])
+    assert {event.reranker for event in events} == {"echo"} and run.finished
+    assert 'data-doc="d0"' in renderer_for(run).cards(run, True)
 
 
 CONSUMERS = ("app.py", "search/api.py", "search/cli.py", "search/pipeline.py", "search/settings.py",

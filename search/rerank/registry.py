@@ -4,6 +4,8 @@ module and one line here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from search.rerank.assessor import AssessorReranker
 from search.rerank.base import Reranker
 from search.rerank.rank1 import Rank1Reranker
@@ -22,5 +24,5 @@ def reranker_class(name: str) -> type[Reranker]:
         raise SettingsError(f"reranker: {name!r} is not a reranker; choose one of {', '.join(RERANKERS)}") from None
 
 
-SETTING_CHOICES: dict[str, tuple[str, ...]] = {"reranker": tuple(RERANKERS)}
+SETTING_CHOICES: dict[str, Iterable[str]] = {"reranker": RERANKERS.keys()}
 """The valid values of the settings this registry decides, for the command line (``add_arguments(choices=…)``)."""

@@ -187,12 +187,14 @@ def test_scripted_cancel_frees_the_engine(tokenizer: object, name: str) -> None:
 
 
 class ClosingRecorded(ScriptedEngine):
-    """A scripted engine that counts the streams its callers have closed (``generate``'s own end, not the abort that
-    follows on the engine's thread)."""
+    """A scripted engine that counts the streams its callers have opened and closed (``generate``'s own start and
+    end, in the caller's loop, not the request and abort that follow on the engine's thread)."""
 
+    opened = 0
     closed = 0
 
     async def generate(self, request: GenerationRequest) -> Any:
+        self.opened += 1
         try:
             async for chunk in super().generate(request):
                 yield chunk
@@ -215,7 +217,7 @@ def test_closing_the_stream_closes_the_engine_streams_at_once(tokenizer: object,
             if event.type in DELTAS:
                 break
         await stream.aclose()
-        return len(engine.requests), engine.closed  # read before any other task runs
+        return engine.opened, engine.closed  # read before any other task runs
 
     opened, closed = asyncio.run(leave_early())
     assert opened >= 1 and closed == opened

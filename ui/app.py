@@ -163,8 +163,8 @@ class SearchPage:
     def evidence_default(self, key: str) -> bool:
         """Evidence on unless the settings say so or the model's engine makes it too slow (evidence_by_default)."""
         loaded = self.models.get(key)
-        return self.settings.rerank.evidence or (loaded is not None and evidence_by_default(loaded.engine.kind,
-                                                                                       loaded.engine.device))
+        return self.settings.rerank.evidence or (
+            loaded is not None and evidence_by_default(loaded.engine.kind, loaded.engine.device))
 
     def reranker_for(self, key: str, kind: str, budget: int | None = None, evidence: bool | None = None
                      ) -> Reranker | None:

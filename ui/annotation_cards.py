@@ -29,7 +29,27 @@ ANNOTATION_CSS = """
 # passage as the evidence span (character offsets into the passage).
 KEYS_JS = """
 () => {
-  const click = (id) => { const button = document.getElementById(id); if (button) button.click(); };
+  // One key's edit at a time: the next is sent once the document shown has changed (or after 3 s, when an edit
+  // changed nothing or was refused). Sent at once, the requests can reach the server in another order than they
+  // were typed, and a grade land on another document than the one shown.
+  const pending = [];
+  let busy = false;
+  const send = () => {
+    if (busy || !pending.length) return;
+    const button = document.getElementById(pending.shift());
+    if (!button) { send(); return; }
+    busy = true;
+    let finished = false;
+    const shown = document.getElementById("annotate-document");
+    const done = () => {
+      if (finished) return;
+      finished = true; observer.disconnect(); clearTimeout(timer); busy = false; send();
+    };
+    const observer = new MutationObserver(done);
+    if (shown) observer.observe(shown, {childList: true, subtree: true, characterData: true});
+    const timer = setTimeout(done, 3000);
+    button.click();
+  };
   const keys = {j: "annotate-next-doc", ArrowDown: "annotate-next-doc", k: "annotate-prev-doc",
                 ArrowUp: "annotate-prev-doc", n: "annotate-next-query", p: "annotate-prev-query",
                 x: "annotate-clear", s: "annotate-span", e: "annotate-take"};
@@ -41,7 +61,8 @@ KEYS_JS = """
     const id = /^[0-9]$/.test(event.key) ? `annotate-grade-${event.key}` : keys[event.key];
     if (!id || !document.getElementById(id)) return;
     event.preventDefault();
-    click(id);
+    pending.push(id);
+    send();
   });
 }
 """

@@ -191,7 +191,9 @@ class AnnotateTab:
             return self.views(bench)
         return handler
 
-    def pending_span(self, start: float | None, end: float | None) -> Span | None:
+    @staticmethod
+    def pending_span(start: float | None, end: float | None) -> Span | None:
+        """The span in the hidden fields, or None when they hold none (-1) or an empty one."""
         return Span(start=int(start), end=int(end)) if start is not None and end is not None and start >= 0 \
             and end > start else None
 

@@ -31,6 +31,8 @@ REQUEST_STAGE = "request"
 """The stage the documents come from: the caller's order, with no score of its own."""
 ROW_ENVELOPE = ("rank", "doc_id", "passage_id", "first_stage_rank", "score", "status", "failure", "reasoning")
 """The row fields a result carries as attributes of its own (the rest are the reranker's: ``details``)."""
+RESULT_ENVELOPE = ("index", "relevance_score", "document", "id", "status", "reasoning", "failure")
+"""The fields of a result's JSON that are not the reranker's own."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,6 +86,13 @@ class RerankResult:
                 **({"document": document} if return_documents else {}),
                 **({"id": self.document.id} if self.document.id is not None else {}),
                 "status": self.status, "reasoning": self.reasoning, "failure": self.failure, **self.details}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], documents: Sequence[RerankDocument]) -> RerankResult:
+        """The result ``to_json`` wrote (one of an HTTP answer's ``results``) for the ``documents`` sent."""
+        return cls(index=data["index"], document=documents[data["index"]], relevance_score=data["relevance_score"],
+                   status=data["status"], reasoning=data["reasoning"], failure=data["failure"],
+                   details={name: value for name, value in data.items() if name not in RESULT_ENVELOPE})
 
 
 def candidates_of(documents: Sequence[RerankDocument]) -> tuple[Candidate, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -280,7 +281,10 @@ def command_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"serving {loaded.model.name or loaded.engine.model} ({settings.rerank.reranker} on "
           f"{loaded.engine.description}) at http://{args.host}:{args.port}/v1/rerank"
           + (", asking for the API key" if settings.api.api_key else ""), file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(headless_app(state), host=args.host, port=args.port,
+    # Each request's line says the settings it reached us with (search.server.routes), in uvicorn's format.
+    logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logs["loggers"]["search"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    server = uvicorn.Server(uvicorn.Config(headless_app(state), host=args.host, port=args.port, log_config=logs,
                                            timeout_graceful_shutdown=5))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on SIGINT and SIGTERM, then passes them on
         server.run()

@@ -1,4 +1,5 @@
-"""Real servers on loopback for the tests that talk to one: a vLLM OpenAI-compatible server, and app.py."""
+"""Real servers on loopback for the tests that talk to one: a vLLM OpenAI-compatible server, app.py and
+``python -m search serve``."""
 
 from __future__ import annotations
 
@@ -99,23 +100,42 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
     adds variables), serving until the block ends; yields its URL and process. Unless the block killed it, the app
     is then sent SIGTERM and must exit cleanly (status 0) within ``STOP_TIMEOUT_S``."""
     port = port or free_port()
-    command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
+    command = ["app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(index_dir),
                "--annotations", str(annotations), "--model", "demo", "--engine", "transformers", "--budget", "12",
                "--no-judgment-cache", "--top-k", "4", "--port", str(port),
                "--uploads", str(annotations.parent / "uploads"), *extra]
+    with _serving(command, f"http://127.0.0.1:{port}/", log, env) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_process(log: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m search serve`` with the demo model on transformers (``extra`` flags override), as
+    ``app_process``; yields its base URL and process."""
+    port = free_port()
+    command = ["-m", "search", "serve", "--model", "demo", "--engine", "transformers", "--port", str(port), *extra]
+    with _serving(command, f"http://127.0.0.1:{port}/health", log) as (url, process):
+        yield url.removesuffix("/health"), process
+
+
+@contextlib.contextmanager
+def _serving(arguments: list[str], url: str, log: Path, env: dict[str, str] | None = None
+             ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python *arguments`` until ``url`` answers (200, or 401 behind sign-in), then until the block ends."""
     with log.open("ab") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([sys.executable, *arguments], cwd=REPO_ROOT, stdout=output,
+                                   stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                                         **(env or {})})
-    url = f"http://127.0.0.1:{port}/"
+    name = " ".join(arguments[:3])
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            assert process.poll() is None, f"app.py exited: see {log}"
+            assert process.poll() is None, f"{name} exited: see {log}"
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=2).status_code in (200, 401):
                     break
-            assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s: see {log}"
+            assert time.monotonic() < deadline, f"{name} did not start in {START_TIMEOUT_S} s: see {log}"
             time.sleep(0.5)
         yield url, process
     except BaseException:
@@ -127,8 +147,8 @@ def app_process(annotations: Path, index_dir: Path, log: Path, *extra: str, port
             status = process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             _stop(process)
-            raise AssertionError(f"app.py did not stop within {STOP_TIMEOUT_S} s of SIGTERM: see {log}") from None
-        assert status == 0, f"app.py exited with {status} on SIGTERM: see {log}"
+            raise AssertionError(f"{name} did not stop within {STOP_TIMEOUT_S} s of SIGTERM: see {log}") from None
+        assert status == 0, f"{name} exited with {status} on SIGTERM: see {log}"
 
 
 def _stop(process: subprocess.Popen) -> None:

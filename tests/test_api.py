@@ -24,7 +24,7 @@ from search.models import ResolvedModel
 from search.pipeline import LoadedModel
 from search.rerank.rank1 import VerdictTokens
 from search.server import ApiState, headless_app
-from search.server.routes import RERANK_PATHS
+from search.server.routes import INFINITY_PATHS, RERANK_PATHS
 from search.settings import ApiSettings, RerankSettings
 
 KEY = "s3cret-key"
@@ -67,8 +67,8 @@ def test_a_rerank_answers_in_cohere_shape_best_first_with_the_reasoning(judge: S
         assert results[2]["id"] == "venus" and "id" not in results[0]
         assert all(result["reasoning"] == "thinking." and result["verdict"] is True and result["forced"] is False
                    and result["failure"] is None and "evidence" not in result for result in results.values())
-        assert body["meta"]["warnings"] == [] and body["meta"]["reranker"] == "rank1"
-        assert body["meta"]["relevance_score"].startswith("P(true)")
+        assert body["meta"]["warnings"] == [] and body["meta"]["explainable_search"]["reranker"] == "rank1"
+        assert body["meta"]["explainable_search"]["relevance_score"].startswith("P(true)")
     whole = client.post("/v1/rerank", json={"query": "q", "documents": DOCUMENTS}).json()
     assert [result["index"] for result in whole["results"]][2] == 1  # the forced, unlikely one last
     assert whole["results"][2]["relevance_score"] == pytest.approx(0.2) and whole["results"][2]["forced"] is True
@@ -116,7 +116,7 @@ def test_relevance_is_on_zero_to_one_for_every_reranker(tokenizer: object, reran
     finally:
         engine.close()
     assert {result["index"]: result["relevance_score"] for result in body["results"]} == pytest.approx(expected)
-    assert body["meta"]["reranker"] == reranker
+    assert body["meta"]["explainable_search"]["reranker"] == reranker
 
 
 @pytest.mark.parametrize(("body", "status", "named"), [
@@ -299,3 +299,64 @@ def test_a_client_that_goes_away_stops_the_engine_work(live: tuple[str, Scripted
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/rerank", json=request, timeout=0.3)
     stops_mid_way(engine, aborted)
+
+
+def test_the_answer_parses_as_each_published_response_model(judge: ScriptedEngine) -> None:
+    """Cohere's SDK models, vLLM's ``RerankResponse`` and LiteLLM's (which its cohere, hosted_vllm and jina_ai
+    providers validate against) all take the answer; Cohere's ``meta`` holds nothing but its own fields and ours
+    under one name; the token counts are the prompts sent and the reasoning written."""
+    from cohere.types import ApiMeta
+    from cohere.v2.types import V2RerankResponse
+    from litellm.types.rerank import RerankResponse as LiteLLMResponse
+    from vllm.entrypoints.pooling.scoring.protocol import RerankResponse as VllmResponse
+
+    body = client_of(reranker_on(judge)).post("/v1/rerank", json={
+        "model": "scripted", "query": "which planets have no moons", "documents": DOCUMENTS,
+        "return_documents": True}).json()
+    V2RerankResponse.model_validate(body)
+    VllmResponse.model_validate(body)
+    LiteLLMResponse.model_validate(body)
+    assert set(body["meta"]) - set(ApiMeta.model_fields) == {"explainable_search"}
+    tokens = body["meta"]["tokens"]
+    assert tokens["input_tokens"] > 3 * 10 and tokens["output_tokens"] > 0  # three prompts, each with its passage
+    assert body["meta"]["billed_units"] == tokens
+    assert body["usage"] == {"prompt_tokens": tokens["input_tokens"], "completion_tokens": tokens["output_tokens"],
+                             "total_tokens": tokens["input_tokens"] + tokens["output_tokens"]}
+    assert body["model"] == "scripted"
+
+
+def test_infinitys_path_answers_each_document_as_a_string(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge))
+    for path in INFINITY_PATHS:
+        body = client.post(path, json={"query": "q", "documents": DOCUMENTS, "return_documents": True}).json()
+        assert {result["index"]: result["document"] for result in body["results"]} == {
+            0: DOCUMENTS[0], 1: DOCUMENTS[1], 2: DOCUMENTS[2]["text"]}
+        assert all(result["reasoning"] == "thinking." for result in body["results"])
+
+
+def test_a_model_name_carries_the_settings_of_clients_that_send_no_fields(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, scripted_model("assessor", tokenizer))
+    client = client_of(reranker_on(engine))
+    try:
+        body = client.post("/v1/rerank", json={
+            "model": "scripted?reranker=assessor&budget=5&instruction=no+gas+giants", "query": "q",
+            "documents": ["one", "two"]}).json()
+        ours = body["meta"]["explainable_search"]
+        assert (ours["reranker"], ours["budget"], ours["instruction"]) == ("assessor", 5, "no gas giants")
+        assert all("grade" in result for result in body["results"])
+        same = client.post("/v1/rerank", json={"model": "?reranker=assessor", "reranker": "assessor", "query": "q",
+                                               "documents": ["one"]})
+        assert same.status_code == 200 and same.json()["meta"]["explainable_search"]["reranker"] == "assessor"
+        for model, named in [("scripted?depth=3", "unknown setting 'depth'"),
+                             ("scripted?budget=many", "budget='many' is not a whole number"),
+                             ("scripted?evidence=perhaps", "evidence='perhaps' is not true or false"),
+                             ("scripted?budget=3&budget=4", "budget is given twice"),
+                             ("scripted?reranker=oracle", "reranker"),
+                             ("other?budget=3", "'other' is not served here")]:
+            refused = client.post("/v1/rerank", json={"model": model, "query": "q", "documents": ["one"]})
+            assert refused.status_code in (404, 422) and named in refused.json()["message"], (model, refused.text)
+        clash = client.post("/v1/rerank", json={"model": "scripted?budget=5", "budget": 6, "query": "q",
+                                                "documents": ["one"]})
+        assert clash.status_code == 422 and "budget=5" in clash.json()["message"]
+    finally:
+        engine.close()

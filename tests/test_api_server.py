@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +15,10 @@ import pytest
 from gradio_client import Client
 from langchain_cohere import CohereRerank
 from langchain_core.documents import Document
-from servers import app_process, free_port
+from servers import app_process, serve_process
 
 from search.corpus import load_corpus
-from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings
+from search.settings import SAMPLE_CORPUS, CorpusSettings
 
 KEY = "a-key-for-the-tests"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,27 +37,9 @@ def texts() -> list[str]:
 def server(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[str]:
     """``python -m search serve`` asking for ``KEY``, until the module's last test; it must stop cleanly on
     SIGTERM."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [sys.executable, "-m", "search", "serve", "--model", "demo", "--engine", "transformers", "--budget", "8",
-               "--port", str(port), "--no-judgment-cache", "--api-key", KEY]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
-    yield url
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    with serve_process(log, "--budget", "8", "--no-judgment-cache", "--api-key", KEY) as (url, _):
+        yield url
 
 
 def test_the_cohere_sdk_reranks_and_the_raw_answer_has_the_reasoning(server: str, texts: list[str]) -> None:

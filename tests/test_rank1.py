@@ -237,7 +237,8 @@ def test_a_reader_that_raises_closes_the_engine_stream_at_once(tokenizer: object
 
     async def judge() -> int:
         with pytest.raises(RuntimeError):
-            await reranker.judge(PreparedPrompt(prompt="p", passage="p", truncated_passage=False), {}, refuse)
+            prepared = PreparedPrompt(prompt="p", passage="p", truncated_passage=False, prompt_tokens=1)
+            await reranker.judge(prepared, {}, refuse)
         return len(closed)  # before any other task runs
 
     assert asyncio.run(judge()) == 1

@@ -70,6 +70,8 @@ class Summary:
     unit: str = "documents"
     explained: int = 0
     """Judged documents whose evidence has arrived (evidence follows its judgment)."""
+    prompt_tokens: int = 0
+    """Prompt tokens sent to the engine for finished units (replayed ones not counted)."""
 
     @property
     def tokens_per_s(self) -> float:

@@ -65,6 +65,9 @@ class Measured:
     forced: bool
     truncated_passage: bool
     from_cache: bool = False
+    prompt_tokens: int = 0
+    """Tokens of the prompt sent for the judgment (the forced step's second request re-reads prompt and reasoning
+    from the prefix cache and is not counted); not new work when ``from_cache``."""
 
     @property
     def score(self) -> float:
@@ -312,6 +315,8 @@ class WindowRanked:
     tokens: int = 0
     failure: str = ""
     from_cache: bool = False
+    prompt_tokens: int = 0
+    """Tokens of the window's prompt (0 when it never reached the engine); not new work when ``from_cache``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -105,6 +105,7 @@ class ListwiseRun(Run):
         return Summary(total=self.window_count, judged=sum(item.status != "failed" for item in ranked),
                        failed=sum(item.status == "failed" for item in ranked),
                        tokens=sum(item.tokens for item in ranked if not item.from_cache) + pending,
+                       prompt_tokens=sum(item.prompt_tokens for item in ranked if not item.from_cache),
                        pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s(), unit="windows")
 
     def status(self, doc_id: str) -> Status:

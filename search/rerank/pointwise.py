@@ -67,6 +67,7 @@ class PreparedPrompt:
     passage: str
     """The passage as the prompt holds it (cut when ``truncated_passage``)."""
     truncated_passage: bool
+    prompt_tokens: int
 
 
 def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, str], str], query: str, passage: str,
@@ -80,17 +81,19 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
     def length(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
-    excess = length(prompt) - room
-    if excess <= 0:
-        return PreparedPrompt(prompt=prompt, passage=passage, truncated_passage=False)
+    prompt_tokens = length(prompt)
+    if prompt_tokens <= room:
+        return PreparedPrompt(prompt=prompt, passage=passage, truncated_passage=False, prompt_tokens=prompt_tokens)
+    excess = prompt_tokens - room
     passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
     keep = len(passage_ids) - excess
     while keep > 0:
         cut = tokenizer.decode(passage_ids[:keep])
         prompt = render(query, cut)
-        excess = length(prompt) - room
+        prompt_tokens = length(prompt)
+        excess = prompt_tokens - room
         if excess <= 0:
-            return PreparedPrompt(prompt=prompt, passage=cut, truncated_passage=True)
+            return PreparedPrompt(prompt=prompt, passage=cut, truncated_passage=True, prompt_tokens=prompt_tokens)
         keep -= excess
     raise ValueError(
         f"the query leaves no room for the passage: max model length {max_model_len} tokens minus reasoning "
@@ -210,6 +213,8 @@ class PointwiseReranker(Reranker):
         try:
             async with slot:
                 outcome = await self.judge(prepared, ids, reasoning)
+            if isinstance(outcome, Measured):
+                outcome = dataclasses.replace(outcome, prompt_tokens=prepared.prompt_tokens)
         except EngineError as error:
             outcome = Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts))
         if self.cache is not None and not isinstance(outcome, Failed):
@@ -265,7 +270,7 @@ class DocumentState:
         return self.candidate.rank
 
 
-COUNTED = ("judged", "failed", "tokens", "pending_tokens", "explained")
+COUNTED = ("judged", "failed", "tokens", "pending_tokens", "explained", "prompt_tokens")
 """The ``Summary`` fields a pointwise run sums over its documents."""
 
 
@@ -273,10 +278,10 @@ def _counts(state: DocumentState) -> tuple[int, ...]:
     """One document's share of each ``COUNTED`` sum: new tokens are the outcome's (unless replayed) and, until
     judged or after failing, those streamed so far."""
     unfinished = state.status in ("waiting", "reasoning")
-    tokens = (state.outcome.tokens if state.outcome is not None and not state.outcome.from_cache else 0) + (
-        state.tokens if unfinished or state.status == "failed" else 0)
+    measured = state.outcome if state.outcome is not None and not state.outcome.from_cache else None
+    tokens = (measured.tokens if measured else 0) + (state.tokens if unfinished or state.status == "failed" else 0)
     return (int(state.status == "judged"), int(state.status == "failed"), tokens, state.tokens if unfinished else 0,
-            int(state.evidence is not None))
+            int(state.evidence is not None), measured.prompt_tokens if measured else 0)
 
 
 class PointwiseRun(Run):

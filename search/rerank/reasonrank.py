@@ -177,12 +177,14 @@ class ReasonRankReranker(Reranker):
             return f"even with empty passages, {error}"
         return None
 
-    def _check_room(self, prompt: str) -> None:
+    def _check_room(self, prompt: str) -> int:
+        """The prompt's length in tokens, or ValueError when it and the new tokens do not fit the context."""
         length = len(self.engine.tokenizer(prompt, add_special_tokens=False).input_ids)
         if length + self.budget + ANSWER_ROOM > self.engine.max_model_len:
             raise ValueError(f"the window's prompt ({length} tokens) and {self.budget + ANSWER_ROOM} new tokens do "
                               f"not fit the {self.engine.max_model_len}-token context; lower the window, the "
                               "passage tokens or the budget")
+        return length
 
     async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
                      slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
@@ -196,11 +198,11 @@ class ReasonRankReranker(Reranker):
             doc_ids = tuple(item.passage.doc_id for item in window)
             yield WindowStarted(reranker=self.name, window=number, start=start, end=end, doc_ids=doc_ids)
             parts: list[str] = []
-            tokens = 0
+            tokens = prompt_tokens = 0
             cached = None
             try:
                 prompt = self.prompt(text, window)
-                self._check_room(prompt)
+                prompt_tokens = self._check_room(prompt)
                 key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
                 cached = self.cache.get(key) if self.cache is not None else None
                 if cached is not None:
@@ -227,7 +229,8 @@ class ReasonRankReranker(Reranker):
             except (EngineError, ValueError) as error:
                 failure = f"engine error: {error}" if isinstance(error, EngineError) else str(error)
                 yield WindowRanked(reranker=self.name, window=number, status="failed", doc_ids=doc_ids, answer="",
-                                   reasoning="".join(parts), tokens=tokens, failure=failure)
+                                   reasoning="".join(parts), tokens=tokens, failure=failure,
+                                   prompt_tokens=prompt_tokens)
                 continue
             response = "".join(parts) + (ANSWER_END if stop == ANSWER_END else "")
             parsed = parse_answer(response, len(window))
@@ -236,5 +239,5 @@ class ReasonRankReranker(Reranker):
                                doc_ids=tuple(item.passage.doc_id for item in order[start:end]), answer=parsed.answer,
                                missing=parsed.missing, duplicates=parsed.duplicates,
                                out_of_range=parsed.out_of_range, reasoning="".join(parts), tokens=tokens,
-                               from_cache=cached is not None)
+                               from_cache=cached is not None, prompt_tokens=prompt_tokens)
         yield RankingDone(reranker=self.name, window=len(spans), doc_ids=tuple(item.passage.doc_id for item in order))

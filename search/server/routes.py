@@ -1,7 +1,7 @@
 """The rerank API over HTTP: Cohere's ``POST /v1/rerank`` (also at ``/v2/rerank``, where the cohere SDK's
-``ClientV2`` posts, and ``/rerank``, as vLLM's server has them), streamed as Server-Sent Events with
-``"stream": true``; ``GET /v1/models`` and ``GET /health``. The same routes serve beside the page (app.py) and alone
-(``python -m search serve``)."""
+``ClientV2`` posts, and ``/rerank``, as vLLM's server has them; Infinity's shape under ``/infinity``), streamed as
+Server-Sent Events with ``"stream": true``; ``GET /v1/models`` and ``GET /health``. The same routes serve beside the
+page (app.py) and alone (``python -m search serve``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from search.server.protocol import ApiError, ParsedRequest, parse_request, respo
 from search.settings import ApiSettings
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+INFINITY_PATHS = ("/infinity/rerank", "/infinity/v1/rerank")
+"""Where Infinity's clients (LiteLLM's ``infinity/`` provider) post: the same answer, each ``document`` a string."""
 logger = logging.getLogger(__name__)
 
 
@@ -45,25 +47,29 @@ def api_routes(state: ApiState) -> list[BaseRoute]:
 
     async def rerank(request: Request) -> Response:
         started = time.monotonic()
+        documents_as_text = request.url.path in INFINITY_PATHS
         try:
             _check_key(request, state.limits.api_key)
             parsed = parse_request(await _body(request, state.limits.api_max_request_bytes), state.limits)
             reranking = _reranking(state, parsed)
         except ApiError as error:
             return _refusal(error)
+        logger.info("%s %s", request.url.path, _described(reranking, parsed))
+        answer = _Answer(reranking=reranking, parsed=parsed, model=_served(state).model, started=started,
+                         documents_as_text=documents_as_text)
         if parsed.stream:
-            return StreamingResponse(_streamed(state, reranking, parsed, started), media_type="text/event-stream",
+            return StreamingResponse(_streamed(state, reranking, answer), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         async with state.slots, contextlib.aclosing(reranking.events()) as events:
             async for _ in events:
                 if await request.is_disconnected():
                     return Response(status_code=499)  # closing the events ends the engine requests
         try:
-            return JSONResponse(_answer(reranking, parsed, _served(state).model, started))
+            return JSONResponse(answer.body())
         except ApiError as error:
             return _refusal(error)
 
-    for path in RERANK_PATHS:
+    for path in RERANK_PATHS + INFINITY_PATHS:
         router.add_api_route(path, rerank, methods=["POST"], summary="Rerank documents for a query, with reasoning")
 
     @router.get("/v1/models")
@@ -162,27 +168,45 @@ def _reranking(state: ApiState, parsed: ParsedRequest) -> Reranking:
     return reranking
 
 
-def _answer(reranking: Reranking, parsed: ParsedRequest, model: str, started: float) -> dict:
-    """The response, or 503 when every document failed (the engine's reason). Failures are counted in documents,
-    whatever the reranker's unit of work (a listwise one fails windows)."""
-    run = reranking.run
-    failed = run.documents_failed()
-    if failed and failed == len(parsed.request.documents):
-        reason = run.failure(run.candidates[0].passage.doc_id)
-        raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
-    return response(reranking.results(), parsed, failed=failed, model=model, reranker=type(reranking.reranker),
-                    seconds=time.monotonic() - started, tokens=run.summary().tokens)
+def _described(reranking: Reranking, parsed: ParsedRequest) -> str:
+    """What a request asked for, as the log records it: the settings it reached us with."""
+    reranker, request = reranking.reranker, parsed.request
+    return (f"model={parsed.model or ''!r} reranker={reranker.name} budget={reranker.budget} "
+            f"evidence={reranker.settings.evidence} instruction={request.instruction!r} top_n={request.top_n} "
+            f"documents={len(request.documents)} return_documents={parsed.return_documents} stream={parsed.stream}")
 
 
-async def _streamed(state: ApiState, reranking: Reranking, parsed: ParsedRequest, started: float
-                    ) -> AsyncIterator[bytes]:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Answer:
+    """How to answer one request once its run is done."""
+
+    reranking: Reranking
+    parsed: ParsedRequest
+    model: str
+    started: float
+    documents_as_text: bool
+
+    def body(self) -> dict:
+        """The response, or 503 when every document failed (the engine's reason). Failures are counted in
+        documents, whatever the reranker's unit of work (a listwise one fails windows)."""
+        run = self.reranking.run
+        failed = run.documents_failed()
+        if failed and failed == len(self.parsed.request.documents):
+            reason = run.failure(run.candidates[0].passage.doc_id)
+            raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
+        return response(self.reranking.results(), self.parsed, failed=failed, model=self.model,
+                        reranker=self.reranking.reranker, summary=run.summary(),
+                        seconds=time.monotonic() - self.started, documents_as_text=self.documents_as_text)
+
+
+async def _streamed(state: ApiState, reranking: Reranking, answer: _Answer) -> AsyncIterator[bytes]:
     """Every event as the model writes it, then ``results`` (the response) or ``error``: a stream that breaks
     ends with an ``error`` event, never cut without one."""
     try:
         async with state.slots, contextlib.aclosing(reranking.events()) as events:
             async for event in events:
                 yield sse(event.type, event_to_json(event))
-        yield sse("results", _answer(reranking, parsed, _served(state).model, started))
+        yield sse("results", answer.body())
     except ApiError as error:
         yield sse("error", error.body())
     except Exception as error:

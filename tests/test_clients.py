@@ -207,28 +207,45 @@ def expected(source: Any, texts: list[str], top_n: int) -> list[tuple[int, float
             for result in reranker.rerank(QUERY, texts, top_n=top_n, **SETTINGS)]
 
 
-def test_our_langchain_compressor_keeps_the_reasoning(source: Any, texts: list[str]) -> None:
+def through(server: Server, source: Any, client: Callable[[], Any], row: tuple[str, str, str, str]) -> Any:
+    """``client()``'s answer; over HTTP, its request must have reached us with ``SETTINGS``, and docs/api.md must
+    have its row (client, package, setting, …, keeps)."""
+    if not isinstance(source, str):
+        return client()
+    answer, line = called(server, client)
+    reached_with_settings(line, model=None)
+    name, package, setting, keeps = row
+    check_row(name, package, setting, line, "`options=RerankOptions(…)`", keeps)
+    return answer
+
+
+def test_our_langchain_compressor_keeps_the_reasoning(server: Server, source: Any, texts: list[str]) -> None:
     from langchain_core.documents import Document
 
     from search.integrations.langchain import ReasoningCompressor
 
     compressor = ReasoningCompressor(reranker=source, top_n=3, options=RerankOptions(**SETTINGS))
     given = [Document(page_content=text, metadata={"source": index}) for index, text in enumerate(texts)]
-    documents = compressor.compress_documents(given, QUERY)
+    documents = through(server, source, lambda: compressor.compress_documents(given, QUERY), (
+        "ours: LangChain `ReasoningCompressor`", "langchain-core", "`ReasoningCompressor(reranker=URL)`",
+        "every field (`metadata`)"))
     assert [(document.metadata["source"], document.metadata["relevance_score"]) for document in documents
             ] == expected(source, texts, 3)
     assert all(set(document.metadata) == {"source"} | OURS and document.metadata["reasoning"]
                for document in documents)
 
 
-def test_our_llamaindex_postprocessor_keeps_the_reasoning_out_of_the_prompt(source: Any, texts: list[str]) -> None:
+def test_our_llamaindex_postprocessor_keeps_the_reasoning_out_of_the_prompt(server: Server, source: Any,
+                                                                            texts: list[str]) -> None:
     from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 
     from search.integrations.llamaindex import ReasoningPostprocessor
 
     postprocessor = ReasoningPostprocessor(reranker=source, top_n=3, options=RerankOptions(**SETTINGS))
     given = [NodeWithScore(node=TextNode(text=text, metadata={"source": index})) for index, text in enumerate(texts)]
-    nodes = postprocessor.postprocess_nodes(given, query_str=QUERY)
+    nodes = through(server, source, lambda: postprocessor.postprocess_nodes(given, query_str=QUERY), (
+        "ours: LlamaIndex `ReasoningPostprocessor`", "llama-index-core", "`ReasoningPostprocessor(reranker=URL)`",
+        "every field (node `metadata`, kept out of the embedder's and LLM's text)"))
     sent = [node.node.get_content(metadata_mode=MetadataMode.EMBED) for node in given]  # as LlamaIndex's rerankers do
     assert [(node.node.metadata["source"], node.score) for node in nodes] == expected(source, sent, 3)
     assert all(set(node.node.metadata) == {"source"} | OURS for node in nodes)
@@ -237,7 +254,8 @@ def test_our_llamaindex_postprocessor_keeps_the_reasoning_out_of_the_prompt(sour
     assert given[0].node.metadata == {"source": 0}  # the caller's nodes are not changed
 
 
-def test_our_haystack_ranker_keeps_the_reasoning_and_serialises(source: Any, texts: list[str]) -> None:
+def test_our_haystack_ranker_keeps_the_reasoning_and_serialises(server: Server, source: Any,
+                                                                texts: list[str]) -> None:
     from haystack import Document, Pipeline
 
     from search.integrations.haystack import ReasoningRanker
@@ -245,7 +263,9 @@ def test_our_haystack_ranker_keeps_the_reasoning_and_serialises(source: Any, tex
     pipeline = Pipeline()
     pipeline.add_component("ranker", ReasoningRanker(reranker=source, top_k=3, options=RerankOptions(**SETTINGS)))
     given = [Document(content=text, meta={"source": index}) for index, text in enumerate(texts)]
-    documents = pipeline.run({"ranker": {"query": QUERY, "documents": given}})["ranker"]["documents"]
+    documents = through(server, source, lambda: pipeline.run({"ranker": {"query": QUERY, "documents": given}}), (
+        "ours: Haystack `ReasoningRanker`", "haystack-ai", "`ReasoningRanker(reranker=URL)`",
+        "every field (`Document.meta`), the score in `Document.score`"))["ranker"]["documents"]
     assert [(document.meta["source"], document.score) for document in documents] == expected(source, texts, 3)
     assert all(set(document.meta) == {"source"} | OURS for document in documents)
     if isinstance(source, str):

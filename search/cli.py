@@ -25,7 +25,7 @@ from search.batch import (
 )
 from search.batch.report import REPORT_FILE
 from search.batch.store import STATE_FILE
-from search.corpus import Corpus, CorpusError, load_corpus
+from search.corpus import Corpus, CorpusError, irds_id, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, retrieve_run
@@ -59,6 +59,11 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _queries_or_qrels(text: str) -> Path:
+    """A file that must exist, or an ir_datasets collection (``irds:<id>``, read when it is loaded)."""
+    return Path(text) if irds_id(text) is not None else _existing_file(text)
 
 
 def _existing_file(text: str) -> Path:
@@ -328,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="folder with corpus, queries and qrels")
     evaluation.add_argument("--run", type=_existing_file, action="append", metavar="FILE",
                             help="a TREC run file to measure (repeat to compare several)")
-    evaluation.add_argument("--qrels", type=_existing_file, metavar="FILE",
-                            help="judgments for --run (BEIR TSV or TREC qrels)")
+    evaluation.add_argument("--qrels", type=_queries_or_qrels, metavar="FILE",
+                            help="judgments for --run (BEIR TSV, TREC qrels, or irds:<ir_datasets id>)")
     evaluation.add_argument("--run-out", type=Path, metavar="FILE",
                             help="write the TREC run (top 100 per query) of --method (default: hybrid)")
     evaluation.add_argument("-k", type=_positive, default=100, help="documents per query in the run (default 100)")
@@ -358,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "stopped. With --endpoints URL,URL,… every server is kept busy.",
     )
     batch.add_argument("--run", type=_existing_file, required=True, metavar="RUN", help="first-stage TREC run file")
-    batch.add_argument("--queries", type=_existing_file, metavar="FILE",
-                       help="queries (JSONL or TSV; default: the corpus folder's queries.jsonl)")
-    batch.add_argument("--qrels", type=_existing_file, metavar="FILE",
+    batch.add_argument("--queries", type=_queries_or_qrels, metavar="FILE",
+                       help="queries (JSONL, TSV, or irds:<ir_datasets id>; default: the corpus's own)")
+    batch.add_argument("--qrels", type=_queries_or_qrels, metavar="FILE",
                        help="judgments for the report (default: the corpus folder's qrels, if any)")
     batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumed if it exists)")
     add_arguments(batch, choices=SETTING_CHOICES)

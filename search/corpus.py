@@ -321,7 +321,11 @@ def _documents_from_text_folder(root: Path) -> _Collector:
 
 
 def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
-    """Queries from JSONL (``_id``/``id``, ``text``, optional ``instruction``) or a two-column TSV."""
+    """Queries from JSONL (``_id``/``id``, ``text``, optional ``instruction``), a two-column TSV, or an
+    ir_datasets collection (``irds:<id>``)."""
+    if (dataset := irds_id(path)) is not None:
+        return tuple(Query(query_id=query.query_id, text=_irds_text(query))
+                     for query in _irds(dataset, "queries").queries_iter()), []
     queries: list[Query] = []
     problems: list[LoadProblem] = []
     seen: set[str] = set()
@@ -347,8 +351,13 @@ def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
 
 
 def load_qrels(path: Path) -> tuple[dict[str, dict[str, int]], list[LoadProblem]]:
-    """Judgments from BEIR TSV (``query-id corpus-id score``, header optional) or TREC qrels (4 columns)."""
+    """Judgments from BEIR TSV (``query-id corpus-id score``, header optional), TREC qrels (4 columns), or an
+    ir_datasets collection (``irds:<id>``)."""
     qrels: dict[str, dict[str, int]] = {}
+    if (dataset := irds_id(path)) is not None:
+        for judgment in _irds(dataset, "qrels").qrels_iter():
+            qrels.setdefault(judgment.query_id, {})[judgment.doc_id] = int(judgment.relevance)
+        return qrels, []
     problems: list[LoadProblem] = []
     for number, cells in column_lines(path, problems):
         if number == 1 and cells[0] in {"query-id", "query_id", "qid"}:
@@ -375,6 +384,8 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
     Raises ``CorpusError`` naming file and line for every fatal problem, unless ``settings.skip_bad``.
     """
     path = settings.corpus
+    if (dataset := irds_id(path)) is not None:
+        return _irds_corpus(path, dataset)
     if not path.exists():
         raise CorpusError(f"{path}: no such file or folder")
     queries: tuple[Query, ...] = ()
@@ -405,6 +416,53 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
         raise CorpusError(f"{path}: no documents could be loaded", problems)
     return Corpus(source=path, documents=tuple(collector.documents), queries=queries, qrels=qrels,
                   problems=tuple(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ir_datasets collections
+
+IRDS_PREFIX = "irds:"
+
+
+def irds_id(path: Path | str) -> str | None:
+    """The ir_datasets id ``path`` names (``irds:beir/scifact/test``), or None for a file or folder."""
+    text = str(path)
+    return text.removeprefix(IRDS_PREFIX) if text.startswith(IRDS_PREFIX) else None
+
+
+def _irds(dataset: str, part: str) -> Any:
+    """The ir_datasets collection (downloaded the first time, by ir_datasets), or CorpusError saying why not."""
+    try:
+        import ir_datasets
+    except ImportError:
+        raise CorpusError(f"{IRDS_PREFIX}{dataset}: reading ir_datasets collections needs ir_datasets: "
+                          "pip install 'explainable-search[irds]'") from None
+    try:
+        collection = ir_datasets.load(dataset)
+    except KeyError:
+        raise CorpusError(f"{IRDS_PREFIX}{dataset}: not an ir_datasets id (see https://ir-datasets.com)") from None
+    if not getattr(collection, f"has_{part}")():
+        raise CorpusError(f"{IRDS_PREFIX}{dataset}: the collection has no {part}; name a subset that has them "
+                          f"(see https://ir-datasets.com/{dataset.split('/')[0]}.html)")
+    return collection
+
+
+def _irds_text(record: Any) -> str:
+    """A query's or document's text: its ``text`` field, else ir_datasets' ``default_text()``."""
+    text = getattr(record, "text", None)
+    return text if isinstance(text, str) else record.default_text()
+
+
+def _irds_corpus(path: Path, dataset: str) -> Corpus:
+    """The collection's documents, with its queries and judgments when it has them."""
+    collection = _irds(dataset, "docs")
+    documents = tuple(Document(doc_id=document.doc_id, title=getattr(document, "title", "") or "",
+                               text=_irds_text(document)) for document in collection.docs_iter())
+    if not documents:
+        raise CorpusError(f"{path}: no documents could be loaded")
+    queries = load_queries(path)[0] if collection.has_queries() else ()
+    qrels = load_qrels(path)[0] if collection.has_qrels() else {}
+    return Corpus(source=path, documents=documents, queries=queries, qrels=qrels)
 
 
 # ---------------------------------------------------------------------------------------------------------

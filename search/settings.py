@@ -89,7 +89,8 @@ STORAGE = Storage.find()
 class CorpusSettings:
     """Where the corpus is and how its records are read."""
 
-    corpus: Path = _setting(SAMPLE_CORPUS, "corpus: a BEIR folder, a JSONL/CSV/TSV file or a folder of .txt/.md")
+    corpus: Path = _setting(SAMPLE_CORPUS, "corpus: a BEIR folder, a JSONL/CSV/TSV file, a folder of .txt/.md, or "
+                                           "irds:<ir_datasets id>")
     id_field: str = _setting("", "record field holding the document id (default: _id, id, docid or doc_id)")
     title_field: str = _setting("", "record field holding the title (default: title, if present)")
     text_field: str = _setting("", "record field holding the text (default: text, contents or body)")
@@ -269,14 +270,18 @@ class Settings:
         return cls().replace(**values)
 
     def replace(self, **values: Any) -> Settings:
-        """A copy with the named fields changed, wherever in the groups they live."""
+        """A copy with the named fields changed, wherever in the groups they live; text given for a setting of
+        another type (a path, a number) is read as its flag would be."""
         sections: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
         by_name = {option.name: option for option in options()}
         for name, value in values.items():
             if name not in by_name:
                 raise SettingsError(f"unknown setting {name!r}")
-            section = by_name[name].section
+            option = by_name[name]
+            if isinstance(value, str) and isinstance(option.type, type) and option.type is not str:
+                value = option.parse(value, source=f"setting {name}")
+            section = option.section
             if section:
                 sections.setdefault(section, {})[name] = value
             else:

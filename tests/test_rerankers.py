@@ -247,7 +247,7 @@ def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, n
     def script(request: GenerationRequest) -> Any:
         return EngineError("server answered 500") if "passage 4 about" in request.prompt else judge(request)
 
-    for cache in (JudgmentCache(tmp_path / "judgments.sqlite3"),) * 2:
+    for attempt, cache in enumerate((JudgmentCache(tmp_path / "judgments.sqlite3"),) * 2):
         reranker = reranker_on(ScriptedEngine(tokenizer, script), name, budget=32, cache=cache)
         run = reranker.start_run(QUERY, SCRIPTED)
         events, _ = rerank(reranker, SCRIPTED)
@@ -264,8 +264,14 @@ def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, n
                 assert dataclasses.replace(run.summary(), elapsed_s=0) == Summary(
                     total=len(SCRIPTED), judged=run.documents_done(), failed=run.documents_failed(), tokens=tokens,
                     pending_tokens=sum(state.tokens for state in unfinished), elapsed_s=0,
-                    explained=sum(state.evidence is not None for state in states))
+                    explained=sum(state.evidence is not None for state in states),
+                    prompt_tokens=sum(state.outcome.prompt_tokens for state in states if state.outcome and not
+                                      state.outcome.from_cache))
         assert run.documents_failed() >= 1 and run.documents_done() >= 1
+        if attempt == 0:
+            assert run.summary().prompt_tokens > 20 * len(SCRIPTED) // 2  # the prompts sent (the failures' too)
+        elif isinstance(run, PointwiseRun):
+            assert run.summary().prompt_tokens == 0  # replayed, or failed: no prompt counted
 
 
 @pytest.mark.parametrize("name", NAMES)

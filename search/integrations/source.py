@@ -48,7 +48,8 @@ class HttpReranker:
     ``rerank`` and ``arerank``: the results come back whole, reasoning and the reranker's fields included."""
 
     base_url: str
-    api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("EXPLAINABLE_SEARCH_API_KEY", ""))
+    api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("EXPLAINABLE_SEARCH_API_KEY", ""),
+                                     repr=False)
     """The server's ``--api-key``; by default the ``EXPLAINABLE_SEARCH_API_KEY`` variable, as the server reads it."""
     model: str | None = None
     timeout_s: float = 600.0

@@ -6,6 +6,7 @@ keeps; then that its row of docs/api.md's table says exactly that."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from servers import serve_process
 
 from search.api import ReasoningReranker, open_reranker
 from search.corpus import load_corpus
-from search.integrations.source import HttpReranker, RerankOptions
+from search.integrations.source import HttpReranker, RerankApiError, RerankOptions
 from search.settings import REPO_ROOT, SAMPLE_CORPUS, CorpusSettings
 
 pytestmark = pytest.mark.xdist_group("clients")  # one server for the module
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM's price list, without fetching it
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 QUERY = "which planets have no moons"
 SETTINGS = {"reranker": "assessor", "budget": 6}
 """What each client asks for: not the server's defaults (rank1, budget 8), so the log shows they arrived."""
@@ -271,3 +274,12 @@ def test_our_haystack_ranker_keeps_the_reasoning_and_serialises(server: Server, 
     if isinstance(source, str):
         loaded = Pipeline.loads(pipeline.dumps(), allowed_modules=["search.integrations.haystack"])
         assert loaded.get_component("ranker").reranker == HttpReranker(base_url=source)
+
+
+def test_our_http_reranker_says_which_url_refused_and_why(server: Server) -> None:
+    with pytest.raises(RerankApiError, match=r"/v1/rerank: 400: query: empty"):
+        HttpReranker(base_url=server.url).rerank(" ", ["a document"])
+    with pytest.raises(RerankApiError, match=r"/v1/rerank: 422: model: 'demo\?depth=2': unknown setting 'depth'"):
+        HttpReranker(base_url=server.url, model="demo?depth=2").rerank("q", ["a document"])
+    with pytest.raises(RerankApiError, match=re.escape("http://127.0.0.1:9/v1/rerank: ")):
+        HttpReranker(base_url="http://127.0.0.1:9").rerank("q", ["a document"])

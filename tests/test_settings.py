@@ -39,3 +39,12 @@ def test_bad_values_name_their_source() -> None:
         parse("--passage-window", "10", "--passage-overlap", "10")
     with pytest.raises(SystemExit):
         parse("--fusion", "sum")
+
+
+def test_replace_reads_text_given_for_a_path_or_a_number_as_its_flag_would() -> None:
+    """``open_reranker(..., judgment_cache_path="runs/j.sqlite3", budget="64")`` must not keep strings."""
+    settings = Settings().replace(judgment_cache_path="runs/j.sqlite3", budget="64", evidence="true")
+    assert settings.rerank.judgment_cache_path == Path("runs/j.sqlite3")
+    assert (settings.rerank.budget, settings.rerank.evidence) == (64, True)
+    with pytest.raises(SettingsError, match="setting budget must be int"):
+        Settings().replace(budget="many")

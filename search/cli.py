@@ -246,8 +246,8 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     reranker = _open_reranker(settings, JudgmentCache(args.out / STATE_FILE), choice)
     spec = BatchSpec.of(inputs.digest(), rerank, reranker)
-    sources = {"corpus": str(corpus.source), "queries": str(args.queries or corpus.source / "queries.jsonl"),
-               "run": str(args.run)}
+    own_queries = corpus.source if irds_id(corpus.source) is not None else corpus.source / "queries.jsonl"
+    sources = {"corpus": str(corpus.source), "queries": str(args.queries or own_queries), "run": str(args.run)}
     store = BatchStore.open(args.out, spec, inputs, sources=sources, qrels=qrels)
     concurrency = rerank.concurrency or reranker.engine.capacity
     print(f"reranking with {reranker.describe()}, {concurrency} requests at once", file=sys.stderr)

@@ -94,6 +94,8 @@ def test_an_ir_datasets_collection_loads_by_id_with_its_queries_and_qrels(batch:
     assert {trace["query_id"]: trace["query"] for trace in traces} == {query: texts[query] for query in CANDIDATES}
     metrics = json.loads((batch.out / "metrics.json").read_text())  # the report needs the collection's qrels
     assert metrics, "no metrics: the qrels did not load"
+    report = (batch.out / "report.md").read_text()
+    assert f"- corpus: `irds:{DATASET}`" in report and f"- queries: `irds:{DATASET}`" in report
 
 
 def test_queries_and_qrels_from_ir_datasets_beside_a_corpus_file(tmp_path: Path, irds_home: Path) -> None:

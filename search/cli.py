@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn, get_args
 
 from search.batch import (
+    BatchInputs,
     BatchProgress,
     BatchSpec,
     BatchStore,
@@ -24,8 +25,9 @@ from search.batch import (
     write_outputs,
 )
 from search.batch.report import REPORT_FILE
+from search.batch.runner import ClusterError
 from search.batch.store import STATE_FILE
-from search.corpus import Corpus, CorpusError, irds_id, load_corpus
+from search.corpus import Corpus, CorpusError, Qrels, irds_id, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, retrieve_run
@@ -235,6 +237,28 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"left out: {problem}", file=sys.stderr)
     qrels = read_qrels(args.qrels) if args.qrels else (corpus.qrels or None)
     print(f"{len(inputs.queries)} queries, {inputs.document_count} documents to rerank", file=sys.stderr)
+    own_queries = corpus.source if irds_id(corpus.source) is not None else corpus.source / "queries.jsonl"
+    sources = {"corpus": str(corpus.source), "queries": str(args.queries or own_queries), "run": str(args.run)}
+    try:
+        if settings.cluster.ray:
+            store, progress = _rerank_run_on_ray(args, settings, inputs, sources, qrels)
+        else:
+            store, progress = _rerank_run_here(args, settings, corpus, inputs, sources, qrels)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished judgment is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    view = view_batch(store)
+    written = write_outputs(args.out, view, store.qrels())
+    print((args.out / REPORT_FILE).read_text(encoding="utf-8"))
+    print(f"judged {progress.documents_done - progress.resumed} documents in this run ({progress.resumed} judged "
+          f"before, {progress.replayed} outcomes replayed from the cache)")
+    print("written: " + ", ".join(path.name for path in written), file=sys.stderr)
+    return 1 if view.failed else 0
+
+
+def _rerank_run_here(args: argparse.Namespace, settings: Settings, corpus: Corpus, inputs: BatchInputs,
+                     sources: dict[str, str], qrels: Qrels | None) -> tuple[BatchStore, BatchProgress]:
+    """The batch on this machine's engine."""
     rerank = settings.rerank
     choice = choose(settings.serving, rerank.reranker)
     model_key = planned_model_key(settings.serving, choice)
@@ -245,28 +269,41 @@ def command_rerank_run(args: argparse.Namespace, settings: Settings) -> int:
             corpus, args.queries, args.run, top_k, skip_bad=settings.loading.skip_bad).digest())
     args.out.mkdir(parents=True, exist_ok=True)
     reranker = _open_reranker(settings, JudgmentCache(args.out / STATE_FILE), choice)
-    spec = BatchSpec.of(inputs.digest(), rerank, reranker)
-    own_queries = corpus.source if irds_id(corpus.source) is not None else corpus.source / "queries.jsonl"
-    sources = {"corpus": str(corpus.source), "queries": str(args.queries or own_queries), "run": str(args.run)}
-    store = BatchStore.open(args.out, spec, inputs, sources=sources, qrels=qrels)
+    store = BatchStore.open(args.out, BatchSpec.of(inputs.digest(), rerank, reranker), inputs, sources=sources,
+                            qrels=qrels)
     concurrency = rerank.concurrency or reranker.engine.capacity
     print(f"reranking with {reranker.describe()}, {concurrency} requests at once", file=sys.stderr)
     try:
         progress = asyncio.run(run_batch(inputs, store, reranker, concurrency=concurrency, report=_batch_bar()))
         for line in reranker.engine.report():
             print(line)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every finished judgment is kept; run the same command to resume", file=sys.stderr)
-        return 130
     finally:
         close_engines()
-    view = view_batch(store)
-    written = write_outputs(args.out, view, store.qrels())
-    print((args.out / REPORT_FILE).read_text(encoding="utf-8"))
-    print(f"judged {progress.documents_done - progress.resumed} documents in this run ({progress.resumed} judged "
-          f"before, {progress.replayed} outcomes replayed from the cache)")
-    print("written: " + ", ".join(path.name for path in written), file=sys.stderr)
-    return 1 if view.failed else 0
+    return store, progress
+
+
+def _rerank_run_on_ray(args: argparse.Namespace, settings: Settings, inputs: BatchInputs, sources: dict[str, str],
+                       qrels: Qrels | None) -> tuple[BatchStore, BatchProgress]:
+    """The batch on a Ray cluster's workers (search/batch/cluster.py); the store and outputs stay here."""
+    try:
+        from search.batch.cluster import connect, run_batch_on_ray, start_workers, stop_workers
+    except ImportError as error:
+        raise ClusterError(str(error)) from None
+    connect(settings.cluster.ray)
+    workers = start_workers(settings.replace(judgment_cache=False))  # the batch's store keeps what they send
+    try:
+        first = workers[0].spec
+        args.out.mkdir(parents=True, exist_ok=True)
+        spec = BatchSpec.planned(inputs.digest(), settings.rerank, model=first.model_key, budget=first.budget)
+        store = BatchStore.open(args.out, spec, inputs, sources=sources, qrels=qrels)
+        nodes = sorted({worker.spec.node for worker in workers})
+        print(f"reranking on Ray: {len(workers)} workers on {', '.join(nodes)}, each {first.description}, "
+              f"{first.concurrency} requests at once", file=sys.stderr)
+        progress = asyncio.run(run_batch_on_ray(inputs, store, settings, workers, report=_batch_bar(), lost=lambda
+                                                retry: print(f"\nretrying {retry.describe()}", file=sys.stderr)))
+    finally:
+        stop_workers(workers)
+    return store, progress
 
 
 def command_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -393,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = from_arguments(args, choices=SETTING_CHOICES)
         return args.handler(args, settings)
-    except (CorpusError, SettingsError, EngineError, DemoModelError, BatchStoreError) as error:
+    except (CorpusError, SettingsError, EngineError, DemoModelError, BatchStoreError, ClusterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -224,6 +224,20 @@ class RerankSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterSettings:
+    """Past one machine: the Ray cluster rerank-run runs on."""
+
+    ray: str = _setting("", "rerank-run: run on a Ray cluster: auto (the one this machine is part of) or its "
+                            "address, e.g. ray://head:10001 (empty: this machine only)")
+    ray_workers: int = _setting(0, "rerank-run --ray: workers, each with the model on its engine (0: one per GPU; "
+                                   "on a cluster without GPUs, one per node)")
+
+    def __post_init__(self) -> None:
+        if self.ray_workers < 0:
+            raise SettingsError(f"ray_workers must be 0 (one per GPU, or per node) or more, got {self.ray_workers}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ApiSettings:
     """The rerank API (``/v1/rerank``, beside the page and in ``python -m search serve``): who may call it and
     how much one request may ask."""
@@ -251,6 +265,7 @@ class Settings:
     rerank: RerankSettings = field(default_factory=RerankSettings)
     serving: EngineSettings = field(default_factory=EngineSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     index_dir: Path = _setting(STORAGE.cache / "indexes", "where built indexes are kept, keyed by fingerprint")
     annotations: Path = _setting(STORAGE.data / "annotations.sqlite3", "SQLite file of annotation projects")
     batches: Path = _setting(STORAGE.data / "batches", "folder whose rerank-run outputs (one folder each) the "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ir_measures import RR, R, nDCG
 
 from search.annotation.agreement import cohen_kappa, krippendorff_alpha
-from search.batch.store import BatchStore
+from search.batch.store import BatchStore, Retry
 from search.corpus import Passage, Qrels
 from search.evaluation import Comparison, compare
 from search.rerank.base import Run
@@ -66,6 +66,8 @@ class BatchView:
     judged: int
     failed: int
     documents: int
+    retries: tuple[Retry, ...] = ()
+    """Queries sent again after a lost worker (``--ray``)."""
 
     @property
     def finished(self) -> tuple[QueryView, ...]:
@@ -117,7 +119,7 @@ def view_batch(store: BatchStore) -> BatchView:
         views.append(QueryView(query_id=query.query_id, run=run))
     return BatchView(reranker=spec.reranker, model=spec.model, top_k=spec.top_k, sources=store.sources(),
                      queries=tuple(views), first_stage=first_stage, judged=judged, failed=failed,
-                     documents=documents)
+                     documents=documents, retries=tuple(store.retries()))
 
 
 def comparison(view: BatchView, qrels: Qrels) -> Comparison | None:
@@ -217,6 +219,9 @@ def report_markdown(view: BatchView, result: Comparison | None, agreement: Grade
     lines = [f"# Batch report\n\n{view.status()}\n"]
     for name, path in view.sources.items():
         lines.append(f"- {name}: `{path}`")
+    if view.retries:
+        lines.append("\nRetried after a lost worker:\n")
+        lines += [f"- {retry.describe()}" for retry in view.retries]
     if result is None:
         lines.append("\nNo metrics: no qrels were given, or none of the finished queries is judged in them.")
         return "\n".join(lines) + "\n"

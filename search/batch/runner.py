@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from search.batch.inputs import BatchInputs, BatchQuery
 from search.batch.store import BatchStore
 from search.rerank.base import Reranker, Run
+from search.rerank.events import Event
 from search.retrieval.ranking import Candidate
 
 
@@ -54,50 +55,77 @@ class BatchProgress:
 Report = Callable[[BatchProgress], None]
 
 
+class ClusterError(RuntimeError):
+    """A cluster cannot run the batch (``--ray``); the message names the address or the resource, and what to
+    do."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
-class _Work:
+class Work:
     """One query still to rerank: its run (with what the batch kept folded in) and the candidates to send."""
 
     item: BatchQuery
     run: Run
     todo: tuple[Candidate, ...]
 
+    def again(self) -> Work:
+        """The same query after a lost worker: only what its run still lacks (what arrived is kept)."""
+        return Work(item=self.item, run=self.run, todo=self.run.unfinished())
+
+
+def plan_batch(inputs: BatchInputs, store: BatchStore, new_run: Callable[[BatchQuery], Run]
+               ) -> tuple[list[Work], BatchProgress]:
+    """Each query with what the batch kept folded into a fresh run (``new_run``), those with anything left to do,
+    and the progress so far."""
+    kept = store.kept_by_query()
+    work = []
+    done = failed = 0
+    for item in inputs.queries:
+        run = new_run(item)
+        for event in kept.get(item.query.query_id, []):
+            run.apply(event)
+        done, failed = done + run.documents_done(), failed + run.documents_failed()
+        if todo := run.unfinished():
+            work.append(Work(item=item, run=run, todo=todo))
+    progress = BatchProgress(queries=len(inputs.queries), documents=inputs.document_count, documents_done=done,
+                             resumed=done, failed=failed, queries_done=len(inputs.queries) - len(work))
+    return work, progress
+
 
 async def run_batch(inputs: BatchInputs, store: BatchStore, reranker: Reranker, *, concurrency: int,
                     report: Report) -> BatchProgress:
     """Rerank what is not yet done; ``report`` is called after every kept event (and query). At most
     ``concurrency`` engine requests are in flight, across as many queries as it takes to keep them busy."""
-    kept = store.kept_by_query()
-    work = []
-    done = failed = 0
-    for item in inputs.queries:
-        run = reranker.start_run(item.query.text, item.candidates, instruction=item.query.instruction)
-        for event in kept.get(item.query.query_id, []):
-            run.apply(event)
-        done, failed = done + run.documents_done(), failed + run.documents_failed()
-        if todo := run.unfinished():
-            work.append(_Work(item=item, run=run, todo=todo))
-    progress = BatchProgress(queries=len(inputs.queries), documents=inputs.document_count, documents_done=done,
-                             resumed=done, failed=failed, queries_done=len(inputs.queries) - len(work))
+    work, progress = plan_batch(inputs, store, lambda item: reranker.start_run(
+        item.query.text, item.candidates, instruction=item.query.instruction))
     report(progress)
-    widest = max((reranker.requests_per_query(len(item.todo)) for item in work), default=1)
     slots = asyncio.Semaphore(concurrency)
     waiting = iter(work)
 
     async def worker() -> None:
         for item in waiting:  # shared by the workers: each takes the next query not yet taken
-            await _rerank_query(item, store, reranker, slots, progress, report)
+            query = item.item.query
+            await rerank_query(item, store, reranker.stream(query.text, item.todo, instruction=query.instruction,
+                                                            slots=slots), progress, report)
             progress.queries_done += 1
             report(progress)
 
-    await asyncio.gather(*(worker() for _ in range(min(math.ceil(concurrency / widest) + 1, len(work)))))
+    lanes = query_lanes(concurrency, max((reranker.requests_per_query(len(item.todo)) for item in work), default=1))
+    await asyncio.gather(*(worker() for _ in range(min(lanes, len(work)))))
     return progress
 
 
-async def _rerank_query(work: _Work, store: BatchStore, reranker: Reranker, slots: asyncio.Semaphore,
-                        progress: BatchProgress, report: Report) -> None:
+def query_lanes(concurrency: int, widest: int) -> int:
+    """How many queries to stream at once to keep ``concurrency`` requests busy when one query sends at most
+    ``widest`` at a time: one more than fill them, so the next query is ready when one ends."""
+    return math.ceil(concurrency / widest) + 1
+
+
+async def rerank_query(work: Work, store: BatchStore, events: AsyncIterator[Event], progress: BatchProgress,
+                       report: Report) -> None:
+    """Fold one query's ``events`` into its run, keeping (and counting) what the run says to keep as it lands."""
     query, run = work.item.query, work.run
-    async for event in reranker.stream(query.text, work.todo, instruction=query.instruction, slots=slots):
+    async for event in events:
         before = (run.documents_done(), run.documents_failed(), run.summary().tokens)
         run.apply(event)
         kept = run.durable(event)

@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS kept_events (
     updated REAL NOT NULL,
     PRIMARY KEY (query_id, subject)
 );
+CREATE TABLE IF NOT EXISTS retries (
+    query_id TEXT NOT NULL,
+    lost TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    documents INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -85,6 +92,20 @@ class Kept:
     """It came from the judgment cache: a process before this one computed it."""
     attempts: int
     """How many times its subject (a document, a window) was recorded: a failure is replaced by a later try."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retry:
+    """A query sent again because the worker reranking it was lost (``--ray``): where it was, why, and how many
+    of its documents were still unfinished (the rest had arrived and were kept)."""
+
+    query_id: str
+    lost: str
+    reason: str
+    documents: int
+
+    def describe(self) -> str:
+        return f"{self.query_id}: {self.documents} documents re-run, the worker on {self.lost} lost ({self.reason})"
 
 
 class BatchStore:
@@ -217,6 +238,14 @@ class BatchStore:
         for query_id, event, replayed, attempts in rows.fetchall():
             yield Kept(query_id=query_id, event=event_from_json(json.loads(event)), replayed=bool(replayed),
                        attempts=attempts)
+
+    def record_retry(self, retry: Retry) -> None:
+        self._db.execute("INSERT INTO retries VALUES (?, ?, ?, ?, ?)",
+                         (retry.query_id, retry.lost, retry.reason, retry.documents, time.time()))
+
+    def retries(self) -> list[Retry]:
+        return [Retry(query_id=query_id, lost=lost, reason=reason, documents=documents) for query_id, lost, reason,
+                documents in self._db.execute("SELECT query_id, lost, reason, documents FROM retries ORDER BY at")]
 
     def kept_by_query(self) -> dict[str, list[Event]]:
         found: dict[str, list[Event]] = {}

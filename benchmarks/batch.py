@@ -4,6 +4,11 @@ second), then through two servers (the share of requests each took).
 
     .venv/bin/python benchmarks/batch.py [--queries 12] [--top-k 4] [--budget 64] [--concurrency 16]
     .venv/bin/python benchmarks/batch.py --driver [--queries 4] [--top-k 100]
+    .venv/bin/python benchmarks/batch.py --ray [--queries 12] [--top-k 4] [--budget 64]
+
+``--ray`` measures the cost of Ray instead, on the transformers engine: the batch in process, then through Ray on one
+node (one worker with both cores: Ray's overhead only; target at least 0.9 of the in-process rate), then on a local
+cluster of two nodes of one core each (one worker each: how the work spreads, on the same two cores).
 
 ``--driver`` measures the batch runner's own CPU time per event instead: rank1 on an engine that answers at once
 from a script (every document reasons ``--budget`` tokens, one event each, then is judged), so that the process's
@@ -47,17 +52,9 @@ MAX_MODEL_LEN = 2048
 
 def _batch(engine: Engine, run: Path, budget: int, concurrency: int) -> dict:
     """Rerank the run file's queries into a fresh folder; seconds and counts."""
-    inputs = load_batch(load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS)), None, run, 10_000)
     reranker = Rank1Reranker(engine, model_key="demo", budget=budget, settings=RerankSettings())
-    with tempfile.TemporaryDirectory() as out:
-        spec = BatchSpec(inputs=inputs.digest(), top_k=10_000, reranker="rank1", model="demo", budget=budget)
-        store = BatchStore.open(Path(out), spec, inputs, sources={})
-        start = time.perf_counter()
-        progress = asyncio.run(run_batch(inputs, store, reranker, concurrency=concurrency, report=lambda _: None))
-        seconds = time.perf_counter() - start
-        store.close()
-    return {"judgments": progress.documents_done, "failed": progress.failed, "tokens": progress.tokens,
-            "seconds": seconds}
+    return _timed_batch(run, lambda inputs, store: run_batch(inputs, store, reranker, concurrency=concurrency,
+                                                             report=lambda _: None))
 
 
 def _measured(engine: Engine, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
@@ -168,6 +165,74 @@ def tokens_of_one(tokenizer: object) -> object:
                            logprobs=({},))
 
 
+def _timed_batch(run: Path, rerank: object) -> dict:
+    """``rerank(inputs, store)`` (a coroutine giving the progress) over the run file, in a fresh folder."""
+    inputs = load_batch(load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS)), None, run, 10_000)
+    with tempfile.TemporaryDirectory() as out:
+        spec = BatchSpec(inputs=inputs.digest(), top_k=10_000, reranker="rank1", model="demo", budget=0)
+        store = BatchStore.open(Path(out), spec, inputs, sources={})
+        start = time.perf_counter()
+        progress = asyncio.run(rerank(inputs, store))
+        seconds = time.perf_counter() - start
+        store.close()
+    return {"judgments": progress.documents_done, "failed": progress.failed, "tokens": progress.tokens,
+            "seconds": seconds}
+
+
+def ray_settings(budget: int, concurrency: int) -> Settings:
+    return Settings().replace(model="demo", engine="transformers", budget=budget, concurrency=concurrency,
+                              judgment_cache=False)
+
+
+def transformers_case(warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+    from search.pipeline import build_reranker, open_model
+
+    settings = ray_settings(budget, concurrency)
+    reranker = build_reranker(settings.rerank, open_model(settings.serving, "rank1"))
+
+    def rerank(inputs: object, store: BatchStore) -> object:
+        return run_batch(inputs, store, reranker, concurrency=concurrency, report=lambda _: None)
+
+    _timed_batch(warmup, rerank)
+    return {"case": "in process (transformers)", **_timed_batch(run, rerank)}
+
+
+def ray_case(address: str, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+    from search.batch.cluster import run_batch_on_ray, start_workers, stop_workers
+    from search.cluster import connect
+
+    settings = ray_settings(budget, concurrency)
+    connect(address)
+    workers = start_workers(settings)
+    try:
+        def rerank(inputs: object, store: BatchStore) -> object:
+            return run_batch_on_ray(inputs, store, settings, workers, report=lambda _: None)
+
+        _timed_batch(warmup, rerank)
+        nodes = len({worker.spec.node for worker in workers}), len(workers)
+        return {"case": f"Ray, {nodes[1]} worker{'s' if nodes[1] > 1 else ''}", **_timed_batch(run, rerank)}
+    finally:
+        stop_workers(workers)
+
+
+def ray_rows(warmup: Path, run: Path, budget: int, concurrency: int) -> list[dict]:
+    """In process, then Ray on one node of two cores, then on two nodes of one core each."""
+    from ray.cluster_utils import Cluster
+
+    rows = [in_fresh_process(transformers_case, warmup, run, budget, concurrency)]
+    for layout in ((2,), (1, 1)):
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": layout[0]})
+        for cpus in layout[1:]:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        try:
+            row = in_fresh_process(ray_case, cluster.address, warmup, run, budget, concurrency)
+        finally:
+            cluster.shutdown()
+        rows.append({**row, "case": f"{row['case']} on {len(layout)} node{'s' if len(layout) > 1 else ''}"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=12)
@@ -175,6 +240,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--driver", action="store_true", help="the runner's CPU time per event (no model)")
+    parser.add_argument("--ray", action="store_true", help="in process against Ray on one and two local nodes")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.driver:
@@ -186,11 +252,14 @@ def main() -> None:
     model = ensure_demo_model()
     settings = (args.budget, args.concurrency)
     with run_files(args.queries, args.top_k) as (warmup, run), tempfile.TemporaryDirectory() as logs:
-        rows = [in_fresh_process(in_process_case, warmup, run, *settings)]
-        with vllm_servers(model, Path(logs), 1) as (server,):
-            rows.append(in_fresh_process(server_case, [server.url], warmup, run, *settings))
-        with vllm_servers(model, Path(logs), 2) as servers:
-            rows.append(in_fresh_process(server_case, [item.url for item in servers], warmup, run, *settings))
+        if args.ray:
+            rows = ray_rows(warmup, run, *settings)
+        else:
+            rows = [in_fresh_process(in_process_case, warmup, run, *settings)]
+            with vllm_servers(model, Path(logs), 1) as (server,):
+                rows.append(in_fresh_process(server_case, [server.url], warmup, run, *settings))
+            with vllm_servers(model, Path(logs), 2) as servers:
+                rows.append(in_fresh_process(server_case, [item.url for item in servers], warmup, run, *settings))
     base = rows[0]["judgments"] / rows[0]["seconds"]
     for row in rows:
         rate = row["judgments"] / row["seconds"]

@@ -25,8 +25,8 @@ from search.batch import (
     write_outputs,
 )
 from search.batch.report import REPORT_FILE
-from search.batch.runner import ClusterError
 from search.batch.store import STATE_FILE
+from search.cluster import ClusterError, connect
 from search.corpus import Corpus, CorpusError, Qrels, irds_id, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
@@ -285,19 +285,17 @@ def _rerank_run_here(args: argparse.Namespace, settings: Settings, corpus: Corpu
 def _rerank_run_on_ray(args: argparse.Namespace, settings: Settings, inputs: BatchInputs, sources: dict[str, str],
                        qrels: Qrels | None) -> tuple[BatchStore, BatchProgress]:
     """The batch on a Ray cluster's workers (search/batch/cluster.py); the store and outputs stay here."""
-    try:
-        from search.batch.cluster import connect, run_batch_on_ray, start_workers, stop_workers
-    except ImportError as error:
-        raise ClusterError(str(error)) from None
-    connect(settings.cluster.ray)
+    connect(settings.cluster.ray)  # Ray is there, and so is the cluster
+    from search.batch.cluster import run_batch_on_ray, start_workers, stop_workers
+
     workers = start_workers(settings.replace(judgment_cache=False))  # the batch's store keeps what they send
     try:
         first = workers[0].spec
         args.out.mkdir(parents=True, exist_ok=True)
         spec = BatchSpec.planned(inputs.digest(), settings.rerank, model=first.model_key, budget=first.budget)
         store = BatchStore.open(args.out, spec, inputs, sources=sources, qrels=qrels)
-        nodes = sorted({worker.spec.node for worker in workers})
-        print(f"reranking on Ray: {len(workers)} workers on {', '.join(nodes)}, each {first.description}, "
+        where = ", ".join(f"pid {worker.spec.pid} on {worker.spec.node}" for worker in workers)
+        print(f"reranking on Ray: {len(workers)} workers ({where}), each {first.description}, "
               f"{first.concurrency} requests at once", file=sys.stderr)
         progress = asyncio.run(run_batch_on_ray(inputs, store, settings, workers, report=_batch_bar(), lost=lambda
                                                 retry: print(f"\nretrying {retry.describe()}", file=sys.stderr)))

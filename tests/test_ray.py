@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,8 +24,9 @@ from search.settings import REPO_ROOT, SAMPLE_CORPUS
 
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster for the module
 QUERIES = ("q01", "q02", "q05", "q06")
-WORKER_PROCESS = "RerankWorker"
-"""Ray names a worker process after its actor's class (``ray::RerankWorker``)."""
+WORKER_PROCESSES = ("RerankWorker", "_Encoder")
+"""Ray names a worker process after its actor's class (``ray::RerankWorker``; Ray Data's
+``MapWorker(MapBatches(_Encoder))``)."""
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +81,14 @@ def kept(out: Path) -> dict[tuple[str, str], float]:
                 db.execute("SELECT query_id, subject, updated FROM kept_events")}
 
 
-def no_workers_left() -> bool:
+def no_workers_left(printed: str = "") -> bool:
+    """Within 30 s, no process of a worker: those the command named (``pid N on``), and none by Ray's name."""
+    pids = [int(pid) for pid in re.findall(r"pid (\d+) on ", printed)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if not [process for process in psutil.process_iter(["cmdline"])
-                if WORKER_PROCESS in " ".join(process.info["cmdline"] or [])]:
+        if not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
+                   ) and not [process for process in psutil.process_iter(["cmdline"])
+                              if any(name in " ".join(process.info["cmdline"] or []) for name in WORKER_PROCESSES)]:
             return True
         time.sleep(0.5)
     return False
@@ -100,10 +105,10 @@ def here(candidates: Path, tmp_path_factory: pytest.TempPathFactory, demo_model:
 def test_a_batch_on_two_nodes_equals_one_machines_by_id(cluster: Cluster, candidates: Path, here: Path,
                                                         tmp_path: Path) -> None:
     printed = finished(rerank_run(candidates, tmp_path / "out", "--ray", cluster.address))
-    assert "reranking on Ray: 2 workers" in printed
+    assert "reranking on Ray: 2 workers" in printed and len(re.findall(r"pid \d+ on ", printed)) == 2
     assert judgments(tmp_path / "out") == judgments(here)
     assert (tmp_path / "out" / "run.trec").read_text() == (here / "run.trec").read_text()
-    assert no_workers_left()
+    assert no_workers_left(printed)
 
 
 def test_a_node_lost_mid_run_and_its_queries_finish_on_the_other(cluster: Cluster, candidates: Path, here: Path,
@@ -119,7 +124,7 @@ def test_a_node_lost_mid_run_and_its_queries_finish_on_the_other(cluster: Cluste
     assert judgments(out) == judgments(here)  # every judgment, each once
     report = (out / "report.md").read_text()
     assert "Retried after a lost worker" in report and "retrying" in printed, report
-    assert no_workers_left()
+    assert no_workers_left(printed)
 
 
 def test_a_killed_driver_resumes_without_recomputing_what_was_kept(cluster: Cluster, candidates: Path,
@@ -139,6 +144,7 @@ def test_a_killed_driver_resumes_without_recomputing_what_was_kept(cluster: Clus
     assert {subject: after[subject] for subject in before} == before  # nothing kept was written again
     assert (out / "run.trec").read_text() == (here / "run.trec").read_text()
     assert f"({len(before)} judged before" in printed
+    assert no_workers_left(printed)
 
 def test_a_cluster_that_cannot_be_reached_is_one_line_before_anything_starts(candidates: Path,
                                                                                tmp_path: Path) -> None:
@@ -148,3 +154,36 @@ def test_a_cluster_that_cannot_be_reached_is_one_line_before_anything_starts(can
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--ray 127.0.0.1:9: no Ray cluster could be reached" in lines[0], stderr[-2000:]
     assert not (tmp_path / "out" / "batch.sqlite3").exists()
+
+
+def test_a_cluster_without_room_for_the_workers_is_one_line(cluster: Cluster, candidates: Path,
+                                                            tmp_path: Path) -> None:
+    process = rerank_run(candidates, tmp_path / "out", "--ray", cluster.address, "--ray-workers", "5")
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: --ray-workers 5: the cluster has 2 CPUs free and no GPU; each worker needs a CPU"], (
+        stderr[-2000:])
+    assert no_workers_left()
+
+
+def test_index_on_ray_equals_a_local_index(cluster: Cluster, tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    def index(folder: Path, *extra: str) -> dict[str, np.ndarray]:
+        done = subprocess.run([sys.executable, "-m", "search", "index", "--corpus", str(SAMPLE_CORPUS),
+                               "--index-dir", str(folder), *extra], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        found = {}
+        for path in folder.rglob("index.faiss"):
+            stored = faiss.read_index(str(path))
+            found[str(path.relative_to(folder))] = stored.reconstruct_n(0, stored.ntotal)
+        return found
+
+    local, on_ray = index(tmp_path / "local"), index(tmp_path / "ray", "--ray", cluster.address)
+    assert list(on_ray) == list(local) and len(local) == 1  # the same fingerprint: the same folder
+    for name, vectors in local.items():
+        assert vectors.shape == on_ray[name].shape and np.allclose(vectors, on_ray[name], atol=1e-5)
+    assert no_workers_left()

@@ -13,14 +13,15 @@ arrived is kept, never counted twice), another worker takes it, and the store re
 from __future__ import annotations
 
 import asyncio
-import socket
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from search.batch.inputs import BatchInputs
-from search.batch.runner import BatchProgress, ClusterError, Report, Work, plan_batch, query_lanes, rerank_query
+from search.batch.runner import BatchProgress, Report, Work, plan_batch, query_lanes, rerank_query
 from search.batch.store import BatchStore, Retry
+from search.cluster import ClusterError, alive_nodes
 from search.rerank.events import Event
 from search.rerank.registry import reranker_class
 from search.settings import Settings
@@ -30,12 +31,10 @@ try:
     from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError as error:  # pragma: no cover - the message is the point
-    raise ImportError("rerank-run --ray needs Ray: pip install 'explainable-search[ray]'") from error
+    raise ImportError("--ray needs Ray: pip install 'explainable-search[ray]'") from error
 
 LOST = (RayActorError, ActorUnavailableError)
 """What awaiting a worker raises when it (or its node) is gone."""
-REACH_TIMEOUT_S = 10.0
-"""How long an address may take to accept a connection before it is called unreachable."""
 MAX_TRIES = 3
 """How many times one query may lose its worker before the batch stops (it resumes where it stopped)."""
 START_TIMEOUT_S = 1800.0
@@ -47,6 +46,7 @@ class WorkerSpec:
     """What a started worker serves: the batch's fingerprint needs the model key and budget."""
 
     node: str
+    pid: int
     model_key: str
     budget: int
     description: str
@@ -64,7 +64,7 @@ class RerankWorker:
         self.slots: asyncio.Semaphore | None = None
 
     def spec(self) -> WorkerSpec:
-        return WorkerSpec(node=ray.util.get_node_ip_address(), model_key=self.reranker.model_key,
+        return WorkerSpec(node=ray.util.get_node_ip_address(), pid=os.getpid(), model_key=self.reranker.model_key,
                           budget=self.reranker.budget, description=self.reranker.describe(),
                           concurrency=self.concurrency)
 
@@ -101,27 +101,9 @@ class Worker:
             yield await reference
 
 
-def connect(address: str) -> None:
-    """Join the Ray cluster at ``address`` (``auto``: the one this machine is part of), or ClusterError. An address
-    is tried first with a plain connection: Ray itself retries one that does not answer for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if address != "auto" and host and port.isdigit():
-        try:
-            socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
-        except OSError as error:
-            raise ClusterError(f"--ray {address}: no Ray cluster could be reached ({error.strerror or error}); "
-                               "start one with `ray start --head`") from None
-    try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False, configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ClusterError(f"--ray {address}: no Ray cluster could be reached ({reason}); start one with "
-                           "`ray start --head` (and `ray start --address HEAD:6379` on the other nodes)") from None
-
-
 def _placements(workers: int) -> list[dict[str, Any]]:
-    """Each worker's Ray options: a GPU each where the cluster has GPUs, else one per node (soft affinity, so a
-    restarted worker may land elsewhere); ClusterError when the cluster has no room for them."""
+    """Each worker's Ray options: a GPU each where the cluster has GPUs, else one per node with the node's cores
+    (soft affinity, so a restarted worker may land elsewhere); ClusterError when the cluster has no room."""
     free = ray.available_resources()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
@@ -130,12 +112,14 @@ def _placements(workers: int) -> list[dict[str, Any]]:
             raise ClusterError(f"--ray-workers {count}: the cluster has {int(free.get('GPU', 0))} of {gpus} GPUs "
                                "free, one per worker")
         return [{"num_gpus": 1, "num_cpus": 1}] * count
-    nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1]
+    nodes = alive_nodes()
     count = workers or len(nodes)
     if not nodes or count > int(free.get("CPU", 0)):
         raise ClusterError(f"--ray-workers {count}: the cluster has {int(free.get('CPU', 0))} CPUs free and no GPU; "
                            "each worker needs a CPU")
-    return [{"num_cpus": 1, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+    per_node = -(-count // len(nodes))
+    cpus = max(1, min(int(node["Resources"]["CPU"]) for node in nodes) // per_node)  # a node's cores, shared out
+    return [{"num_cpus": cpus, "scheduling_strategy": NodeAffinitySchedulingStrategy(
         node_id=nodes[index % len(nodes)]["NodeID"], soft=True)} for index in range(count)]
 
 

@@ -55,10 +55,6 @@ class BatchProgress:
 Report = Callable[[BatchProgress], None]
 
 
-class ClusterError(RuntimeError):
-    """A cluster cannot run the batch (``--ray``); the message names the address or the resource, and what to
-    do."""
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Work:

@@ -49,11 +49,12 @@ def encoder_identity(name: str) -> str:
 
 
 @functools.cache
-def load_encoder(name: str) -> SentenceTransformer:
-    """The sentence-transformers model, loaded once per process."""
+def load_encoder(name: str, device: str = "cpu") -> SentenceTransformer:
+    """The sentence-transformers model (queries are encoded on the CPU; a Ray worker embeds a corpus on its
+    GPU)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(encoder_location(name), device="cpu")
+    return SentenceTransformer(encoder_location(name), device=device)
 
 
 def encode_texts(encoder: SentenceTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from search.corpus import Corpus, Passage, fingerprint_passages, load_corpus, split_documents
 from search.progress import Progress, no_progress
 from search.retrieval.bm25 import BM25Retriever
-from search.retrieval.dense import DenseRetriever, encoder_identity
+from search.retrieval.dense import DenseRetriever, encoder_identity, load_encoder
 from search.retrieval.fusion import FusedRetriever
 from search.retrieval.ranking import Ranking, Retriever
 from search.retrieval.store import IndexStore
@@ -50,13 +50,24 @@ def open_retrievers(passages: Sequence[Passage], settings: Settings, methods: It
             "dense",
             {"corpus": corpus_key, "encoder": encoder_identity(settings.dense.encoder),
              "structure": _dense_structure(len(passages), settings)},
-            build=lambda: DenseRetriever.build(passages, settings.dense, progress),
+            build=lambda: _dense_build(passages, settings, progress),
             save=DenseRetriever.save,
             load=lambda folder: DenseRetriever.load(folder, passages, settings.dense),
         )
     if "hybrid" in wanted:
         opened["hybrid"] = FusedRetriever([opened["bm25"], opened["dense"]], settings.fusion)
     return {method: opened[method] for method in wanted}
+
+
+def _dense_build(passages: Sequence[Passage], settings: Settings, progress: Progress) -> DenseRetriever:
+    """The dense index, its passages embedded here or, with ``--ray``, on the cluster."""
+    if not settings.cluster.ray:
+        return DenseRetriever.build(passages, settings.dense, progress)
+    from search.retrieval.embedding import embed_on_ray
+
+    embeddings = embed_on_ray([passage.contents for passage in passages], settings.dense, settings.cluster, progress)
+    return DenseRetriever.from_embeddings(load_encoder(settings.dense.encoder), embeddings, passages, settings.dense,
+                                          progress)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -24,6 +24,7 @@ from search.batch.store import BatchStore, Retry
 from search.cluster import ClusterError, alive_nodes
 from search.rerank.events import Event
 from search.rerank.registry import reranker_class
+from search.retrieval.ranking import Candidate
 from search.settings import Settings
 
 try:
@@ -71,7 +72,7 @@ class RerankWorker:
     def requests_per_query(self, candidates: int) -> int:
         return self.reranker.requests_per_query(candidates)
 
-    async def rerank(self, text: str, instruction: str, candidates: tuple) -> AsyncIterator[Event]:
+    async def rerank(self, text: str, instruction: str, candidates: tuple[Candidate, ...]) -> AsyncIterator[Event]:
         """Every event of one query, as the model writes them; up to ``concurrency`` requests across queries."""
         self.slots = self.slots or asyncio.Semaphore(self.concurrency)
         async for event in self.reranker.stream(text, candidates, instruction=instruction, slots=self.slots):
@@ -95,6 +96,7 @@ class Worker:
         return True
 
     async def events(self, work: Work) -> AsyncIterator[Event]:
+        """The query's events as the worker writes them (Ray's streaming generator, awaited one by one)."""
         query = work.item.query
         stream = self.actor.rerank.options(num_returns="streaming").remote(query.text, query.instruction, work.todo)
         async for reference in stream:

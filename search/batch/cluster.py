@@ -58,8 +58,13 @@ class RerankWorker:
     """One engine and reranker on one node (made a Ray actor by ``start_workers``)."""
 
     def __init__(self, settings: Settings) -> None:
+        import torch
+
         from search.pipeline import build_reranker, open_model
 
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:  # the cores Ray gave this worker, no more: workers sharing a node do not oversubscribe it
+            torch.set_num_threads(max(1, int(cpus)))
         self.reranker = build_reranker(settings.rerank, open_model(settings.serving, settings.rerank.reranker))
         self.concurrency = settings.rerank.concurrency or self.reranker.engine.capacity
         self.slots: asyncio.Semaphore | None = None

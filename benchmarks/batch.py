@@ -4,11 +4,12 @@ second), then through two servers (the share of requests each took).
 
     .venv/bin/python benchmarks/batch.py [--queries 12] [--top-k 4] [--budget 64] [--concurrency 16]
     .venv/bin/python benchmarks/batch.py --driver [--queries 4] [--top-k 100]
-    .venv/bin/python benchmarks/batch.py --ray [--queries 12] [--top-k 4] [--budget 64]
+    .venv/bin/python benchmarks/batch.py --ray [--shape rank1-0.5b] [--queries 12] [--top-k 4] [--budget 64]
 
 ``--ray`` measures the cost of Ray instead, on the transformers engine: the batch in process, then through Ray on one
 node (one worker with both cores: Ray's overhead only; target at least 0.9 of the in-process rate), then on a local
-cluster of two nodes of one core each (one worker each: how the work spreads, on the same two cores).
+cluster of two nodes of one core each (one worker each: how the work spreads, on the same two cores). ``--shape``
+runs it on a random-weight model of that shape (benchmarks/real_shape.py): what the product costs, not the demo.
 
 ``--driver`` measures the batch runner's own CPU time per event instead: rank1 on an engine that answers at once
 from a script (every document reasons ``--budget`` tokens, one event each, then is judged), so that the process's
@@ -179,15 +180,15 @@ def _timed_batch(run: Path, rerank: object) -> dict:
             "seconds": seconds}
 
 
-def ray_settings(budget: int, concurrency: int) -> Settings:
-    return Settings().replace(model="demo", engine="transformers", budget=budget, concurrency=concurrency,
-                              judgment_cache=False)
+def ray_settings(model: str, budget: int, concurrency: int) -> Settings:
+    return Settings().replace(model=model, engine="transformers", budget=budget, concurrency=concurrency,
+                              judgment_cache=False, max_model_len=MAX_MODEL_LEN)
 
 
-def transformers_case(warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+def transformers_case(model: str, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
     from search.pipeline import build_reranker, open_model
 
-    settings = ray_settings(budget, concurrency)
+    settings = ray_settings(model, budget, concurrency)
     reranker = build_reranker(settings.rerank, open_model(settings.serving, "rank1"))
 
     def rerank(inputs: object, store: BatchStore) -> object:
@@ -197,11 +198,11 @@ def transformers_case(warmup: Path, run: Path, budget: int, concurrency: int) ->
     return {"case": "in process (transformers)", **_timed_batch(run, rerank)}
 
 
-def ray_case(address: str, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
+def ray_case(address: str, model: str, warmup: Path, run: Path, budget: int, concurrency: int) -> dict:
     from search.batch.cluster import run_batch_on_ray, start_workers, stop_workers
     from search.cluster import connect
 
-    settings = ray_settings(budget, concurrency)
+    settings = ray_settings(model, budget, concurrency)
     connect(address)
     workers = start_workers(settings)
     try:
@@ -215,18 +216,18 @@ def ray_case(address: str, warmup: Path, run: Path, budget: int, concurrency: in
         stop_workers(workers)
 
 
-def ray_rows(warmup: Path, run: Path, budget: int, concurrency: int) -> list[dict]:
+def ray_rows(model: str, warmup: Path, run: Path, budget: int, concurrency: int) -> list[dict]:
     """In process, then Ray on one node of two cores, then on two nodes of one core each."""
     from ray.cluster_utils import Cluster
 
-    rows = [in_fresh_process(transformers_case, warmup, run, budget, concurrency)]
+    rows = [in_fresh_process(transformers_case, model, warmup, run, budget, concurrency)]
     for layout in ((2,), (1, 1)):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": layout[0]})
         for cpus in layout[1:]:
             cluster.add_node(num_cpus=cpus)
         cluster.wait_for_nodes()
         try:
-            row = in_fresh_process(ray_case, cluster.address, warmup, run, budget, concurrency)
+            row = in_fresh_process(ray_case, cluster.address, model, warmup, run, budget, concurrency)
         finally:
             cluster.shutdown()
         rows.append({**row, "case": f"{row['case']} on {len(layout)} node{'s' if len(layout) > 1 else ''}"})
@@ -241,6 +242,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--driver", action="store_true", help="the runner's CPU time per event (no model)")
     parser.add_argument("--ray", action="store_true", help="in process against Ray on one and two local nodes")
+    parser.add_argument("--shape", help="--ray: a random-weight model of this shape (real_shape.py), not the demo")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.driver:
@@ -253,7 +255,9 @@ def main() -> None:
     settings = (args.budget, args.concurrency)
     with run_files(args.queries, args.top_k) as (warmup, run), tempfile.TemporaryDirectory() as logs:
         if args.ray:
-            rows = ray_rows(warmup, run, *settings)
+            from real_shape import build_shape
+
+            rows = ray_rows(str(build_shape(args.shape)) if args.shape else "demo", warmup, run, *settings)
         else:
             rows = [in_fresh_process(in_process_case, warmup, run, *settings)]
             with vllm_servers(model, Path(logs), 1) as (server,):
@@ -265,7 +269,8 @@ def main() -> None:
         rate = row["judgments"] / row["seconds"]
         row.update({"judgments/s": f"{rate:.2f}", "tokens/s": f"{row['tokens'] / row['seconds']:.0f}",
                     "vs in-process": f"{rate / base:.2f}", "seconds": f"{row['seconds']:.1f}"})
-    print(f"{args.queries} queries × top {args.top_k}, budget {args.budget}, {args.concurrency} at once")
+    print(f"{args.queries} queries × top {args.top_k}, budget {args.budget}, {args.concurrency} at once"
+          + (f", {args.shape} shape" if args.shape else ""))
     print_table(rows, ["case", "judgments", "failed", "seconds", "judgments/s", "tokens/s", "vs in-process",
                        "shares", "outages"])
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
-from search.rerank.base import RerankerDefaults
+from search.rerank.base import RerankerDefaults, Run
 from search.rerank.events import EndReason, Failed, Graded, Measured, expected_grade, grade_distribution
 from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
 from search.rerank.probe import Probe
@@ -155,6 +155,14 @@ class AssessorReranker(PointwiseReranker):
     renderer = "grades"
     grades = len(GRADES)
     reserve = 16
+
+    @classmethod
+    def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
+        """Two runs disagree about a document when their grades differ (by one or more)."""
+        one, other = a.details(doc_id)["grade"], b.details(doc_id)["grade"]
+        if one is None or other is None or one == other:
+            return None
+        return f"grade {one} → {other}"
 
     def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
                  cache: JudgmentCache | None = None) -> None:

@@ -198,8 +198,8 @@ class Run(ABC):
         return {candidate.passage.doc_id: score if (score := self.score(candidate.passage.doc_id)) is not None
                 else -float(candidate.rank) for candidate in self.ordered()}
 
-    def trec_run(self, *, query_id: str = "query") -> str:
-        return format_trec_run({query_id: self.scores()}, f"explainable-search-{self.reranker}")
+    def trec_run(self, *, query_id: str = "query", tag: str = "") -> str:
+        return format_trec_run({query_id: self.scores()}, tag or f"explainable-search-{self.reranker}")
 
     def ranking(self) -> Ranking:
         """The final ranking: each scored candidate gains this reranker's hit in its provenance."""
@@ -235,6 +235,19 @@ class Run(ABC):
     def documents_failed(self) -> int:
         """Documents that failed (for a listwise run: those no window could rank, once it is over)."""
         return sum(self.status(candidate.passage.doc_id) == "failed" for candidate in self.candidates)
+
+
+RELEVANCE_GAP = 0.3
+"""Two judgments disagree when their 0–1 relevance (the rerank API's ``relevance_score``) differs by this much:
+the rule between different rerankers, whose own scores are on different scales."""
+
+
+def relevance_disagreement(a: Run, b: Run, doc_id: str) -> str | None:
+    """Why ``a`` and ``b`` disagree about ``doc_id`` on the 0–1 relevance, or None."""
+    one, other = a.relevance(doc_id), b.relevance(doc_id)
+    if one is None or other is None or abs(one - other) < RELEVANCE_GAP:
+        return None
+    return f"relevance {one:.2f} → {other:.2f}"
 
 
 class Reranker(ABC):
@@ -299,6 +312,12 @@ class Reranker(ABC):
     @abstractmethod
     def requests_per_query(self, candidates: int) -> int:
         """At most how many engine requests one query's stream keeps in flight."""
+
+    @classmethod
+    def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
+        """Why two runs of this reranker disagree about ``doc_id`` (shown on its badge), or None: they agree, or
+        one has not judged it yet. By default, the rule across rerankers: ``relevance_disagreement``."""
+        return relevance_disagreement(a, b, doc_id)
 
     @classmethod
     def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:

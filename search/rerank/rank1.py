@@ -12,10 +12,10 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
-from search.rerank.base import RerankerDefaults
+from search.rerank.base import RerankerDefaults, Run
 from search.rerank.events import EndReason, Failed, Judged, Measured
 from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
 from search.rerank.probe import Probe
@@ -67,6 +67,10 @@ class VerdictTokens:
         return (self.true_id, self.false_id)
 
 
+def _verdict_word(verdict: bool) -> str:
+    return "relevant" if verdict else "not relevant"
+
+
 class Rank1Reranker(PointwiseReranker):
     name = "rank1"
     label = "rank1: pointwise, P(true) per document"
@@ -78,6 +82,19 @@ class Rank1Reranker(PointwiseReranker):
     score_name = "P(true)"
     relevance_meaning = "P(true): the probability of the verdict true"
     renderer = "verdicts"
+    p_true_gap: ClassVar[float] = 0.3
+    """Two runs disagree about a document when its verdict flips or its P(true) moves by this much."""
+
+    @classmethod
+    def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
+        one, other = a.details(doc_id), b.details(doc_id)
+        if one["p_true"] is None or other["p_true"] is None:
+            return None
+        if one["verdict"] != other["verdict"]:
+            return f"verdict flipped: {_verdict_word(one['verdict'])} → {_verdict_word(other['verdict'])}"
+        if abs(one["p_true"] - other["p_true"]) >= cls.p_true_gap:
+            return f"P(true) {one['p_true']:.2f} → {other['p_true']:.2f}"
+        return None
 
     def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
                  cache: JudgmentCache | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The command line: ``python -m search index | query | eval | rerank | rerank-run | serve``."""
+"""The command line: ``python -m search index | query | eval | rerank | compare | rerank-run | serve``."""
 
 from __future__ import annotations
 
@@ -27,11 +27,21 @@ from search.batch import (
 from search.batch.report import REPORT_FILE
 from search.batch.store import STATE_FILE
 from search.cluster import ClusterError, connect
+from search.compare import SIDES, Comparison, Side, judgments_for, side_values, stream_pair
 from search.corpus import Corpus, CorpusError, Qrels, irds_id, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, retrieve_run
-from search.pipeline import Choice, LoadedModel, build_reranker, choose, open_model, planned_model_key, reranker_budget
+from search.pipeline import (
+    Choice,
+    LoadedModel,
+    build_reranker,
+    choose,
+    memory_need,
+    open_model,
+    planned_model_key,
+    reranker_budget,
+)
 from search.progress import console_progress
 from search.rerank.base import Reranker
 from search.rerank.cache import JudgmentCache
@@ -200,6 +210,87 @@ def command_rerank(args: argparse.Namespace, settings: Settings) -> int:
             shown = f"{score:.3f}" if score is not None else "no score"
             print(f"{position:>3}. (first stage #{candidate.rank:>3}) {candidate.passage.doc_id}  {shown}")
     return 0
+
+
+def _compare_sides(args: argparse.Namespace, settings: Settings) -> tuple[Side, Side]:
+    a = Side.of(settings.rerank).with_text(side_values(args.a, flag="--a"), source="--a ")
+    return a, a.with_text(side_values(args.b, flag="--b"), source="--b ")
+
+
+def _side_model(models: dict[str, LoadedModel], settings: Settings, side: Side) -> LoadedModel:
+    """The side's model: one already open when the name matches, else opened beside them (when it fits)."""
+    name = side.model or settings.serving.model
+    if name not in models:
+        if models:
+            need = memory_need(name, choose(settings.serving).engine)
+            print(f"model: {need.describe(name)}", file=sys.stderr)
+            if not need.fits:
+                raise EngineError(need.describe(name))
+        models[name] = _open_model(settings.replace(model=name, reranker=side.reranker))
+    return models[name]
+
+
+def command_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """Two judges on the same candidates at once: each side's events as they land (or every event as JSON with its
+    side), then both rankings side by side, the disagreements with both reasonings, and the pair's numbers."""
+    first_stage = _open(settings, (settings.fusion.method,))
+    candidates = first_stage.search(args.query, settings.rerank.top_k).candidates
+    a, b = _compare_sides(args, settings)
+    models: dict[str, LoadedModel] = {}
+    rerankers = {side: build_reranker(chosen.rerank_settings(settings.rerank), _side_model(models, settings, chosen))
+                 for side, chosen in zip(SIDES, (a, b), strict=True)}
+    shared = a == b
+    for side, chosen in zip(SIDES, (a, b), strict=True):
+        instruction = f", instruction {chosen.instruction!r}" if chosen.instruction else ""
+        same = " (A's settings: A's judgments, reasoned once)" if shared and side == "B" else ""
+        print(f"{side}: {rerankers[side].describe()}{instruction}{same}", file=sys.stderr)
+    pair = Comparison(rerankers["A"].start_run(args.query, candidates, instruction=a.instruction),
+                      rerankers["B"].start_run(args.query, candidates, instruction=b.instruction), shared=shared,
+                      judged=judgments_for(first_stage.corpus, args.query))
+
+    async def watch() -> None:
+        async with contextlib.aclosing(stream_pair(rerankers["A"], None if shared else rerankers["B"], args.query,
+                                                   candidates, instructions=(a.instruction, b.instruction))) as events:
+            async for side, event in events:
+                pair.apply(side, event)
+                line = (json.dumps({"side": side, **event_to_json(event)}, ensure_ascii=False) if args.jsonl
+                        else pair.runs[side].describe(event))
+                if line is not None and not (shared and side == "B" and not args.jsonl):
+                    print(line if args.jsonl else f"{side} │ {line}", flush=True)
+
+    asyncio.run(watch())
+    if not args.jsonl:
+        print(render_comparison(pair))
+    return 0
+
+
+def render_comparison(pair: Comparison) -> str:
+    """Both rankings side by side, each disagreement with both sides' reasoning, and the pair's numbers."""
+    runs = pair.runs
+    orders = {side: run.ordered() for side, run in runs.items()}
+    width = 44
+    lines = ["", "".join(f"{side}: {run.reranker} by {run.score_name}"[:width].ljust(width + 6)
+                         for side, run in runs.items())]
+    for place in range(len(pair.candidates)):
+        cells = []
+        for side, run in runs.items():
+            doc_id = orders[side][place].passage.doc_id
+            score = run.score(doc_id)
+            cells.append(f"{place + 1:>3}. {doc_id[:width - 16]:<{width - 16}} "
+                         f"{f'{score:.3f}' if score is not None else 'no score':>8}".ljust(width + 6))
+        lines.append("".join(cells).rstrip())
+    disagreements = pair.disagreements()
+    lines.append(f"\n{len(disagreements)} disagreement{'s' if len(disagreements) != 1 else ''}")
+    for doc_id, reason in disagreements.items():
+        lines.append(f"\n{doc_id}: {reason}")
+        lines += [f"  {side}: {' '.join(run.reasoning_about(doc_id).split()) or '(no reasoning)'}"
+                  for side, run in runs.items()]
+    stats = pair.stats()
+    tau = "n/a" if stats.kendall_tau is None else f"{stats.kendall_tau:.3f}"
+    ndcg = "" if stats.ndcg is None else " · nDCG@10 " + ", ".join(f"{name} {value:.3f}"
+                                                                  for name, value in stats.ndcg.items())
+    lines.append(f"\npair: Kendall's tau {tau} · RBO {stats.rbo:.3f} · {stats.disagreements} disagreements{ndcg}")
+    return "\n".join(lines)
 
 
 def _batch_bar() -> Callable[[BatchProgress], None]:
@@ -389,6 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
     add_arguments(rerank, choices=SETTING_CHOICES)
     rerank.set_defaults(handler=command_rerank)
+
+    compare = commands.add_parser(
+        "compare", help="two judges on the same candidates at once: both rankings, their disagreements and why",
+        description="Side A runs the settings (--reranker, --model, --budget, --evidence) changed by --a name=value; "
+                    "side B runs A's changed by --b name=value. Names: reranker, model, instruction, budget, "
+                    "evidence. Example: --a reranker=rank1 --b reranker=assessor, or --b instruction='…'. With the "
+                    "same settings on both sides, B is A's work. --jsonl prints every event with its side.",
+    )
+    compare.add_argument("--query", required=True, help="the query")
+    compare.add_argument("--a", action="append", default=[], metavar="NAME=VALUE", help="a setting of side A")
+    compare.add_argument("--b", action="append", default=[], metavar="NAME=VALUE", help="a setting of side B")
+    compare.add_argument("--jsonl", action="store_true", help="print both event streams as JSON lines with a side")
+    add_arguments(compare, choices=SETTING_CHOICES)
+    compare.set_defaults(handler=command_compare)
 
     batch = commands.add_parser(
         "rerank-run", help="rerank every query of a TREC run file (resumable), with a report before/after",

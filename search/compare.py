@@ -22,7 +22,7 @@ from search.rerank.base import Reranker, Run, relevance_disagreement
 from search.rerank.events import Event
 from search.rerank.registry import SETTING_CHOICES, reranker_class
 from search.retrieval.ranking import Candidate
-from search.settings import DEFAULT_RERANKER, SettingsError, options
+from search.settings import DEFAULT_RERANKER, RerankSettings, SettingsError, options
 
 SideName = Literal["A", "B"]
 SIDES: tuple[SideName, SideName] = ("A", "B")
@@ -64,6 +64,15 @@ class Side:
                                     f"{MAX_INSTRUCTION_CHARS:,}")
             changes[name] = value
         return replace(self, **changes)
+
+    @classmethod
+    def of(cls, settings: RerankSettings) -> Side:
+        """Side A by default: the settings' reranker, budget and evidence on the session's model."""
+        return cls(reranker=settings.reranker, budget=settings.budget, evidence=settings.evidence)
+
+    def rerank_settings(self, base: RerankSettings) -> RerankSettings:
+        """``base`` with this side's reranker, budget and evidence: what its reranker is built with."""
+        return replace(base, reranker=self.reranker, budget=self.budget, evidence=self.evidence)
 
     def text(self) -> dict[str, str]:
         """Each field as its link parameter carries it."""

@@ -86,6 +86,49 @@ def open_model(serving: EngineSettings, reranker: str = DEFAULT_RERANKER, choice
     return LoadedModel(engine=engine, model=choice.model, notes=choice.notes)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryNeed:
+    """What loading a model beside those already loaded would take from this machine, measured before loading."""
+
+    needed_gb: float | None
+    """Its weights as the engine holds them (float32 on a CPU: twice the catalogue's bf16 size); None: unknown
+    before a download."""
+    free_gb: float | None
+    """Memory free now where it would load (GPU memory on a GPU, RAM on a CPU); None: it runs on servers."""
+    where: str
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_gb is None or self.free_gb is None or self.needed_gb <= self.free_gb
+
+    def describe(self, name: str) -> str:
+        if self.free_gb is None:
+            return f"{name} runs on the servers; it needs no memory here."
+        need = "an unknown size (known after download)" if self.needed_gb is None else f"about {self.needed_gb:.1f} GB"
+        verdict = "" if self.fits else (" It does not fit: choose a smaller model, or serve it elsewhere (the openai "
+                                        "engine).")
+        return f"{name} needs {need} of {self.where}; {self.free_gb:.1f} GB is free now.{verdict}"
+
+
+def memory_need(name: str, engine: EngineKind) -> MemoryNeed:
+    """What ``name`` on ``engine`` needs and what is free, before anything loads: a second model is loaded beside
+    the first only when it fits."""
+    if engine == "openai":
+        return MemoryNeed(needed_gb=None, free_gb=None, where="")
+    spec = REGISTRY.get(name)
+    folder = Path(name).expanduser()
+    size = spec.size_gb if spec else (sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin")
+                                          for path in folder.glob(pattern)) / 1e9 if folder.is_dir() else None)
+    if cuda_available():
+        import torch
+
+        return MemoryNeed(needed_gb=size, free_gb=torch.cuda.mem_get_info()[0] / 1e9, where="GPU memory")
+    import psutil
+
+    return MemoryNeed(needed_gb=None if size is None else size * 2, free_gb=psutil.virtual_memory().available / 1e9,
+                      where="memory (float32 on the CPU)")
+
+
 _caches: dict[Path, JudgmentCache] = {}
 _caches_lock = threading.Lock()
 

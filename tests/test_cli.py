@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,51 @@ def test_reasonrank_prints_its_windows_as_json_lines(index_dir: Path) -> None:
     human = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--window", "1", "--engine", "transformers",
                 index_dir=index_dir)
     assert human.returncode == 2 and "window must be at least 2" in human.stderr
+
+
+def test_compare_streams_both_sides_and_replays_an_unchanged_side_from_the_cache(index_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    query = ("--corpus", "sample_corpus", "--query", "which planets have no moons", "--top-k", "3", "--budget", "16",
+             "--engine", "transformers")
+    environment = {"HF_HUB_OFFLINE": "1", "EXPLAINABLE_SEARCH_JUDGMENT_CACHE_PATH": str(tmp_path / "cache.sqlite3")}
+    alone = run("rerank", *query, "--jsonl", index_dir=index_dir, extra_environment=environment)
+    assert alone.returncode == 0, alone.stderr
+    p_true = {event["doc_id"]: event["p_true"] for event in map(json.loads, alone.stdout.splitlines())
+              if event["type"] == "judged"}
+
+    result = run("compare", *query, "--b", "reranker=assessor", "--jsonl", index_dir=index_dir,
+                 extra_environment=environment)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(event["side"], event["reranker"]) for event in events} == {("A", "rank1"), ("B", "assessor")}
+    outcomes = {(event["side"], event["doc_id"]): event for event in events if event["type"] in ("judged", "graded")}
+    assert {doc_id for side, doc_id in outcomes if side == "B"} == set(p_true)
+    # Side A is what `rerank` judged: replayed from the judgment cache, the same numbers, by document.
+    assert {doc_id: event["p_true"] for (side, doc_id), event in outcomes.items() if side == "A"} == p_true
+    assert all(event["from_cache"] for (side, _), event in outcomes.items() if side == "A")
+    assert not any(event["from_cache"] for (side, _), event in outcomes.items() if side == "B")
+
+    text = run("compare", *query, "--b", "reranker=assessor", index_dir=index_dir, extra_environment=environment)
+    assert text.returncode == 0, text.stderr
+    assert "A: rank1 by P(true)" in text.stdout and "B: assessor by expected grade" in text.stdout
+    assert re.search(r"pair: Kendall's tau -?[0-9.]+ · RBO [0-9.]+ · \d+ disagreements · nDCG@10 first stage [0-9.]+, "
+                     r"A [0-9.]+, B [0-9.]+", text.stdout)  # the sample corpus judges q02
+
+
+def test_compare_with_the_same_settings_reasons_once_and_names_a_bad_side_setting(index_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    query = ("--corpus", "sample_corpus", "--query", "how to make bread without yeast", "--top-k", "2", "--budget",
+             "12", "--engine", "transformers", "--judgment-cache-path", str(tmp_path / "cache.sqlite3"))
+    result = run("compare", *query, "--b", "budget=12", "--jsonl", index_dir=index_dir,
+                 extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "A's settings: A's judgments, reasoned once" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    by_side = {side: [{key: value for key, value in event.items() if key != "side"} for event in events
+                      if event["side"] == side] for side in "AB"}
+    assert by_side["A"] == by_side["B"] and len([event for event in by_side["A"] if event["type"] == "judged"]) == 2
+
+    bad = run("compare", *query, "--b", "colour=red", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 2 and "error: --b colour: unknown; a side has" in bad.stderr
+    bad = run("compare", *query, "--a", "budget=lots", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 2 and "error: --a budget must be int; got 'lots'" in bad.stderr

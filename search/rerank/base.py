@@ -169,6 +169,11 @@ class Run(ABC):
         """Why the document has no score, when it failed."""
         return ""
 
+    @abstractmethod
+    def reasoning_about(self, doc_id: str) -> str:
+        """The model's reasoning behind the document's place so far: its own chain, or the latest window's that
+        held it."""
+
     def grades(self) -> dict[str, int]:
         """The grades on the TREC 0–3 scale that a graded reranker gave, by document (none for the others)."""
         return {}

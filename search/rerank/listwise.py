@@ -152,6 +152,14 @@ class ListwiseRun(Run):
     def details(self, doc_id: str) -> dict[str, Any]:
         return {"trajectory": list(self.trajectory[doc_id])}
 
+    def holding(self, doc_id: str) -> WindowState | None:
+        """The latest window that held ``doc_id`` (the active one, when it does)."""
+        return next((state for state in reversed(self.windows) if doc_id in state.started.doc_ids), None)
+
+    def reasoning_about(self, doc_id: str) -> str:
+        state = self.holding(doc_id)
+        return state.reasoning if state is not None else ""
+
     def trace_records(self) -> list[dict[str, Any]]:
         """One record per window: its trace and outcome."""
         records = []

@@ -359,6 +359,9 @@ class PointwiseRun(Run):
     def failure(self, doc_id: str) -> str:
         return self.documents[doc_id].failure
 
+    def reasoning_about(self, doc_id: str) -> str:
+        return self.documents[doc_id].reasoning
+
     def details(self, doc_id: str) -> dict[str, Any]:
         state = self.documents[doc_id]
         return {**{name: getattr(state.outcome, name) if state.outcome else None for name in self.fields},

@@ -7,6 +7,7 @@ two runs and says where they disagree and how alike their rankings are (``PairSt
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
@@ -132,9 +133,10 @@ def side_values(pairs: Sequence[str], *, flag: str) -> dict[str, str]:
 
 async def stream_pair(a: Reranker, b: Reranker | None, query: str, candidates: Sequence[Candidate], *,
                       instructions: tuple[str, str]) -> AsyncIterator[tuple[SideName, Event]]:
-    """Both sides' events as they happen, tagged with their side, from the two rerankers at once (on one engine,
-    their requests batch together). ``b`` None means B has A's settings: each of A's events is B's too. Closing
-    the stream closes both sides' engine requests."""
+    """Both sides' events as they happen, tagged with their side, from the two rerankers at once. On one engine
+    their requests batch together, each side keeping at most half of what the engine decodes together in flight
+    (else one side's requests would fill the batch and the other's wait). ``b`` None means B has A's settings: each
+    of A's events is B's too. Closing the stream closes both sides' engine requests."""
     if b is None:
         async with aclosing(a.stream(query, candidates, instruction=instructions[0])) as events:
             async for event in events:
@@ -143,7 +145,10 @@ async def stream_pair(a: Reranker, b: Reranker | None, query: str, candidates: S
         return
     from aiostream import stream
 
-    tagged = [stream.map(reranker.stream(query, candidates, instruction=instruction), _tagger(side))
+    def slots() -> asyncio.Semaphore | None:
+        return asyncio.Semaphore(max(1, a.engine.decoding_together // 2)) if a.engine is b.engine else None
+
+    tagged = [stream.map(reranker.stream(query, candidates, instruction=instruction, slots=slots()), _tagger(side))
               for side, reranker, instruction in zip(SIDES, (a, b), instructions, strict=True)]
     async with stream.merge(*tagged).stream() as merged:
         async for item in merged:
@@ -195,6 +200,35 @@ class PairStats:
     """nDCG@10 of the first stage, A and B, where the corpus judges this query (None elsewhere)."""
     final: bool = False
     """Both sides are done (or stopped): these are the numbers, not the numbers so far."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Example:
+    """A query the page offers as one click: a plain search, or (``compare``) the query with its instruction on
+    side A against the same without it on side B."""
+
+    label: str
+    query: str
+    instruction: str = ""
+    compare: bool = False
+
+
+MAX_EXAMPLES = 9
+
+
+def examples(corpus: Corpus) -> list[Example]:
+    """The corpus's own examples, from its queries: those it marks ``showcase`` and every query with an
+    instruction, as a ready comparison with and without it; a corpus that marks none offers its queries with
+    instructions, then its first others."""
+    queries = corpus.queries
+    if any(query.showcase for query in queries):
+        chosen = [query for query in queries if query.showcase or query.instruction]
+    else:
+        chosen = [query for query in queries if query.instruction] + [query for query in queries
+                                                                       if not query.instruction]
+    return [Example(label=f"{query.text} · with vs without its instruction" if query.instruction else
+                    f"{query.text}{' · ' + query.showcase if query.showcase else ''}", query=query.text,
+                    instruction=query.instruction, compare=bool(query.instruction)) for query in chosen[:MAX_EXAMPLES]]
 
 
 def judgments_for(corpus: Corpus, query: str) -> dict[str, int] | None:

@@ -55,6 +55,8 @@ class Query:
     query_id: str
     text: str
     instruction: str = ""
+    showcase: str = ""
+    """What the query shows off, when the corpus offers it as an example on the page ("negation", …)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -321,7 +323,7 @@ def _documents_from_text_folder(root: Path) -> _Collector:
 
 
 def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
-    """Queries from JSONL (``_id``/``id``, ``text``, optional ``instruction``), a two-column TSV, or an
+    """Queries from JSONL (``_id``/``id``, ``text``, optional ``instruction`` and ``showcase``), a two-column TSV, or an
     ir_datasets collection (``irds:<id>``)."""
     if (dataset := irds_id(path)) is not None:
         return tuple(Query(query_id=query.query_id, text=_irds_text(query))
@@ -337,6 +339,7 @@ def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
             _pick_field(parsed, "", ID_FIELDS, path, what="id", required=True),
             _pick_field(parsed, "", ("text", "query"), path, what="text", required=True),
             _pick_field(parsed, "", ("instruction",), path, what="instruction", required=False),
+            _pick_field(parsed, "", ("showcase",), path, what="showcase", required=False),
         ]
         problem = next((value for value in values if isinstance(value, LoadProblem)), None)
         if problem is None and str(values[0]) in seen:
@@ -344,9 +347,9 @@ def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
         if problem is not None:
             problems.append(problem)
             continue
-        query_id, text, instruction = (str(value) for value in values)
+        query_id, text, instruction, showcase = (str(value) for value in values)
         seen.add(query_id)
-        queries.append(Query(query_id=query_id, text=text, instruction=instruction))
+        queries.append(Query(query_id=query_id, text=text, instruction=instruction, showcase=showcase))
     return tuple(queries), problems
 
 

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
-from conftest import README_SCREENSHOT, shoot, write
+from conftest import COMPARE_SCREENSHOT, README_SCREENSHOT, shoot, write
 from gradio.utils import get_upload_folder
 from gradio_client import Client
 from playwright.sync_api import Page, expect
@@ -397,3 +398,115 @@ def test_the_assessor_shows_each_grade_distribution_and_sorts_by_expected_grade(
     records = [json.loads(line) for line in jsonl.splitlines()]
     assert all(record["reranker"] == "assessor" and len(record["distribution"]) == 4 for record in records)
     assert [f"{record['expected_grade']:.2f}" for record in records] == [f"{shown:.2f}" for shown in expected]
+
+
+# Characters of reasoning in each half of each compare card whose halves' reasoning areas lie wholly in the
+# viewport, by document id: [A's, B's].
+HALVES_IN_VIEW = """() => Object.fromEntries([...document.querySelectorAll('.es-pair-card')].filter((card) =>
+  [...card.querySelectorAll('.es-tail')].every((tail) => { const box = tail.getBoundingClientRect();
+    return box.top >= 0 && box.bottom <= innerHeight && box.left >= 0 && box.right <= innerWidth; })
+).map((card) => [card.dataset.doc,
+                  [...card.querySelectorAll('.es-trace')].map((trace) => trace.textContent.length)]))"""
+SLEEP = "how to sleep better"
+SLEEP_INSTRUCTION = "Exclude passages that recommend pills, medication or supplements; only habits and therapy count."
+
+
+def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_both_and_exports_both(
+        page: Page, sample_url: str, loaded: LoadedModel) -> None:
+    page.goto(sample_url)
+    page.get_by_label("Compare: two judges side by side").check()
+    expect(page.locator("#es-b-instruction textarea")).to_be_focused()  # B starts as A; its instruction is next
+    page.get_by_label("Query").fill(SLEEP)
+    page.locator("#es-a-instruction textarea").fill(SLEEP_INSTRUCTION)
+    page.get_by_label("B · reranker").click()
+    page.get_by_role("option", name="Assessor (UMBRELA): graded 0–3, expected grade per document").click()
+    page.locator("#es-b-instruction textarea").press("Enter")
+    started = time.monotonic()
+    expect(page.locator(".es-pair-card")).to_have_count(20, timeout=10_000)
+    # Both halves of at least 6 cards stream text in view, at 1280×800, without a scroll, within 15 s of Enter.
+    page.wait_for_function(f"Object.values(({HALVES_IN_VIEW})()).filter(([a, b]) => a > 0 && b > 0).length >= 6",
+                           timeout=max(1, 15 - (time.monotonic() - started)) * 1000)
+    assert page.evaluate("window.scrollY") == 0
+    expect(page.locator(".es-summary", has_text="assessor · demo")).to_be_visible()
+    page.screenshot(path=str(COMPARE_SCREENSHOT))  # docs' and README's picture of a comparison streaming
+
+    # rank1's P(true) and the assessor's expected grade ÷ 3 on the demo model lie far apart: disagreements.
+    expect(page.locator(".es-pair-card.es-disagree").first).to_be_visible(timeout=60_000)
+    page.get_by_label("Only disagreements").check()
+    disagreeing = page.locator(".es-pair-card.es-disagree").count()
+    expect(page.locator(".es-pair-card:visible")).to_have_count(disagreeing)
+    expect(page.locator(".es-pair-card.es-disagree .es-disagree-badge").first).to_contain_text("relevance")
+    page.get_by_label("Only disagreements").uncheck()
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".es-summary", has_text="stopped")).to_have_count(2, timeout=10_000)  # A's line and B's
+    expect(page.locator(".es-half.es-s-thinking, .es-half.es-s-queued")).to_have_count(0)
+    deadline = time.monotonic() + 20
+    while loaded.engine.active_requests() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loaded.engine.active_requests() == 0  # Stop ended both sides' requests
+    shoot(page, "compare-stopped")
+
+    page.set_viewport_size({"width": 1280, "height": 1600})  # the side panel's Export section in view
+    open_panel(page)
+    export_traces(page)
+    links = page.locator("a[download]")
+    expect(links).to_have_count(3, timeout=10_000)
+    files = {link.get_attribute("download"): page.request.get(link.get_attribute("href")).text()
+             for link in links.all()}
+    assert set(files) == {"rerank-A.trec", "rerank-B.trec", "compare.jsonl"}
+    assert "explainable-search-rank1-A" in files["rerank-A.trec"]
+    assert "explainable-search-assessor-B" in files["rerank-B.trec"]
+    lines = [json.loads(line) for line in files["compare.jsonl"].splitlines()]
+    assert {(line["side"], line["reranker"], line["instruction"]) for line in lines} == {
+        ("A", "rank1", SLEEP_INSTRUCTION), ("B", "assessor", "")}
+
+
+def test_a_link_restores_and_runs_a_comparison_and_copy_link_writes_it(page: Page, sample_url: str) -> None:
+    params = {"q": SLEEP, "corpus": "sample_corpus", "reranker": "rank1", "budget": "24",
+              "instruction": SLEEP_INSTRUCTION, "compare": "1", "b_instruction": ""}
+    page.goto(f"{sample_url}?{urlencode(params)}")
+    expect(page.locator(".es-pair-card")).to_have_count(20, timeout=20_000)  # it runs without a click
+    expect(page.get_by_label("Compare: two judges side by side")).to_be_checked()
+    expect(page.get_by_label("Query")).to_have_value(SLEEP)
+    expect(page.locator(".es-summary", has_text="instruction: Exclude passages")).to_be_visible()
+    expect(page.locator(".es-summary", has_text="no instruction")).to_be_visible()
+    expect(page.locator(".es-summary", has_text="done")).to_have_count(2, timeout=120_000)
+    expect(page.locator(".es-pair-line")).to_contain_text("nDCG@10 first stage")  # the sample corpus judges q24
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy link").click()
+    link = page.get_by_label("Link to this search (copied)")
+    expect(link).to_have_value(re.compile(r"^http://127\.0\.0\.1:\d+/\?q="), timeout=10_000)
+    copied = dict(parse_qsl(urlsplit(link.input_value()).query, keep_blank_values=True))
+    assert {name: copied[name] for name in params} == params
+    assert page.evaluate("navigator.clipboard.readText()") == link.input_value()
+
+    page.goto(f"{sample_url}?q=x&b_budget=many")
+    expect(page.get_by_text("This link cannot be opened: link parameter b_budget must be int; got 'many'")
+           ).to_be_visible(timeout=10_000)
+    expect(page.locator(".es-rcard")).to_have_count(0)
+
+
+def test_examples_from_the_corpus_run_with_one_click_as_searches_or_comparisons(page: Page, sample_url: str) -> None:
+    page.goto(f"{sample_url}?q=which+planets+have+no+moons&reranker=assessor&budget=16")  # a single search's link
+    expect(page.locator(".es-rcard")).to_have_count(20, timeout=20_000)
+    expect(page.locator(".es-pair-card")).to_have_count(0)
+    expect(page.locator(".es-grades").first).to_be_visible(timeout=60_000)  # the assessor's grades
+    page.get_by_role("button", name="Stop").click()
+
+    page.get_by_role("button", name="Examples").click()
+    page.get_by_text("how to sleep better · with vs without its instruction").click()
+    expect(page.locator(".es-pair-card")).to_have_count(20, timeout=20_000)
+    expect(page.locator(".es-summary", has_text="instruction: Exclude passages")).to_be_visible()
+    expect(page.locator(".es-summary", has_text="no instruction")).to_be_visible()
+    expect(page.get_by_label("Query")).to_have_value(SLEEP)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".es-summary", has_text="stopped")).to_have_count(2, timeout=10_000)
+
+    page.get_by_role("button", name="Examples").click()
+    page.get_by_text("which migraine treatments do NOT involve medication · negation").click()
+    expect(page.locator(".es-rcard")).to_have_count(20, timeout=20_000)
+    expect(page.locator(".es-pair-card")).to_have_count(0)  # a plain search
+    expect(page.get_by_label("Compare: two judges side by side")).not_to_be_checked()
+    page.get_by_role("button", name="Stop").click()

@@ -241,6 +241,26 @@ def render_card(state: DocumentState, position: int | None, verdict: Verdict, *,
     )
 
 
+def render_half(run: PointwiseRun, doc_id: str, *, verdict: Verdict, scale: ScoreScale) -> str:
+    """One side's half of a compare card: its state, verdict or grade, flags, evidence line, the latest lines of
+    its reasoning, and the passage shaded by its own evidence (shown when the card's passage is opened)."""
+    state = run.documents[doc_id]
+    kind, label, tip = card_state(state, stopped=run.stopped)
+    shown = verdict(state.outcome) if state.outcome is not None else (
+        f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
+    flags = "".join(f'<span class="es-flag" title="{escape(text)}">{escape(name)}</span>'
+                    for field, (name, text) in FLAG_TEXT.items()
+                    if state.outcome is not None and getattr(state.outcome, field))
+    passage, why = snippet(run.query, state.candidate.passage.text)[1], ""
+    if state.evidence is not None:
+        flags += faithfulness_badge(state.evidence, scale)
+        why, passage = why_line(state.evidence, scale), highlighted(state.evidence, scale)
+    return (f'<div class="es-half es-s-{kind}"><div class="es-verdict"><span class="es-state" '
+            f'title="{escape(tip, quote=True)}">{escape(label)}</span>{shown}{flags}</div>{why}'
+            f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
+            f'<div class="es-passage">{passage}</div></div>')
+
+
 def render_board(run: PointwiseRun, *, reranked: bool, verdict: Verdict, scale: ScoreScale) -> str:
     """The cards, under the evidence legend once any card has evidence."""
     if not run.documents:

@@ -10,9 +10,9 @@ from typing import Any
 
 from search.rerank.base import Reranker, Run, Summary
 from search.rerank.registry import reranker_class
-from ui.cards import Verdict, grade_verdict, rank1_verdict, render_board, render_summary
+from ui.cards import Verdict, grade_verdict, rank1_verdict, render_board, render_half, render_summary
 from ui.evidence import ScoreScale
-from ui.window_cards import render_list_summary, render_windows
+from ui.window_cards import render_list_summary, render_window_half, render_windows
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -21,6 +21,8 @@ class Renderer:
     """(run, reranked order?) → the cards' HTML."""
     summary: Callable[[Summary, int], str]
     """(summary, reasoning budget) → the summary line's HTML, with progress and time left."""
+    half: Callable[[Any, str], str]
+    """(run, document id) → the run's half of that document's compare card."""
 
 
 def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
@@ -29,7 +31,8 @@ def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
     def renderer(reranker: type[Reranker]) -> Renderer:
         scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max)
         return Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=verdict, scale=scale),
-                        summary=lambda summary, budget: render_summary(summary, budget=budget))
+                        summary=lambda summary, budget: render_summary(summary, budget=budget),
+                        half=lambda run, doc_id: render_half(run, doc_id, verdict=verdict, scale=scale))
 
     return renderer
 
@@ -38,7 +41,8 @@ FAMILIES: dict[str, Callable[[type[Reranker]], Renderer]] = {
     "verdicts": _board(rank1_verdict),
     "grades": _board(grade_verdict),
     "windows": lambda reranker: Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
-                                         summary=lambda summary, budget: render_list_summary(summary, budget=budget)),
+                                         summary=lambda summary, budget: render_list_summary(summary, budget=budget),
+                                         half=render_window_half),
 }
 """The renderer families, by the names rerankers give in ``Reranker.renderer``."""
 

@@ -118,5 +118,21 @@ def render_windows(run: ListwiseRun, *, reranked: bool) -> str:
     return f'{note}{windows}<div class="es-board">{"".join(cards)}</div>'
 
 
+def render_window_half(run: ListwiseRun, doc_id: str) -> str:
+    """One side's half of a compare card: where the windows have put the document, how it got there, and the
+    reasoning of the latest window that held it."""
+    status = run.status(doc_id)
+    holding = run.holding(doc_id)
+    active = run.active()
+    label = ("in window" if holding is not None and holding is active else
+             "stopped" if run.stopped and status != "judged" else {"judged": "ranked"}.get(status, "queued"))
+    kind = {"in window": "thinking", "ranked": "judged"}.get(label, label)
+    return (f'<div class="es-half es-s-{kind}"><div class="es-verdict"><span class="es-state">{escape(label)}</span>'
+            f'<span class="es-move">{escape(_trajectory(run.trajectory[doc_id]))}</span></div>'
+            f'{_moves(run, doc_id)}<div class="es-tail"><div class="es-trace">'
+            f'{escape(holding.reasoning) if holding is not None else ""}</div></div>'
+            f'<div class="es-passage">{snippet(run.query, run.by_id[doc_id].passage.text)[1]}</div></div>')
+
+
 def render_list_summary(summary: Summary, *, budget: int) -> str:
     return render_summary(summary, budget=budget, unit="windows")

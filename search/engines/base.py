@@ -79,6 +79,9 @@ class Engine(ABC):
     max_model_len: int
     capacity: int = 64
     """How many requests are worth keeping in flight at once (batch runs fill this many)."""
+    decoding_together: int = 64
+    """How many requests decode in one batch (more wait in the engine's queue, first come first served): two
+    streams that share the engine each keep at most half this many in flight, so that both decode at once."""
     retry_every_s: float = 0.0
     """How often an engine whose servers are out looks for them again (0: it has no servers)."""
     on_cpu: bool = False

@@ -155,6 +155,7 @@ class TransformersEngine(Engine):
         self.max_model_len = max_model_len
         self.batch_size = batch_size
         self.capacity = 2 * batch_size
+        self.decoding_together = batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.on_cpu = self.device == "cpu"
         try:

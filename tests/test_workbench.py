@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import pytest
 from conftest import shoot
@@ -22,6 +23,8 @@ from servers import app_process, free_port
 from search.annotation.exchange import import_jsonl, jsonl_text
 from search.annotation.store import AnnotationStore, Project, StoredCandidate
 from search.settings import REPO_ROOT, SAMPLE_CORPUS
+from search.uploads import CorpusLibrary
+from ui.annotate import AnnotateTab, AnnotationContext
 
 QUERIES = "q01\twhat are the health effects of caffeine\nq02\twhich planets have no moons"
 AGREEMENT_TIMEOUT_MS = 90_000
@@ -44,6 +47,64 @@ def download(page: Page, suffix: str) -> str:
     link = page.locator(f"a[download$='{suffix}']").first
     expect(link).to_be_visible(timeout=15_000)
     return page.request.get(link.get_attribute("href")).text()
+
+
+def typed(doc_id: str, seq: int, query_id: str = "q1") -> dict[str, object]:
+    """What the page's script sends with an edit: the document on screen when it was typed, and its number."""
+    return {"query_id": query_id, "doc_id": doc_id, "seq": seq}
+
+
+def test_an_edit_lands_on_the_document_it_was_typed_for_whatever_the_current_one(
+        tmp_path: Path, library: CorpusLibrary) -> None:
+    """Keys typed before the page shows the next document, and requests that reach the server out of order: each
+    edit names its document and its place in the order of typing, and lands there."""
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    store.create_project(Project(name="fast", corpus="sample_corpus"), [("q1", "a query"), ("q2", "another")])
+    store.add_candidates("fast", [StoredCandidate(query_id=query_id, doc_id=f"{query_id}-d{rank}", rank=rank,
+                                                  passage_id="p", title="", passage="some passage text")
+                                  for query_id in ("q1", "q2") for rank in range(1, 5)])
+    tab = AnnotateTab(AnnotationContext(store=store, library=library, reranker_for=lambda key, kind: None, top_k=4))
+    ada = gr.Request(session_hash="ada")
+    tab.open_project("ada", "fast", "", "rank1", ada)
+    bench = tab.bench_of(ada)
+
+    def grades() -> dict[str, int]:
+        return {item.doc_id: item.grade for item in store.judgments("fast", annotator="ada")}
+
+    # "2" then "0" pressed while q1-d1 is on screen: both are for q1-d1. The first moves on to q1-d2; the
+    # second lands on q1-d1 all the same (no longer current) and moves nothing.
+    tab.grade(2)("", -1, -1, typed("q1-d1", 1), ada)
+    assert bench.doc_id == "q1-d2"
+    _, document, *_ = tab.grade(0)("", -1, -1, typed("q1-d1", 2), ada)
+    assert grades() == {"q1-d1": 0} and bench.doc_id == "q1-d2"
+    assert 'data-doc-id="q1-d2"' in document  # the answer shows the current document
+    # Typed 3 then 1 for q1-d2, the requests arriving in the other order: the later typed stands.
+    tab.grade(1)("", -1, -1, typed("q1-d2", 4), ada)
+    tab.grade(3)("", -1, -1, typed("q1-d2", 3), ada)
+    assert grades() == {"q1-d1": 0, "q1-d2": 1} and bench.doc_id == "q1-d3"
+    # A move first keeps the note typed for the document shown: q1-d3 has no grade to keep it with, so nothing
+    # moves and the annotator is told.
+    with pytest.raises(gr.Error, match="note: grade this document"):
+        tab.navigate(lambda bench: bench.move(1))("typed for d3", -1, -1, typed("q1-d3", 5), ada)
+    assert bench.doc_id == "q1-d3"
+    # The next query opened, then a note, evidence, a clear and a grade typed for q1's documents still land there.
+    tab.navigate(lambda bench: bench.move_query(1))("", -1, -1, typed("q1-d3", 6), ada)
+    assert (bench.query.query_id, bench.doc_id) == ("q2", "q2-d1")
+    tab.save("kept with d1", 0, 4, typed("q1-d1", 7), ada)
+    tab.mark("", 5, 12, typed("q1-d2", 8), ada)
+    tab.grade(3)("", -1, -1, typed("q1-d4", 9), ada)
+    tab.edit(lambda bench, doc: bench.clear(doc=doc))(typed("q1-d2", 10), ada)
+    assert (bench.query.query_id, bench.doc_id) == ("q2", "q2-d1")
+    mine = {item.doc_id: (item.grade, item.note, item.span and (item.span.start, item.span.end))
+            for item in store.judgments("fast", annotator="ada")}
+    assert mine == {"q1-d1": (0, "kept with d1", (0, 4)), "q1-d4": (3, "", None)}
+    assert [grade for _, grade in store.history("fast", "ada", "q1", "q1-d2")] == [1, 1, None]  # span, clear
+    # An edit that names no document, or one that is not a candidate, is refused, never applied to the current.
+    for bad in (None, {"doc_id": "q2-d1"}, typed("nowhere", 11)):
+        with pytest.raises(gr.Error, match=r"reload the page|'nowhere' is not a candidate of query 'q1'"):
+            tab.grade(1)("", -1, -1, bad, ada)
+    assert "q2-d1" not in grades()
+    store.close()
 
 
 def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(

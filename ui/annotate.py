@@ -2,8 +2,10 @@
 search/annotation/.
 
 Each grade is committed to SQLite before the page hears back, so closing the tab, restarting or killing the
-app loses nothing, and reopening the project returns the annotator to the document they were on. Edits of
-every session go through one queue, one at a time and in order, so that fast keyboard grading never races.
+app loses nothing, and reopening the project returns the annotator to the document they were on. Every edit
+names the document it was typed for (the one on screen when the key was pressed or the button clicked) and its
+place in the page's order of typing, so a grade lands on that document whatever the server's current one, and an
+older edit of a document that arrives after a newer one does not undo it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from search.annotation.store import (
     AnnotationError,
     AnnotationStore,
     HumanJudgment,
+    Position,
     Project,
     Span,
 )
@@ -45,7 +48,14 @@ from search.rerank.base import Reranker
 from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate
 from search.uploads import CorpusLibrary
-from ui.annotation_cards import SELECTION_JS, render_document, render_list, render_model, render_progress
+from ui.annotation_cards import (
+    SELECTION_JS,
+    render_document,
+    render_list,
+    render_model,
+    render_progress,
+    typed_for_js,
+)
 from ui.results import render_notice
 
 REFRESH_EVERY_S = 0.3
@@ -53,7 +63,7 @@ MODEL_AHEAD = 4
 """Documents the model reasons about at once in the workbench."""
 """How often the model panel and the list are brought up to date (sent only when they changed)."""
 EDITS = "annotation-edits"
-"""The concurrency group of every change: one at a time, in the order they arrive."""
+"""The concurrency group of every change: one at a time."""
 MAX_IMPORT_BYTES = 200 * 2**20
 
 
@@ -69,6 +79,25 @@ class AnnotationContext:
     top_k: int
     ephemeral: bool = False
     """The store is lost when the app restarts (a Space without persistent storage)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TypedFor:
+    """What the page says of an edit: the document on screen when the key was pressed or the button clicked, and
+    the edit's number in the page's order of typing (requests can reach the server in another order)."""
+
+    doc: Position
+    seq: int
+
+    @classmethod
+    def read(cls, value: Any) -> TypedFor:
+        """From the hidden field the page's script fills in; refused when it names no document, so that an edit
+        is never applied to whichever document happens to be current."""
+        try:
+            return cls(doc=Position(query_id=str(value["query_id"]), doc_id=str(value["doc_id"])),
+                       seq=int(value["seq"]))
+        except (TypeError, KeyError, ValueError):
+            raise gr.Error("This edit does not say which document it is for: reload the page.") from None
 
 
 def render_storage(path: Path, *, ephemeral: bool) -> str:
@@ -155,6 +184,8 @@ class AnnotateTab:
         """Each browser session's open workbench."""
         self.last_shown: dict[str, tuple[str, str]] = {}
         """What the refresh timer last sent each session (it sends nothing when that has not changed)."""
+        self.latest: dict[str, dict[Position, int]] = {}
+        """Each session's latest edit written to each document, by the page's count."""
         self.exports = Path(tempfile.mkdtemp(prefix="explainable-search-annotations-"))
 
     def find_candidates(self, corpus: str, query: str, depth: int) -> list[Candidate]:
@@ -181,14 +212,38 @@ class AnnotateTab:
         return (render_progress(bench), render_document(bench, span), mine.note if mine else "",
                 span.start if span else -1, span.end if span else -1)
 
-    def edit(self, change: Callable[[Workbench], object]) -> Callable[..., tuple]:
-        def handler(request: gr.Request) -> tuple:
-            bench = self.bench_of(request)
-            try:
-                change(bench)
-            except AnnotationError as error:
-                raise gr.Error(str(error)) from None
+    @staticmethod
+    def refusing(action: Callable[[], object]) -> None:
+        """Run ``action``; a refused edit is shown on the page."""
+        try:
+            action()
+        except AnnotationError as error:
+            raise gr.Error(str(error)) from None
+
+    def fresh(self, typed: TypedFor, request: gr.Request) -> bool:
+        """Whether no later edit of the same document has been written: requests can reach the server in another
+        order than they were typed, and the later edit stands."""
+        return self.latest.get(request.session_hash or "", {}).get(typed.doc, -1) < typed.seq
+
+    def wrote(self, typed: TypedFor, request: gr.Request) -> None:
+        self.latest.setdefault(request.session_hash or "", {})[typed.doc] = typed.seq
+
+    def edit(self, change: Callable[[Workbench, Position], object]) -> Callable[..., tuple]:
+        """A handler that writes ``change`` to the document the edit was typed for (``TypedFor``), unless a later
+        edit of it was written already; it answers with the current document."""
+        def handler(typed: Any, request: gr.Request) -> tuple:
+            bench, edit = self.bench_of(request), TypedFor.read(typed)
+            if self.fresh(edit, request):
+                self.refusing(lambda: change(bench, edit.doc))
+                self.wrote(edit, request)
             return self.views(bench)
+        return handler
+
+    def grade(self, value: int) -> Callable[..., tuple]:
+        """The handler of grade ``value``'s button and key, with the note and evidence typed for the document."""
+        def handler(note: str, start: float, end: float, typed: Any, request: gr.Request) -> tuple:
+            return self.edit(lambda bench, doc: bench.grade(value, doc=doc, note=note,
+                                                            span=self.pending_span(start, end)))(typed, request)
         return handler
 
     @staticmethod
@@ -383,34 +438,46 @@ class AnnotateTab:
     # Layout ------------------------------------------------------------------------------------------------
 
     def navigate(self, move: Callable[[Workbench], object]) -> Callable[..., tuple]:
-        """A move that first keeps the note and evidence typed for the document being left."""
-        def handler(note: str, start: float, end: float, request: gr.Request) -> tuple:
-            def keep_then_move(bench: Workbench) -> None:
-                bench.keep(note=note, span=self.pending_span(start, end))
+        """A move from the current document that first keeps the note and evidence typed for the document the
+        page showed (unless a later edit of it was written already)."""
+        def handler(note: str, start: float, end: float, typed: Any, request: gr.Request) -> tuple:
+            bench, edit = self.bench_of(request), TypedFor.read(typed)
+
+            def keep_then_move() -> None:
+                if self.fresh(edit, request) and bench.keep(doc=edit.doc, note=note,
+                                                            span=self.pending_span(start, end)):
+                    self.wrote(edit, request)
                 move(bench)
-            return self.edit(keep_then_move)(request)
+            self.refusing(keep_then_move)
+            return self.views(bench)
         return handler
 
-    def take_model_evidence(self, note: str, request: gr.Request) -> tuple:
-        """The model's evidence (its strongest supporting sentence) as the annotator's evidence span."""
-        bench = self.bench_of(request)
-        evidence = bench.model_evidence().get(bench.doc_id) if bench.shows_model(bench.doc_id) else None
+    def take_model_evidence(self, note: str, typed: Any, request: gr.Request) -> tuple:
+        """The model's evidence (its strongest supporting sentence) for the document the page showed, as the
+        annotator's evidence span."""
+        bench, doc = self.bench_of(request), TypedFor.read(typed).doc
+        evidence = (bench.model_evidence().get(doc.doc_id)
+                    if doc.query_id == bench.query.query_id and bench.shows_model(doc.doc_id) else None)
         span = evidence.span if evidence is not None else None
         if span is None:
             raise gr.Error("The model has no evidence for this document (yet).")
-        return self.mark(note, span.start, span.end, request)
+        return self.mark(note, span.start, span.end, typed, request)
 
-    def save(self, note: str, start: float, end: float, request: gr.Request) -> tuple:
-        return self.edit(lambda bench: bench.annotate(note=note, span=self.pending_span(start, end)))(request)
+    def save(self, note: str, start: float, end: float, typed: Any, request: gr.Request) -> tuple:
+        return self.edit(lambda bench, doc: bench.annotate(doc=doc, note=note, span=self.pending_span(start, end))
+                         )(typed, request)
 
-    def mark(self, note: str, start: float, end: float, request: gr.Request) -> tuple:
-        """Show the marked evidence; it is saved at once when the document already has a grade."""
-        bench = self.bench_of(request)
+    def mark(self, note: str, start: float, end: float, typed: Any, request: gr.Request) -> tuple:
+        """Show the marked evidence on the document the page showed; it is saved at once when that document
+        already has a grade (an ungraded one keeps it until its grade, unless the page has moved on)."""
+        bench, doc = self.bench_of(request), TypedFor.read(typed).doc
         span = self.pending_span(start, end)
         if span is None:
             raise gr.Error("Select some text of the passage first, then mark it.")
-        if bench.doc_id in bench.judgments():
-            return self.save(note, start, end, request)
+        if bench.judgment(doc) is not None:
+            return self.save(note, start, end, typed, request)
+        if doc != bench.position:
+            return self.views(bench)
         return (*self.views(bench, span)[:2], note, span.start, span.end)
 
     def set_view(self, choice: Filter, at: float, relevant: float, others: bool, request: gr.Request) -> str:
@@ -421,6 +488,7 @@ class AnnotateTab:
     def forget(self, request: gr.Request) -> None:
         self.benches.pop(request.session_hash or "", None)
         self.last_shown.pop(request.session_hash or "", None)
+        self.latest.pop(request.session_hash or "", None)
 
 
 def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr.State, search_kind: gr.Radio,
@@ -485,7 +553,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
                                                 size="sm")
                         take_button = gr.Button("Take the model's evidence (e)", elem_id="annotate-take",
                                                 size="sm")
-                        save_button = gr.Button("Save note and evidence", size="sm")
+                        save_button = gr.Button("Save note and evidence", elem_id="annotate-save", size="sm")
             with gr.Column(scale=2):
                 model_panel = gr.HTML()
         with gr.Row():
@@ -516,6 +584,8 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
     ticks = gr.Timer(REFRESH_EVERY_S, active=False)
     span_start = gr.Number(-1, visible=False, precision=0)
     span_end = gr.Number(-1, visible=False, precision=0)
+    typed_for = gr.JSON(visible=False)
+    """Filled in by each edit's script: the document on screen when it was typed (``TypedFor``)."""
 
     # Events ------------------------------------------------------------------------------------------------
 
@@ -536,22 +606,24 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
         api_visibility="private").success(tab.judge_with_model, inputs=model_key, **model_run)
     import_file.upload(tab.import_project, inputs=import_file, outputs=[project, message], api_visibility="private")
 
-    fields = [note, span_start, span_end]
+    fields = [note, span_start, span_end, typed_for]
     for step, button in ((-1, prev_query), (1, next_query)):
         button.click(tab.navigate(lambda bench, step=step: bench.move_query(step)), inputs=fields, outputs=shown,
-                     **edits).success(tab.judge_with_model, inputs=model_key, **model_run)
+                     js=typed_for_js(button.elem_id), **edits).success(tab.judge_with_model, inputs=model_key,
+                                                                       **model_run)
     for step, button in ((-1, prev_doc), (1, next_doc)):
-        button.click(tab.navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown, **edits)
+        button.click(tab.navigate(lambda bench, step=step: bench.move(step)), inputs=fields, outputs=shown,
+                     js=typed_for_js(button.elem_id), **edits)
     for value, button in enumerate(grade_buttons):
-        def grade(note: str, start: float, end: float, request: gr.Request, value: int = value) -> tuple:
-            return tab.edit(lambda bench: bench.grade(value, note=note, span=tab.pending_span(start, end)))(request)
-        button.click(grade, inputs=fields, outputs=shown, **edits)
-    clear_button.click(tab.edit(lambda bench: bench.clear()), outputs=shown, **edits)
+        button.click(tab.grade(value), inputs=fields, outputs=shown, js=typed_for_js(button.elem_id), **edits)
+    clear_button.click(tab.edit(lambda bench, doc: bench.clear(doc=doc)), inputs=typed_for, outputs=shown,
+                       js=typed_for_js(clear_button.elem_id), **edits)
 
-    save_button.click(tab.save, inputs=fields, outputs=shown, **edits)
-    take_button.click(tab.take_model_evidence, inputs=note, outputs=shown, **edits)
+    save_button.click(tab.save, inputs=fields, outputs=shown, js=typed_for_js(save_button.elem_id), **edits)
+    take_button.click(tab.take_model_evidence, inputs=[note, typed_for], outputs=shown,
+                      js=typed_for_js(take_button.elem_id), **edits)
     span_button.click(None, inputs=[span_start, span_end], outputs=[span_start, span_end], js=SELECTION_JS).then(
-        tab.mark, inputs=fields, outputs=shown, **edits)
+        tab.mark, inputs=fields, outputs=shown, js=typed_for_js(span_button.elem_id), **edits)
 
     gr.on([view_filter.change, threshold.change, relevant_from.change, show_others.change], tab.set_view,
           inputs=[view_filter, threshold, relevant_from, show_others], outputs=document,

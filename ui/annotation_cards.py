@@ -4,6 +4,7 @@ every piece goes through escape()."""
 
 from __future__ import annotations
 
+import json
 from html import escape
 
 from search.annotation.store import HumanJudgment, ModelEvidence, ModelJudgment, Span, StoredCandidate
@@ -24,32 +25,23 @@ ANNOTATION_CSS = """
                                        padding: 0 4px; font-family: var(--font-mono); }
 """
 
-# Run on page load: the workbench's keys. They act only while the Annotate tab shows the workbench and the
-# focus is not in a text field, by clicking the same buttons a mouse would. "s" takes the text selected in the
-# passage as the evidence span (character offsets into the passage).
-KEYS_JS = """
-() => {
-  // One key's edit at a time: the next is sent once the document shown has changed (or after 3 s, when an edit
-  // changed nothing or was refused). Sent at once, the requests can reach the server in another order than they
-  // were typed, and a grade land on another document than the one shown.
-  const pending = [];
-  let busy = false;
-  const send = () => {
-    if (busy || !pending.length) return;
-    const button = document.getElementById(pending.shift());
-    if (!button) { send(); return; }
-    busy = true;
-    let finished = false;
-    const shown = document.getElementById("annotate-document");
-    const done = () => {
-      if (finished) return;
-      finished = true; observer.disconnect(); clearTimeout(timer); busy = false; send();
-    };
-    const observer = new MutationObserver(done);
-    if (shown) observer.observe(shown, {childList: true, subtree: true, characterData: true});
-    const timer = setTimeout(done, 3000);
-    button.click();
+TYPED_FOR = """
+  const edits = (window.esAnnotateEdits ??= {count: 0, typed: {}});
+  const typedFor = () => {
+    const shown = document.querySelector("#annotate-document [data-doc-id]");
+    return {query_id: shown?.dataset.queryId ?? "", doc_id: shown?.dataset.docId ?? "", seq: ++edits.count};
   };
+"""
+"""Script shared by the keys and each edit: ``typedFor()`` names the document on screen and numbers the edit in
+the page's order of typing."""
+
+# Run on page load: the workbench's keys. They act only while the Annotate tab shows the workbench and the
+# focus is not in a text field, by clicking the same buttons a mouse would. Each key's edit names the document on
+# screen when the key was pressed (kept for its button until the click's script reads it, see typed_for_js): keys
+# typed faster than the page shows the next document act on the one the annotator saw. "s" takes the text
+# selected in the passage as the evidence span (character offsets into the passage).
+KEYS_JS = """
+() => {""" + TYPED_FOR + """
   const keys = {j: "annotate-next-doc", ArrowDown: "annotate-next-doc", k: "annotate-prev-doc",
                 ArrowUp: "annotate-prev-doc", n: "annotate-next-query", p: "annotate-prev-query",
                 x: "annotate-clear", s: "annotate-span", e: "annotate-take"};
@@ -59,13 +51,22 @@ KEYS_JS = """
     const target = event.target;
     if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
     const id = /^[0-9]$/.test(event.key) ? `annotate-grade-${event.key}` : keys[event.key];
-    if (!id || !document.getElementById(id)) return;
+    const button = id && document.getElementById(id);
+    if (!button) return;
     event.preventDefault();
-    pending.push(id);
-    send();
+    (edits.typed[id] ??= []).push(typedFor());
+    button.click();
   });
 }
 """
+
+
+def typed_for_js(button: str | None) -> str:
+    """The script an edit's click runs before the server hears of it: it fills the last input (``TypedFor``) with
+    what the key pressed for this button named, or, for a click, the document on screen now."""
+    return ("(...inputs) => {" + TYPED_FOR + f"  const typed = edits.typed[{json.dumps(button)}]?.shift() ?? "
+            "typedFor();\n  return [...inputs.slice(0, -1), typed];\n}")
+
 
 SELECTION_JS = """
 (start, end) => {
@@ -118,10 +119,12 @@ def render_document(bench: Workbench | None, evidence: Span | None = None) -> st
         others = bench.others().get(candidate.doc_id, [])
         lines += [_judgment_line(bench, item, item.annotator) for item in others] or [
             "<div>No other annotator has judged this document.</div>"]
-    return (f"{query}<h4>#{candidate.rank} · {escape(candidate.title or candidate.doc_id)} "
+    # What the page's edits name as the document they were typed for (typed_for_js).
+    return (f'<div data-query-id="{escape(candidate.query_id)}" data-doc-id="{escape(candidate.doc_id)}">{query}'
+            f"<h4>#{candidate.rank} · {escape(candidate.title or candidate.doc_id)} "
             f'<span class="es-meta">{escape(candidate.doc_id)}</span></h4>'
             f'<div id="annotate-passage">{_passage(candidate, evidence or (mine.span if mine else None))}</div>'
-            f'{"".join(lines)}')
+            f'{"".join(lines)}</div>')
 
 
 def _model_summary(judgment: ModelJudgment | None, live: str | None) -> str:

@@ -202,37 +202,67 @@ class Workbench:
                 self._remember()
                 return
 
-    def grade(self, grade: int, *, note: str = "", span: Span | None = None) -> HumanJudgment:
-        """Judge the current document, then move on to the next one the filter keeps."""
-        if not self.doc_id:
+    @property
+    def position(self) -> Position:
+        """The document on screen."""
+        return Position(query_id=self.query.query_id, doc_id=self.doc_id)
+
+    def target(self, doc: Position | None) -> Position:
+        """The document an edit is for: ``doc``, the one the page showed when the annotator typed it (it may no
+        longer be the current one), or the current one when none is named (scripts and tests)."""
+        doc = doc or self.position
+        if not doc.doc_id:
             raise AnnotationError("doc_id: this query has no candidates to judge")
+        if not any(item.doc_id == doc.doc_id for item in self.store.candidates(self.project.name, doc.query_id)):
+            raise AnnotationError(f"doc_id: {doc.doc_id!r} is not a candidate of query {doc.query_id!r}")
+        return doc
+
+    def judgment(self, doc: Position) -> HumanJudgment | None:
+        """This annotator's judgment of ``doc``, of any query."""
+        return next((item for item in self.store.judgments(self.project.name, annotator=self.annotator,
+                                                           query_id=doc.query_id) if item.doc_id == doc.doc_id), None)
+
+    def grade(self, grade: int, *, doc: Position | None = None, note: str = "", span: Span | None = None
+              ) -> HumanJudgment:
+        """Judge ``doc`` (see ``target``), then, when it is the current document, move on to the next one the
+        filter keeps. A grade for a document already left lands on that document and moves nothing: the page has
+        moved on from it already."""
+        doc = self.target(doc)
         saved = self.store.judge(self.project.name, HumanJudgment(
-            annotator=self.annotator, query_id=self.query.query_id, doc_id=self.doc_id, grade=grade, note=note,
-            span=span))
-        self.move(1)
+            annotator=self.annotator, query_id=doc.query_id, doc_id=doc.doc_id, grade=grade, note=note, span=span))
+        if doc == self.position:
+            self.move(1)
         return saved
 
-    def annotate(self, *, note: str, span: Span | None) -> HumanJudgment:
-        """Change the note and span of the current document's judgment, keeping its grade."""
-        mine = self.judgments().get(self.doc_id)
+    def annotate(self, *, doc: Position | None = None, note: str, span: Span | None) -> HumanJudgment:
+        """Change the note and span of ``doc``'s judgment (see ``target``), keeping its grade."""
+        doc = self.target(doc)
+        mine = self.judgment(doc)
         if mine is None:
             raise AnnotationError("grade: give this document a grade first; the note and span go with it")
         return self.store.judge(self.project.name, HumanJudgment(
-            annotator=self.annotator, query_id=self.query.query_id, doc_id=self.doc_id, grade=mine.grade,
-            note=note, span=span))
+            annotator=self.annotator, query_id=doc.query_id, doc_id=doc.doc_id, grade=mine.grade, note=note,
+            span=span))
 
-    def keep(self, *, note: str, span: Span | None) -> None:
-        """Before moving away: save a changed note or span of a graded document; refuse to leave an ungraded one
-        with a note or span, which would be lost."""
-        mine = self.judgments().get(self.doc_id)
+    def keep(self, *, doc: Position | None = None, note: str, span: Span | None) -> HumanJudgment | None:
+        """Before moving away from ``doc`` (see ``target``): save a changed note or span of a graded document
+        (the judgment saved; None when nothing changed); refuse to leave an ungraded one with a note or span,
+        which would be lost."""
+        if not (doc or self.position).doc_id:
+            return None  # a query without candidates: nothing was shown, nothing to keep
+        doc = self.target(doc)
+        mine = self.judgment(doc)
         if mine is None and (note.strip() or span is not None):
             raise AnnotationError("note: grade this document to keep its note and evidence, or clear them, "
                                   "before moving on")
         if mine is not None and (note != mine.note or span != mine.span):
-            self.annotate(note=note, span=span)
+            return self.annotate(doc=doc, note=note, span=span)
+        return None
 
-    def clear(self) -> None:
-        self.store.clear(self.project.name, self.annotator, self.query.query_id, self.doc_id)
+    def clear(self, *, doc: Position | None = None) -> None:
+        """Take back the judgment of ``doc`` (see ``target``)."""
+        doc = self.target(doc)
+        self.store.clear(self.project.name, self.annotator, doc.query_id, doc.doc_id)
 
     # The model -------------------------------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
@@ -22,13 +25,48 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length", "abort"]
 T = TypeVar("T")
 _END = object()
+log = logging.getLogger(__name__)
+
+
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "amx_tile", "bf16")
+"""CPU features that compute bf16 in hardware: x86's AVX512-BF16 and AMX, Arm's BF16 extension, named as both
+``torch.cpu.get_capabilities`` and /proc/cpuinfo name them. AVX-512 alone is not one: oneDNN emulates bf16 there."""
+
+
+def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """Which of ``NATIVE_BF16`` this CPU has: PyTorch's own reading of CPUID (``torch.cpu.get_capabilities``, in
+    recent PyTorch), else the kernel's flags (x86) or Features (Arm) in ``cpuinfo``; none where neither is there.
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` will not do: it is true wherever oneDNN can emulate bf16.)"""
+    try:
+        import torch
+
+        capabilities = dict(torch.cpu.get_capabilities())
+    except (ImportError, AttributeError):
+        try:
+            lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ()
+        capabilities = {feature: True for line in lines if line.partition(":")[0].strip() in ("flags", "Features")
+                        for feature in line.partition(":")[2].split()}
+    return tuple(flag for flag in NATIVE_BF16 if capabilities.get(flag) is True)
+
+
+@functools.cache
+def auto_cpu_dtype() -> str:
+    """What ``auto`` means on this machine's CPU, decided and logged once: bfloat16 where the CPU computes bf16
+    natively (oneDNN's bf16 kernels, the dtype rank1's reference runs use), float32 elsewhere, where bf16 computes
+    3–5× slower (benchmarks/cpu_dtype.py, docs/benchmarks.md)."""
+    flags = native_bf16_flags()
+    chosen = "bfloat16" if flags else "float32"
+    log.info("--dtype auto on the CPU: %s (%s)", chosen,
+             f"native bf16: {', '.join(flags)}" if flags else f"no native bf16: none of {', '.join(NATIVE_BF16)}")
+    return chosen
 
 
 def cpu_dtype(dtype: str, device: str) -> str:
-    """``auto`` on a CPU means float32, in vLLM and transformers alike: bf16 weights there compute several times
-    slower than float32 on CPUs without native bf16 (measured by benchmarks/cpu_dtype.py: 3–5× on this
-    project's machines), for twice the memory. Elsewhere, and for any dtype given, the weights' own."""
-    return "float32" if dtype == "auto" and device == "cpu" else dtype
+    """The dtype vLLM and transformers load the weights in: on a CPU, ``auto`` means ``auto_cpu_dtype()``.
+    Elsewhere, and for any dtype given, that dtype (``auto``: the weights' own)."""
+    return auto_cpu_dtype() if dtype == "auto" and device == "cpu" else dtype
 
 
 class EngineError(RuntimeError):

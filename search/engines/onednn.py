@@ -37,7 +37,9 @@ class PackedLinear(torch.nn.Module):
 
 def pack_linear_layers(model: torch.nn.Module) -> int:
     """Replace every float32 ``nn.Linear`` of ``model`` (on a CPU) by a ``PackedLinear``; returns how many. A tied
-    output layer gets a packed copy of its own, beside the embedding that keeps the original."""
+    output layer gets a packed copy of its own, beside the embedding that keeps the original. Layers in any other
+    dtype stay as they are: ``PackedLinear`` computes in float32, and PyTorch already sends bf16 products (``auto``
+    on a CPU with native bf16) to oneDNN."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,8 +40,10 @@ from search.retrieval.ranking import Candidate, Hit, ranking_from_scores
 from search.settings import Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, SearchPage, build_app, forget_upload
+from ui.compare import ComparePage
 from ui.compare_cards import render_pair_board, render_pair_summary
 from ui.live import LiveRuns
+from ui.model_key import ModelKey, ModelKeyError
 from ui.renderers import FAMILIES, renderer_of
 from ui.results import render_ranking
 
@@ -365,12 +368,13 @@ def test_a_listwise_run_folds_windows_and_derives_scores_from_ranks() -> None:
 def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_not_fit(
         library: CorpusLibrary, status: ModelStatus) -> None:
     page = SearchPage(library, status, slots=asyncio.Semaphore(2))
+    sides = ComparePage(page)
     key = page.default_key
     a = ("rank1", key, "", BUDGET, False)
 
     def compare(b: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         async def run() -> list[tuple[Any, ...]]:
-            return [(unescape(update[0]), *update[1:]) async for update in page.compare(
+            return [(unescape(update[0]), *update[1:]) async for update in sides.compare(
                 "which planets have no moons", "hybrid", 3, True, "sample_corpus", *a, *b)]
         return asyncio.run(run())
 
@@ -380,32 +384,33 @@ def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_
     assert view.pair.runs["B"].instruction == "only gas giants count" and not view.pair.shared
     files = {Path(name).name: Path(name).read_text() for name in page.export(view)}
     assert set(files) == {"rerank-A.trec", "rerank-B.trec", "compare.jsonl"}
-    assert page.resort(view, False, BUDGET) == page.shown_pair(view, reranked=False)[1]
+    assert page.resort(view, False, BUDGET) == view.shown(reranked=False)[1]
     assert "stopped" not in page.stopped(view, True, BUDGET)[0]  # a finished pair stays done
 
     _, _, same = compare(a)[-1]
-    assert same.pair.shared and "A's work, reasoned once" in page.shown_pair(same, reranked=True)[0]
+    assert same.pair.shared and "A's work, reasoned once" in same.shown(reranked=True)[0]
 
     assert "Side B's reasoning budget must be a whole number" in compare(("rank1", key, "", 2.5, False))[-1][0]
     assert "Side B's instruction is 2,001 characters long" in compare(("rank1", key, "x" * 2_001, BUDGET, False))[-1][0]
     # The largest catalogue model needs about 131 GB as float32 on a CPU: refused before loading, with the numbers.
-    assert "needs about 131.0 GB" in page.memory_note("rank1-32b")
+    assert "needs about 131.0 GB" in sides.memory_note("rank1-32b")
     refused = compare(("rank1", "rank1-32b", "", BUDGET, False))[-1][0]
     assert "Side B: rank1-32b needs about 131.0 GB" in refused and "does not fit" in refused
     assert "rank1-32b · transformers" not in page.models
 
 
 def test_examples_links_and_pair_cards_escape_what_they_show(library: CorpusLibrary, status: ModelStatus) -> None:
-    page = SearchPage(library, status, slots=asyncio.Semaphore(1))
+    page = ComparePage(SearchPage(library, status, slots=asyncio.Semaphore(1)))
     labels = [sample[0] for sample in page.example_samples("sample_corpus")["samples"]]
     assert "how to sleep better · with vs without its instruction" in labels
     assert "which migraine treatments do NOT involve medication · negation" in labels
     with_instruction = labels.index("how to sleep better · with vs without its instruction")
-    shown = page.run_example(with_instruction, "sample_corpus", "rank1", page.default_key, BUDGET, False, 0, 0)
+    shown = page.run_example(with_instruction, "sample_corpus", "rank1", page.page.default_key, BUDGET, False, 0, 0)
     assert shown[0] == "how to sleep better" and shown[2] is True and shown[-3:-1] == [0, 1]  # runs a comparison
     assert shown[6].startswith("Exclude passages") and shown[11] == ""  # A with the instruction, B without
-    link = page.link("q <b>", "sample_corpus", True, "rank1", page.default_key, "", BUDGET, False,
-                     *("rank1", page.default_key, "i", BUDGET, False), *("assessor", page.default_key, "i", 8, True))
+    key = page.page.default_key
+    link = page.link("q <b>", "sample_corpus", True, "rank1", key, "", BUDGET, False,
+                     *("rank1", key, "i", BUDGET, False), *("assessor", key, "i", 8, True))
     assert link == ("?q=q+%3Cb%3E&corpus=sample_corpus&reranker=rank1&model=demo&instruction=i&budget=16&compare=1"
                     "&b_reranker=assessor&b_budget=8&b_evidence=true")
 
@@ -415,3 +420,40 @@ def test_examples_links_and_pair_cards_escape_what_they_show(library: CorpusLibr
         pair, budgets={"A": 8, "B": 8}, names={"A": "<i>a</i>", "B": "b"})
     assert "<script>" not in html and "<img" not in html and "<b>bold" not in html and "<i>a" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+@pytest.mark.parametrize(("text", "name", "engine"), [
+    ("demo · transformers", "demo", "transformers"),
+    ("/models/rank1 · copy · vllm", "/models/rank1 · copy", "vllm"),  # a folder may hold the separator
+    (" · openai", "", "openai"),  # an OpenAI-compatible server's own model
+])
+def test_a_model_key_round_trips_through_its_text(text: str, name: str, engine: str) -> None:
+    key = ModelKey.parse(text)
+    assert (key.name, key.engine) == (name, engine)
+    assert str(key) == text and ModelKey.parse(str(key)) == key == ModelKey(name=name, engine=engine)
+
+
+@pytest.mark.parametrize("text", ["demo", "", "demo · ", "demo·transformers"])
+def test_a_text_that_is_not_a_model_key_is_refused_naming_it(text: str) -> None:
+    with pytest.raises(ModelKeyError, match=re.escape(f"{text!r} is not a model key: expected 'name · engine'")):
+        ModelKey.parse(text)
+    with pytest.raises(ModelKeyError, match="engine must be a name"):
+        ModelKey(name="demo", engine="")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_renderer_leads_its_summary_line_with_what_it_is_given(family: str) -> None:
+    """A comparison names each side through the renderer's parameter, not by editing the line's markup."""
+    renderer = FAMILIES[family](next(cls for cls in RERANKERS.values() if cls.renderer == family))
+    summary = live_run().summary()
+    lead = '<span class="es-side">B</span>'
+    plain, led = renderer.summary(summary, 24), renderer.summary(summary, 24, lead)
+    assert lead not in plain and led.count(lead) == 1 and led.replace(lead, "", 1) == plain
+    assert led.index(lead) < led.index("<b>")  # before the counts
+
+
+def test_the_pair_summary_names_each_side_whatever_its_reranker_draws() -> None:
+    pair = Comparison(hostile_run(), hostile_run("assessor"))
+    html = render_pair_summary(pair, budgets={"A": 8, "B": 8}, names={"A": "rank1 · demo", "B": "assessor · demo"})
+    for side, name in (("A", "rank1 · demo"), ("B", "assessor · demo")):
+        assert f'<span class="es-side">{side}</span><span class="es-side-name" title="{name}">{name}</span>' in html

@@ -10,30 +10,16 @@ import asyncio
 import dataclasses
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
 from search.annotation.store import AnnotationStore
-from search.compare import (
-    MAX_INSTRUCTION_CHARS,
-    SIDES,
-    Comparison,
-    Example,
-    Link,
-    Side,
-    SideName,
-    examples,
-    judgments_for,
-    link_query,
-    parse_link,
-    stream_pair,
-)
 from search.corpus import CorpusError
 from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
@@ -42,23 +28,24 @@ from search.models import REGISTRY
 from search.pipeline import LoadedModel, build_reranker, memory_need, open_model, reranker_budget
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS, reranker_class
-from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings, SettingsError
+from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
-from ui.compare_cards import COMPARE_CSS, render_pair_board, render_pair_summary
+from ui.checks import MAX_CANDIDATES, MAX_QUERY_CHARS, count_problem, instruction_problem, query_problem
+from ui.compare import ComparePage, PageFields, ShownPair, lay_out_compare, wire_compare
+from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
 from ui.live import LiveRuns
+from ui.model_key import ModelKey
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
 from ui.window_cards import WINDOW_CSS
 
-MAX_QUERY_CHARS = 2_000
-MAX_CANDIDATES = 50
 MAX_RESULTS = 1000
 UPDATE_EVERY_S = 0.3
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
@@ -85,28 +72,8 @@ COUNTER_JS = f"""
 """Counts the query's characters as they are typed, in the browser (a round trip per keystroke would be
 wasteful); the server refuses a query over the limit with the same numbers, and never cuts it."""
 JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); ({COUNTER_JS})(); }}"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ShownPair:
-    """A comparison as the page shows it: the two runs, with each side's budget (for its time left) and name."""
-
-    pair: Comparison
-    budgets: dict[SideName, int]
-    names: dict[SideName, str]
-
-
-LINK_FIELDS = 17
-"""What ``SearchPage.sides_shown`` sets: query, instruction, Compare, the sides' row, 5 fields per side, and the
-settings' reranker, budget and evidence."""
-SideInputs = tuple[str, str, str, float | None, bool]
-"""A side's fields on the page: reranker, model (a loaded model's key, or a name to load), instruction, budget,
-evidence."""
-COMPARE_FOCUS_JS = """(on) => { if (on) setTimeout(() => document.querySelector("#es-b-instruction textarea")?.focus(),
-  150); }"""
-FILTER_JS = """(only) => { document.querySelector("#es-results")?.classList.toggle("es-only-disagree", only); }"""
-COPY_LINK_JS = """(query) => { const link = location.origin + location.pathname + query;
-  navigator.clipboard?.writeText(link).catch(() => {}); return link; }"""
+Event = TypeVar("Event")
+Update = TypeVar("Update")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,31 +89,8 @@ class ModelStatus:
 
 
 def model_key(loaded: LoadedModel) -> str:
-    """How the Model panel names a loaded model: "name · engine"."""
-    return f"{loaded.model.name or loaded.engine.model} · {loaded.engine.kind}"
-
-
-def _validate(query: str) -> str | None:
-    if not query:
-        return "Type a query to search."
-    if len(query) > MAX_QUERY_CHARS:
-        return (f"The query is {len(query):,} characters long; the limit is {MAX_QUERY_CHARS:,}. Shorten it: "
-                "nothing was cut.")
-    return None
-
-
-def _instruction_problem(instruction: str, whose: str) -> str | None:
-    """Why ``instruction`` is too long (the limit links and ``--a``/``--b`` keep too), or None."""
-    if len(instruction) <= MAX_INSTRUCTION_CHARS:
-        return None
-    return f"{whose} instruction is {len(instruction):,} characters long; the limit is {MAX_INSTRUCTION_CHARS:,}."
-
-
-def _count_problem(value: float | None, name: str, high: int) -> str | None:
-    """Why ``value`` is not a whole number from 1 to ``high`` (the API takes any JSON number), or None."""
-    if value is None or isinstance(value, bool) or value != int(value) or not 1 <= value <= high:
-        return f"{name} must be a whole number from 1 to {high:,}; got {value!r}."
-    return None
+    """How the Model panel names a loaded model."""
+    return str(ModelKey(name=loaded.model.name or loaded.engine.model, engine=loaded.engine.kind))
 
 
 def _describe(library: CorpusLibrary, name: str) -> str:
@@ -180,8 +124,9 @@ def upload_failure(name: str, error: UploadError | CorpusError) -> str:
 
 class SearchPage:
     """The page's handlers, one method each, over what the whole process shares: the corpora, the loaded models (by
-    "model · engine"; each session picks one and builds any reranker on it), the slots that bound rerank runs and
-    the runs that stream. Each can be called without a browser; ``build_app`` lays the page out and wires them."""
+    ``ModelKey`` text; each session picks one and builds any reranker on it), the slots that bound rerank runs and
+    the runs that stream. Each can be called without a browser; ``build_app`` lays the page out and wires them
+    (Compare's, the links' and the examples' handlers are ``ComparePage``'s, in ui/compare.py)."""
 
     def __init__(self, library: CorpusLibrary, status: ModelStatus, *, slots: asyncio.Semaphore,
                  live: LiveRuns | None = None) -> None:
@@ -230,7 +175,7 @@ class SearchPage:
 
     def search(self, query: str, method: RetrievalMethod, k: int, corpus_name: str) -> str:
         query = query.strip()
-        problem = _validate(query) or _count_problem(k, "k (results)", MAX_RESULTS)
+        problem = query_problem(query) or count_problem(k, "k (results)", MAX_RESULTS)
         if problem:
             return render_notice(problem)
         try:
@@ -284,7 +229,7 @@ class SearchPage:
 
     async def load_model(self, name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
                          ) -> tuple[Any, Any, str, Any, Any]:
-        key = f"{name} · {engine}"
+        key = str(ModelKey(name=name, engine=engine))
         if key not in self.models:
             progress(0, desc=f"starting {engine} with {name}")
             serving = dataclasses.replace(self.settings.serving, model=name, engine=engine)
@@ -309,9 +254,9 @@ class SearchPage:
                      ) -> AsyncIterator[tuple[str, str, Run | None, list[dict[str, Any]]]]:
         query, instruction = query.strip(), instruction.strip()
         key = self.default_key if key is None else key
-        problem = (_validate(query) or _instruction_problem(instruction, "The")
-                   or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
-                   or _count_problem(budget, "The reasoning budget", 10**7))
+        problem = (query_problem(query) or instruction_problem(instruction, "The")
+                   or count_problem(candidates, "Candidates", MAX_CANDIDATES)
+                   or count_problem(budget, "The reasoning budget", 10**7))
         if problem:
             yield render_notice(problem), "", None, []
             return
@@ -323,32 +268,46 @@ class SearchPage:
             return
         budget = reranker.budget if reranker is not None else int(budget)
         run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=self.settings.rerank)
+        events = ((lambda: reranker.stream(query, found, instruction=instruction))
+                  if reranker is not None and found else None)
+        async for update in self.stream(run, events, run.apply,
+                                        lambda: (*self.shown(run, budget, reranked=reranked), run, run.rows()),
+                                        request):
+            yield update
+
+    async def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None,
+                     apply: Callable[[Event], None], update: Callable[[], Update], request: gr.Request | None
+                     ) -> AsyncIterator[Update]:
+        """The page's one streaming loop, for a single run and a comparison (``run`` its side A): ``update()`` at
+        once, then as ``apply`` folds each of ``events()`` in (at most every UPDATE_EVERY_S), and at the end. The
+        run is the session's live run meanwhile and holds one of ``slots``; it ends at its next event once Stop, a
+        newer query or the page's closing replaces it. Closing the events ends their engine requests."""
         session = request.session_hash if request else ""
         self.live.start(session, run)
         try:
-            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
-            if reranker is None or not found:
+            yield update()
+            if events is None:
                 return
             last = time.monotonic()
-            events = reranker.stream(query, found, instruction=instruction)
+            stream = events()
             try:
                 async with self.slots:
-                    async for event in events:
+                    async for event in stream:
                         if not self.live.current(session, run):
                             return  # stopped, replaced by a newer query, or the page was closed
-                        run.apply(event)
+                        apply(event)
                         if time.monotonic() - last >= UPDATE_EVERY_S:
                             last = time.monotonic()
-                            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
+                            yield update()
             finally:
-                await events.aclose()  # ends the engine requests
-            yield (*self.shown(run, budget, reranked=reranked), run, run.rows())
+                await stream.aclose()  # ends the engine requests
+            yield update()
         finally:
             self.live.end(session, run)
 
     def resort(self, run: Run | ShownPair | None, reranked: bool, budget: int) -> str:
         if isinstance(run, ShownPair):
-            return self.shown_pair(run, reranked=reranked)[1]
+            return run.shown(reranked=reranked)[1]
         return self.shown(run, int(budget), reranked=reranked)[1] if run else ""
 
     def stopped(self, run: Run | ShownPair | None, reranked: bool, budget: int, request: gr.Request | None = None
@@ -359,215 +318,24 @@ class SearchPage:
             return "", gr.skip()
         if isinstance(run, ShownPair):
             run.pair.stop()
-            return self.shown_pair(run, reranked=reranked)
+            return run.shown(reranked=reranked)
         run.stop()
         return self.shown(run, int(budget), reranked=reranked)
-
-    # Compare: two sides on the same candidates.
-
-    def model_name(self, key: str) -> str:
-        """The model's name in a "name · engine" key (what links and ``Side.model`` carry)."""
-        return key.split(" · ")[0]
-
-    def model_choices(self) -> list[str]:
-        """A side's model picker: the loaded models by key, then catalogue names that would load beside them."""
-        loaded = {self.model_name(key) for key in self.models}
-        return [*self.models, *sorted(name for name in REGISTRY if name not in loaded)]
-
-    def side_key(self, value: str) -> str:
-        """A side's model field as a key: a loaded model's, or "name · engine" for a name to load on the engine of
-        the session's model."""
-        if not value or value in self.models:
-            return value or self.default_key
-        match = next((key for key in self.models if self.model_name(key) == value), None)
-        engine = self.default_key.split(" · ")[1] if " · " in self.default_key else "transformers"
-        return match or f"{value} · {engine}"
-
-    def memory_note(self, value: str) -> str:
-        """Before a model is loaded beside the others: the memory it needs and the memory free."""
-        key = self.side_key(value)
-        if key in self.models:
-            return ""
-        name, engine = key.split(" · ")
-        return render_notice(f"Chosen: {memory_need(name, engine).describe(name)} It loads when the comparison runs.")
 
     async def ensure_model(self, key: str, kind: str) -> str | None:
         """Load the model ``key`` names beside the others when it fits; why not, or None."""
         if key in self.models:
             return None
-        name, engine = key.split(" · ")
-        need = memory_need(name, engine)
+        model = ModelKey.parse(key)
+        need = memory_need(model.name, model.engine)
         if not need.fits:
-            return need.describe(name)
-        serving = dataclasses.replace(self.settings.serving, model=name, engine=engine)
+            return need.describe(model.name)
+        serving = dataclasses.replace(self.settings.serving, model=model.name, engine=model.engine)
         try:
             self.models[key] = await asyncio.to_thread(open_model, serving, kind)
         except (EngineError, DemoModelError) as error:
-            return f"Could not load {name} on {engine}: {error}"
+            return f"Could not load {model.name} on {model.engine}: {error}"
         return None
-
-    def side_problem(self, side: SideName, fields: SideInputs) -> str | None:
-        kind, _, instruction, budget, _ = fields
-        if kind not in RERANKERS:
-            return f"Side {side}: choose a reranker."
-        return (_instruction_problem(instruction.strip(), f"Side {side}'s")
-                or _count_problem(budget, f"Side {side}'s reasoning budget", 10**7))
-
-    def shown_pair(self, view: ShownPair, *, reranked: bool) -> tuple[str, str]:
-        return (render_pair_summary(view.pair, budgets=view.budgets, names=view.names),
-                render_pair_board(view.pair, reranked=reranked))
-
-    async def compare(self, query: str, method: RetrievalMethod, candidates: int, reranked: bool, corpus_name: str,
-                      a_kind: str, a_model: str, a_instruction: str, a_budget: float | None, a_evidence: bool,
-                      b_kind: str, b_model: str, b_instruction: str, b_budget: float | None, b_evidence: bool,
-                      request: gr.Request | None = None) -> AsyncIterator[tuple[str, str, ShownPair | None]]:
-        """Both sides on the same first-stage candidates, streaming at once on the session's engines; B is A's
-        work when its settings are A's."""
-        query = query.strip()
-        sides: dict[SideName, SideInputs] = {
-            "A": (a_kind, a_model, a_instruction.strip(), a_budget, a_evidence),
-            "B": (b_kind, b_model, b_instruction.strip(), b_budget, b_evidence)}
-        problem = (_validate(query) or _count_problem(candidates, "Candidates", MAX_CANDIDATES)
-                   or next((found for side, fields in sides.items() if (found := self.side_problem(side, fields))),
-                           None))
-        if problem:
-            yield render_notice(problem), "", None
-            return
-        keys = {side: self.side_key(fields[1]) for side, fields in sides.items()}
-        for side, key in keys.items():
-            if key not in self.models:
-                yield render_notice(f"Loading {self.model_name(key)} for side {side} …"), "", None
-                if (problem := await self.ensure_model(key, sides[side][0])) is not None:
-                    yield render_notice(f"Side {side}: {problem}"), "", None
-                    return
-        try:
-            found = self.library.get(corpus_name).search(query, int(candidates), method).candidates
-            rerankers = {side: self.reranker_for(keys[side], fields[0], int(fields[3]), fields[4])
-                         for side, fields in sides.items()}
-        except (EngineError, UploadError) as error:
-            yield render_notice(str(error)), "", None
-            return
-        if any(reranker is None for reranker in rerankers.values()):
-            yield render_notice("No model is loaded: load one in ☰ Corpus, settings and model."), "", None
-            return
-        shared = sides["A"] == sides["B"] and keys["A"] == keys["B"]
-        runs = {side: reranker.start_run(query, found, instruction=sides[side][2])
-                for side, reranker in rerankers.items()}
-        names = {side: f"{sides[side][0]} · {self.model_name(keys[side])} · budget {rerankers[side].budget}"
-                       + (f" · instruction: {sides[side][2]}" if sides[side][2] else " · no instruction")
-                 for side in SIDES}
-        corpus = self.library.get(corpus_name).corpus
-        view = ShownPair(pair=Comparison(runs["A"], runs["B"], shared=shared, judged=judgments_for(corpus, query)),
-                         budgets={side: reranker.budget for side, reranker in rerankers.items()}, names=names)
-        session = request.session_hash if request else ""
-        self.live.start(session, runs["A"])
-        try:
-            yield (*self.shown_pair(view, reranked=reranked), view)
-            if not found:
-                return
-            last = time.monotonic()
-            events = stream_pair(rerankers["A"], None if shared else rerankers["B"], query, found,
-                                 instructions=(sides["A"][2], sides["B"][2]))
-            try:
-                async with self.slots:
-                    async for side, event in events:
-                        if not self.live.current(session, runs["A"]):
-                            return  # stopped, replaced by a newer query, or the page was closed
-                        view.pair.apply(side, event)
-                        if time.monotonic() - last >= UPDATE_EVERY_S:
-                            last = time.monotonic()
-                            yield (*self.shown_pair(view, reranked=reranked), view)
-            finally:
-                await events.aclose()  # ends both sides' engine requests
-            yield (*self.shown_pair(view, reranked=reranked), view)
-        finally:
-            self.live.end(session, runs["A"])
-
-    def open_compare(self, on: bool, kind: str, key: str, instruction: str, budget: float | None, evidence: bool,
-                     a_instruction: str) -> tuple[Any, ...]:
-        """Compare on: both sides start as the current settings (B's instruction field is focused next). Off: the
-        query row's instruction is side A's."""
-        if not on:
-            return gr.update(visible=False), gr.update(visible=True, value=a_instruction), *(gr.skip(),) * 10
-        side = (gr.update(value=kind), gr.update(choices=self.model_choices(), value=key), instruction, budget,
-                evidence)
-        return gr.update(visible=True, open=True), gr.update(visible=False), *side, *side
-
-    def sides_shown(self, link: Link, kind: str, key: str, budget: float | None, evidence: bool) -> list[Any]:
-        """The page's fields for ``link``: the query row, the Compare toggle, the sides' rows and the settings."""
-        def fields(side: Side) -> list[Any]:
-            model = self.side_key(side.model) if side.model else key
-            return [side.reranker, gr.update(choices=self.model_choices(), value=model), side.instruction,
-                    side.budget or self.budget_of(side.reranker, model), side.evidence]
-
-        b = link.b or link.a
-        return [link.query, gr.update(visible=link.b is None, value=link.a.instruction), link.b is not None,
-                gr.update(visible=link.b is not None, open=False), *fields(link.a), *fields(b),
-                link.a.reranker, link.a.budget or budget, link.a.evidence or evidence]
-
-    async def from_link(self, kind: str, key: str, budget: float | None, evidence: bool, runs: int,
-                        compare_runs: int, request: gr.Request) -> list[Any]:
-        """The search the page's address asks for (``?q=…``, see ``search.compare.link_query``), set up and run;
-        a wrong parameter is named and nothing runs."""
-        unchanged = [gr.skip()] * (LINK_FIELDS + 2)  # and the corpus and the session's model
-        try:
-            link = parse_link(dict(request.query_params), Side(reranker=kind, evidence=bool(evidence)))
-        except SettingsError as error:
-            return [*unchanged, render_notice(f"This link cannot be opened: {error}"), *(gr.skip(),) * 3]
-        if link is None:
-            return [*unchanged, *(gr.skip(),) * 4]
-        corpus = link.corpus or gr.skip()
-        if link.corpus and link.corpus not in self.library.names():
-            return [*unchanged, render_notice(f"This link names the corpus {link.corpus!r}, which is not here; "
-                                              f"the corpora are {', '.join(self.library.names())}."),
-                    *(gr.skip(),) * 3]
-        selected = key
-        if link.b is None and link.a.model:
-            selected = self.side_key(link.a.model)
-            if (problem := await self.ensure_model(selected, link.a.reranker)) is not None:
-                return [*unchanged, render_notice(f"This link's model: {problem}"), *(gr.skip(),) * 3]
-        shown = self.sides_shown(link, kind, selected, budget, evidence)
-        return [*shown, corpus, selected, render_notice("Opened from a link."),
-                runs + (link.b is None), compare_runs + (link.b is not None), gr.update(visible=False)]
-
-    def link(self, query: str, corpus_name: str, on: bool, kind: str, key: str, instruction: str,
-             budget: float | None, evidence: bool, *sides: Any) -> str:
-        """The current search (or comparison) as a link's query string: the page turns it into the address."""
-        def side(fields: tuple[Any, ...]) -> Side:
-            side_kind, model, side_instruction, side_budget, side_evidence = fields
-            return Side(reranker=side_kind, model=self.model_name(self.side_key(model)),
-                        instruction=side_instruction.strip(), budget=int(side_budget or 0),
-                        evidence=bool(side_evidence))
-
-        if on:
-            link = Link(query=query.strip(), corpus=corpus_name, a=side(sides[:5]), b=side(sides[5:]))
-        else:
-            link = Link(query=query.strip(), corpus=corpus_name,
-                        a=side((kind, key, instruction, budget, evidence)))
-        return link_query(link)
-
-    def examples_of(self, corpus_name: str) -> list[Example]:
-        try:
-            return examples(self.library.get(corpus_name).corpus)
-        except UploadError:
-            return []
-
-    def example_samples(self, corpus_name: str) -> dict[str, Any]:
-        """The examples as the picker shows them: whole labels, escaped (a textbox sample is cut at 60 characters)."""
-        return {"samples": [[escape(example.label)] for example in self.examples_of(corpus_name)]}
-
-    def examples_update(self, corpus_name: str) -> Any:
-        return gr.Dataset(**self.example_samples(corpus_name))
-
-    def run_example(self, index: int, corpus_name: str, kind: str, key: str, budget: float | None, evidence: bool,
-                    runs: int, compare_runs: int) -> list[Any]:
-        """An example clicked: its query (and instruction) set, and run; a comparison example runs side A with the
-        instruction against side B without it."""
-        example = self.examples_of(corpus_name)[index]
-        a = Side(reranker=kind, instruction=example.instruction, evidence=bool(evidence))
-        link = Link(query=example.query, a=a, b=dataclasses.replace(a, instruction="") if example.compare else None)
-        return [*self.sides_shown(link, kind, key, budget, evidence), runs + (not example.compare),
-                compare_runs + example.compare, gr.update(visible=False)]
 
     def left(self, request: gr.Request) -> None:
         """The session closed the page: its run ends at its next event and is forgotten."""
@@ -612,6 +380,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
     status = status or ModelStatus(loaded=None, problem="none was configured.")
     settings = status.settings
     page = SearchPage(library, status, slots=slots, live=live)
+    compare_page = ComparePage(page)
     default_key = page.default_key
 
     # Uploads left in Gradio's folder (a file kept for "Load the good documents" and never loaded) go after a day.
@@ -637,7 +406,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                   label="First stage")
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=settings.rerank.top_k, step=1,
                                        label="Candidates to rerank")
-                # No precision: Gradio would round 2.5 to 2 where the handler must refuse it (_count_problem).
+                # No precision: Gradio would round 2.5 to 2 where the handler must refuse it (count_problem).
                 budget = gr.Number(value=page.budget_of(settings.rerank.reranker, default_key), minimum=1, step=1,
                                    label="Reasoning budget (tokens)")
                 reranker_kind = gr.Radio([(cls.label, name) for name, cls in RERANKERS.items()],
@@ -646,10 +415,10 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 evidence = gr.Checkbox(value=page.evidence_default(default_key), label=EVIDENCE_LABEL,
                                        info=EVIDENCE_INFO)
             with gr.Accordion("Model", open=False):
-                current = default_key.split(" · ") if default_key else ["demo", "transformers"]
-                model_name = gr.Dropdown(sorted({*REGISTRY, current[0]}), value=current[0], allow_custom_value=True,
-                                         label="Model (registry name, hub id or local folder)")
-                engine_kind = gr.Radio(list(ENGINE_KINDS), value=current[1], label="Engine")
+                current = ModelKey.parse(default_key) if default_key else ModelKey(name="demo", engine="transformers")
+                model_name = gr.Dropdown(sorted({*REGISTRY, current.name}), value=current.name,
+                                         allow_custom_value=True, label="Model (registry name, hub id or local folder)")
+                engine_kind = gr.Radio(list(ENGINE_KINDS), value=current.engine, label="Engine")
                 load_button = gr.Button("Load", size="sm")
                 model_status = gr.HTML(render_notice(f"Reranking with {status.loaded.engine.description}.")
                                        if status.loaded else "")
@@ -665,37 +434,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 with gr.Column(scale=1, min_width=160):
                     run_button = gr.Button("Search and rerank", variant="primary", size="sm")
                     stop_button = gr.Button("Stop", variant="stop", size="sm")
-            with gr.Row(equal_height=True, elem_id="es-toolbar"):
-                compare = gr.Checkbox(label="Compare: two judges side by side", value=False, container=False,
-                                      elem_id="es-compare", scale=0, min_width=260)
-                only_disagreements = gr.Checkbox(label="Only disagreements", value=False, container=False,
-                                                 visible=False, elem_id="es-only-disagreements", scale=0,
-                                                 min_width=180)
-                link_button = gr.Button("Copy link", size="sm", elem_id="es-copy-link", scale=0, min_width=110)
-                examples_button = gr.Button("Examples", size="sm", scale=0, min_width=110)
-                gr.HTML('<div class="es-counter"></div>', elem_id="es-counter", padding=False, scale=1)
-            link_box = gr.Textbox(label="Link to this search (copied)", visible=False, interactive=False,
-                                  elem_id="es-link")
-            with gr.Accordion("Sides A and B", open=True, visible=False, elem_id="es-sides") as sides_row:
-                side_inputs: dict[str, list[Any]] = {}
-                for side in SIDES:
-                    with gr.Row(equal_height=True):
-                        side_inputs[side] = [
-                            gr.Dropdown([(cls.label, name) for name, cls in RERANKERS.items()],
-                                        value=settings.rerank.reranker, label=f"{side} · reranker", scale=3,
-                                        min_width=180),
-                            gr.Dropdown(page.model_choices(), value=default_key, allow_custom_value=True,
-                                        label=f"{side} · model", scale=2, min_width=140),
-                            gr.Textbox(label=f"{side} · instruction", scale=4,
-                                       elem_id=f"es-{side.lower()}-instruction"),
-                            gr.Number(value=page.budget_of(settings.rerank.reranker, default_key), minimum=1, step=1,
-                                      label=f"{side} · budget", scale=1, min_width=90),
-                            gr.Checkbox(value=page.evidence_default(default_key), label="evidence", scale=1,
-                                        min_width=90)]
-                side_note = gr.HTML(padding=False)
-            with gr.Column(elem_id="es-examples") as examples_row:
-                examples_box = gr.Dataset(components=[gr.HTML(visible=False)], label="Examples: one click runs it",
-                                          **page.example_samples(default_corpus), type="index", samples_per_page=12)
+            controls = lay_out_compare(compare_page, settings, default_corpus=default_corpus)
             summary = gr.HTML(elem_id="es-summary", padding=False)
             results = gr.HTML(elem_id="es-results", padding=False)
             shown_run = gr.State(None)
@@ -730,46 +469,22 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                                corpus_name, reranker_kind, selected, evidence],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
                           concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
-        a_fields, b_fields = side_inputs["A"], side_inputs["B"]
-        compare_run = compare_runs.change(
-            page.compare, inputs=[query, method, candidates, sort_reranked, corpus_name, *a_fields, *b_fields],
-            outputs=[summary, results, shown_run], api_visibility="private", concurrency_limit=concurrency,
-            trigger_mode="multiple", show_progress="hidden")
+        fields = PageFields(query=query, instruction=instruction, method=method, candidates=candidates,
+                            sort_reranked=sort_reranked, corpus_name=corpus_name, reranker_kind=reranker_kind,
+                            selected=selected, budget=budget, evidence=evidence, runs=runs, compare_runs=compare_runs,
+                            summary=summary, results=results, shown_run=shown_run)
+        compare_run = wire_compare(app, compare_page, controls, fields, concurrency=concurrency)
         # A new query starts the next run at once; the run it replaces ends at its next event (LiveRuns).
         # Seen: cancelling the old run with Gradio's cancel at the same moment sometimes landed on the new run
         # instead (about one time in eight), which then never showed. Stop cancels both the run and a start still
         # on its way, so that a run cannot begin just after Stop.
-        start = gr.on([query.submit, run_button.click, a_fields[2].submit, b_fields[2].submit], started,
-                      inputs=[compare, runs, compare_runs], outputs=[runs, compare_runs, examples_row, sides_row],
-                      api_visibility="private")
+        sides_submit = [side[2].submit for side in controls.sides.values()]
+        start = gr.on([query.submit, run_button.click, *sides_submit], started,
+                      inputs=[controls.compare, runs, compare_runs],
+                      outputs=[runs, compare_runs, controls.examples_row, controls.sides_row], api_visibility="private")
         stop_button.click(None, cancels=[run, compare_run, start]).then(
             page.stopped, inputs=[shown_run, sort_reranked, budget], outputs=[summary, results],
             api_visibility="private")
-        compare.input(page.open_compare, inputs=[compare, reranker_kind, selected, instruction, budget, evidence,
-                                                 a_fields[2]],
-                      outputs=[sides_row, instruction, *a_fields, *b_fields], api_visibility="private").then(
-            None, inputs=compare, js=COMPARE_FOCUS_JS)
-        compare.change(lambda on: gr.update(visible=on, value=False), inputs=compare, outputs=only_disagreements,
-                       api_visibility="private")
-        only_disagreements.change(None, inputs=only_disagreements, js=FILTER_JS)
-        for fields in (a_fields, b_fields):
-            fields[0].input(page.budget_of, inputs=[fields[0], fields[1]], outputs=fields[3],
-                            api_visibility="private")
-            fields[1].input(page.memory_note, inputs=fields[1], outputs=side_note, api_visibility="private")
-        link_setup = [query, instruction, compare, sides_row, *a_fields, *b_fields, reranker_kind, budget, evidence]
-        app.load(page.from_link, inputs=[reranker_kind, selected, budget, evidence, runs, compare_runs],
-                 outputs=[*link_setup, corpus_name, selected, summary, runs, compare_runs, examples_row],
-                 api_visibility="private")
-        link_button.click(page.link, inputs=[query, corpus_name, compare, reranker_kind, selected, instruction, budget,
-                                             evidence, *a_fields, *b_fields], outputs=link_box,
-                          api_visibility="private").then(
-            None, inputs=link_box, outputs=link_box, js=COPY_LINK_JS).then(
-            lambda: gr.update(visible=True), outputs=link_box, api_visibility="private")
-        examples_box.click(page.run_example, inputs=[examples_box, corpus_name, reranker_kind, selected, budget,
-                                                     evidence, runs, compare_runs],
-                           outputs=[*link_setup, runs, compare_runs, examples_row], api_visibility="private")
-        examples_button.click(lambda: gr.update(visible=True), outputs=examples_row, api_visibility="private")
-        corpus_name.change(page.examples_update, inputs=corpus_name, outputs=examples_box, api_visibility="private")
         sort_reranked.change(page.resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
         export_button.click(page.export, inputs=shown_run, outputs=files)
         if annotations is not None and remembered is not None:

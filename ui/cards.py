@@ -277,8 +277,9 @@ def _clock(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
 
-def render_summary(summary: Summary, *, budget: int, unit: str = "judged") -> str:
-    """Done/total, the live token rate, elapsed time, an upper bound on the time left, and a progress bar."""
+def render_summary(summary: Summary, *, budget: int, unit: str = "judged", lead: str = "") -> str:
+    """Done/total, the live token rate, elapsed time, an upper bound on the time left, and a progress bar, after
+    ``lead`` (escaped HTML: a comparison's side and its settings)."""
     state = "stopped" if summary.stopped else ("done" if summary.finished else "reasoning")
     failed = f", {summary.failed} failed" if summary.failed else ""
     failed += f" · evidence {summary.explained}/{summary.judged}" if summary.explained else ""
@@ -287,7 +288,7 @@ def render_summary(summary: Summary, *, budget: int, unit: str = "judged") -> st
     left = "" if summary.finished or summary.stopped else (
         " · waiting for the first tokens" if eta is None else f" · ≤ {_clock(eta)} left")
     share = summary.progress(budget)
-    return (f'<div class="es-summary"><span><b>{done}/{summary.total}</b> {unit}{failed} · '
+    return (f'<div class="es-summary">{lead}<span><b>{done}/{summary.total}</b> {unit}{failed} · '
             f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s{left} · {state}</span>"
             f'<div class="es-progress" title="{share:.0%} of the most the run can write">'
             f'<div style="width: {share * 100:.1f}%"></div></div></div>')

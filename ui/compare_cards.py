@@ -89,10 +89,9 @@ def render_pair_summary(pair: Comparison, *, budgets: Mapping[SideName, int], na
     lines = []
     for side, run in pair.runs.items():
         shared = " (A's settings: A's work, reasoned once)" if pair.shared and side == "B" else ""
-        line = renderer_for(run).summary(run.summary(), budgets[side])
-        lines.append(line.replace('<div class="es-summary">', f'<div class="es-summary"><span class="es-side">{side}'
-                                  f'</span><span class="es-side-name" title="{escape(names[side], quote=True)}">'
-                                  f"{escape(names[side])}{shared}</span>", 1))
+        lead = (f'<span class="es-side">{side}</span><span class="es-side-name" '
+                f'title="{escape(names[side], quote=True)}">{escape(names[side])}{shared}</span>')
+        lines.append(renderer_for(run).summary(run.summary(), budgets[side], lead))
     stats = pair.stats()
     tau = "–" if stats.kendall_tau is None else f"{stats.kendall_tau:.2f}"
     ndcg = "" if stats.ndcg is None else " · nDCG@10 " + " · ".join(

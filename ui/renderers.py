@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from search.rerank.base import Reranker, Run, Summary
 from search.rerank.registry import reranker_class
@@ -15,12 +15,17 @@ from ui.evidence import ScoreScale
 from ui.window_cards import render_list_summary, render_window_half, render_windows
 
 
+class SummaryLine(Protocol):
+    def __call__(self, summary: Summary, budget: int, lead: str = "") -> str:
+        """(summary, reasoning budget, escaped HTML to lead the line with) → the summary line's HTML."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Renderer:
     cards: Callable[[Any, bool], str]
     """(run, reranked order?) → the cards' HTML."""
-    summary: Callable[[Summary, int], str]
-    """(summary, reasoning budget) → the summary line's HTML, with progress and time left."""
+    summary: SummaryLine
+    """The summary line's HTML, with progress and time left; a comparison leads it with the side's name."""
     half: Callable[[Any, str], str]
     """(run, document id) → the run's half of that document's compare card."""
 
@@ -31,7 +36,7 @@ def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
     def renderer(reranker: type[Reranker]) -> Renderer:
         scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max)
         return Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=verdict, scale=scale),
-                        summary=lambda summary, budget: render_summary(summary, budget=budget),
+                        summary=lambda summary, budget, lead="": render_summary(summary, budget=budget, lead=lead),
                         half=lambda run, doc_id: render_half(run, doc_id, verdict=verdict, scale=scale))
 
     return renderer
@@ -41,7 +46,8 @@ FAMILIES: dict[str, Callable[[type[Reranker]], Renderer]] = {
     "verdicts": _board(rank1_verdict),
     "grades": _board(grade_verdict),
     "windows": lambda reranker: Renderer(cards=lambda run, reranked: render_windows(run, reranked=reranked),
-                                         summary=lambda summary, budget: render_list_summary(summary, budget=budget),
+                                         summary=lambda summary, budget, lead="": render_list_summary(
+                                             summary, budget=budget, lead=lead),
                                          half=render_window_half),
 }
 """The renderer families, by the names rerankers give in ``Reranker.renderer``."""

@@ -134,5 +134,5 @@ def render_window_half(run: ListwiseRun, doc_id: str) -> str:
             f'<div class="es-passage">{snippet(run.query, run.by_id[doc_id].passage.text)[1]}</div></div>')
 
 
-def render_list_summary(summary: Summary, *, budget: int) -> str:
-    return render_summary(summary, budget=budget, unit="windows")
+def render_list_summary(summary: Summary, *, budget: int, lead: str = "") -> str:
+    return render_summary(summary, budget=budget, unit="windows", lead=lead)

@@ -1,0 +1,37 @@
+"""How the page names a loaded model: "name · engine", the text its Model panel, the sides' model pickers and the
+session's choice carry (Gradio components hold text). Parsed and written here only, so that no handler splits the
+text by hand. Not the weights' key in caches (``LoadedModel.key``): the same weights on two engines are two models
+here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEPARATOR = " · "
+
+
+class ModelKeyError(ValueError):
+    """A text that is not "name · engine"."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelKey:
+    name: str
+    """A catalogue name, hub id or local folder; empty for an OpenAI-compatible server's own model."""
+    engine: str
+
+    def __post_init__(self) -> None:
+        if not self.engine or SEPARATOR in self.engine:
+            raise ModelKeyError(f"a model key's engine must be a name without {SEPARATOR.strip()!r}; "
+                                f"got {self.engine!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> ModelKey:
+        """The key ``str`` wrote; the engine is what follows the last separator (a folder may contain one)."""
+        name, separator, engine = text.rpartition(SEPARATOR)
+        if not separator or not engine:
+            raise ModelKeyError(f"{text!r} is not a model key: expected 'name{SEPARATOR}engine'")
+        return cls(name=name, engine=engine)
+
+    def __str__(self) -> str:
+        return f"{self.name}{SEPARATOR}{self.engine}"

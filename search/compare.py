@@ -19,7 +19,7 @@ from ir_measures import nDCG
 
 from search.corpus import Corpus
 from search.evaluation import per_query
-from search.rerank.base import Reranker, Run, relevance_disagreement
+from search.rerank.base import Reranker, Run
 from search.rerank.events import Event
 from search.rerank.registry import SETTING_CHOICES, reranker_class
 from search.retrieval.ranking import Candidate
@@ -135,7 +135,8 @@ async def stream_pair(a: Reranker, b: Reranker | None, query: str, candidates: S
                       instructions: tuple[str, str]) -> AsyncIterator[tuple[SideName, Event]]:
     """Both sides' events as they happen, tagged with their side, from the two rerankers at once. On one engine
     their requests batch together, each side keeping at most half of what the engine decodes together in flight
-    (else one side's requests would fill the batch and the other's wait). ``b`` None means B has A's settings: each
+    (else one side's requests would fill the batch and the other's wait), every request counted, evidence's
+    re-scores too. ``b`` None means B has A's settings: each
     of A's events is B's too. Closing the stream closes both sides' engine requests."""
     if b is None:
         async with contextlib.aclosing(a.stream(query, candidates, instruction=instructions[0])) as events:
@@ -160,7 +161,9 @@ def _tagger(side: SideName) -> Any:
 
 
 def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float | None:
-    """Kendall's tau-b between two orders of the same documents (None for fewer than two)."""
+    """Kendall's tau between two orders of the same documents (None for fewer than two). The orders have no ties:
+    each run breaks ties in score by first-stage rank before SciPy sees them, so SciPy's tau-b tie correction never
+    applies (here tau-b is tau-a), and documents tied in score count as ordered by their first-stage rank."""
     if len(a) < 2:
         return None
     from scipy.stats import kendalltau
@@ -170,22 +173,34 @@ def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float | None:
 
 
 def rank_biased_overlap(a: Sequence[str], b: Sequence[str], p: float = RBO_PERSISTENCE) -> float:
-    """Extrapolated rank-biased overlap (Webber, Moffat and Zobel 2010, eq. 32): 1 for identical lists, weighted
-    to the top by ``p``. Written here because the one package for it (``rbo``) pins numpy below 2."""
-    depth = min(len(a), len(b))
-    if depth == 0:
-        return 1.0 if len(a) == len(b) else 0.0
-    seen_a: set[str] = set()
-    seen_b: set[str] = set()
+    """Extrapolated rank-biased overlap (Webber, Moffat and Zobel 2010, eq. 32; for lists of the same length eq.
+    30): 1 for identical lists, weighted to the top by ``p``. With S the shorter list (``s`` long), L the longer
+    (``l``) and X_d = |S[:min(d, s)] ∩ L[:d]|, it is (1−p)/p · (Σ_{d≤l} X_d/d·p^d + Σ_{s<d≤l} X_s·(d−s)/(s·d)·p^d)
+    + ((X_l − X_s)/l + X_s/s)·p^l: past its end, S is taken to go on agreeing as it did at depth s. Written here
+    because the one package for it (``rbo``) pins numpy below 2 (and ``ranked-overlap`` 0.1.0 extrapolates uneven
+    lists otherwise than eq. 32)."""
+    short, long_ = sorted((a, b), key=len)
+    s, depth = len(short), len(long_)
+    if s == 0:
+        return 1.0 if depth == 0 else 0.0
+    seen_short: set[str] = set()
+    seen_long: set[str] = set()
     overlap = 0
     weighted = 0.0
+    overlap_at_s = 0
     for d in range(1, depth + 1):
-        x, y = a[d - 1], b[d - 1]
-        overlap += (x == y) + (x in seen_b) + (y in seen_a)
-        seen_a.add(x)
-        seen_b.add(y)
+        y = long_[d - 1]
+        if d <= s:
+            x = short[d - 1]
+            overlap += (x == y) + (x in seen_long) + (y in seen_short)
+            seen_short.add(x)
+            overlap_at_s = overlap
+        else:
+            overlap += y in seen_short
+            weighted += overlap_at_s * (d - s) / (s * d) * p**d
+        seen_long.add(y)
         weighted += overlap / d * p**d
-    return overlap / depth * p**depth + (1 - p) / p * weighted
+    return (1 - p) / p * weighted + ((overlap - overlap_at_s) / depth + overlap_at_s / s) * p**depth
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -273,14 +288,12 @@ class Comparison:
         return {candidate.passage.doc_id: place for place, candidate in enumerate(self.runs[side].ordered(), 1)}
 
     def disagreement(self, doc_id: str) -> str | None:
-        """Why the sides disagree about ``doc_id`` (both have judged it), or None: by the reranker's own rule
-        when both sides run the same one, else by the 0–1 relevance."""
+        """Why the sides disagree about ``doc_id`` (both have judged it), or None: by the rule of their rerankers
+        (``Reranker.disagreement_with``)."""
         a, b = self.runs["A"], self.runs["B"]
         if self.shared:
             return None
-        if a.reranker == b.reranker:
-            return reranker_class(a.reranker).disagreement(a, b, doc_id)
-        return relevance_disagreement(a, b, doc_id)
+        return reranker_class(a.reranker).disagreement_with(reranker_class(b.reranker), a, b, doc_id)
 
     def disagreements(self) -> dict[str, str]:
         """Every disagreement so far, by document: the reason shown on its badge."""

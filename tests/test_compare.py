@@ -5,9 +5,11 @@ real engines run it in test_browser.py and test_cli.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-import time
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,10 +29,11 @@ from search.compare import (
     stream_pair,
 )
 from search.corpus import Corpus, Query, load_corpus
+from search.engines.base import GenerationChunk, GenerationRequest
 from search.pipeline import collect
 from search.rerank.assessor import AssessorReranker
 from search.rerank.cache import JudgmentCache
-from search.rerank.events import Graded, Judged, RankingDone, WindowRanked, WindowStarted
+from search.rerank.events import Graded, Judged, RankingDone, Reasoning, WindowRanked, WindowStarted
 from search.rerank.rank1 import Rank1Reranker
 from search.rerank.reasonrank import ReasonRankReranker
 from search.settings import SAMPLE_CORPUS, CorpusSettings, RerankSettings, SettingsError
@@ -78,6 +81,29 @@ def test_rank_biased_overlap_matches_hand_computed_values() -> None:
     assert rank_biased_overlap([], []) == 1.0
 
 
+def test_rank_biased_overlap_extrapolates_lists_of_different_lengths() -> None:
+    """Webber, Moffat and Zobel (2010), eq. 32, with S the shorter list (s long), L the longer (l long) and
+    X_d = |S[:min(d, s)] ∩ L[:d]|:
+    (1−p)/p · (Σ_{d≤l} X_d/d·p^d + Σ_{s<d≤l} X_s·(d−s)/(s·d)·p^d) + ((X_l − X_s)/l + X_s/s)·p^l."""
+    p = 0.9
+    # [a b c d] against [c d]: X_1 = 0, X_2 = 0, X_3 = 1, X_4 = 2, so X_s = X_2 = 0 and the second sum is 0.
+    first = (1 / 3) * p**3 + (2 / 4) * p**4  # 0.243 + 0.32805
+    expected = (1 - p) / p * first + (2 - 0) / 4 * p**4  # 0.06345 + 0.32805 = 0.3915
+    assert expected == pytest.approx(0.3915)
+    assert rank_biased_overlap(list("abcd"), list("cd"), p=p) == pytest.approx(expected)
+    assert rank_biased_overlap(list("cd"), list("abcd"), p=p) == pytest.approx(expected)  # either order
+    # [a b c d] against [a c]: X_1 = 1, X_2 = 1, X_3 = 2, X_4 = 2; X_s = 1, so every term counts.
+    first = 1 * p + (1 / 2) * p**2 + (2 / 3) * p**3 + (2 / 4) * p**4  # 0.9 + 0.405 + 0.486 + 0.32805
+    second = 1 * (3 - 2) / (2 * 3) * p**3 + 1 * (4 - 2) / (2 * 4) * p**4  # 0.1215 + 0.164025
+    expected = (1 - p) / p * (first + second) + ((2 - 1) / 4 + 1 / 2) * p**4  # 0.267175 + 0.492075
+    assert expected == pytest.approx(0.75925)
+    assert rank_biased_overlap(list("abcd"), list("ac"), p=p) == pytest.approx(expected)
+    # Equal lengths are eq. 30 as before: X_k/k·p^k + (1−p)/p·Σ X_d/d·p^d.
+    assert rank_biased_overlap(list("abcd"), list("bacd"), p=p) == pytest.approx(
+        p**4 + (1 - p) / p * (0 + 1 * p**2 + 1 * p**3 + 1 * p**4))
+    assert rank_biased_overlap(list("ab"), []) == 0.0
+
+
 def test_kendall_tau_matches_hand_computed_values() -> None:
     assert kendall_tau(list("abcd"), list("abcd")) == pytest.approx(1.0)
     assert kendall_tau(list("abcd"), list("dcba")) == pytest.approx(-1.0)
@@ -111,6 +137,39 @@ def test_reasonrank_disagrees_when_a_rank_moves_by_three_or_more() -> None:
     assert ReasonRankReranker.disagreement(a, b, "b") is None
     assert ReasonRankReranker.disagreement(listwise("abcde"), listwise("bcdae"), "a") == "rank #1 → #4"
     assert ReasonRankReranker.disagreement(listwise("abcde"), listwise("bcade"), "a") is None  # moved 2
+
+
+def test_against_a_listwise_side_ranks_among_the_documents_both_judged_decide() -> None:
+    """ReasonRank's relevance is derived from its rank: against a probability it would disagree wherever the
+    scores are not spread evenly (issue 37: 9 of 20 here), though both put the documents in the same order."""
+    docs = [candidate(f"d{rank:02}", "text", rank=rank) for rank in range(1, 21)]
+    ids = [item.passage.doc_id for item in docs]
+    pointwise = Rank1Reranker.new_run("q", docs, settings=RerankSettings())
+    for doc_id in ids:
+        pointwise.apply(judged(doc_id, 0.95 if doc_id in ids[:5] else 0.03))
+
+    def ranked(order: list[str], *, judged_ids: int = 20) -> object:
+        run = ReasonRankReranker.new_run("q", docs, settings=RerankSettings(window=20, step=10))
+        run.apply(WindowStarted(reranker="reasonrank", window=0, start=0, end=20, doc_ids=tuple(ids)))
+        run.apply(WindowRanked(reranker="reasonrank", window=0, doc_ids=tuple(order), status="ok", reasoning="r",
+                               answer="", tokens=4))
+        run.apply(RankingDone(reranker="reasonrank", window=0, doc_ids=tuple(order)))
+        return run
+
+    for pair in (Comparison(pointwise, ranked(ids)), Comparison(ranked(ids), pointwise)):
+        stats = pair.stats()
+        assert (stats.kendall_tau, stats.rbo, stats.disagreements) == (pytest.approx(1.0), pytest.approx(1.0), 0)
+    moved = [*ids[3:6], *ids[:3], *ids[6:]]  # d01–d03 down three places, d04–d06 up three
+    pair = Comparison(pointwise, ranked(moved))
+    assert pair.disagreements() == {**{ids[n]: f"rank #{n + 1} → #{n + 4}" for n in range(3)},
+                                    **{ids[n]: f"rank #{n + 1} → #{n - 2}" for n in range(3, 6)}}
+    # Ranks among the documents both have judged: with only d01–d04 judged by A, d04 moving from 4th to 1st is a
+    # move of three among them, whatever the 16 others do.
+    partial = Rank1Reranker.new_run("q", docs, settings=RerankSettings())
+    for doc_id in ids[:4]:
+        partial.apply(judged(doc_id, 0.95))
+    reordered = [ids[3], *ids[4:], *ids[:3]]
+    assert Comparison(partial, ranked(reordered)).disagreements() == {ids[3]: "rank #4 → #1"}
 
 
 def test_across_rerankers_the_0_to_1_relevance_decides() -> None:
@@ -198,27 +257,92 @@ def test_both_sides_stream_at_once_and_the_same_settings_reason_once(tokenizer: 
     assert [pair.runs["B"].score(doc) for doc in "abc"] == [pair.runs["A"].score(doc) for doc in "abc"]
 
 
+class HoldingEngine(ScriptedEngine):
+    """Streams each request's first chunk, then holds the request open until it is aborted: a request in flight
+    when the pair closes can end no other way. ``idle`` is set whenever the last request in flight ends."""
+
+    def __init__(self, tokenizer: object, script: object) -> None:
+        super().__init__(tokenizer, script)
+        self.idle = threading.Event()
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
+        self.running += 1
+        try:
+            yield self.script(request)[0]
+            await asyncio.get_running_loop().create_future()  # never done
+        except asyncio.CancelledError:
+            self.aborted.append(request)
+            raise
+        finally:
+            self.running -= 1
+            if not self.running:
+                self.idle.set()
+
+
 def test_closing_the_pair_ends_both_sides_engine_requests(tokenizer: object) -> None:
-    engines = [ScriptedEngine(tokenizer, scripted_model(name, tokenizer), pause_s=0.05)
-               for name in ("rank1", "assessor")]
+    """Closed once each side's engine has streamed reasoning (a request in flight there, which only an abort
+    ends), not at the first events: those come before any engine request, which a loaded machine may not have
+    started by then."""
+    engines = [HoldingEngine(tokenizer, scripted_model(name, tokenizer)) for name in ("rank1", "assessor")]
     a = Rank1Reranker(engines[0], model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
     b = AssessorReranker(engines[1], model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
 
-    async def first_events() -> None:
-        pair = stream_pair(a, b, "q", DOCS, instructions=("", "an instruction"))
-        seen = set()
-        async for side, _ in pair:
-            seen.add(side)
-            if seen == {"A", "B"}:
-                break
-        await pair.aclose()
+    async def until_both_reason() -> None:
+        reasoning = set()
+        async with contextlib.aclosing(stream_pair(a, b, "q", DOCS, instructions=("", "an instruction"))) as pair:
+            async for side, event in pair:
+                reasoning |= {side} if isinstance(event, Reasoning) else set()
+                if reasoning == {"A", "B"}:
+                    break
 
-    asyncio.run(first_events())
-    deadline = time.monotonic() + 10  # each engine cancels on its own thread, soon after
-    while any(engine.running for engine in engines) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(engine.running == 0 and engine.aborted for engine in engines)
+    asyncio.run(until_both_reason())
+    assert all(engine.idle.wait(timeout=120) for engine in engines)  # each engine cancels on its own thread
+    for engine in engines:
+        assert engine.running == 0 and engine.aborted
+        assert sorted(request.prompt for request in engine.aborted) == sorted(r.prompt for r in engine.requests)
     assert "an instruction" in engines[1].requests[0].prompt
+
+
+class CountingEngine(ScriptedEngine):
+    """Records the most requests each side (told by its instruction in the prompt) had in flight at once."""
+
+    def __init__(self, tokenizer: object, script: object, *, pause_s: float) -> None:
+        super().__init__(tokenizer, script, pause_s=pause_s)
+        self.in_flight = {"side-a": 0, "side-b": 0}
+        self.most = dict(self.in_flight)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        side = "side-a" if "side-a" in request.prompt else "side-b"
+        self.in_flight[side] += 1
+        self.most[side] = max(self.most[side], self.in_flight[side])
+        try:
+            async for chunk in super()._generate(request):
+                yield chunk
+        finally:
+            self.in_flight[side] -= 1
+
+
+def test_a_side_with_evidence_keeps_to_its_half_of_the_batch(tokenizer: object) -> None:
+    """Evidence re-scores a judgment's passage once per sentence, all at once: each re-score is a request in flight
+    and takes a slot of the side's half, as a judgment does."""
+    docs = [candidate(doc_id, "One fact. Two facts. Three facts. Four facts. Five facts.", rank=rank)
+            for rank, doc_id in enumerate("abcde", start=1)]
+    engine = CountingEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
+    engine.decoding_together = 4
+    a, b = (Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False,
+                                                                                    evidence=evidence))
+            for evidence in (True, False))
+    pair = Comparison(a.start_run("q", docs, instruction="side-a"), b.start_run("q", docs, instruction="side-b"))
+
+    async def run() -> None:
+        async for side, event in stream_pair(a, b, "q", docs, instructions=("side-a", "side-b")):
+            pair.apply(side, event)
+
+    asyncio.run(run())
+    assert pair.finished and pair.runs["A"].summary().explained == 5
+    assert sum("side-a" in request.prompt for request in engine.requests) > 5 * 6  # judgments and re-scores
+    assert engine.most["side-a"] <= 2 and engine.most["side-b"] <= 2
 
 
 def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tokenizer: object) -> None:

@@ -9,6 +9,7 @@ judgment's re-scores go to the engine at once, so they batch; on vLLM the prefix
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -49,10 +50,12 @@ def evidence_by_default(engine_kind: str, device: str) -> bool:
 
 
 class _Scorer:
-    """Scores passages with some sentences removed, each set once, counting what it costs."""
+    """Scores passages with some sentences removed, each set once, counting what it costs. Each re-score holds
+    ``slot`` while it is in flight."""
 
-    def __init__(self, engine: Engine, probe: Probe, passage: str, spans: Sequence[Span]) -> None:
-        self.engine, self.probe, self.passage, self.spans = engine, probe, passage, spans
+    def __init__(self, engine: Engine, probe: Probe, passage: str, spans: Sequence[Span],
+                 slot: contextlib.AbstractAsyncContextManager) -> None:
+        self.engine, self.probe, self.passage, self.spans, self.slot = engine, probe, passage, spans, slot
         self.scores: dict[frozenset[int], float] = {}
         self.requests = self.prefill_tokens = self.cached_tokens = 0
 
@@ -69,7 +72,8 @@ class _Scorer:
 
     async def _score(self, removal: frozenset[int]) -> float:
         prompt = self.probe.prompt(without(self.passage, self.spans, removal))
-        step = await one_step(self.engine, prompt, self.probe.token_ids)
+        async with self.slot:
+            step = await one_step(self.engine, prompt, self.probe.token_ids)
         values = measured(step.logprobs, self.probe.token_ids)
         if values is None:
             raise EngineError(f"the engine returned log-probabilities for {sorted(step.logprobs)}, not for every "
@@ -109,9 +113,11 @@ def random_removals(sentences: int, size: int) -> list[frozenset[int]]:
 
 
 async def explain(engine: Engine, probe: Probe, *, reranker: str, doc_id: str, passage: str, title: str,
-                  reasoning: str, exact_limit: int = EXACT_LIMIT) -> Evidence:
+                  reasoning: str, exact_limit: int = EXACT_LIMIT,
+                  slot: contextlib.AbstractAsyncContextManager | None = None) -> Evidence:
     """The evidence for one judgment: every sentence's delta, the quotes, and the faithfulness check. Passages of
-    more than ``exact_limit`` sentences are attributed by the surrogate."""
+    more than ``exact_limit`` sentences are attributed by the surrogate. Each re-score holds ``slot`` (a share of
+    the engine, counted per request in flight) while it runs."""
     began = time.monotonic()
     spans = split_sentences(passage, title=title)
     count = len(spans)
@@ -120,7 +126,7 @@ async def explain(engine: Engine, probe: Probe, *, reranker: str, doc_id: str, p
                  else surrogate_masks(SURROGATE_ABLATIONS, count))
     size = max(1, round(TOP_SHARE * count)) if count else 0
     randoms = random_removals(count, size) if count else []
-    scorer = _Scorer(engine, probe, passage, spans)
+    scorer = _Scorer(engine, probe, passage, spans, slot or contextlib.nullcontext())
     await scorer.score_all([frozenset(), *ablations, *randoms])
     full = scorer.scores[frozenset()]
     if method == "ablation":

@@ -255,6 +255,22 @@ def relevance_disagreement(a: Run, b: Run, doc_id: str) -> str | None:
     return f"relevance {one:.2f} → {other:.2f}"
 
 
+RANK_GAP = 3
+"""Two rankings disagree about a document when its places among the documents both have judged are this far
+apart: the rule wherever a side gives ranks only."""
+
+
+def rank_disagreement(a: Run, b: Run, doc_id: str) -> str | None:
+    """Why ``a`` and ``b`` disagree about ``doc_id`` by its place (from 1) among the documents both have judged, each
+    in its own order, or None (also while either has not judged it)."""
+    if a.status(doc_id) != "judged" or b.status(doc_id) != "judged":
+        return None
+    one, other = ([candidate.passage.doc_id for candidate in run.ordered()
+                   if a.status(candidate.passage.doc_id) == b.status(candidate.passage.doc_id) == "judged"
+                   ].index(doc_id) + 1 for run in (a, b))
+    return f"rank #{one} → #{other}" if abs(one - other) >= RANK_GAP else None
+
+
 class Reranker(ABC):
     """A reasoning reranker over an engine. Subclasses are pure logic: they build prompts, read the engine's
     tokens and log-probabilities, and speak the shared events."""
@@ -276,6 +292,9 @@ class Reranker(ABC):
     """Whether it judges each document on its own (then annotators can see its judgments beside theirs)."""
     grades: ClassVar[int] = 0
     """How many grades its judgments come on (4 for the TREC 0–3 scale; 0 when it does not grade)."""
+    ranks_only: ClassVar[bool] = False
+    """Whether it gives ranks and no judgment of each document (listwise): its relevance is derived from the rank,
+    so its runs are compared with any reranker's by rank."""
 
     def __init__(self, engine: Engine, *, model_key: str, budget: int, settings: RerankSettings,
                  cache: JudgmentCache | None = None) -> None:
@@ -296,7 +315,9 @@ class Reranker(ABC):
                slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
         """Every event of reranking ``candidates`` for ``query``, as they happen. Closing the stream early cancels
         the engine requests. ``slots`` bounds the engine requests in flight, shared by every stream given the
-        same one (a batch's many queries); replayed judgments do not wait for one."""
+        same one (a batch's many queries): each request holds one while it runs (a judgment keeps its one through
+        the forced step that follows it at once; each of evidence's re-scores holds its own); replayed judgments do
+        not wait for one."""
 
     @classmethod
     @abstractmethod
@@ -321,7 +342,19 @@ class Reranker(ABC):
     @classmethod
     def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
         """Why two runs of this reranker disagree about ``doc_id`` (shown on its badge), or None: they agree, or
-        one has not judged it yet. By default, the rule across rerankers: ``relevance_disagreement``."""
+        one has not judged it yet. By default, by rank when it gives ranks only, else by the 0–1 relevance."""
+        return (rank_disagreement if cls.ranks_only else relevance_disagreement)(a, b, doc_id)
+
+    @classmethod
+    def disagreement_with(cls, other: type[Reranker], a: Run, b: Run, doc_id: str) -> str | None:
+        """Why a run of this reranker (``a``) and a run of ``other`` (``b``) disagree about ``doc_id``, or None: by
+        this reranker's own rule when ``other`` is the same one; by rank among the documents both have judged when
+        either gives ranks only (a rank-derived relevance is no judgment to set beside a probability or a grade);
+        else by the 0–1 relevance."""
+        if other is cls:
+            return cls.disagreement(a, b, doc_id)
+        if cls.ranks_only or other.ranks_only:
+            return rank_disagreement(a, b, doc_id)
         return relevance_disagreement(a, b, doc_id)
 
     @classmethod

@@ -226,7 +226,8 @@ class PointwiseReranker(Reranker):
     async def _evidence(self, emit: Emit, query: str, passage: Passage, prepared: PreparedPrompt, outcome: Measured,
                         slot: contextlib.AbstractAsyncContextManager) -> None:
         """The judgment's evidence, replayed from the cache or measured; none when the engine fails meanwhile (the
-        judgment stands, and the terminal says why)."""
+        judgment stands, and the terminal says why). Each re-score holds a ``slot`` of its own while in flight: they
+        go to the engine all at once, and under the judgment's one slot they would flood a shared engine's queue."""
         key = judgment_key(model=self.model_key, recipe=f"{self.recipe}+{EVIDENCE_RECIPE}", budget=self.budget,
                            prompt=prepared.prompt + outcome.reasoning)
         cached = self.cache.get(key) if self.cache is not None else None
@@ -235,10 +236,9 @@ class PointwiseReranker(Reranker):
             return
 
         try:
-            async with slot:
-                evidence = await explain(self.engine, self.probe(query, outcome), reranker=self.name,
-                                         doc_id=passage.doc_id, passage=prepared.passage, title=passage.title,
-                                         reasoning=outcome.reasoning)
+            evidence = await explain(self.engine, self.probe(query, outcome), reranker=self.name, doc_id=passage.doc_id,
+                                     passage=prepared.passage, title=passage.title, reasoning=outcome.reasoning,
+                                     slot=slot)
         except EngineError as error:
             logger.warning("no evidence for %s: %s", passage.doc_id, error)
             return

@@ -13,10 +13,10 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from search.engines.base import EngineError, GenerationRequest
-from search.rerank.base import Reranker, RerankerDefaults, Run, query_text
+from search.rerank.base import Reranker, RerankerDefaults, query_text
 from search.rerank.cache import judgment_key
 from search.rerank.events import Event, RankingDone, WindowRanked, WindowReasoning, WindowStarted, WindowStatus
 from search.rerank.listwise import ListwiseRun
@@ -138,15 +138,7 @@ class ReasonRankReranker(Reranker):
     score_name = ListwiseRun.score_name
     relevance_meaning = "(count − rank + 1) ÷ count: ReasonRank gives ranks, no scores"
     renderer = "windows"
-    rank_gap: ClassVar[int] = 3
-    """Two runs disagree about a document when their ranks of it are this far apart: ranks are all it gives."""
-
-    @classmethod
-    def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
-        if a.status(doc_id) != "judged" or b.status(doc_id) != "judged":
-            return None
-        one, other = (1 + [candidate.passage.doc_id for candidate in run.ordered()].index(doc_id) for run in (a, b))
-        return f"rank #{one} → #{other}" if abs(one - other) >= cls.rank_gap else None
+    ranks_only = True
 
     @property
     def window(self) -> int:

@@ -2,8 +2,9 @@
 
 Each query's run keeps what it must (``Run.durable``); on a restart those events are folded back and only what
 the run still lacks is sent again (``Run.unfinished``). What a killed run finished but did not keep comes back
-from the judgment cache (a ReasonRank query cut off mid-way replays its finished windows from it). Up to
-``concurrency`` engine requests are in flight at once, across queries.
+from the judgment cache (a ReasonRank query cut off mid-way replays its finished windows from it; on Ray the
+driver keeps the entries its workers wrote, search/batch/cluster.py). Up to ``concurrency`` engine requests are
+in flight at once, across queries.
 """
 
 from __future__ import annotations
@@ -63,10 +64,24 @@ class Work:
     item: BatchQuery
     run: Run
     todo: tuple[Candidate, ...]
+    counted: int = 0
+    """Documents of this query the progress has already counted (by an earlier try): not counted again."""
 
-    def again(self) -> Work:
-        """The same query after a lost worker: only what its run still lacks (what arrived is kept)."""
-        return Work(item=self.item, run=self.run, todo=self.run.unfinished())
+    def again(self, store: BatchStore, new_run: Callable[[BatchQuery], Run]) -> Work:
+        """The same query after a lost worker: a fresh run with what the batch kept of it (the lost stream's
+        half-told events are dropped, so the next stream's are not folded on top of them), sending only what that
+        run lacks; what the lost try counted stays counted, once."""
+        run = kept_run(self.item, store.kept_by_query().get(self.item.query.query_id, []), new_run)
+        return Work(item=self.item, run=run, todo=run.unfinished(),
+                    counted=max(self.counted, self.run.documents_done()))
+
+
+def kept_run(item: BatchQuery, kept: list[Event], new_run: Callable[[BatchQuery], Run]) -> Run:
+    """A fresh run of ``item`` (``new_run``) with the events the batch kept of it folded in."""
+    run = new_run(item)
+    for event in kept:
+        run.apply(event)
+    return run
 
 
 def plan_batch(inputs: BatchInputs, store: BatchStore, new_run: Callable[[BatchQuery], Run]
@@ -77,9 +92,7 @@ def plan_batch(inputs: BatchInputs, store: BatchStore, new_run: Callable[[BatchQ
     work = []
     done = failed = 0
     for item in inputs.queries:
-        run = new_run(item)
-        for event in kept.get(item.query.query_id, []):
-            run.apply(event)
+        run = kept_run(item, kept.get(item.query.query_id, []), new_run)
         done, failed = done + run.documents_done(), failed + run.documents_failed()
         if todo := run.unfinished():
             work.append(Work(item=item, run=run, todo=todo))
@@ -128,7 +141,7 @@ async def rerank_query(work: Work, store: BatchStore, events: AsyncIterator[Even
         for item in kept:
             store.record(query.query_id, item)
         after = (run.documents_done(), run.documents_failed(), run.summary().tokens)
-        progress.documents_done += after[0] - before[0]
+        progress.documents_done += max(after[0], work.counted) - max(before[0], work.counted)
         progress.failed += after[1] - before[1]
         progress.tokens += after[2] - before[2]
         progress.replayed += sum(bool(getattr(item, "from_cache", False)) for item in kept)

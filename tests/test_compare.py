@@ -29,7 +29,8 @@ from search.compare import (
     stream_pair,
 )
 from search.corpus import Corpus, Query, load_corpus
-from search.engines.base import GenerationChunk, GenerationRequest
+from search.engines.base import Engine, GenerationChunk, GenerationRequest
+from search.engines.hf_engine import TransformersEngine
 from search.pipeline import collect
 from search.rerank.assessor import AssessorReranker
 from search.rerank.cache import JudgmentCache
@@ -304,34 +305,31 @@ def test_closing_the_pair_ends_both_sides_engine_requests(tokenizer: object) -> 
     assert "an instruction" in engines[1].requests[0].prompt
 
 
-class CountingEngine(ScriptedEngine):
-    """Records the most requests each side (told by its instruction in the prompt) had in flight at once."""
+def most_in_flight(engine: Engine) -> dict[str, int]:
+    """Counts ``engine``'s requests as it runs them: the most each side (told by its instruction in the prompt) had
+    in flight at once, kept up to date in the mapping returned."""
+    most = {"side-a": 0, "side-b": 0}
+    now = dict(most)
+    generate = engine._generate
 
-    def __init__(self, tokenizer: object, script: object, *, pause_s: float) -> None:
-        super().__init__(tokenizer, script, pause_s=pause_s)
-        self.in_flight = {"side-a": 0, "side-b": 0}
-        self.most = dict(self.in_flight)
-
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def counting(request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         side = "side-a" if "side-a" in request.prompt else "side-b"
-        self.in_flight[side] += 1
-        self.most[side] = max(self.most[side], self.in_flight[side])
+        now[side] += 1
+        most[side] = max(most[side], now[side])
         try:
-            async for chunk in super()._generate(request):
+            async for chunk in generate(request):
                 yield chunk
         finally:
-            self.in_flight[side] -= 1
+            now[side] -= 1
+
+    engine._generate = counting
+    return most
 
 
-def test_a_side_with_evidence_keeps_to_its_half_of_the_batch(tokenizer: object) -> None:
-    """Evidence re-scores a judgment's passage once per sentence, all at once: each re-score is a request in flight
-    and takes a slot of the side's half, as a judgment does."""
-    docs = [candidate(doc_id, "One fact. Two facts. Three facts. Four facts. Five facts.", rank=rank)
-            for rank, doc_id in enumerate("abcde", start=1)]
-    engine = CountingEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
-    engine.decoding_together = 4
-    a, b = (Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False,
-                                                                                    evidence=evidence))
+def evidence_against_none(engine: Engine, docs: list[object], *, budget: int) -> Comparison:
+    """Rank1 with evidence (A) against rank1 without (B) on one engine, run to the end."""
+    a, b = (Rank1Reranker(engine, model_key="m", budget=budget, settings=RerankSettings(judgment_cache=False,
+                                                                                        evidence=evidence))
             for evidence in (True, False))
     pair = Comparison(a.start_run("q", docs, instruction="side-a"), b.start_run("q", docs, instruction="side-b"))
 
@@ -340,9 +338,36 @@ def test_a_side_with_evidence_keeps_to_its_half_of_the_batch(tokenizer: object) 
             pair.apply(side, event)
 
     asyncio.run(run())
+    return pair
+
+
+FIVE_SENTENCES = "One fact. Two facts. Three facts. Four facts. Five facts."
+
+
+def test_a_side_with_evidence_keeps_to_its_half_of_the_batch(tokenizer: object) -> None:
+    """Evidence re-scores a judgment's passage once per sentence, all at once: each re-score is a request in flight
+    and takes a slot of the side's half, as a judgment does."""
+    docs = [candidate(doc_id, FIVE_SENTENCES, rank=rank) for rank, doc_id in enumerate("abcde", start=1)]
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
+    engine.decoding_together = 4
+    most = most_in_flight(engine)
+    pair = evidence_against_none(engine, docs, budget=64)
     assert pair.finished and pair.runs["A"].summary().explained == 5
     assert sum("side-a" in request.prompt for request in engine.requests) > 5 * 6  # judgments and re-scores
-    assert engine.most["side-a"] <= 2 and engine.most["side-b"] <= 2
+    assert most["side-a"] <= 2 and most["side-b"] <= 2
+
+
+def test_on_the_transformers_engine_evidence_keeps_to_its_half_too(demo_model: Path) -> None:
+    engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=2048, batch_size=4)
+    try:
+        most = most_in_flight(engine)
+        docs = [candidate(doc_id, FIVE_SENTENCES, rank=rank) for rank, doc_id in enumerate("abc", start=1)]
+        pair = evidence_against_none(engine, docs, budget=8)
+    finally:
+        engine.close()
+    assert engine.decoding_together == 4 and pair.finished
+    assert pair.runs["A"].summary().explained + pair.runs["A"].documents_failed() == 3
+    assert 1 <= most["side-a"] <= 2 and 1 <= most["side-b"] <= 2
 
 
 def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tokenizer: object) -> None:

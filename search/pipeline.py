@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.engines import Engine, EngineError, cuda_available, engine_kind, on_zero_gpu, open_engine
+from search.engines.base import cpu_dtype
 from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
 from search.rerank.base import Reranker, Run
 from search.rerank.cache import JudgmentCache
@@ -91,8 +92,8 @@ class MemoryNeed:
     """What loading a model beside those already loaded would take from this machine, measured before loading."""
 
     needed_gb: float | None
-    """Its weights as the engine holds them (float32 on a CPU: twice the catalogue's bf16 size); None: unknown
-    before a download."""
+    """Its weights as the engine holds them (on a CPU in what ``--dtype auto`` means there: float32 takes twice the
+    catalogue's bf16 size); None: unknown before a download."""
     free_gb: float | None
     """Memory free now where it would load (GPU memory on a GPU, RAM on a CPU); None: it runs on servers."""
     where: str
@@ -125,8 +126,9 @@ def memory_need(name: str, engine: EngineKind) -> MemoryNeed:
         return MemoryNeed(needed_gb=size, free_gb=torch.cuda.mem_get_info()[0] / 1e9, where="GPU memory")
     import psutil
 
-    return MemoryNeed(needed_gb=None if size is None else size * 2, free_gb=psutil.virtual_memory().available / 1e9,
-                      where="memory (float32 on the CPU)")
+    dtype = cpu_dtype("auto", "cpu")
+    return MemoryNeed(needed_gb=None if size is None else size * (2 if dtype == "float32" else 1),
+                      free_gb=psutil.virtual_memory().available / 1e9, where=f"memory ({dtype} on the CPU)")
 
 
 _caches: dict[Path, JudgmentCache] = {}

@@ -177,8 +177,8 @@ class EngineSettings:
     served_model: str = _setting("", "model name to request from the servers (default: the one they serve)")
     request_timeout: float = _setting(600.0, "seconds before a request to a server is given up")
     endpoint_concurrency: int = _setting(64, "openai engine: most requests in flight on one server at once")
-    dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own; float32 "
-                                  "on a CPU)")
+    dtype: str = _setting("auto", "weights' data type for vllm and transformers (auto: the model's own; on a CPU, "
+                                  "bfloat16 where it has native bf16, else float32)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(20, "transformers engine: most requests decoding together (more wait to join)")
 

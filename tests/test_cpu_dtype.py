@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from search import pipeline
 from search.engines import base, onednn
 from search.engines.base import GenerationRequest, cpu_dtype, native_bf16_flags
 from search.engines.hf_engine import TransformersEngine
+from search.models import REGISTRY
 
 X86_AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -97,3 +99,15 @@ def test_the_transformers_engine_loads_what_auto_chose(
         assert asyncio.run(text()).strip()
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(("native", "factor", "dtype"), [([], 2, "float32"), (["avx512_bf16"], 1, "bfloat16")])
+def test_the_memory_a_model_needs_on_a_cpu_is_in_what_auto_chose(
+        flags: list[str], monkeypatch: pytest.MonkeyPatch, native: list[str], factor: int, dtype: str) -> None:
+    """The catalogue's sizes are bf16: float32 weights take twice that, bf16 ones that (the 'does not fit'
+    refusal must not turn away a model that fits in bf16)."""
+    flags.extend(native)
+    monkeypatch.setattr(pipeline, "cuda_available", lambda: False)
+    need = pipeline.memory_need("rank1-0.5b", "transformers")
+    assert need.needed_gb == pytest.approx(REGISTRY["rank1-0.5b"].size_gb * factor)
+    assert f"{dtype} on the CPU" in need.describe("rank1-0.5b")

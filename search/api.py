@@ -103,15 +103,31 @@ def candidates_of(documents: Sequence[RerankDocument]) -> tuple[Candidate, ...]:
                  for index, document in enumerate(documents))
 
 
+UNFINISHED: tuple[Status, ...] = ("waiting", "reasoning")
+"""The statuses of a document not yet judged nor failed."""
+
+
 class Reranking:
     """One request on its way: iterate ``events()`` (each is folded into ``run`` as it passes), then read
-    ``results()``."""
+    ``results()``; ``cut_short`` ends it early with what is judged so far."""
 
     def __init__(self, reranker: Reranker, request: RerankRequest) -> None:
         self.request = request
         self.reranker = reranker
         self.candidates = candidates_of(request.documents)
         self.run: Run = reranker.start_run(request.query, self.candidates, instruction=request.instruction)
+        self.stopped_because = ""
+        """Why the run was cut short (empty: it was not): each unfinished document's ``failure`` says it."""
+
+    def cut_short(self, reason: str) -> None:
+        """Stop the run (its events must be closed already) with what is judged so far, each unfinished document
+        marked with ``reason``."""
+        self.run.stop()
+        self.stopped_because = reason
+
+    def unfinished(self) -> int:
+        """Documents neither judged nor failed: none once the run is over, those left when it was cut short."""
+        return sum(self.run.status(candidate.passage.doc_id) in UNFINISHED for candidate in self.candidates)
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event as the model writes; closing this early aborts the engine requests."""
@@ -124,15 +140,19 @@ class Reranking:
             await stream.aclose()
 
     def results(self) -> list[RerankResult]:
-        """The documents best first (failures last), cut to ``top_n``."""
+        """The documents best first (failures last), cut to ``top_n``; when the run was cut short, each unfinished
+        one has relevance 0 and ``failure`` saying why."""
         results = []
         for row in self.run.rows()[:self.request.top_n]:
             index = int(row["doc_id"])
             relevance = self.run.relevance(row["doc_id"])
+            failure = row["failure"]
+            if self.stopped_because and row["status"] in UNFINISHED:
+                failure = f"unfinished: {self.stopped_because}"
             results.append(RerankResult(
                 index=index, document=self.request.documents[index],
                 relevance_score=0.0 if relevance is None else relevance, status=row["status"],
-                reasoning=row.get("reasoning") or "", failure=row["failure"],
+                reasoning=row.get("reasoning") or "", failure=failure,
                 details={name: value for name, value in row.items() if name not in ROW_ENVELOPE
                          and (name != "evidence" or self.reranker.settings.evidence)}))
         return results

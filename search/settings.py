@@ -246,11 +246,17 @@ class ApiSettings:
     api_max_documents: int = _setting(1000, "rerank API: most documents in one request")
     api_max_document_bytes: int = _setting(100_000, "rerank API: most bytes of one document (UTF-8, title and text)")
     api_max_request_bytes: int = _setting(16 * 2**20, "rerank API: most bytes of one request body")
+    api_max_text_bytes: int = _setting(4 * 2**20, "rerank API: most bytes of text in one request (the query, "
+                                                  "instruction and every document's title and text, UTF-8)")
+    api_request_seconds: float = _setting(600.0, "rerank API: a request's deadline, from its arrival; past it the "
+                                                 "answer holds what is judged so far, the rest marked unfinished")
 
     def __post_init__(self) -> None:
-        for name in ("api_max_documents", "api_max_document_bytes", "api_max_request_bytes"):
+        for name in ("api_max_documents", "api_max_document_bytes", "api_max_request_bytes", "api_max_text_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.api_request_seconds < float("inf"):
+            raise SettingsError(f"api_request_seconds must be more than 0 and finite, got {self.api_request_seconds}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

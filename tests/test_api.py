@@ -5,11 +5,14 @@ clients (the cohere SDK, LangChain, 16 at once) are in test_api_server.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -19,7 +22,7 @@ from scripted import Judge, ScriptedEngine, reversing, scripted_model
 from servers import free_port
 
 from search.api import ReasoningReranker, RerankDocument
-from search.engines.base import EngineError
+from search.engines.base import EngineError, GenerationChunk
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel
 from search.rerank.rank1 import VerdictTokens
@@ -255,21 +258,31 @@ def test_evidence_comes_with_each_result_when_asked(tokenizer: object) -> None:
     assert all(-1 <= sentence["delta"] <= 1 for sentence in evidence["sentences"])
 
 
-@pytest.fixture
-def live(tokenizer: object) -> Iterator[tuple[str, ScriptedEngine]]:
-    """The API on a real loopback server (uvicorn in a thread) over a slow scripted rank1: 0.2 s a chunk."""
-    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)), pause_s=0.2)
-    state = ApiState(reranker=reranker_on(engine), limits=ApiSettings(), slots=asyncio.Semaphore(4))
+@contextlib.contextmanager
+def serving(engine: ScriptedEngine, **limits: Any) -> Iterator[str]:
+    """The API over ``engine`` on a real loopback server (uvicorn in a thread), at its base URL; the engine is
+    closed after."""
+    state = ApiState(reranker=reranker_on(engine), limits=ApiSettings(**limits), slots=asyncio.Semaphore(4))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(headless_app(state), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+@pytest.fixture
+def live(tokenizer: object) -> Iterator[tuple[str, ScriptedEngine]]:
+    """The API on a real loopback server over a slow scripted rank1: 0.2 s a chunk."""
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)), pause_s=0.2)
+    with serving(engine) as url:
+        yield url, engine
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -360,3 +373,175 @@ def test_a_model_name_carries_the_settings_of_clients_that_send_no_fields(tokeni
         assert clash.status_code == 422 and "budget=5" in clash.json()["message"]
     finally:
         engine.close()
+
+
+BAD_NUMBERS = ["²", "١٢", "１２", "৫", "½", "+5", "-5", " 5", "5 ", "5e2", "1_000", "0x10", "5.0", "",
+               "5" * 5000, "9" * 40]
+"""Whole numbers as a model name might carry them wrongly: Unicode digits (which ``str.isdigit`` accepts), signs,
+spaces, exponents, separators, nothing, and numbers past what ``int`` reads or any context holds."""
+BAD_SETTINGS = [("budget", value) for value in BAD_NUMBERS] + [
+    ("evidence", value) for value in ["²", "truе", "ｔｒｕｅ", " true", "1e0", "", "2", "true" * 2000]] + [
+    ("reranker", value) for value in ["²", "rank1 ", "ｒａｎｋ１", "", "+rank1", "r" * 5000]]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_SETTINGS,
+                         ids=[f"{key}={ascii(value[:8])}+{len(value)}" for key, value in BAD_SETTINGS])
+def test_a_malformed_setting_in_the_model_name_is_a_422_that_names_it(judge: ScriptedEngine, key: str,
+                                                                       value: str) -> None:
+    client = client_of(reranker_on(judge))
+    refused = client.post("/v1/rerank", json={"model": f"scripted?{key}={quote(value)}", "query": "q",
+                                              "documents": ["a good one"]})
+    assert refused.status_code == 422, refused.text
+    message = refused.json()["message"]
+    assert f"{key}=" in message or message.startswith(f"{key}:") or f"'{key}'" in message, message
+    assert len(message) < 400  # a 5,000-character value is not echoed whole
+
+
+@pytest.mark.parametrize("value", ["²", "١٢ + ½", " spaced ", "5e2", "5" * 500], ids=ascii)
+def test_any_text_is_an_instruction_in_the_model_name(judge: ScriptedEngine, value: str) -> None:
+    answer = client_of(reranker_on(judge)).post("/v1/rerank", json={
+        "model": f"scripted?instruction={quote(value)}", "query": "q", "documents": ["a good one"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["meta"]["explainable_search"]["instruction"] == value
+
+
+def test_a_body_that_holds_a_number_past_jsons_digit_limit_is_a_400_that_says_so(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge))
+    for body in (b'{"query": "q", "documents": ["a"], "ignored": ' + b"7" * 5000 + b"}",
+                 b'{"query": "q", "documents": ["a"], "budget": ' + b"7" * 4301 + b"}"):
+        refused = client.post("/v1/rerank", content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400, refused.text
+        assert "more than 4,300 digits" in refused.json()["message"]
+    huge = client.post("/v1/rerank", json={"query": "q", "documents": ["a"], "budget": 10 ** 300})
+    assert huge.status_code == 400 and huge.json()["message"].startswith("budget: "), huge.text
+
+
+@pytest.mark.parametrize(("request_body", "named"), [
+    ({"query": "q", "documents": ["x" * 99_000] * 50}, "4,950,001 bytes of text"),
+    ({"query": "moons " * 1_000_000, "documents": ["a"]}, "6,000,001 bytes of text"),
+])
+def test_a_request_past_the_text_limit_is_a_413_that_names_it(judge: ScriptedEngine, request_body: dict,
+                                                             named: str) -> None:
+    refused = client_of(reranker_on(judge)).post("/v1/rerank", json=request_body)
+    assert refused.status_code == 413, refused.text
+    message = refused.json()["message"]
+    assert named in message and "the limit is 4,194,304 bytes of text per request (api_max_text_bytes)" in message
+
+
+GATE = "gated"
+
+
+class GatedTokenizer:
+    """The demo model's tokenizer, except that tokenizing a text with ``GATE`` in it waits until ``opened`` is set:
+    where tokenizing runs on the event loop, every other client waits with it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        if GATE in text:
+            self.entered.set()
+            assert self.opened.wait(timeout=60)
+        return self.tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("request_body", [
+    {"query": "which planets have no moons", "documents": ["a good one", f"a good {GATE} one"]},  # a document's
+    {"query": f"which {GATE} planets have no moons", "documents": ["a good one"]},  # the query's
+])
+def test_health_answers_while_a_request_is_being_tokenized(tokenizer: Any, request_body: dict) -> None:
+    gated = GatedTokenizer(tokenizer)
+    engine = ScriptedEngine(gated, Judge(VerdictTokens.of(tokenizer)))
+    answers: list[httpx.Response] = []
+    with serving(engine) as url:
+        sender = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/v1/rerank", json=request_body,
+                                                                           timeout=60)))
+        sender.start()
+        try:
+            assert gated.entered.wait(timeout=60)  # the request is being tokenized, and stays so until opened
+            health = httpx.get(f"{url}/health", timeout=2)
+            assert health.status_code == 200
+        finally:
+            gated.opened.set()
+            sender.join(timeout=60)
+    assert answers[0].status_code == 200, answers[0].text
+    assert {result["status"] for result in answers[0].json()["results"]} == {"judged"}
+
+
+def endless_on(tokenizer: Any) -> ScriptedEngine:
+    """rank1 that judges "good" passages at once and never ends reasoning about "endless" ones."""
+    judge = Judge(VerdictTokens.of(tokenizer))
+
+    def script(request: Any) -> Any:
+        if "endless" in request.prompt.split("Passage:")[-1]:
+            return itertools.repeat(GenerationChunk(text="hmm ", token_ids=(11,), logprobs=({},)))
+        return judge(request)
+
+    return ScriptedEngine(tokenizer, script, pause_s=0.01)
+
+
+def test_past_its_deadline_a_request_ends_with_what_is_judged_and_marks_the_rest(tokenizer: Any) -> None:
+    engine = endless_on(tokenizer)
+    client = client_of(reranker_on(engine), api_request_seconds=1)
+    request = {"query": "q", "documents": ["a good one", "an endless one"]}
+    try:
+        plain = client.post("/v1/rerank", json=request).json()
+        with client.stream("POST", "/v1/rerank", json={**request, "stream": True}) as streamed:
+            events = server_sent_events(streamed.read().decode())
+        assert events[-1][0] == "results"
+        for body in (plain, events[-1][1]):
+            by_index = {result["index"]: result for result in body["results"]}
+            assert by_index[0]["status"] == "judged" and by_index[0]["failure"] is None
+            unfinished = by_index[1]
+            assert unfinished["status"] == "reasoning" and unfinished["relevance_score"] == 0
+            assert unfinished["failure"] == ("unfinished: the request's deadline of 1 s (api_request_seconds) "
+                                             "passed first")
+            assert unfinished["reasoning"].startswith("hmm hmm")  # what it wrote so far is kept
+            assert [result["index"] for result in body["results"]] == [0, 1]
+            assert body["meta"]["explainable_search"]["unfinished"] == 1
+            assert body["meta"]["warnings"] == ["1 of 2 documents unfinished: the request's deadline of 1 s "
+                                                "(api_request_seconds) passed first"]
+        wait_until(lambda: engine.running == 0)  # the endless requests were aborted
+        assert sum("endless" in aborted.prompt for aborted in engine.aborted) == 2
+    finally:
+        engine.close()
+
+
+def test_the_http_reranker_waits_as_long_as_the_server_promises(tokenizer: Any) -> None:
+    from search.integrations.source import GRACE_S, HttpReranker
+
+    with serving(endless_on(tokenizer), api_request_seconds=1) as url:
+        reranker = HttpReranker(base_url=url)
+        assert reranker.request_timeout_s() == 1 + GRACE_S
+        assert HttpReranker(base_url=url, timeout_s=7).request_timeout_s() == 7
+        results = reranker.rerank("q", ["an endless one", "a good one"])
+    assert [(result.index, result.status) for result in results] == [(1, "judged"), (0, "reasoning")]
+    assert "deadline of 1 s" in (results[1].failure or "")
+    with serving(endless_on(tokenizer), api_request_seconds=5000) as url:
+        assert HttpReranker(base_url=url).request_timeout_s() == 5000 + GRACE_S  # past any fixed 600 s
+
+
+TEI_BODY = {"query": "which planets have no moons", "texts": ["Jupiter has many moons.", "Mercury: a good answer."],
+            "raw_scores": False, "return_text": True, "truncate": False, "truncation_direction": "Right"}
+"""What Text Embeddings Inference's clients (LiteLLM's ``huggingface/``, Haystack's ``HuggingFaceTEIRanker``)
+post."""
+
+
+def test_text_embeddings_inference_s_shape_is_answered_in_it(judge: ScriptedEngine) -> None:
+    client = client_of(reranker_on(judge))
+    answer = client.post("/rerank", json=TEI_BODY)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()
+    assert isinstance(results, list)
+    assert [(result["index"], result["score"], result["text"]) for result in results] == [
+        (1, pytest.approx(0.8), TEI_BODY["texts"][1]), (0, pytest.approx(0.2), TEI_BODY["texts"][0])]
+    assert all(result["reasoning"] == "thinking." for result in results)  # ours after theirs
+    bare = client.post("/rerank", json={**TEI_BODY, "return_text": False}).json()
+    assert all("text" not in result for result in bare)
+    refused = client.post("/rerank", json={**TEI_BODY, "texts": "one text"})
+    assert refused.status_code == 422 and refused.json()["message"].startswith("texts: ")

@@ -13,8 +13,13 @@ from typing import Any, Protocol
 import httpx
 
 from search.api import RerankDocument, RerankResult, as_documents
+from search.settings import ApiSettings
 
 DocumentInput = str | RerankDocument | Mapping[str, Any]
+GRACE_S = 30.0
+"""How much longer than the server's deadline a client waits: for the answer to be written and sent."""
+HEALTH_TIMEOUT_S = 10.0
+"""How long asking the server for its deadline may take."""
 
 
 class Reranks(Protocol):
@@ -45,14 +50,36 @@ class RerankOptions:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HttpReranker:
     """Our rerank API at ``base_url`` (``python -m search serve`` or app.py), with a ``ReasoningReranker``'s
-    ``rerank`` and ``arerank``: the results come back whole, reasoning and the reranker's fields included."""
+    ``rerank`` and ``arerank``: the results come back whole, reasoning and the reranker's fields included. Each
+    call waits as long as the server promises to take (its deadline, which ``/health`` publishes), not a fixed
+    time that a slow deployment working as designed could pass."""
 
     base_url: str
     api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("EXPLAINABLE_SEARCH_API_KEY", ""),
                                      repr=False)
     """The server's ``--api-key``; by default the ``EXPLAINABLE_SEARCH_API_KEY`` variable, as the server reads it."""
     model: str | None = None
-    timeout_s: float = 600.0
+    timeout_s: float | None = None
+    """How long a call waits for its answer; None: the server's deadline and ``GRACE_S``."""
+
+    def request_timeout_s(self) -> float:
+        """``timeout_s``, or the server's deadline (its ``/health``'s ``request_seconds``) and ``GRACE_S``."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        try:
+            health = httpx.get(f"{self.base_url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S)
+        except httpx.HTTPError:
+            health = None
+        return _waited(health)
+
+    async def _arequest_timeout_s(self, client: httpx.AsyncClient) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        try:
+            health = await client.get(f"{self.base_url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S)
+        except httpx.HTTPError:
+            health = None
+        return _waited(health)
 
     def _post(self, query: str, documents: Sequence[DocumentInput], top_n: int | None, options: dict[str, Any]
               ) -> tuple[str, dict[str, Any], dict[str, str], tuple[RerankDocument, ...]]:
@@ -67,7 +94,7 @@ class HttpReranker:
                **options: Any) -> list[RerankResult]:
         url, body, headers, sent = self._post(query, documents, top_n, options)
         try:
-            answer = httpx.post(url, json=body, headers=headers, timeout=self.timeout_s)
+            answer = httpx.post(url, json=body, headers=headers, timeout=self.request_timeout_s())
         except httpx.HTTPError as error:
             raise RerankApiError(f"{url}: {error}") from error
         return _results(url, answer, sent)
@@ -76,11 +103,24 @@ class HttpReranker:
                       **options: Any) -> list[RerankResult]:
         url, body, headers, sent = self._post(query, documents, top_n, options)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                answer = await client.post(url, json=body, headers=headers)
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(url, json=body, headers=headers,
+                                           timeout=await self._arequest_timeout_s(client))
         except httpx.HTTPError as error:
             raise RerankApiError(f"{url}: {error}") from error
         return _results(url, answer, sent)
+
+
+def _waited(health: httpx.Response | None) -> float:
+    """How long to wait for an answer: the deadline ``health`` (the server's ``/health``) publishes, or the default
+    deadline where it publishes none or could not be asked, and ``GRACE_S``."""
+    try:
+        seconds = health.json().get("request_seconds") if health is not None else None
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        seconds = None
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < float("inf"):
+        seconds = ApiSettings().api_request_seconds
+    return seconds + GRACE_S
 
 
 def _results(url: str, answer: httpx.Response, sent: tuple[RerankDocument, ...]) -> list[RerankResult]:

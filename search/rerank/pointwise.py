@@ -182,10 +182,10 @@ class PointwiseReranker(Reranker):
         passage = candidate.passage
         ids = {"reranker": self.name, "doc_id": passage.doc_id, "passage_id": passage.passage_id}
         emit(Started(**ids, first_stage_rank=candidate.rank))
-        try:
-            prepared = prepare_prompt(self.engine.tokenizer, self.render_prompt, query, passage.contents,
-                                      max_model_len=self.engine.max_model_len, budget=self.budget,
-                                      reserve=self.reserve)
+        try:  # tokenizing a long passage takes a while: on a thread, so the event loop keeps serving the others
+            prepared = await asyncio.to_thread(prepare_prompt, self.engine.tokenizer, self.render_prompt, query,
+                                               passage.contents, max_model_len=self.engine.max_model_len,
+                                               budget=self.budget, reserve=self.reserve)
         except ValueError as error:
             emit(Failed(**ids, reason=str(error)))
             return

@@ -202,8 +202,9 @@ class ReasonRankReranker(Reranker):
             tokens = prompt_tokens = 0
             cached = None
             try:
-                prompt = self.prompt(text, window)
-                prompt_tokens = self._check_room(prompt)
+                # tokenizing long passages takes a while: on a thread, so the event loop keeps serving the others
+                prompt = await asyncio.to_thread(self.prompt, text, window)
+                prompt_tokens = await asyncio.to_thread(self._check_room, prompt)
                 key = judgment_key(model=self.model_key, recipe=RECIPE, budget=self.budget, prompt=prompt)
                 cached = self.cache.get(key) if self.cache is not None else None
                 if cached is not None:

@@ -1,7 +1,9 @@
 """The rerank API over HTTP: Cohere's ``POST /v1/rerank`` (also at ``/v2/rerank``, where the cohere SDK's
-``ClientV2`` posts, and ``/rerank``, as vLLM's server has them; Infinity's shape under ``/infinity``), streamed as
-Server-Sent Events with ``"stream": true``; ``GET /v1/models`` and ``GET /health``. The same routes serve beside the
-page (app.py) and alone (``python -m search serve``)."""
+``ClientV2`` posts, and ``/rerank``, as vLLM's server has them; Infinity's shape under ``/infinity``; a body with
+``texts`` in Text Embeddings Inference's shape), streamed as Server-Sent Events with ``"stream": true``;
+``GET /v1/models`` and ``GET /health``. Each request ends by its deadline (``api_request_seconds``), which
+``/health`` publishes for clients to wait as long. The same routes serve beside the page (app.py) and alone
+(``python -m search serve``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -19,9 +22,9 @@ from starlette.routing import BaseRoute
 
 from search.api import ReasoningReranker, Reranking
 from search.engines import EngineError
-from search.rerank.events import event_to_json
+from search.rerank.events import Event, event_to_json
 from search.rerank.registry import RERANKERS
-from search.server.protocol import ApiError, ParsedRequest, parse_request, response, sse
+from search.server.protocol import ApiError, ParsedRequest, parse_request, response, sse, tei_response
 from search.settings import ApiSettings
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
@@ -47,20 +50,23 @@ def api_routes(state: ApiState) -> list[BaseRoute]:
 
     async def rerank(request: Request) -> Response:
         started = time.monotonic()
+        deadline = started + state.limits.api_request_seconds
         documents_as_text = request.url.path in INFINITY_PATHS
         try:
             _check_key(request, state.limits.api_key)
-            parsed = parse_request(await _body(request, state.limits.api_max_request_bytes), state.limits)
-            reranking = _reranking(state, parsed)
+            raw = await _body(request, state.limits.api_max_request_bytes)
+            # Reading JSON and tokenizing take seconds on megabytes of text: off the loop, which serves the others
+            parsed = await asyncio.to_thread(parse_request, raw, state.limits)
+            reranking = await asyncio.to_thread(_reranking, state, parsed)
         except ApiError as error:
             return _refusal(error)
         logger.info("%s %s", request.url.path, _described(reranking, parsed))
         answer = _Answer(reranking=reranking, parsed=parsed, model=_served(state).model, started=started,
                          documents_as_text=documents_as_text)
         if parsed.stream:
-            return StreamingResponse(_streamed(state, reranking, answer), media_type="text/event-stream",
+            return StreamingResponse(_streamed(state, reranking, answer, deadline), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        async with state.slots, contextlib.aclosing(reranking.events()) as events:
+        async with contextlib.aclosing(_within(state, reranking, deadline)) as events:
             async for _ in events:
                 if await request.is_disconnected():
                     return Response(status_code=499)  # closing the events ends the engine requests
@@ -90,7 +96,8 @@ def api_routes(state: ApiState) -> list[BaseRoute]:
         if (problem := _not_ready(state)) is not None:
             return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
         served = _served(state)
-        return JSONResponse({"status": "ok", "model": served.model, "engine": served.loaded.engine.description})
+        return JSONResponse({"status": "ok", "model": served.model, "engine": served.loaded.engine.description,
+                             "request_seconds": state.limits.api_request_seconds})
 
     return router.routes
 
@@ -186,24 +193,55 @@ class _Answer:
     started: float
     documents_as_text: bool
 
-    def body(self) -> dict:
-        """The response, or 503 when every document failed (the engine's reason). Failures are counted in
-        documents, whatever the reranker's unit of work (a listwise one fails windows)."""
-        run = self.reranking.run
+    def body(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The response (a bare list for Text Embeddings Inference's clients), or 503 when every document failed
+        (the engine's reason). Failures are counted in documents, whatever the reranker's unit of work (a listwise
+        one fails windows)."""
+        reranking, run = self.reranking, self.reranking.run
         failed = run.documents_failed()
         if failed and failed == len(self.parsed.request.documents):
             reason = run.failure(run.candidates[0].passage.doc_id)
             raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
-        return response(self.reranking.results(), self.parsed, failed=failed, model=self.model,
-                        reranker=self.reranking.reranker, summary=run.summary(),
-                        seconds=time.monotonic() - self.started, documents_as_text=self.documents_as_text)
+        if self.parsed.tei:
+            return tei_response(reranking.results(), self.parsed)
+        return response(reranking.results(), self.parsed, failed=failed, unfinished=reranking.unfinished(),
+                        cut_short=reranking.stopped_because, model=self.model, reranker=reranking.reranker,
+                        summary=run.summary(), seconds=time.monotonic() - self.started,
+                        documents_as_text=self.documents_as_text)
 
 
-async def _streamed(state: ApiState, reranking: Reranking, answer: _Answer) -> AsyncIterator[bytes]:
+async def _within(state: ApiState, reranking: Reranking, deadline: float) -> AsyncIterator[Event]:
+    """The run's events once it holds a slot, until ``deadline`` (``time.monotonic``): then the engine's work on
+    it is aborted and the run is cut short with what is judged so far. The deadline bounds only the waits, never
+    holds a ``yield``, so no cancellation lands in the reader's code."""
+    late = (f"the request's deadline of {state.limits.api_request_seconds:g} s (api_request_seconds) passed "
+            "first")
+    try:
+        await asyncio.wait_for(state.slots.acquire(), deadline - time.monotonic())
+    except asyncio.TimeoutError:
+        reranking.cut_short(late)
+        return
+    try:
+        async with contextlib.aclosing(reranking.events()) as events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(events), deadline - time.monotonic())
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:  # the events are closed: cancelling them aborted the engine's work
+                    reranking.cut_short(late)
+                    return
+                yield event
+    finally:
+        state.slots.release()
+
+
+async def _streamed(state: ApiState, reranking: Reranking, answer: _Answer, deadline: float
+                    ) -> AsyncIterator[bytes]:
     """Every event as the model writes it, then ``results`` (the response) or ``error``: a stream that breaks
     ends with an ``error`` event, never cut without one."""
     try:
-        async with state.slots, contextlib.aclosing(reranking.events()) as events:
+        async with contextlib.aclosing(_within(state, reranking, deadline)) as events:
             async for event in events:
                 yield sse(event.type, event_to_json(event))
         yield sse("results", answer.body())

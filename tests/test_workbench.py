@@ -27,6 +27,15 @@ from search.uploads import CorpusLibrary
 from ui.annotate import AnnotateTab, AnnotationContext
 
 QUERIES = "q01\twhat are the health effects of caffeine\nq02\twhich planets have no moons"
+PROJECT = "caffeine & planets"
+STORED_TIMEOUT_S = 60
+"""How long an acknowledged edit may take to be seen in the store (it is committed before the page hears back)."""
+# Key presses delivered in one task, before the page can show anything they cause: typed faster than it renders.
+TYPE_AT_ONCE = """keys => { for (const key of keys) {
+  document.dispatchEvent(new KeyboardEvent("keydown", {key, bubbles: true, cancelable: true})); } }"""
+# The annotator's grade of each listed document, by its id (the "you" column).
+YOUR_GRADES_BY_ID = """() => Object.fromEntries([...document.querySelectorAll(".es-list tr[data-doc]")]
+  .map((row) => [row.dataset.doc, row.cells[4].textContent]))"""
 AGREEMENT_TIMEOUT_MS = 90_000
 """How long an agreement may take to show on a loaded machine (a process's first one imports scikit-learn)."""
 
@@ -36,11 +45,38 @@ def expect_your_grades(page: Page, grades: list[str]) -> None:
     expect(page.locator(".es-list tr td:nth-child(5)")).to_have_text(grades, timeout=10_000)
 
 
+def stored_grades(annotations: Path, annotator: str = "ada") -> dict[str, int]:
+    store = AnnotationStore(annotations)
+    try:
+        return {item.doc_id: item.grade for item in store.judgments(PROJECT, annotator=annotator)}
+    finally:
+        store.close()
+
+
+def wait_until_stored(annotations: Path, expected: dict[str, int]) -> None:
+    """Until the store holds exactly ``expected`` (doc id → grade) for ada; what it held last, if it never does."""
+    deadline, found = time.monotonic() + STORED_TIMEOUT_S, {}
+    while time.monotonic() < deadline:
+        found = stored_grades(annotations)
+        if found == expected:
+            return
+        time.sleep(0.1)
+    assert found == expected
+
+
+def shown_document(page: Page, doc_id: str) -> None:
+    """Until the workbench shows ``doc_id`` (what the next key is for)."""
+    expect(page.locator("#annotate-document [data-doc-id]")).to_have_attribute("data-doc-id", doc_id,
+                                                                             timeout=15_000)
+
+
 def open_annotate(page: Page, url: str) -> None:
     # Not "load": once, on a busy machine, a restarted app's page did not reach it within 30 s; the locators
     # below wait for what they need.
     page.goto(url, wait_until="domcontentloaded")
-    page.get_by_role("tab", name="Annotate").click()
+    # The click waits until the page's load events (which reopen the project after a restart) no longer cover
+    # the tabs with their progress: on a loaded machine that took over 30 s once.
+    page.get_by_role("tab", name="Annotate").click(timeout=300_000)
 
 
 def download(page: Page, suffix: str) -> str:
@@ -116,24 +152,36 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
     with app_process(annotations, index_dir, log, port=port) as (url, _):
         open_annotate(page, url)
         page.get_by_label("Annotator (your name)").fill("ada")
-        page.get_by_label("Project name").fill("caffeine & planets")
+        page.get_by_label("Project name").fill(PROJECT)
         page.get_by_label(re.compile("or type queries")).fill(QUERIES)
         page.locator("#annotate-qrels input[type=file]").set_input_files(str(SAMPLE_CORPUS / "qrels.tsv"))
         # Landed once its download link is there (the name's text splits stem and extension: "qrels .tsv").
         expect(page.locator("#annotate-qrels a[href$='/qrels.tsv']")).to_be_visible(timeout=15_000)
         page.get_by_label("Annotation guideline (shown to annotators)").fill("Relevant <b>means</b> it answers.")
         page.get_by_role("button", name="Create project").click()
-        expect(page.locator(".es-list tr")).to_have_count(5, timeout=60_000)  # a header and 4 candidates
+        # A header and 4 candidates. Generous: a loaded machine once took over 60 s (the app's first search).
+        expect(page.locator(".es-list tr")).to_have_count(5, timeout=300_000)
         expect(page.locator(".es-list tr").first).to_contain_text("existing qrels")
         assert "2" in page.locator(".es-list tr td:nth-child(7)").all_inner_texts()  # from sample qrels
         expect(page.get_by_text("Guideline: Relevant <b>means</b> it answers.")).to_be_visible()
         # The model's reasoning streams in while the annotator reads.
         expect(page.locator(".es-list")).to_contain_text(re.compile(r"0\.\d\d"), timeout=120_000)
 
-        # Three judgments with the keyboard, as fast as one can type: each grade moves on to the next document.
+        # Judgments with the keyboard. A key names the document on screen when it is pressed: "3" and "2" typed
+        # together, before the page can show the next document, are both for #1 (the later one stands), and the
+        # first moves on to #2; then "0" for #2 and "3" for #3, each once the page shows it.
+        ids = [item.doc_id for item in AnnotationStore(annotations).candidates(PROJECT, "q01")]
         page.locator("h1").click()
-        for key in "203":
-            page.keyboard.press(key)
+        shown_document(page, ids[0])
+        page.evaluate(TYPE_AT_ONCE, ["3", "2"])
+        wait_until_stored(annotations, {ids[0]: 2})
+        shown_document(page, ids[1])
+        page.keyboard.press("0")
+        shown_document(page, ids[2])
+        page.keyboard.press("3")
+        shown_document(page, ids[3])
+        typed = {ids[0]: 2, ids[1]: 0, ids[2]: 3}
+        wait_until_stored(annotations, typed)
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
         expect_your_grades(page, ["2", "0", "3", ""])
         # Agreement counts those three, once the model has judged them.
@@ -156,6 +204,8 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         page.locator("h1").click()
         page.keyboard.press("1")
         expect(page.locator("#annotate-document")).to_contain_text("You: 1 · related", timeout=10_000)
+        typed[ids[3]] = 1
+        wait_until_stored(annotations, typed)
         expect_your_grades(page, ["2", "0", "3", "1"])
         shoot(page, "annotate-judged")
 
@@ -165,6 +215,9 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         open_annotate(page, url)
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=60_000)
         expect_your_grades(page, ["2", "0", "3", "1"])
+        # No grade has moved to another document: each is on the document it was typed for, by id.
+        assert stored_grades(annotations) == typed
+        assert page.evaluate(YOUR_GRADES_BY_ID) == {doc_id: str(grade) for doc_id, grade in typed.items()}
         expect(page.get_by_label("Annotator (your name)")).to_have_value("ada")
         expect(page.locator("#annotate-passage mark")).to_have_count(1)
         expect(page.get_by_label("Note (saved with the grade)")).to_have_value("only partly <i>answers</i>")
@@ -173,10 +226,10 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         page.keyboard.press("j")
         expect(page.locator(".es-list tr.es-current td:nth-child(2)")).to_have_text("#4", timeout=15_000)
         # A second annotator judges through the API; ada sees bob's grades when she asks, and the agreement.
-        candidates = AnnotationStore(annotations).candidates("caffeine & planets", "q01")
+        candidates = AnnotationStore(annotations).candidates(PROJECT, "q01")
         client = Client(url, verbose=False)
         for item, grade in zip(candidates, (3, 0, 1, 1), strict=True):
-            client.predict("caffeine & planets", "bob", "q01", item.doc_id, grade, "", api_name="/judge")
+            client.predict(PROJECT, "bob", "q01", item.doc_id, grade, "", api_name="/judge")
         page.get_by_label("Show other annotators' grades").check()
         expect(page.locator(".es-list")).to_contain_text("bob: 3", timeout=10_000)
         page.get_by_role("button", name=re.compile("Agreement")).filter(has_text="▼").first.click()
@@ -200,14 +253,14 @@ def test_keyboard_judgments_survive_a_restart_and_exports_round_trip(
         assert '"note": "only partly <i>answers</i>"' in exported and '"span": {"start": 0, "end": 12' in exported
 
         # Import through the page as a copy, export the copy: the same bytes.
-        copy = exported.replace('"name": "caffeine & planets"', '"name": "copy"', 1)
+        copy = exported.replace(f'"name": "{PROJECT}"', '"name": "copy"', 1)
         (tmp_path / "copy.jsonl").write_text(copy, encoding="utf-8")
         page.get_by_role("button", name=re.compile("Import a project")).click()
         page.locator("#annotate-import input[type=file]").set_input_files(str(tmp_path / "copy.jsonl"))
         expect(page.get_by_text("Imported project 'copy' from copy.jsonl")).to_be_visible(timeout=15_000)
     elsewhere = AnnotationStore(tmp_path / "elsewhere.sqlite3")
     import_jsonl(elsewhere, exported)
-    assert jsonl_text(elsewhere, "caffeine & planets") == exported
+    assert jsonl_text(elsewhere, PROJECT) == exported
     assert jsonl_text(AnnotationStore(annotations), "copy") == copy
 
 

@@ -385,7 +385,7 @@ BAD_SETTINGS = [("budget", value) for value in BAD_NUMBERS] + [
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_SETTINGS,
-                         ids=[f"{key}={ascii(value[:8])}+{len(value)}" for key, value in BAD_SETTINGS])
+                         ids=[f"{key}={value[:8]!a}+{len(value)}" for key, value in BAD_SETTINGS])
 def test_a_malformed_setting_in_the_model_name_is_a_422_that_names_it(judge: ScriptedEngine, key: str,
                                                                        value: str) -> None:
     client = client_of(reranker_on(judge))

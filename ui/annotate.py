@@ -226,6 +226,7 @@ class AnnotateTab:
         return self.latest.get(request.session_hash or "", {}).get(typed.doc, -1) < typed.seq
 
     def wrote(self, typed: TypedFor, request: gr.Request) -> None:
+        """Remember ``typed`` as the latest edit written to its document."""
         self.latest.setdefault(request.session_hash or "", {})[typed.doc] = typed.seq
 
     def edit(self, change: Callable[[Workbench, Position], object]) -> Callable[..., tuple]:
@@ -584,8 +585,7 @@ def build_annotate_tab(app: gr.Blocks, context: AnnotationContext, model_key: gr
     ticks = gr.Timer(REFRESH_EVERY_S, active=False)
     span_start = gr.Number(-1, visible=False, precision=0)
     span_end = gr.Number(-1, visible=False, precision=0)
-    typed_for = gr.JSON(visible=False)
-    """Filled in by each edit's script: the document on screen when it was typed (``TypedFor``)."""
+    typed_for = gr.JSON(visible=False)  # filled in by each edit's script (typed_for_js): see TypedFor
 
     # Events ------------------------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from common import in_fresh_process, latency_ms, peak_rss_mib, print_table, synthetic_corpus
 
-from search.corpus import Document, Passage, Query, load_corpus, split_documents
+from search.corpus import Document, Passage, Query, load_corpus
 from search.evaluation import evaluate
+from search.passages import split_documents
 from search.retrieval.ranking import ranking_from_scores
 from search.settings import BM25Settings, CorpusSettings, PassageSettings
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from common import in_fresh_process, latency_ms, peak_rss_mib, print_table, synthetic_corpus
 
-from search.corpus import Document, Passage, Query, load_corpus, split_documents
+from search.corpus import Document, Passage, Query, load_corpus
+from search.passages import split_documents
 from search.retrieval.dense import DenseRetriever, encode_texts, load_encoder
 from search.retrieval.first_stage import open_first_stage, open_retrievers
 from search.retrieval.fusion import FusedRetriever

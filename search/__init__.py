@@ -22,16 +22,17 @@ from search.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from search.api import ReasoningReranker, RerankDocument, RerankResult, open_reranker
-    from search.corpus import Corpus, CorpusError, Document, LoadProblem, Passage, Query, load_corpus, split_documents
+    from search.corpus import Corpus, CorpusError, Document, LoadProblem, Passage, Query, load_corpus
     from search.evaluation import evaluate
+    from search.passages import split_documents
     from search.retrieval.first_stage import FirstStage, open_first_stage
     from search.retrieval.ranking import Candidate, Hit, Ranking, Retriever
     from search.settings import Settings, SettingsError
 
 _EXPORTS = {
     "search.api": ("ReasoningReranker", "RerankDocument", "RerankResult", "open_reranker"),
-    "search.corpus": ("Corpus", "CorpusError", "Document", "LoadProblem", "Passage", "Query", "load_corpus",
-                      "split_documents"),
+    "search.corpus": ("Corpus", "CorpusError", "Document", "LoadProblem", "Passage", "Query", "load_corpus"),
+    "search.passages": ("split_documents",),
     "search.evaluation": ("evaluate",),
     "search.retrieval.first_stage": ("FirstStage", "open_first_stage"),
     "search.retrieval.ranking": ("Candidate", "Hit", "Ranking", "Retriever"),

@@ -28,10 +28,11 @@ from search.batch.report import REPORT_FILE
 from search.batch.store import STATE_FILE
 from search.cluster import ClusterError, connect
 from search.compare import SIDES, Comparison, Side, judgments_for, side_values, stream_pair
-from search.corpus import Corpus, CorpusError, Qrels, irds_id, load_corpus
+from search.corpus import NOT_REGULAR, Corpus, CorpusError, Qrels, load_corpus
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
 from search.evaluation import evaluate, read_qrels, retrieve_run
+from search.irds import irds_id
 from search.pipeline import (
     Choice,
     LoadedModel,
@@ -82,7 +83,8 @@ def _existing_file(text: str) -> Path:
     """A file that must exist: refused as a usage error (exit 2, one line) before anything starts."""
     path = Path(text)
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+        why = "is a folder, not a file" if path.is_dir() else NOT_REGULAR if path.exists() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {why}")
     return path
 
 

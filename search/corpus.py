@@ -1,22 +1,27 @@
-"""Documents, queries and judgments read from the user's files, and passages cut from the documents.
+"""Documents, queries and judgments read from the user's files or an ir_datasets collection (``search.irds``);
+the passages cut from documents are ``search.passages``'.
 
 Every problem in the input is reported with its file and line. By default any error stops the load; with
 ``skip_bad`` the good records load and the report says what was dropped. Documents with no text at all are
-always dropped with a warning: there is nothing in them to search or judge.
+always dropped with a warning: there is nothing in them to search or judge. Only regular files are read, and no
+line past ``MAX_LINE_CHARS``, so that neither a FIFO, a device nor one endless line can hang the load or exhaust
+memory.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from search.settings import CorpusSettings, PassageSettings
+from search import irds
+from search.settings import CorpusSettings
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id")
 TITLE_FIELDS = ("title",)
@@ -25,6 +30,10 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 TEXT_FILE_SUFFIXES = {".txt", ".md"}
 MAX_PROBLEMS_SHOWN = 10
+MAX_LINE_CHARS = 1_000_000
+"""The longest line read from any input file, which is also the longest document (a JSONL line, a text file):
+a longer one is reported, and read no further, so that memory stays bounded whatever a file holds. (A CSV/TSV
+field stops earlier, at the csv module's limit.)"""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,19 +128,48 @@ _Parsed = _Record | LoadProblem
 # Reading files
 
 
-def decoded_lines(path: Path) -> Iterator[tuple[int, str | LoadProblem]]:
-    """Each line of a UTF-8 file with its 1-based number; an undecodable line becomes a problem."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
+def _open_regular(path: Path) -> IO[str]:
+    """``path`` opened as UTF-8 text (undecodable bytes kept as escapes, lines ending at ``\\n`` only), or
+    ``CorpusError`` when it is not a regular file (after links): a FIFO would wait for a writer, a device never
+    ends. Opened without blocking, so that a FIFO is refused rather than waited on."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CorpusError(f"{path}: {NOT_REGULAR}")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, encoding="utf-8", errors="surrogateescape", newline="\n")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+NOT_REGULAR = "not a regular file"
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+"""What ``surrogateescape`` turns a byte that is not UTF-8 into."""
+
+
+def decoded_lines(path: Path, what: str = "line") -> Iterator[tuple[int, str | LoadProblem]]:
+    """Each line of a UTF-8 file with its 1-based number. A line that does not decode, or is longer than
+    ``MAX_LINE_CHARS`` (``what`` it holds, for the message: "document", "query"), becomes a problem; the rest of a
+    long line is skipped unread into memory."""
+    limit = MAX_LINE_CHARS
+    with _open_regular(path) as handle:
+        number = 0
+        while line := handle.readline(limit + 1):
+            number += 1
+            if len(line) > limit and not line.endswith("\n"):
+                while (rest := handle.readline(limit)) and not rest.endswith("\n"):
+                    continue
+                yield number, LoadProblem(path=path, line=number, message=f"{what} longer than {limit:,} characters")
+                continue
+            if bad := _ESCAPED_BYTE.search(line):
+                column = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
                 yield number, LoadProblem(
                     path=path, line=number,
-                    message=f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
+                    message=f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column {column})",
                 )
                 continue
-            yield number, text.removeprefix("\ufeff") if number == 1 else text
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
 def column_lines(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int, list[str]]]:
@@ -144,8 +182,8 @@ def column_lines(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int,
             yield number, cells
 
 
-def _jsonl_records(path: Path) -> Iterator[_Parsed]:
-    for number, line in decoded_lines(path):
+def _jsonl_records(path: Path, what: str) -> Iterator[_Parsed]:
+    for number, line in decoded_lines(path, what):
         if isinstance(line, LoadProblem):
             yield line
             continue
@@ -163,12 +201,13 @@ def _jsonl_records(path: Path) -> Iterator[_Parsed]:
         yield _Record(line=number, values=values)
 
 
-def _table_records(path: Path, delimiter: str) -> Iterator[_Parsed]:
-    """Rows of a CSV/TSV file with a header row; lines that do not decode are reported and left out."""
+def _table_records(path: Path, delimiter: str, what: str) -> Iterator[_Parsed]:
+    """Rows of a CSV/TSV file with a header row; lines that do not decode, and fields past the csv module's
+    limit, are reported and left out."""
     line_numbers: list[int] = []
 
     def good_lines() -> Iterator[str]:
-        for number, line in decoded_lines(path):
+        for number, line in decoded_lines(path, what):
             if isinstance(line, LoadProblem):
                 problems.append(line)
                 continue
@@ -178,10 +217,19 @@ def _table_records(path: Path, delimiter: str) -> Iterator[_Parsed]:
     problems: list[LoadProblem] = []
     reader = csv.reader(good_lines(), delimiter=delimiter)
     header: list[str] | None = None
-    for row in reader:
+    while True:
+        try:
+            row: list[str] | csv.Error = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # a field past csv's limit (an unclosed quote runs on to it): bounded memory
+            row = error
         yield from problems
         problems.clear()
         number = line_numbers[reader.line_num - 1]
+        if isinstance(row, csv.Error):
+            yield LoadProblem(path=path, line=number, message=str(row))
+            continue
         if header is None:
             header = row
             continue
@@ -194,12 +242,13 @@ def _table_records(path: Path, delimiter: str) -> Iterator[_Parsed]:
     yield from problems
 
 
-def _records(path: Path) -> Iterator[_Parsed]:
+def _records(path: Path, what: str) -> Iterator[_Parsed]:
+    """The records of a JSONL or CSV/TSV file, each ``what`` (for messages: "document", "query")."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return _jsonl_records(path)
+        return _jsonl_records(path, what)
     if suffix in TABLE_SUFFIXES:
-        return _table_records(path, TABLE_SUFFIXES[suffix])
+        return _table_records(path, TABLE_SUFFIXES[suffix], what)
     raise CorpusError(
         f"{path}: unsupported file type {suffix or '(none)'}; expected "
         f"{', '.join(sorted(JSONL_SUFFIXES | set(TABLE_SUFFIXES)))}, a BEIR folder or a folder of .txt/.md files"
@@ -256,7 +305,7 @@ class _Collector:
 
 def _documents_from_records(path: Path, settings: CorpusSettings) -> _Collector:
     collector = _Collector()
-    for parsed in _records(path):
+    for parsed in _records(path, "document"):
         if isinstance(parsed, LoadProblem):
             collector.problems.append(parsed)
             continue
@@ -281,6 +330,26 @@ def _documents_from_records(path: Path, settings: CorpusSettings) -> _Collector:
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 
 
+def _text_file_lines(path: Path) -> list[str] | list[LoadProblem]:
+    """The lines of a text file that is one document, or what keeps it out: it is not a regular file, a line does
+    not decode, or it is longer than ``MAX_LINE_CHARS`` in all (read no further)."""
+    if not path.is_file():
+        return [LoadProblem(path=path, line=None, message=f"{NOT_REGULAR}; left out")]
+    lines: list[str] = []
+    bad: list[LoadProblem] = []
+    length = 0
+    for _, line in decoded_lines(path, "document"):
+        if isinstance(line, LoadProblem):
+            bad.append(line)
+            continue
+        length += len(line)
+        if length > MAX_LINE_CHARS:
+            return [*bad, LoadProblem(path=path, line=None,
+                                      message=f"document longer than {MAX_LINE_CHARS:,} characters")]
+        lines.append(line)
+    return bad or lines
+
+
 def _documents_from_text_folder(root: Path) -> _Collector:
     """One document per .txt/.md file under ``root``; the id is the path relative to it."""
     collector = _Collector()
@@ -296,12 +365,11 @@ def _documents_from_text_folder(root: Path) -> _Collector:
                 LoadProblem(path=path, line=None, message="links outside the corpus folder; left out")
             )
             continue
-        lines = list(decoded_lines(path))
-        bad = [line for _, line in lines if isinstance(line, LoadProblem)]
+        text_lines = _text_file_lines(path)
+        bad = [line for line in text_lines if isinstance(line, LoadProblem)]
         if bad:
             collector.problems.extend(bad)
             continue
-        text_lines = [str(line) for _, line in lines]
         title = path.stem.replace("_", " ").replace("-", " ")
         heading = next((index for index, line in enumerate(text_lines) if line.strip()), None)
         match = _HEADING.match(text_lines[heading]) if heading is not None and path.suffix.lower() == ".md" else None
@@ -318,20 +386,49 @@ def _documents_from_text_folder(root: Path) -> _Collector:
     return collector
 
 
+def _irds_collection(dataset: str, part: irds.Part) -> Any:
+    """The ir_datasets collection, or ``CorpusError`` saying why it cannot be read."""
+    try:
+        return irds.collection(dataset, part)
+    except irds.IrdsError as error:
+        raise CorpusError(str(error)) from None
+
+
+def _documents_from_irds(path: Path, collection: Any) -> _Collector:
+    """The collection's documents, checked as a file's are (``where``: the document's place in the collection)."""
+    collector = _Collector()
+    for number, (doc_id, title, text) in enumerate(irds.documents(collection), start=1):
+        collector.add(Document(doc_id=doc_id, title=title, text=text), path=path, line=None,
+                      where=f"document {number}")
+    return collector
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Queries and judgments
 
 
 def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
     """Queries from JSONL (``_id``/``id``, ``text``, optional ``instruction`` and ``showcase``), a two-column TSV, or an
-    ir_datasets collection (``irds:<id>``)."""
-    if (dataset := irds_id(path)) is not None:
-        return tuple(Query(query_id=query.query_id, text=_irds_text(query))
-                     for query in _irds(dataset, "queries").queries_iter()), []
+    ir_datasets collection (``irds:<id>``); a repeated id is a problem, wherever they come from."""
     queries: list[Query] = []
     problems: list[LoadProblem] = []
     seen: set[str] = set()
-    for parsed in _records(path):
+    for line, query in _query_records(path, problems):
+        if query.query_id in seen:
+            problems.append(LoadProblem(path=path, line=line, message=f"duplicate query id {query.query_id!r}"))
+            continue
+        seen.add(query.query_id)
+        queries.append(query)
+    return tuple(queries), problems
+
+
+def _query_records(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int | None, Query]]:
+    """Each query with its line (None in a collection); records that are not queries go to ``problems``."""
+    if (dataset := irds.irds_id(path)) is not None:
+        for query_id, text in irds.queries(_irds_collection(dataset, "queries")):
+            yield None, Query(query_id=query_id, text=text)
+        return
+    for parsed in _records(path, "query"):
         if isinstance(parsed, LoadProblem):
             problems.append(parsed)
             continue
@@ -342,24 +439,20 @@ def load_queries(path: Path) -> tuple[tuple[Query, ...], list[LoadProblem]]:
             _pick_field(parsed, "", ("showcase",), path, what="showcase", required=False),
         ]
         problem = next((value for value in values if isinstance(value, LoadProblem)), None)
-        if problem is None and str(values[0]) in seen:
-            problem = LoadProblem(path=path, line=parsed.line, message=f"duplicate query id {values[0]!r}")
         if problem is not None:
             problems.append(problem)
             continue
         query_id, text, instruction, showcase = (str(value) for value in values)
-        seen.add(query_id)
-        queries.append(Query(query_id=query_id, text=text, instruction=instruction, showcase=showcase))
-    return tuple(queries), problems
+        yield parsed.line, Query(query_id=query_id, text=text, instruction=instruction, showcase=showcase)
 
 
 def load_qrels(path: Path) -> tuple[dict[str, dict[str, int]], list[LoadProblem]]:
     """Judgments from BEIR TSV (``query-id corpus-id score``, header optional), TREC qrels (4 columns), or an
     ir_datasets collection (``irds:<id>``)."""
     qrels: dict[str, dict[str, int]] = {}
-    if (dataset := irds_id(path)) is not None:
-        for judgment in _irds(dataset, "qrels").qrels_iter():
-            qrels.setdefault(judgment.query_id, {})[judgment.doc_id] = int(judgment.relevance)
+    if (dataset := irds.irds_id(path)) is not None:
+        for query_id, doc_id, relevance in irds.judgments(_irds_collection(dataset, "qrels")):
+            qrels.setdefault(query_id, {})[doc_id] = relevance
         return qrels, []
     problems: list[LoadProblem] = []
     for number, cells in column_lines(path, problems):
@@ -382,19 +475,26 @@ def load_qrels(path: Path) -> tuple[dict[str, dict[str, int]], list[LoadProblem]
 
 
 def load_corpus(settings: CorpusSettings) -> Corpus:
-    """Read the corpus named by ``settings``: a BEIR folder, a JSONL/CSV/TSV file, or a folder of text files.
+    """Read the corpus named by ``settings``: a BEIR folder, a JSONL/CSV/TSV file, a folder of text files, or an
+    ir_datasets collection (with its queries and judgments when it has them).
 
     Raises ``CorpusError`` naming file and line for every fatal problem, unless ``settings.skip_bad``.
     """
     path = settings.corpus
-    if (dataset := irds_id(path)) is not None:
-        return _irds_corpus(path, dataset)
-    if not path.exists():
-        raise CorpusError(f"{path}: no such file or folder")
     queries: tuple[Query, ...] = ()
     qrels: dict[str, dict[str, int]] = {}
     problems: list[LoadProblem] = []
-    if path.is_dir() and (path / "corpus.jsonl").is_file():
+    if (dataset := irds.irds_id(path)) is not None:
+        collection = _irds_collection(dataset, "docs")
+        collector = _documents_from_irds(path, collection)
+        if irds.has(collection, "queries"):
+            queries, query_problems = load_queries(path)
+            problems += query_problems
+        if irds.has(collection, "qrels"):
+            qrels = load_qrels(path)[0]
+    elif not path.exists():
+        raise CorpusError(f"{path}: no such file or folder")
+    elif path.is_dir() and (path / "corpus.jsonl").is_file():
         collector = _documents_from_records(path / "corpus.jsonl", settings)
         if (path / "queries.jsonl").is_file():
             queries, query_problems = load_queries(path / "queries.jsonl")
@@ -419,120 +519,3 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
         raise CorpusError(f"{path}: no documents could be loaded", problems)
     return Corpus(source=path, documents=tuple(collector.documents), queries=queries, qrels=qrels,
                   problems=tuple(problems))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# ir_datasets collections
-
-IRDS_PREFIX = "irds:"
-
-
-def irds_id(path: Path | str) -> str | None:
-    """The ir_datasets id ``path`` names (``irds:beir/scifact/test``), or None for a file or folder."""
-    text = str(path)
-    return text.removeprefix(IRDS_PREFIX) if text.startswith(IRDS_PREFIX) else None
-
-
-def _irds(dataset: str, part: str) -> Any:
-    """The ir_datasets collection (downloaded the first time, by ir_datasets), or CorpusError saying why not."""
-    try:
-        import ir_datasets
-    except ImportError:
-        raise CorpusError(f"{IRDS_PREFIX}{dataset}: reading ir_datasets collections needs ir_datasets: "
-                          "pip install 'explainable-search[irds]'") from None
-    try:
-        collection = ir_datasets.load(dataset)
-    except KeyError:
-        raise CorpusError(f"{IRDS_PREFIX}{dataset}: not an ir_datasets id (see https://ir-datasets.com)") from None
-    if not getattr(collection, f"has_{part}")():
-        raise CorpusError(f"{IRDS_PREFIX}{dataset}: the collection has no {part}; name a subset that has them "
-                          f"(see https://ir-datasets.com/{dataset.split('/')[0]}.html)")
-    return collection
-
-
-def _irds_text(record: Any) -> str:
-    """A query's or document's text: its ``text`` field, else ir_datasets' ``default_text()``."""
-    text = getattr(record, "text", None)
-    return text if isinstance(text, str) else record.default_text()
-
-
-def _irds_corpus(path: Path, dataset: str) -> Corpus:
-    """The collection's documents, with its queries and judgments when it has them."""
-    collection = _irds(dataset, "docs")
-    documents = tuple(Document(doc_id=document.doc_id, title=getattr(document, "title", "") or "",
-                               text=_irds_text(document)) for document in collection.docs_iter())
-    if not documents:
-        raise CorpusError(f"{path}: no documents could be loaded")
-    queries = load_queries(path)[0] if collection.has_queries() else ()
-    qrels = load_qrels(path)[0] if collection.has_qrels() else {}
-    return Corpus(source=path, documents=documents, queries=queries, qrels=qrels)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Passages
-
-UnitSpans = Callable[[str], list[tuple[int, int]]]
-
-
-def _word_spans(text: str) -> list[tuple[int, int]]:
-    return [match.span() for match in re.finditer(r"\S+", text)]
-
-
-def unit_counter(unit: str) -> UnitSpans:
-    """Character spans of the units passages are measured in: words, or a tokenizer's tokens."""
-    if unit == "words":
-        return _word_spans
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(unit)
-    if not tokenizer.is_fast:
-        raise CorpusError(f"passage_unit {unit!r}: needs a fast tokenizer (with character offsets)")
-
-    def token_spans(text: str) -> list[tuple[int, int]]:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
-
-    return token_spans
-
-
-def split_document(document: Document, settings: PassageSettings, spans_of: UnitSpans) -> list[Passage]:
-    """Overlapping windows of ``passage_window`` units; the text of each is an exact slice of the document."""
-    spans = spans_of(document.text)
-    window, overlap = settings.passage_window, settings.passage_overlap
-    if not window or len(spans) <= window:
-        return [Passage(passage_id=document.doc_id, doc_id=document.doc_id, index=0, title=document.title,
-                        text=document.text)]
-    starts = range(0, len(spans) - overlap, window - overlap)
-    return [
-        Passage(
-            passage_id=f"{document.doc_id}#{index + 1}", doc_id=document.doc_id, index=index, title=document.title,
-            text=document.text[spans[start][0]:spans[min(start + window, len(spans)) - 1][1]],
-        )
-        for index, start in enumerate(starts)
-    ]
-
-
-def split_documents(documents: Iterable[Document], settings: PassageSettings) -> tuple[Passage, ...]:
-    """All passages of all documents, in document order; passage ids must stay unique."""
-    spans_of = unit_counter(settings.passage_unit)
-    passages = [passage for document in documents for passage in split_document(document, settings, spans_of)]
-    seen: set[str] = set()
-    for passage in passages:
-        if passage.passage_id in seen:
-            raise CorpusError(
-                f"passage id {passage.passage_id!r} is both a document id and a passage of another document; "
-                "rename that document or change --passage-window"
-            )
-        seen.add(passage.passage_id)
-    return tuple(passages)
-
-
-def fingerprint_passages(passages: Iterable[Passage]) -> str:
-    """A digest of every passage's id, document, title and text: equal digests mean the same corpus."""
-    digest = hashlib.sha256()
-    for passage in passages:
-        for part in (passage.passage_id, passage.doc_id, passage.title, passage.text):
-            encoded = part.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "little"))
-            digest.update(encoded)
-    return digest.hexdigest()

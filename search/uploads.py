@@ -1,10 +1,12 @@
-"""Corpora the user uploads: checked by type and size, archives unpacked without leaving their folder, and
-each corpus opened once and shared by every session."""
+"""Corpora the user uploads: checked by type, size and what indexing them would cost, archives unpacked without
+leaving their folder, and each corpus opened once and shared by every session."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -13,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from search.corpus import JSONL_SUFFIXES, TABLE_SUFFIXES, CorpusError
+from search.corpus import JSONL_SUFFIXES, TABLE_SUFFIXES, CorpusError, load_corpus
+from search.passages import count_passages
 from search.progress import Progress, no_progress
 from search.retrieval.first_stage import FirstStage, open_first_stage
 from search.settings import RetrievalMethod, Settings
@@ -94,6 +97,60 @@ UNPACKED = "unpacked"
 META = "upload.json"
 
 
+LOCK_SUFFIX = ".lock"
+
+
+def _claim_folder(store: Path) -> tuple[Path, int]:
+    """A new, empty upload folder, and the lock file beside it that this process holds (``flock``) while it writes
+    the folder. The kernel frees the lock when the process dies, however it dies: a folder with no ``upload.json``
+    whose lock is free was cut off (``_remove_cut_off``)."""
+    descriptor, lock = tempfile.mkstemp(prefix="upload-", suffix=LOCK_SUFFIX, dir=store)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    folder = Path(lock.removesuffix(LOCK_SUFFIX))
+    try:
+        folder.mkdir()
+    except BaseException:
+        _release(folder, descriptor)
+        raise
+    return folder, descriptor
+
+
+def _release(folder: Path, lock: int) -> None:
+    """Done writing ``folder`` (kept, with its ``upload.json``, or removed): its lock file goes, then the lock."""
+    Path(f"{folder}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    os.close(lock)
+
+
+def _written_by_none(folder: Path) -> bool:
+    """Whether no live process holds ``folder``'s lock (an upload kept before locks existed has no lock file)."""
+    try:
+        descriptor = os.open(f"{folder}{LOCK_SUFFIX}", os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _remove_cut_off(store: Path) -> list[str]:
+    """Remove each upload that a process stopped writing before it was kept (killed while indexing): it would
+    never be listed, yet count against ``MAX_KEPT_BYTES``. Returns a line for each."""
+    removed = []
+    for folder in sorted(store.glob("upload-*")):
+        # META is looked for after the lock: a writer keeps it before freeing the lock, so it cannot appear later
+        if not folder.is_dir() or not _written_by_none(folder) or (folder / META).exists():
+            continue
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(f"{folder}{LOCK_SUFFIX}").unlink(missing_ok=True)
+        removed.append(f"{folder}: removed an upload cut off before it was kept (no {META}; {size:,} bytes)")
+    return removed
+
+
 def _corpus_root(folder: Path) -> Path:
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith((".", "__MACOSX"))]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
@@ -154,25 +211,39 @@ class CorpusLibrary:
             raise UploadError("uploads are not kept anywhere (no uploads folder)")
         check_upload(upload)
         self._check_room(upload)
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self._store()))
+        folder, lock = _claim_folder(self._store())
         try:
-            shutil.copyfile(upload, folder / name)
-            if upload.suffix.lower() == ARCHIVE_SUFFIX:
-                unpack_upload(folder / name, folder / UNPACKED)
-            kept = KeptUpload(folder=folder, name=name, file=name, skip_bad=skip_bad)
             try:
-                first_stage = open_first_stage(self.settings.replace(corpus=kept.corpus_path, skip_bad=skip_bad),
-                                               self.methods, progress)
-            except CorpusError as error:
-                raise _as_uploaded(error, folder, name) from None
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        with self._lock:
-            listed = self._register(name, first_stage)
-            self._kept[listed] = dataclasses.replace(kept, name=listed)
-        (folder / META).write_text(json.dumps({"name": listed, "file": name, "skip_bad": skip_bad}), encoding="utf-8")
+                shutil.copyfile(upload, folder / name)
+                if upload.suffix.lower() == ARCHIVE_SUFFIX:
+                    unpack_upload(folder / name, folder / UNPACKED)
+                kept = KeptUpload(folder=folder, name=name, file=name, skip_bad=skip_bad)
+                settings = self.settings.replace(corpus=kept.corpus_path, skip_bad=skip_bad)
+                try:
+                    self._check_cost(name, settings)
+                    first_stage = open_first_stage(settings, self.methods, progress)
+                except CorpusError as error:
+                    raise _as_uploaded(error, folder, name) from None
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            with self._lock:
+                listed = self._register(name, first_stage)
+                self._kept[listed] = dataclasses.replace(kept, name=listed)
+            (folder / META).write_text(json.dumps({"name": listed, "file": name, "skip_bad": skip_bad}),
+                                       encoding="utf-8")
+        finally:
+            _release(folder, lock)
         return listed
+
+    def _check_cost(self, name: str, settings: Settings) -> None:
+        """Refuse, before any indexing, a corpus with more passages than ``upload_max_passages``: uploads are
+        indexed one at a time, so a small file of many short documents would hold the indexer for everyone."""
+        documents = load_corpus(settings.loading).documents
+        passages, limit = count_passages(documents, settings.passages), self.settings.upload_max_passages
+        if passages > limit:
+            raise UploadError(f"{name}: {passages:,} passages to index ({len(documents):,} documents); an upload may "
+                              f"have at most {limit:,} (upload_max_passages)")
 
     def _store(self) -> Path:
         assert self.store is not None
@@ -205,10 +276,10 @@ class CorpusLibrary:
 
     def restore(self, progress: Progress = no_progress) -> list[str]:
         """Open the uploads kept by earlier runs; returns a line for each that could not be opened (it stays on
-        disk, unlisted)."""
+        disk, unlisted), and for each upload that was cut off before it was kept (it is removed)."""
         if self.store is None or not self.store.is_dir():
             return []
-        problems = []
+        problems = _remove_cut_off(self.store)
         for meta in sorted(self.store.glob(f"*/{META}"), key=lambda path: path.stat().st_mtime):
             try:
                 record = json.loads(meta.read_text(encoding="utf-8"))

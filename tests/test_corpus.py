@@ -1,22 +1,23 @@
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import write
 
-from search.corpus import (
-    CorpusError,
-    Document,
-    fingerprint_passages,
-    load_corpus,
-    split_document,
-    split_documents,
-    unit_counter,
-)
+from search import corpus
+from search.cli import build_parser
+from search.corpus import CorpusError, Document, load_corpus, load_qrels, load_queries
+from search.passages import fingerprint_passages, split_document, split_documents, unit_counter
 from search.retrieval.dense import encoder_location
-from search.settings import DEFAULT_ENCODER, SAMPLE_CORPUS, CorpusSettings, PassageSettings
+from search.settings import DEFAULT_ENCODER, REPO_ROOT, SAMPLE_CORPUS, CorpusSettings, PassageSettings
+from search.trec import load_run
 
 
 def load(path: Path, **options: object):
@@ -198,3 +199,140 @@ def test_fingerprint_follows_the_text() -> None:
     same = split_documents([Document(doc_id="a", title="t", text="x")], settings)
     changed = split_documents([Document(doc_id="a", title="t", text="y")], settings)
     assert fingerprint_passages(base) == fingerprint_passages(same) != fingerprint_passages(changed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs that cost far more than their size: special files and endless lines are refused, naming the file
+
+
+@pytest.fixture
+def special_files(tmp_path: Path) -> dict[str, Path]:
+    """A FIFO that no one writes (opening it for reading would wait for ever) and a link to ``/dev/zero`` (one
+    endless line), each named as a corpus, queries or run file would be."""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    return {"fifo": fifo, "zero": zero}
+
+
+@pytest.mark.timeout(60)  # a hang fails here, not after the suite's 15 minutes
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_special_file_is_refused_as_corpus_queries_qrels_or_run(special_files: dict[str, Path], kind: str) -> None:
+    path = special_files[kind]
+    for read in (lambda: load(path), lambda: load_queries(path), lambda: load_qrels(path), lambda: load_run(path)):
+        with pytest.raises(CorpusError) as error:
+            read()
+        assert str(error.value) == f"{path}: not a regular file"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_the_command_line_says_a_special_file_is_not_a_regular_file(special_files: dict[str, Path], kind: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = special_files[kind]
+    for flag in ("--run", "--queries"):
+        arguments = ["rerank-run", "--run", str(path) if flag == "--run" else str(SAMPLE_CORPUS / "qrels.tsv"),
+                     "--out", "out", *([flag, str(path)] if flag == "--queries" else [])]
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(arguments)
+        assert f"{flag}: {path}: not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_special_file_in_a_text_folder_is_left_out_by_name(tmp_path: Path) -> None:
+    write(tmp_path / "corpus" / "note.txt", "owls hunt at night")
+    os.mkfifo(tmp_path / "corpus" / "pipe.txt")
+    with pytest.raises(CorpusError, match=r"pipe.txt: not a regular file; left out"):
+        load(tmp_path / "corpus")
+    assert [document.doc_id for document in load(tmp_path / "corpus", skip_bad=True).documents] == ["note.txt"]
+
+
+@pytest.fixture
+def short_lines(monkeypatch: pytest.MonkeyPatch) -> int:
+    """``MAX_LINE_CHARS`` lowered to 40, so that a long line is a short file."""
+    monkeypatch.setattr(corpus, "MAX_LINE_CHARS", 40)
+    return 40
+
+
+def test_a_line_past_the_limit_is_named_and_the_rest_still_loads(tmp_path: Path, short_lines: int) -> None:
+    fits = json.dumps({"_id": "a", "text": "x" * (short_lines - 24)})  # exactly the limit
+    assert len(fits) == short_lines
+    path = write(tmp_path / "docs.jsonl", f'{fits}\n{json.dumps({"_id": "long", "text": "y" * 500})}\n'
+                                          f'{json.dumps({"_id": "b", "text": "z"})}')
+    with pytest.raises(CorpusError) as error:
+        load(path)
+    assert [str(problem) for problem in error.value.problems] == [f"{path}:2: document longer than 40 characters"]
+    assert [document.doc_id for document in load(path, skip_bad=True).documents] == ["a", "b"]
+
+
+def test_a_long_query_and_a_long_run_line_are_named(tmp_path: Path, short_lines: int) -> None:
+    queries = write(tmp_path / "queries.jsonl", json.dumps({"_id": "q", "text": "w" * 100}) + "\n")
+    assert [str(problem) for problem in load_queries(queries)[1]] == [f"{queries}:1: query longer than 40 characters"]
+    run = write(tmp_path / "run.trec", "q Q0 d 1 1.0 bm25\n" + "q Q0 " + "d" * 100 + " 2 0.5 bm25\n")
+    found, problems = load_run(run)
+    assert found == {"q": {"d": 1.0}}
+    assert [str(problem) for problem in problems] == [f"{run}:2: line longer than 40 characters"]
+
+
+def test_a_text_file_past_the_limit_is_left_out_by_name(tmp_path: Path, short_lines: int) -> None:
+    write(tmp_path / "corpus" / "short.txt", "owls hunt at night\n")
+    write(tmp_path / "corpus" / "book.txt", "a line of twenty-two\n" * 3)  # each line fits; the document does not
+    with pytest.raises(CorpusError, match=r"book.txt: document longer than 40 characters"):
+        load(tmp_path / "corpus")
+    assert [document.doc_id for document in load(tmp_path / "corpus", skip_bad=True).documents] == ["short.txt"]
+
+
+def test_a_csv_field_past_the_csv_modules_limit_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    path = write(tmp_path / "docs.csv", f'id,text\nbig,"{"x" * (limit + 1)}"\nsmall,owls\n')
+    with pytest.raises(CorpusError, match=rf"docs.csv:2: field larger than field limit \({limit}\)"):
+        load(path)
+    assert [document.doc_id for document in load(path, skip_bad=True).documents] == ["small"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ir_datasets collections: checked as files are
+
+IRDS_DATASET = "beir/scifact/test"
+IRDS_LOAD = """
+import json, sys
+from pathlib import Path
+from search.corpus import CorpusError, load_corpus
+from search.settings import CorpusSettings
+try:
+    corpus = load_corpus(CorpusSettings(corpus=Path(sys.argv[1]), skip_bad=sys.argv[2] == "skip"))
+except CorpusError as error:
+    print(error)
+else:
+    print(json.dumps({"documents": [document.doc_id for document in corpus.documents],
+                      "problems": [str(problem) for problem in corpus.problems]}))
+"""
+
+
+def test_an_ir_datasets_corpus_gets_the_duplicate_id_and_empty_text_checks(tmp_path: Path) -> None:
+    """BEIR's zip as ir_datasets keeps it after its download (as ``test_research.py`` builds it), holding a
+    repeated id and an empty document; read in a process of its own, since ir_datasets reads its home once."""
+    (tmp_path / "beir" / "scifact").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "beir" / "scifact" / "source.zip", "w") as archive:
+        archive.writestr("scifact/corpus.jsonl", jsonl({"_id": "a", "title": "", "text": "owls"},
+                                                       {"_id": "b", "title": "", "text": " "},
+                                                       {"_id": "a", "title": "", "text": "again"}))
+        archive.writestr("scifact/queries.jsonl", jsonl({"_id": "q", "text": "owls"}))
+        archive.writestr("scifact/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq\ta\t1\n")
+
+    def load_in_a_process(*how: str) -> str:
+        done = subprocess.run([sys.executable, "-c", IRDS_LOAD, f"irds:{IRDS_DATASET}", *how], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300, check=True,
+                              env={**os.environ, "IR_DATASETS_HOME": str(tmp_path)})
+        return done.stdout.strip()
+
+    assert load_in_a_process("strict").splitlines() == [
+        f"irds:{IRDS_DATASET}: 1 problem(s) stop the load; fix them, or pass --skip-bad to load the 1 good "
+        "document(s) and drop these",
+        f"  irds:{IRDS_DATASET}: duplicate id 'a' (first seen at document 1)",
+    ]
+    assert json.loads(load_in_a_process("skip")) == {"documents": ["a"], "problems": [
+        f"irds:{IRDS_DATASET}: document 'b' has no text; left out",
+        f"irds:{IRDS_DATASET}: duplicate id 'a' (first seen at document 1)",
+    ]}

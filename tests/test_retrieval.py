@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.corpus import Document, Passage, split_documents
+from search.corpus import Document, Passage
+from search.passages import split_documents
 from search.retrieval.bm25 import BM25Retriever
 from search.retrieval.dense import DenseRetriever
 from search.retrieval.first_stage import FirstStage, open_first_stage, open_retrievers

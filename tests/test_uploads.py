@@ -3,6 +3,9 @@ the file the user uploaded (and the member of an archive), kept for every sessio
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -12,7 +15,7 @@ from conftest import write
 
 from search import uploads
 from search.corpus import CorpusError
-from search.settings import Settings
+from search.settings import REPO_ROOT, Settings
 from search.uploads import CorpusLibrary, UploadError, unpack_upload
 
 
@@ -141,3 +144,85 @@ def test_kept_uploads_are_restored_in_the_background(settings: Settings, tmp_pat
     indexing.set()
     thread.join(60)
     assert restarted.names() == ["owls.jsonl"] and not problems
+
+
+def test_an_upload_of_more_passages_than_the_limit_is_refused_before_any_indexing(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip of a few KB holding 5,000 short documents (the issue's 62 KB zip took 308 s to index) is refused up
+    front, with its count and the limit, and nothing of it is kept."""
+    upload = tmp_path / "many.zip"
+    with zipfile.ZipFile(upload, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("corpus.jsonl", "".join(f'{{"_id": "d{number}", "text": "owls hunt mice {number}"}}\n'
+                                                for number in range(5000)))
+    assert upload.stat().st_size < 100_000
+    indexed = []
+    monkeypatch.setattr(uploads, "open_first_stage", lambda *args, **kwargs: indexed.append(args))
+    store = tmp_path / "uploads"
+    library = kept_library(settings, store)
+    with pytest.raises(UploadError) as refused:
+        library.upload(upload, "many.zip")
+    assert str(refused.value) == (f"many.zip: 5,000 passages to index (5,000 documents); an upload may have at most "
+                                  f"{settings.upload_max_passages:,} (upload_max_passages)")
+    assert not indexed and library.names() == [] and not any(store.iterdir())
+    lowered = kept_library(settings.replace(upload_max_passages=3), store)
+    one_long = write(tmp_path / "long.jsonl", '{"_id": "a", "text": "' + "word " * 1000 + '"}\n')
+    with pytest.raises(UploadError, match=r"long.jsonl: 5 passages to index \(1 documents\); an upload may have at "
+                                          r"most 3 \(upload_max_passages\)"):
+        lowered.upload(one_long, "long.jsonl")  # one document, split into five 256-word passages
+    assert not indexed
+
+
+def orphan(store: Path) -> Path:
+    """What an upload killed while indexing leaves: its folder, with the file and no ``upload.json``."""
+    folder = store / "upload-cut1off"
+    write(folder / "owls.jsonl", '{"_id": "owl", "text": "Owls hunt mice."}\n' * 1000)
+    return folder
+
+
+def test_an_upload_cut_off_before_it_was_kept_is_removed_when_the_library_opens(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "uploads"
+    folder = orphan(store)
+    monkeypatch.setattr(uploads, "MAX_KEPT_BYTES", (folder / "owls.jsonl").stat().st_size + 100)
+    library = CorpusLibrary(settings, ("bm25",), store=store)
+    problems = library.restore()
+    assert problems == [f"{folder}: removed an upload cut off before it was kept (no upload.json; 42,000 bytes)"]
+    assert not folder.exists() and library.names() == []
+    library.upload(write(tmp_path / "small.jsonl", '{"_id": "a", "text": "owls"}\n'), "small.jsonl")  # room again
+
+
+def test_an_upload_being_written_by_a_live_process_is_left_alone(settings: Settings, tmp_path: Path) -> None:
+    store = tmp_path / "uploads"
+    store.mkdir()
+    folder, lock = uploads._claim_folder(store)  # as a concurrent upload, still indexing, holds it
+    try:
+        write(folder / "owls.jsonl", '{"_id": "owl", "text": "Owls hunt mice."}\n')
+        assert CorpusLibrary(settings, ("bm25",), store=store).restore() == [] and folder.is_dir()
+    finally:
+        uploads._release(folder, lock)
+    assert CorpusLibrary(settings, ("bm25",), store=store).restore() != [] and not folder.exists()
+
+
+KILLED_WHILE_INDEXING = """
+import os, signal, sys
+from pathlib import Path
+from search.settings import Settings
+from search.uploads import CorpusLibrary
+
+settings = Settings().replace(index_dir=sys.argv[1])
+library = CorpusLibrary(settings, ("bm25",), store=Path(sys.argv[2]))
+library.upload(Path(sys.argv[3]), "owls.jsonl", lambda task, done, total: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_an_upload_killed_while_indexing_is_removed_by_the_next_library(settings: Settings, tmp_path: Path) -> None:
+    store = tmp_path / "uploads"
+    upload = write(tmp_path / "owls.jsonl", '{"_id": "owl", "text": "Owls hunt mice."}\n')
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_INDEXING, str(tmp_path / "indexes"), str(store),
+                           str(upload)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    (left,) = [path for path in store.iterdir() if path.is_dir()]
+    assert not (left / "upload.json").exists()  # what the issue found: a folder no one lists or cleans
+    problems = CorpusLibrary(settings, ("bm25",), store=store).restore()
+    assert [problem.split(":")[0] for problem in problems] == [str(left)]
+    assert not any(store.iterdir())

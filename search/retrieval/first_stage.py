@@ -7,7 +7,8 @@ import importlib.metadata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from search.corpus import Corpus, Passage, fingerprint_passages, load_corpus, split_documents
+from search.corpus import Corpus, Passage, load_corpus
+from search.passages import fingerprint_passages, split_documents
 from search.progress import Progress, no_progress
 from search.retrieval.bm25 import BM25Retriever
 from search.retrieval.dense import DenseRetriever, encoder_identity, load_encoder

@@ -128,6 +128,9 @@ _Parsed = _Record | LoadProblem
 # Reading files
 
 
+NOT_REGULAR = "not a regular file"
+
+
 def _open_regular(path: Path) -> IO[str]:
     """``path`` opened as UTF-8 text (undecodable bytes kept as escapes, lines ending at ``\\n`` only), or
     ``CorpusError`` when it is not a regular file (after links): a FIFO would wait for a writer, a device never
@@ -143,7 +146,6 @@ def _open_regular(path: Path) -> IO[str]:
         raise
 
 
-NOT_REGULAR = "not a regular file"
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 """What ``surrogateescape`` turns a byte that is not UTF-8 into."""
 
@@ -151,7 +153,7 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 def decoded_lines(path: Path, what: str = "line") -> Iterator[tuple[int, str | LoadProblem]]:
     """Each line of a UTF-8 file with its 1-based number. A line that does not decode, or is longer than
     ``MAX_LINE_CHARS`` (``what`` it holds, for the message: "document", "query"), becomes a problem; the rest of a
-    long line is skipped unread into memory."""
+    long line is read past in chunks, never held whole."""
     limit = MAX_LINE_CHARS
     with _open_regular(path) as handle:
         number = 0

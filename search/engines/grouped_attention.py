@@ -19,8 +19,20 @@ NAME = "sdpa_grouped"
 
 def grouped_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                         is_causal: bool | None = None, **_: Any) -> tuple[torch.Tensor, None]:
-    """transformers' attention signature: [batch, heads, tokens, head size] in, [batch, tokens, heads, size] out."""
+                         is_causal: bool | None = None, position_bias: torch.Tensor | None = None,
+                         cache: object = None, **_: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: [batch, heads, tokens, head size] in, [batch, tokens, heads, size] out.
+
+    It covers the part of transformers' SDPA path the engine uses: ``key`` and ``value`` already hold every cached
+    position (the model updated its ``DynamicCache`` before the call), masked by ``attention_mask``. The rest of that
+    path (a paged cache that the attention itself updates, as transformers' own continuous batching passes it; a
+    position bias) it refuses rather than compute something else."""
+    if cache is not None or position_bias is not None:
+        given = f"a {type(cache).__name__}" if cache is not None else "a position bias"
+        raise NotImplementedError(
+            f"{NAME} attention (search/engines/grouped_attention.py) supports caches the model updates itself, such "
+            f"as DynamicCache, without a position bias; it was given {given}: load the model with "
+            "attn_implementation='sdpa' for this")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     output = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,

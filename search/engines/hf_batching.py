@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -77,16 +77,33 @@ def _bytes(cache: KeyValues) -> int:
     return sum(keys.numel() * keys.element_size() + values.numel() * values.element_size() for keys, values in cache)
 
 
-class RunningBatch:
-    """The model's cache for the rows decoding together, left-padded to a common width."""
+@dataclass(kw_only=True, slots=True, eq=False)
+class BatchRow:
+    """A sequence decoding in the running batch (the engine's rows extend it with their requests)."""
+
+    next_token: int
+    """The token it feeds at the next step."""
+    length: int = 0
+    """Positions it holds in the cache (the rest of its columns, on the left, are padding); set by ``join``."""
+
+
+Row = TypeVar("Row", bound=BatchRow)
+
+
+class RunningBatch(Generic[Row]):
+    """The model's cache for the rows decoding together, left-padded to a common width, and those rows in the
+    cache's order: one list, so that the two cannot disagree.
+
+    ``join`` and ``keep`` build the new cache before they change anything, so that a failure (out of memory, say)
+    leaves the batch as it was. ``decode`` runs the model, which extends the cache layer by layer in place: after
+    it fails the batch cannot be trusted."""
 
     def __init__(self, model: Any, device: str) -> None:
         self.model = model
         self.device = device
         self.past: Any = None
         """The ``DynamicCache`` the model reads and extends at every step (None while no row runs)."""
-        self.lengths: list[int] = []
-        """Positions each row holds in the cache (the rest of its columns, on the left, are padding)."""
+        self.rows: list[Row] = []
 
     @property
     def cache(self) -> KeyValues:
@@ -109,7 +126,7 @@ class RunningBatch:
         return self.past.layers[0].keys.shape[2] if self.past is not None else 0
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.rows)
 
     @torch.inference_mode()
     def prefill(self, tokens: list[int], prefix: PrefixCache) -> Prefilled:
@@ -125,47 +142,49 @@ class RunningBatch:
         cache = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
         return Prefilled(cache=cache, logits=output.logits[0, -1].float(), cached_tokens=shared)
 
-    def join(self, cache: KeyValues) -> None:
-        """Add a prefilled row (a batch of one) as the last row."""
+    def join(self, row: Row, cache: KeyValues) -> None:
+        """Add ``row``, prefilled alone into ``cache`` (a batch of one), as the last row."""
         length = cache[0][0].shape[2]
         width = max(self.width, length)
         self.cache = [(torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)]),
                        torch.cat([_pad_left(values, width), _pad_left(new_values, width)]))
                       for (keys, values), (new_keys, new_values) in zip(self.cache, cache, strict=True)
-                      ] if self.lengths else cache
-        self.lengths.append(length)
+                      ] if self.rows else cache
+        row.length = length
+        self.rows.append(row)
 
-    def row_cache(self, index: int) -> KeyValues:
+    def row_cache(self, row: Row) -> KeyValues:
         """A copy of one row's cache without its padding."""
-        start = self.width - self.lengths[index]
+        index = self.rows.index(row)
+        start = self.width - row.length
         return [(keys[index:index + 1, :, start:].clone(), values[index:index + 1, :, start:].clone())
                 for keys, values in self.cache]
 
-    def keep(self, indices: list[int]) -> None:
+    def keep(self, rows: list[Row]) -> None:
         """Keep only these rows, in this order, and drop the columns that are padding in all of them."""
-        if not indices:
-            self.cache, self.lengths = [], []
+        if not rows:
+            self.cache, self.rows = [], []
             return
-        lengths = [self.lengths[index] for index in indices]
-        start = self.width - max(lengths)
-        chosen = torch.tensor(indices, device=self.device)
+        start = self.width - max(row.length for row in rows)
+        chosen = torch.tensor([self.rows.index(row) for row in rows], device=self.device)
         self.cache = [(keys.index_select(0, chosen)[:, :, start:], values.index_select(0, chosen)[:, :, start:])
                       for keys, values in self.cache]
-        self.lengths = lengths
+        self.rows = list(rows)
 
     @torch.inference_mode()
-    def decode(self, tokens: list[int]) -> torch.Tensor:
+    def decode(self) -> torch.Tensor:
         """Feed each row its next token; returns the logits after it, [rows, vocabulary], in float32."""
         width = self.width
-        lengths = torch.tensor(self.lengths, device=self.device)
+        lengths = torch.tensor([row.length for row in self.rows], device=self.device)
         columns = torch.arange(width + 1, device=self.device)
         attention_mask = (columns[None, :] >= (width - lengths)[:, None]).long()
-        output = self.model(input_ids=torch.tensor(tokens, device=self.device)[:, None], past_key_values=self.past,
-                            attention_mask=attention_mask, position_ids=lengths[:, None],
+        output = self.model(input_ids=torch.tensor([[row.next_token] for row in self.rows], device=self.device),
+                            past_key_values=self.past, attention_mask=attention_mask, position_ids=lengths[:, None],
                             cache_position=torch.tensor([width], device=self.device), use_cache=True,
                             logits_to_keep=1)
         self.past = output.past_key_values
-        self.lengths = [length + 1 for length in self.lengths]
+        for row in self.rows:
+            row.length += 1
         return output.logits[:, -1].float()
 
 

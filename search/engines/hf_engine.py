@@ -16,7 +16,9 @@ next batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import math
 import queue
 import threading
@@ -26,7 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, cpu_dtype
+from search.engines.hf_batching import BatchRow, PrefixCache, RunningBatch
 from search.engines.zerogpu import gpu_function, on_zero_gpu
+
+log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.05
 """How long the worker waits for more requests to fill a ZeroGPU batch once the first one arrives."""
@@ -104,12 +109,11 @@ class _Waiting:
 
 
 @dataclass(kw_only=True, slots=True, eq=False)
-class _Running:
-    """A row of the continuous batch: the token it feeds next, and its tokens whose cache the batch holds."""
+class _Running(BatchRow):
+    """A row of the continuous batch: its request, and its tokens whose cache the batch holds."""
 
     waiting: _Waiting
     prompt_ids: list[int]
-    next_token: int
     cached_tokens: int
     """Of the prompt's tokens, those the prefix cache served (reported on the row's last chunk, as vLLM does)."""
     joined_at: float
@@ -118,6 +122,15 @@ class _Running:
         """Whether it still holds the others back (``LEAD_WAIT_S``)."""
         row = self.waiting.row
         return not (row.sent_chars or row.done or row.cancelled) and time.monotonic() - self.joined_at < LEAD_WAIT_S
+
+
+@contextlib.contextmanager
+def _failing_as(step: str) -> Iterator[None]:
+    """Turn a failure inside ``step`` into the EngineError its requests hear, naming the step."""
+    try:
+        yield
+    except Exception as error:
+        raise EngineError(f"transformers engine: {step} failed: {type(error).__name__}: {error}") from error
 
 
 def gpu_seconds(rows: list[_Row]) -> int:
@@ -182,14 +195,21 @@ class TransformersEngine(Engine):
             self._generate_batch = gpu_function(self._generate_batch, gpu_seconds)
         self._pending: queue.Queue[_Waiting | None] = queue.Queue()
         self._running: list[_Row] = []
-        self._worker = threading.Thread(target=self._work_continuously if self.continuous else self._work,
-                                        name="transformers-batches", daemon=True)
+        self._batch: RunningBatch[_Running] = RunningBatch(self._model, self.device)
+        self._prefixes = PrefixCache()
+        self._reading: set[asyncio.Task[Any]] = set()
+        """The tasks reading a request's chunks, which a closing engine waits for once the worker has answered them."""
+        serve = self._serve if self.continuous else self._serve_static
+        self._worker = threading.Thread(target=self._work, args=(serve,), name="transformers-batches", daemon=True)
         self._worker.start()
 
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         row = _Row(request=request)
+        reader = asyncio.current_task()
+        if reader is not None:
+            self._reading.add(reader)
         self._pending.put(_Waiting(row=row, deliver=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item)))
         try:
             while True:
@@ -201,27 +221,47 @@ class TransformersEngine(Engine):
                     return
         finally:
             row.cancelled = True
+            self._reading.discard(reader)
 
     def active_requests(self) -> int:
         return self._pending.qsize() + sum(not row.done and not row.cancelled for row in self._running)
 
     async def _shutdown(self) -> None:
         """Stop the worker and wait for its step or batch to end: a process that exits while the worker is still
-        inside the model aborts ("terminate called without an active exception", seen in CI)."""
+        inside the model aborts ("terminate called without an active exception", seen in CI). The worker answers
+        the requests still running or queued with an error; their readers are let hear it before the loop stops."""
         self._pending.put(None)
         await asyncio.to_thread(self._worker.join, WORKER_JOIN_S)
+        if self._reading:
+            await asyncio.wait(set(self._reading), timeout=WORKER_JOIN_S)
+
+    def _work(self, serve: Callable[[list[_Waiting | None]], None]) -> None:
+        """Serve until closed, then answer every request still running or queued. A failure fails the requests it
+        touched and the worker goes on (with a new batch where the batch's state can no longer be trusted); a
+        failure anywhere else stops it: the engine is unhealthy, and every request fails at once with the reason."""
+        queued: list[_Waiting | None] = []
+        broken = None
+        try:
+            serve(queued)
+        except BaseException as error:
+            self._unhealthy = f"the transformers engine stopped: {type(error).__name__}: {error}"
+            broken = EngineError(self._unhealthy)
+            log.exception(self._unhealthy)
+        finally:
+            ending = broken or EngineError("the transformers engine was closed")
+            for waiting in [*queued, *(row.waiting for row in self._batch.rows)]:
+                if waiting is not None:
+                    waiting.deliver(ending)
+            self._batch, self._running = RunningBatch(self._model, self.device), []
+        if broken is not None:
+            while (waiting := self._pending.get()) is not None:  # requests on their way meanwhile hear why
+                waiting.deliver(broken)
 
     # Continuous batching ---------------------------------------------------------------------------------------
 
-    def _work_continuously(self) -> None:
-        from search.engines.hf_batching import PrefixCache, RunningBatch
-
-        batch = RunningBatch(self._model, self.device)
-        prefixes = PrefixCache()
-        running: list[_Running] = []
-        queued: list[_Waiting] = []
+    def _serve(self, queued: list[_Waiting | None]) -> None:
         while True:
-            if not queued and not running:
+            if not queued and not self._batch.rows:
                 queued.append(self._pending.get())
             while True:
                 try:
@@ -230,26 +270,20 @@ class TransformersEngine(Engine):
                     break
             if None in queued:
                 return
-            queued = [waiting for waiting in queued if not waiting.row.cancelled]
-            if any(row.waiting.row.cancelled for row in running):  # left by their readers: no step more
-                kept = [index for index, row in enumerate(running) if not row.waiting.row.cancelled]
-                batch.keep(kept)
-                running[:] = [running[index] for index in kept]
-            self._admit(queued, running, batch, prefixes)
-            if running:
-                try:
-                    self._step(running, batch, prefixes)
-                except Exception as error:  # the model failed: every running request hears why
-                    for row in running:
-                        row.waiting.deliver(EngineError(f"transformers generation failed: {error}"))
-                    running[:] = []
-                    batch.keep([])
-            self._running = [row.waiting.row for row in running]
+            queued[:] = [waiting for waiting in queued if waiting is not None and not waiting.row.cancelled]
+            if any(row.waiting.row.cancelled for row in self._batch.rows):  # left by their readers: no step more
+                self._keep([row for row in self._batch.rows if not row.waiting.row.cancelled])
+            self._admit(queued)
+            if self._batch.rows:
+                self._step()
+            self._running = [row.waiting.row for row in self._batch.rows]
 
-    def _admit(self, queued: list[_Waiting], running: list[_Running], batch: Any, prefixes: Any) -> None:
+    def _admit(self, queued: list[_Waiting]) -> None:
         """Prefill queued requests, one at a time, up to ``PREFILL_TOKENS_PER_STEP`` prompt tokens (at least one
         request) and the batch size; each gives its first token at once, and joins the batch unless that ended it.
-        On an idle engine the first request joins alone and leads (``LEAD_WAIT_S``)."""
+        On an idle engine the first request joins alone and leads (``LEAD_WAIT_S``). A request that fails on its
+        way in fails alone: the batch is as it was."""
+        running = self._batch.rows
         lead = not running
         if len(running) == 1 and running[0].leading():
             return
@@ -258,66 +292,106 @@ class TransformersEngine(Engine):
             if lead and running:
                 return
             waiting = queued.pop(0)
-            prompt_ids = self.tokenizer(waiting.row.request.prompt).input_ids
             try:
-                result = batch.prefill(prompt_ids, prefixes)
-            except Exception as error:  # this prompt failed (too long for memory, say): the others go on
-                waiting.deliver(EngineError(f"transformers generation failed: {error}"))
-                continue
-            prefilled += len(prompt_ids) - result.cached_tokens
-            token, logprobs = watched_and_chosen(result.logits, waiting.row.request)
-            chunk = waiting.row.advance(token, logprobs, self.tokenizer, self._eos_ids)
-            if chunk.finish_reason is not None:
-                prefixes.add(tuple(prompt_ids), result.cache)
-                waiting.deliver(dataclasses.replace(chunk, cached_tokens=result.cached_tokens))
-                continue
-            waiting.deliver(chunk)
-            batch.join(result.cache)
-            running.append(_Running(waiting=waiting, prompt_ids=prompt_ids, next_token=token,
-                                    cached_tokens=result.cached_tokens, joined_at=time.monotonic()))
+                prefilled += self._join(waiting)
+            except EngineError as error:
+                waiting.deliver(error)
+            running = self._batch.rows
             self._running = [row.waiting.row for row in running]
 
-    def _step(self, running: list[_Running], batch: Any, prefixes: Any) -> None:
-        """One decoding step of every running row; finished and abandoned rows leave the batch."""
-        logits = batch.decode([row.next_token for row in running])
+    def _join(self, waiting: _Waiting) -> int:
+        """Prefill one request, give its first token, and add it to the batch unless that ended it; the prompt
+        tokens it computed."""
+        request = waiting.row.request
+        with _failing_as("tokenizing the prompt"):
+            prompt_ids = self.tokenizer(request.prompt).input_ids
+        with _failing_as("prefill"):
+            result = self._batch.prefill(prompt_ids, self._prefixes)
+        with _failing_as("choosing the first token"):
+            token, logprobs = watched_and_chosen(result.logits, request)
+            chunk = waiting.row.advance(token, logprobs, self.tokenizer, self._eos_ids)
+        if chunk.finish_reason is not None:
+            self._keep_prefix(prompt_ids, lambda: result.cache)
+            waiting.deliver(dataclasses.replace(chunk, cached_tokens=result.cached_tokens))
+        else:
+            waiting.deliver(chunk)
+            with _failing_as("joining the running batch"):
+                self._batch.join(_Running(waiting=waiting, prompt_ids=prompt_ids, next_token=token,
+                                          cached_tokens=result.cached_tokens, joined_at=time.monotonic()),
+                                 result.cache)
+        return len(prompt_ids) - result.cached_tokens
+
+    def _step(self) -> None:
+        """One decoding step of every running row; finished, failed and abandoned rows leave the batch."""
+        try:
+            with _failing_as("a decoding step"):
+                logits = self._batch.decode()
+        except EngineError as error:  # the cache may be extended in some layers only: every row hears why
+            self._drop_batch(error)
+            return
         kept = []
-        for index, row in enumerate(running):
+        for row, row_logits in zip(self._batch.rows, logits, strict=True):
             state = row.waiting.row
             if state.cancelled:  # left during the step
                 continue
-            token, logprobs = watched_and_chosen(logits[index], state.request)
-            chunk = state.advance(token, logprobs, self.tokenizer, self._eos_ids)
+            try:
+                with _failing_as("choosing the next token"):
+                    token, logprobs = watched_and_chosen(row_logits, state.request)
+                    chunk = state.advance(token, logprobs, self.tokenizer, self._eos_ids)
+            except EngineError as error:
+                row.waiting.deliver(error)
+                continue
             if chunk.finish_reason is not None:
-                prefixes.add(tuple(row.prompt_ids + state.token_ids[:-1]), batch.row_cache(index))
+                self._keep_prefix(row.prompt_ids + state.token_ids[:-1], lambda row=row: self._batch.row_cache(row))
                 chunk = dataclasses.replace(chunk, cached_tokens=row.cached_tokens)
             else:
                 row.next_token = token
-                kept.append(index)
+                kept.append(row)
             row.waiting.deliver(chunk)
-        if len(kept) < len(running):
-            batch.keep(kept)
-            running[:] = [running[index] for index in kept]
+        if len(kept) < len(self._batch):
+            self._keep(kept)
+
+    def _keep(self, rows: list[_Running]) -> None:
+        """Keep only ``rows`` in the batch; if that fails, every row hears why and a new batch starts."""
+        try:
+            with _failing_as("dropping rows from the running batch"):
+                self._batch.keep(rows)
+        except EngineError as error:
+            self._drop_batch(error)
+
+    def _drop_batch(self, error: EngineError) -> None:
+        """Fail every row of a batch whose state cannot be trusted, and start a new one."""
+        for row in self._batch.rows:
+            row.waiting.deliver(error)
+        self._batch = RunningBatch(self._model, self.device)
+        self._running = []
+
+    def _keep_prefix(self, tokens: list[int], cache: Callable[[], Any]) -> None:
+        """Keep a finished sequence's cache for prompts that begin the same way. This is only a saving: where it
+        fails the request keeps its answer, and the prefix cache starts again empty (its accounting may be off)."""
+        try:
+            self._prefixes.add(tuple(tokens), cache())
+        except Exception:
+            log.exception("transformers engine: keeping a finished sequence's cache failed; prefix cache emptied")
+            self._prefixes = PrefixCache()
 
     # ZeroGPU: static batches -----------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _serve_static(self, queued: list[_Waiting | None]) -> None:
+        """Collect a batch (``queued``, until it has run) and generate it, until closed."""
         while True:
-            first = self._pending.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.batch_size:
+            queued.append(self._pending.get())
+            while queued[-1] is not None and len(queued) < self.batch_size:
                 try:
-                    waiting = self._pending.get(timeout=BATCH_WAIT_S)
+                    queued.append(self._pending.get(timeout=BATCH_WAIT_S))
                 except queue.Empty:
                     break
-                if waiting is None:
-                    self._pending.put(None)
-                    break
-                batch.append(waiting)
-            batch = [waiting for waiting in batch if not waiting.row.cancelled]
+            if None in queued:
+                return
+            batch = [waiting for waiting in queued if waiting is not None and not waiting.row.cancelled]
             if batch:
                 self._run_batch(batch)
+            queued.clear()
 
     def _run_batch(self, batch: list[_Waiting]) -> None:
         """Hand a batch's chunks to their readers as they come; stop the batch once every reader has left."""

@@ -146,7 +146,7 @@ def _not_ready(state: ApiState) -> str | None:
     if state.reranker is None:
         return f"no model is loaded: {state.problem or 'none was configured'}"
     engine = state.reranker.loaded.engine
-    return engine.waiting() or engine.unavailable()
+    return engine.unhealthy() or engine.waiting() or engine.unavailable()
 
 
 def _served(state: ApiState) -> ReasoningReranker:

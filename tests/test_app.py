@@ -199,6 +199,15 @@ def test_the_header_line_names_model_engine_device_and_keeps_the_demo_warning_a_
     assert "not available: engine down." in ModelStatus(loaded=None, problem="engine down.").header()
 
 
+def test_the_header_says_when_the_engine_has_failed_for_good(status: ModelStatus,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unhealthy engine (its worker died) fails every request at once: the header says so, with the reason."""
+    assert "engine failed" not in status.header()
+    monkeypatch.setattr(status.loaded.engine, "_unhealthy", "the worker <stopped>: out of memory")
+    header = status.header()
+    assert "engine failed" in header and "the worker &lt;stopped&gt;: out of memory" in header
+
+
 def test_every_reranker_has_a_renderer() -> None:
     assert {cls.renderer for cls in RERANKERS.values()} <= set(FAMILIES)
 

@@ -52,7 +52,10 @@ def model_line(loaded: LoadedModel | None, problem: str = "") -> str:
     engine = loaded.engine
     parts = [loaded.model.name or engine.model, engine.kind, engine.device or "remote"]
     badges = _badge("demo model: verdicts not meaningful", DEMO, warn=True) if loaded.model.is_demo else ""
-    if (problem := engine.unavailable()) is not None:
+    if (failure := engine.unhealthy()) is not None:
+        badges += _badge("engine failed", f"{failure}. Reranking fails until the model is loaded again; the "
+                                          "first-stage results still work.", warn=True)
+    elif (problem := engine.unavailable()) is not None:
         badges += _badge("no server reachable", f"{problem}; retrying every {engine.retry_every_s:g} s. Reranking "
                                                 "works as soon as a server answers.", warn=True)
     measured = _badge("how scores are measured", MEASURED)

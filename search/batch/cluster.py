@@ -84,15 +84,17 @@ AGREED = ("reranker", "model_key", "revision", "dtype", "budget")
 
 
 def disagreement(specs: list[WorkerSpec]) -> str | None:
-    """Which ``AGREED`` fields the workers differ in, each with which worker has what; None when they agree."""
+    """Which ``AGREED`` fields the workers differ in, each with which worker has what (values in order); None
+    when they agree."""
     differences = []
     for name in AGREED:
         holders: dict[Any, list[str]] = {}
         for spec in specs:
             holders.setdefault(getattr(spec, name), []).append(spec.where)
         if len(holders) > 1:
-            differences.append(f"{name} " + " vs ".join(f"{value or '(none)'} ({', '.join(where)})"
-                                                        for value, where in holders.items()))
+            values = sorted(holders)  # one field, one type
+            differences.append(f"{name.removesuffix('_key')} " + " vs ".join(
+                f"{value or '(none)'} ({', '.join(holders[value])})" for value in values))
     return "; ".join(differences) or None
 
 

@@ -512,6 +512,25 @@ def test_past_its_deadline_a_request_ends_with_what_is_judged_and_marks_the_rest
         engine.close()
 
 
+def test_past_its_deadline_with_nothing_judged_the_answer_is_a_503_and_health_keeps_the_deadline(
+        tokenizer: Any) -> None:
+    """An all-zero list would read as a ranking to clients that ignore ``meta`` (TEI's bare list has none)."""
+    engine = endless_on(tokenizer)
+    client = client_of(reranker_on(engine), api_request_seconds=1)
+    try:
+        for body in ({"query": "q", "documents": ["an endless one", "another endless one"]},
+                     {"query": "q", "texts": ["an endless one"]}):
+            refused = client.post("/v1/rerank" if "documents" in body else "/rerank", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["message"] == ("no document was judged: the request's deadline of 1 s "
+                                                 "(api_request_seconds) passed first")
+        engine._unhealthy = "the transformers engine's worker stopped"
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["request_seconds"] == 1  # what a client waits for
+    finally:
+        engine.close()
+
+
 def test_the_http_reranker_waits_as_long_as_the_server_promises(tokenizer: Any) -> None:
     from search.integrations.source import GRACE_S, HttpReranker
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,10 +136,11 @@ def test_the_page_and_the_api_serve_side_by_side_in_one_process(tmp_path: Path, 
 
 
 def test_past_its_deadline_the_real_engine_stops_and_the_answer_keeps_what_was_judged(
-        demo_model: Path, tmp_path: Path, texts: list[str]) -> None:
+        demo_model: Path, tmp_path: Path, texts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The transformers engine with the demo model: a judgment replayed from the cache lands at once, while 19
-    long passages (some 20,000 prompt tokens to prefill on a CPU) cannot be judged within the 1 s deadline; their
-    engine requests are aborted, and the engine serves the next request."""
+    long passages cannot be judged within the 1 s deadline (the running batch decodes no step until the answer is
+    back, however fast the machine); their engine requests are aborted, and the engine serves the next
+    request."""
     reranker = open_reranker("demo", engine="transformers", budget=8, judgment_cache_path=tmp_path / "cache.sqlite3")
 
     def client(seconds: float) -> TestClient:
@@ -149,7 +151,13 @@ def test_past_its_deadline_the_real_engine_stops_and_the_answer_keeps_what_was_j
         seeded = client(600).post("/v1/rerank", json={"query": QUERY, "documents": [texts[0]]}).json()
         assert seeded["results"][0]["status"] == "judged"
         long = [f"{texts[number % len(texts)]} " * 8 for number in range(19)]
-        cut = client(1).post("/v1/rerank", json={"query": QUERY, "documents": [texts[0], *long]})
+        engine = reranker.loaded.engine
+        answered, decode = threading.Event(), engine._batch.decode
+        monkeypatch.setattr(engine._batch, "decode", lambda: answered.wait(120) and decode())
+        try:
+            cut = client(1).post("/v1/rerank", json={"query": QUERY, "documents": [texts[0], *long]})
+        finally:
+            answered.set()
         assert cut.status_code == 200, cut.text
         by_index = {result["index"]: result for result in cut.json()["results"]}
         assert by_index[0]["status"] == "judged" and by_index[0]["from_cache"] is True
@@ -160,7 +168,6 @@ def test_past_its_deadline_the_real_engine_stops_and_the_answer_keeps_what_was_j
             "(api_request_seconds) passed first" for result in unfinished)
         assert all(result["status"] != "failed" for result in by_index.values())
         assert cut.json()["meta"]["explainable_search"]["unfinished"] == len(unfinished)
-        engine = reranker.loaded.engine
         stopped_by = time.monotonic() + 60
         while engine.active_requests():  # the aborts reach the engine's worker between its steps
             assert time.monotonic() < stopped_by, "the engine kept working on the requests of a finished answer"

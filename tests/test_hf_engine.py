@@ -442,6 +442,22 @@ def test_closing_answers_the_requests_running_and_queued(own_engine: Transformer
         bounded(collect(own_engine, TARGET))
 
 
+def test_a_request_that_reaches_the_engine_loop_after_the_close_began_is_refused_there(
+        own_engine: TransformersEngine) -> None:
+    """``generate`` checks on the caller's loop; the close can begin before the request reaches the engine's loop,
+    where the worker may already have left: there it is refused, never queued for no one."""
+    own_engine._unhealthy = "the transformers engine was closed"
+
+    async def first_chunk() -> GenerationChunk | None:
+        async for chunk in own_engine._generate(TARGET):
+            return chunk
+        return None
+
+    with pytest.raises(EngineError, match="was closed"):
+        own_engine._on_loop(asyncio.wait_for(first_chunk(), BOUND_S))
+    assert own_engine.active_requests() == 0
+
+
 def test_the_batch_drops_the_rows_of_requests_whose_readers_left(engine: TransformersEngine,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``active_requests`` leaves cancelled rows out by definition: what shows a cancel works is the worker's batch

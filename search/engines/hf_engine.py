@@ -206,6 +206,8 @@ class TransformersEngine(Engine):
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        if self._unhealthy is not None:  # closed since ``generate`` asked: the worker may have left already
+            raise EngineError(self._unhealthy)
         row = _Row(request=request)
         reader = asyncio.current_task()
         if reader is not None:

@@ -4,6 +4,7 @@ documents carry from a result."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -72,15 +73,6 @@ class HttpReranker:
             health = None
         return _waited(health)
 
-    async def _arequest_timeout_s(self, client: httpx.AsyncClient) -> float:
-        if self.timeout_s is not None:
-            return self.timeout_s
-        try:
-            health = await client.get(f"{self.base_url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S)
-        except httpx.HTTPError:
-            health = None
-        return _waited(health)
-
     def _post(self, query: str, documents: Sequence[DocumentInput], top_n: int | None, options: dict[str, Any]
               ) -> tuple[str, dict[str, Any], dict[str, str], tuple[RerankDocument, ...]]:
         sent = as_documents(documents)
@@ -105,7 +97,7 @@ class HttpReranker:
         try:
             async with httpx.AsyncClient() as client:
                 answer = await client.post(url, json=body, headers=headers,
-                                           timeout=await self._arequest_timeout_s(client))
+                                           timeout=await asyncio.to_thread(self.request_timeout_s))
         except httpx.HTTPError as error:
             raise RerankApiError(f"{url}: {error}") from error
         return _results(url, answer, sent)

@@ -92,12 +92,14 @@ def api_routes(state: ApiState) -> list[BaseRoute]:
 
     @router.get("/health")
     async def health() -> Response:
-        """200 when a request would be served now; 503 with the reason when not (no model, servers out)."""
+        """200 when a request would be served now; 503 with the reason when not (no model, servers out). Both say
+        how long a request may take (``request_seconds``), for clients to wait as long."""
+        promised = {"request_seconds": state.limits.api_request_seconds}
         if (problem := _not_ready(state)) is not None:
-            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+            return JSONResponse({"status": "unavailable", "reason": problem, **promised}, status_code=503)
         served = _served(state)
         return JSONResponse({"status": "ok", "model": served.model, "engine": served.loaded.engine.description,
-                             "request_seconds": state.limits.api_request_seconds})
+                             **promised})
 
     return router.routes
 
@@ -198,10 +200,12 @@ class _Answer:
         (the engine's reason). Failures are counted in documents, whatever the reranker's unit of work (a listwise
         one fails windows)."""
         reranking, run = self.reranking, self.reranking.run
-        failed = run.documents_failed()
-        if failed and failed == len(self.parsed.request.documents):
+        failed, count = run.documents_failed(), len(self.parsed.request.documents)
+        if failed and failed == count:
             reason = run.failure(run.candidates[0].passage.doc_id)
             raise ApiError(503, f"every document failed: {reason}", kind="service_unavailable")
+        if reranking.stopped_because and failed + reranking.unfinished() == count:
+            raise ApiError(503, f"no document was judged: {reranking.stopped_because}", kind="service_unavailable")
         if self.parsed.tei:
             return tei_response(reranking.results(), self.parsed)
         return response(reranking.results(), self.parsed, failed=failed, unfinished=reranking.unfinished(),

@@ -35,7 +35,7 @@ def flags(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     base.auto_cpu_dtype.cache_clear()
 
 
-@pytest.mark.parametrize("native", [["avx512_bf16"], ["amx_bf16", "amx_tile"], ["bf16"]])
+@pytest.mark.parametrize("native", [["avx512_bf16"], ["amx_bf16"], ["bf16"]])
 def test_auto_on_a_cpu_with_native_bf16_is_bf16_and_says_why(
         flags: list[str], native: list[str], caplog: pytest.LogCaptureFixture) -> None:
     flags.extend(native)
@@ -63,7 +63,7 @@ def test_a_dtype_given_and_auto_off_the_cpu_are_unchanged(flags: list[str], nati
     assert cpu_dtype("auto", "cuda") == "auto"
 
 
-@pytest.mark.parametrize(("cpuinfo", "expected"), [(X86_AMX, ("avx512_bf16", "amx_bf16", "amx_tile")),
+@pytest.mark.parametrize(("cpuinfo", "expected"), [(X86_AMX, ("avx512_bf16", "amx_bf16")),
                                                    (X86_AVX2, ()), (ARM_BF16, ("bf16",)), (ARM_PLAIN, ())])
 def test_without_pytorchs_reading_the_kernels_cpu_flags_decide(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpuinfo: str, expected: tuple[str, ...]) -> None:

@@ -28,9 +28,10 @@ _END = object()
 log = logging.getLogger(__name__)
 
 
-NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "amx_tile", "bf16")
-"""CPU features that compute bf16 in hardware: x86's AVX512-BF16 and AMX, Arm's BF16 extension, named as both
-``torch.cpu.get_capabilities`` and /proc/cpuinfo name them. AVX-512 alone is not one: oneDNN emulates bf16 there."""
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16")
+"""CPU features that compute bf16 in hardware: x86's AVX512-BF16 and AMX-BF16, Arm's BF16 extension, named as
+both ``torch.cpu.get_capabilities`` and /proc/cpuinfo name them. AVX-512 alone is not one (oneDNN emulates bf16
+there), nor is ``amx_tile`` (AMX's tile registers, which ``amx_bf16`` computes bf16 with)."""
 
 
 def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:

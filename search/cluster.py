@@ -42,12 +42,22 @@ def connect(address: str) -> ModuleType:
 
 def _check_reachable(address: str) -> None:
     """ClusterError unless ``address`` is HOST:PORT (or ``auto``, or a ``ray://`` client's) and what Ray would dial
-    for it answers as a Ray cluster's GCS. A Ray client address is only tried with a plain connection."""
+    for it answers as a Ray cluster's GCS. A Ray client address (or a Ray without the internals the GCS probe uses)
+    is only tried with a plain connection."""
     client = address.startswith("ray://")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if address != "auto" and not (host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ClusterError(f"--ray {address}: not a cluster address: give HOST:PORT (the port a number, 1 to "
                            "65535), ray://HOST:PORT or auto")
+    try:  # Ray's own internals (tested with Ray 2.60): a Ray that moved them gets the plain connection
+        import grpc
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
+        from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
+    except ImportError:
+        if address == "auto":  # ray.init finds the local cluster or says there is none
+            return
+        client = True
     if client:
         try:
             socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
@@ -55,10 +65,6 @@ def _check_reachable(address: str) -> None:
             raise ClusterError(f"--ray {address}: no Ray cluster could be reached ({error.strerror or error}); "
                                "start one with `ray start --head`") from None
         return
-    import grpc
-    from ray._private.services import canonicalize_bootstrap_address
-    from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
-    from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
     try:
         target = canonicalize_bootstrap_address(address)  # what ray.init dials: a local host becomes this node's IP

@@ -218,6 +218,17 @@ def test_a_cluster_that_cannot_be_reached_is_one_line_before_anything_starts(can
     assert not (tmp_path / "out" / "batch.sqlite3").exists()
 
 
+def test_a_ray_without_the_internals_of_the_gcs_probe_still_gets_a_plain_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe uses Ray's private modules; a Ray that moved them still refuses a closed port in one line."""
+    from search.cluster import ClusterError, _check_reachable
+
+    monkeypatch.setitem(sys.modules, "ray._private.services", None)  # importing it raises ImportError
+    with pytest.raises(ClusterError, match=r"^--ray 127.0.0.1:9: no Ray cluster could be reached"):
+        _check_reachable("127.0.0.1:9")
+    _check_reachable("auto")  # ray.init finds the local cluster, or says there is none
+
+
 def test_a_cluster_without_room_for_the_workers_is_one_line(cluster: Cluster, candidates: Path,
                                                             tmp_path: Path) -> None:
     lines = refused(rerank_run(candidates, tmp_path / "out", "--ray", cluster.address, "--ray-workers", "5"), 300)

@@ -1,18 +1,19 @@
 """Compare, links and examples on the Search tab: layout and wiring only; what a side runs, how two runs are
 folded and what a link or an example says are decided in search/compare.py.
 
-``ComparePage``'s methods are the handlers, callable without a browser, over the ``SearchPage`` the tab shares
-(its corpora, loaded models, slots and live runs); ``lay_out_compare`` places the controls between the query row and
-the results, and ``wire_compare`` connects them once the page's fields exist.
+``ComparePage``'s methods are the handlers, callable without a browser, over the page the tab shares
+(``SharedPage``, which ui/app.py's ``SearchPage`` is: its corpora, loaded models and streaming loop);
+``lay_out_compare`` places the controls between the query row and the results, and ``wire_compare`` connects them
+once the page's fields exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import gradio as gr
 
@@ -31,17 +32,18 @@ from search.compare import (
 )
 from search.engines import EngineError
 from search.models import REGISTRY
-from search.pipeline import memory_need
+from search.pipeline import LoadedModel, memory_need
+from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS
 from search.settings import RetrievalMethod, Settings, SettingsError
-from search.uploads import UploadError
+from search.uploads import CorpusLibrary, UploadError
 from ui.checks import MAX_CANDIDATES, count_problem, instruction_problem, query_problem
 from ui.compare_cards import render_pair_board, render_pair_summary
 from ui.model_key import ModelKey
 from ui.results import render_notice
 
-if TYPE_CHECKING:
-    from ui.app import SearchPage
+Event = TypeVar("Event")
+Update = TypeVar("Update")
 
 LINK_FIELDS = 17
 """What ``ComparePage.sides_shown`` sets: query, instruction, Compare, the sides' row, 5 fields per side, and the
@@ -54,6 +56,27 @@ COMPARE_FOCUS_JS = """(on) => { if (on) setTimeout(() => document.querySelector(
 FILTER_JS = """(only) => { document.querySelector("#es-results")?.classList.toggle("es-only-disagree", only); }"""
 COPY_LINK_JS = """(query) => { const link = location.origin + location.pathname + query;
   navigator.clipboard?.writeText(link).catch(() => {}); return link; }"""
+
+
+class SharedPage(Protocol):
+    """What Compare takes from the Search tab's page (``ui.app.SearchPage``), named here so that imports run one
+    way: its corpora, the session's loaded models, their defaults and the page's one streaming loop."""
+
+    library: CorpusLibrary
+    models: dict[str, LoadedModel]
+    default_key: str
+
+    def budget_of(self, kind: str, key: str) -> int: ...
+
+    def evidence_default(self, key: str) -> bool: ...
+
+    def reranker_for(self, key: str, kind: str, budget: int | None = None, evidence: bool | None = None
+                     ) -> Reranker | None: ...
+
+    async def ensure_model(self, key: str, kind: str) -> str | None: ...
+
+    def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None, apply: Callable[[Event], None],
+               update: Callable[[], Update], request: gr.Request | None) -> AsyncIterator[Update]: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,7 +96,7 @@ class ShownPair:
 class ComparePage:
     """Compare's, the links' and the examples' handlers, one method each."""
 
-    def __init__(self, page: SearchPage) -> None:
+    def __init__(self, page: SharedPage) -> None:
         self.page = page
 
     def model_name(self, key: str) -> str:

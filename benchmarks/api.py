@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -90,12 +92,13 @@ def in_process_case(requests: list[Request], clients: int, budget: int) -> dict:
     return {"case": "Python API in process", "seconds": seconds, "judged": judged, "failed": failed}
 
 
-def server_case(requests: list[Request], clients: int, budget: int) -> dict:
+@contextlib.contextmanager
+def serving(flags: list[str]) -> Iterator[str]:
+    """``python -m search serve`` with ``flags`` on a free loopback port, once healthy: its URL."""
     port = free_port()
+    command = [sys.executable, "-m", "search", "serve", "--model", "demo", "--no-judgment-cache", "--port", str(port),
+               *flags]
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "search", "serve", "--model", "demo", "--engine", "vllm", "--budget",
-               str(budget), "--no-judgment-cache", "--max-model-len", str(MAX_MODEL_LEN), "--port", str(port),
-               "--concurrency", str(clients)]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -104,21 +107,27 @@ def server_case(requests: list[Request], clients: int, budget: int) -> dict:
                     log.seek(0)
                     raise RuntimeError(log.read().decode(errors="replace")[-3000:])
                 time.sleep(1)
-
-            async def measured() -> tuple[float, int, int]:
-                async with httpx.AsyncClient(timeout=600) as client:
-                    async def send(query: str, documents: list[str]) -> list[str]:
-                        answer = await client.post(f"{url}/v1/rerank", json={"query": query, "documents": documents})
-                        answer.raise_for_status()
-                        return [result["status"] for result in answer.json()["results"]]
-
-                    await send(*requests[0])  # warm-up
-                    return await by_clients(requests, clients, send)
-
-            seconds, judged, failed = asyncio.run(measured())
+            yield url
         finally:
             server.terminate()
             server.wait(timeout=120)
+
+
+def server_case(requests: list[Request], clients: int, budget: int) -> dict:
+    flags = ["--engine", "vllm", "--budget", str(budget), "--max-model-len", str(MAX_MODEL_LEN), "--concurrency",
+             str(clients)]
+    with serving(flags) as url:
+        async def measured() -> tuple[float, int, int]:
+            async with httpx.AsyncClient(timeout=600) as client:
+                async def send(query: str, documents: list[str]) -> list[str]:
+                    answer = await client.post(f"{url}/v1/rerank", json={"query": query, "documents": documents})
+                    answer.raise_for_status()
+                    return [result["status"] for result in answer.json()["results"]]
+
+                await send(*requests[0])  # warm-up
+                return await by_clients(requests, clients, send)
+
+        seconds, judged, failed = asyncio.run(measured())
     return {"case": "POST /v1/rerank (serve, loopback)", "seconds": seconds, "judged": judged, "failed": failed}
 
 
@@ -132,25 +141,8 @@ STALLING: dict[str, dict] = {
 
 def stall_cases(serve_flags: list[str]) -> list[dict]:
     """For each of ``STALLING``: the longest ``/health`` took to answer while it was being served, and its answer."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "search", "serve", "--model", "demo", "--engine", "transformers", "--budget", "8",
-               "--no-judgment-cache", "--port", str(port), *serve_flags]
-    rows = []
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while not _healthy(url):
-                if server.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(log.read().decode(errors="replace")[-3000:])
-                time.sleep(1)
-            for name, body in STALLING.items():
-                rows.append({"request": name, **asyncio.run(_stalled(url, body))})
-        finally:
-            server.terminate()
-            server.wait(timeout=120)
-    return rows
+    with serving(["--engine", "transformers", "--budget", "8", *serve_flags]) as url:
+        return [{"request": name, **asyncio.run(_stalled(url, body))} for name, body in STALLING.items()]
 
 
 WATCHED_S = 60.0

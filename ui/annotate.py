@@ -50,6 +50,7 @@ from search.retrieval.ranking import Candidate
 from search.uploads import CorpusLibrary
 from ui.annotation_cards import (
     SELECTION_JS,
+    answered_marker,
     render_document,
     render_list,
     render_model,
@@ -203,14 +204,17 @@ class AnnotateTab:
     def who(self, annotator: str, request: gr.Request) -> str:
         return request.username if self.auth and request.username else annotator
 
-    def views(self, bench: Workbench, span: Span | None = None) -> tuple[str, str, str, int, int]:
-        """What an edit answers with: progress, the document (with ``span`` marked, else the stored one) and
-        the note and span fields holding the current document's stored ones. The model panel and the list
-        follow on the next tick of the refresh timer."""
+    def views(self, bench: Workbench, span: Span | None = None, *, answered: TypedFor | None = None
+              ) -> tuple[str, str, str, int, int]:
+        """What an edit answers with: progress, the document (with ``span`` marked, else the stored one, and the
+        number of the edit it ``answered``, which the page's keys wait for) and the note and span fields holding
+        the current document's stored ones. The model panel and the list follow on the next tick of the refresh
+        timer."""
         mine = bench.judgments().get(bench.doc_id)
         span = span or (mine.span if mine else None)
-        return (render_progress(bench), render_document(bench, span), mine.note if mine else "",
-                span.start if span else -1, span.end if span else -1)
+        document = render_document(bench, span) + (answered_marker(answered.seq) if answered else "")
+        return (render_progress(bench), document, mine.note if mine else "", span.start if span else -1,
+                span.end if span else -1)
 
     @staticmethod
     def refusing(action: Callable[[], object]) -> None:
@@ -237,7 +241,7 @@ class AnnotateTab:
             if self.fresh(edit, request):
                 self.refusing(lambda: change(bench, edit.doc))
                 self.wrote(edit, request)
-            return self.views(bench)
+            return self.views(bench, answered=edit)
         return handler
 
     def grade(self, value: int) -> Callable[..., tuple]:
@@ -450,7 +454,7 @@ class AnnotateTab:
                     self.wrote(edit, request)
                 move(bench)
             self.refusing(keep_then_move)
-            return self.views(bench)
+            return self.views(bench, answered=edit)
         return handler
 
     def take_model_evidence(self, note: str, typed: Any, request: gr.Request) -> tuple:

@@ -37,28 +37,58 @@ the page's order of typing."""
 
 # Run on page load: the workbench's keys. They act only while the Annotate tab shows the workbench and the
 # focus is not in a text field, by clicking the same buttons a mouse would. Each key's edit names the document on
-# screen when the key was pressed (kept for its button until the click's script reads it, see typed_for_js): keys
-# typed faster than the page shows the next document act on the one the annotator saw. "s" takes the text
-# selected in the passage as the evidence span (character offsets into the passage).
+# screen when it is sent (kept for its button until the click's script reads it, see typed_for_js). A key that
+# moves the page on (a grade, j/k, n/p) holds the keys typed after it until the server has answered it (the
+# document carries the number of the edit it answers, ``answered_marker``) or refused it (an error toast): keys
+# typed faster than the page shows the next document each act on the document they were typed for, in order.
+# "s" takes the text selected in the passage as the evidence span (character offsets into the passage).
 KEYS_JS = """
 () => {""" + TYPED_FOR + """
   const keys = {j: "annotate-next-doc", ArrowDown: "annotate-next-doc", k: "annotate-prev-doc",
                 ArrowUp: "annotate-prev-doc", n: "annotate-next-query", p: "annotate-prev-query",
                 x: "annotate-clear", s: "annotate-span", e: "annotate-take"};
+  const moving = ["annotate-next-doc", "annotate-prev-doc", "annotate-next-query", "annotate-prev-query"];
+  const held = (edits.held ??= {keys: [], awaiting: 0, timer: 0});
+  const answered = () => Number(document.querySelector("#annotate-document [data-answered]")?.dataset.answered ?? 0);
+  const release = () => {
+    held.awaiting = 0;
+    clearTimeout(held.timer);
+    while (!held.awaiting && held.keys.length) press(held.keys.shift());
+  };
+  const press = (id) => {
+    const button = document.getElementById(id);
+    if (!button) return;
+    const typed = typedFor();
+    (edits.typed[id] ??= []).push(typed);
+    if (id.startsWith("annotate-grade-") || moving.includes(id)) {
+      held.awaiting = typed.seq;
+      held.timer = setTimeout(release, 60000);  // neither answered nor refused: the page gives the keys back
+    }
+    button.click();
+  };
+  new MutationObserver((records) => {
+    if (!held.awaiting) return;
+    const refused = records.some((record) => [...record.addedNodes].some(
+      (node) => node.querySelector?.("[data-testid='toast-body']") || node.matches?.("[data-testid='toast-body']")));
+    if (refused || answered() >= held.awaiting) release();
+  }).observe(document.body, {childList: true, subtree: true});
   document.addEventListener("keydown", (event) => {
     const bench = document.getElementById("annotate-workbench");
     if (!bench || bench.offsetParent === null || event.ctrlKey || event.metaKey || event.altKey) return;
     const target = event.target;
     if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
     const id = /^[0-9]$/.test(event.key) ? `annotate-grade-${event.key}` : keys[event.key];
-    const button = id && document.getElementById(id);
-    if (!button) return;
+    if (!id || !document.getElementById(id)) return;
     event.preventDefault();
-    (edits.typed[id] ??= []).push(typedFor());
-    button.click();
+    if (held.awaiting) held.keys.push(id); else press(id);
   });
 }
 """
+
+
+def answered_marker(seq: int) -> str:
+    """Appended to the document an edit answers with: the number of that edit, which the keys wait for."""
+    return f'<span hidden data-answered="{int(seq)}"></span>'
 
 
 def typed_for_js(button: str | None) -> str:

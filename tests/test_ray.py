@@ -81,6 +81,29 @@ def judgments(out: Path) -> dict[tuple[str, str], tuple[float, str]]:
     return {(trace["query_id"], trace["doc_id"]): (trace["p_true"], trace["reasoning"]) for trace in traces(out)}
 
 
+P_TRUE_TOLERANCE = 1e-5
+"""How far two runs' P(true) of one judgment may lie apart. Seen in a fresh-clone CI run: 0.0480828 against
+0.0480835 for a query resumed on a fresh worker; the likeliest cause is the transformers engine's prefix cache,
+which serves a prompt's shared start only where the worker judged the query's other documents before it (a prompt
+prefilled whole or in parts sums in another order)."""
+
+
+def same_judgments(out: Path, here: Path) -> None:
+    """The same judgments as ``here``, by id: the same reasoning, P(true) within ``P_TRUE_TOLERANCE``, and the same
+    documents in each query's ranking."""
+    mine, theirs = judgments(out), judgments(here)
+    assert mine.keys() == theirs.keys()
+    for subject, (p_true, reasoning) in mine.items():
+        assert reasoning == theirs[subject][1], subject
+        assert abs(p_true - theirs[subject][0]) <= P_TRUE_TOLERANCE, (subject, p_true, theirs[subject][0])
+    assert ranked(out) == ranked(here)
+
+
+def ranked(out: Path) -> list[tuple[str, str, str]]:
+    """run.trec's (query, document, rank) lines, without their scores."""
+    return [tuple(line.split()[i] for i in (0, 2, 3)) for line in (out / "run.trec").read_text().splitlines()]
+
+
 def attempts(out: Path) -> Counter[tuple[str, str]]:
     """How many times each kept event's subject was recorded (a judgment that arrived twice counts 2)."""
     with sqlite3.connect(out / "batch.sqlite3") as db:
@@ -145,8 +168,7 @@ def test_a_batch_on_two_nodes_equals_one_machines_by_id(cluster: Cluster, candid
                                                         tmp_path: Path) -> None:
     printed = finished(rerank_run(candidates, tmp_path / "out", "--ray", cluster.address))
     assert "reranking on Ray: 2 workers" in printed and len(re.findall(r"pid \d+ on ", printed)) == 2
-    assert judgments(tmp_path / "out") == judgments(here)
-    assert (tmp_path / "out" / "run.trec").read_text() == (here / "run.trec").read_text()
+    same_judgments(tmp_path / "out", here)
     assert no_workers_left(printed)
 
 
@@ -160,7 +182,7 @@ def test_a_node_lost_mid_run_and_its_queries_finish_on_the_other(cluster: Cluste
         time.sleep(0.2)
     cluster.remove_node(next(node for node in cluster.list_all_nodes() if node is not cluster.head_node))
     printed = finished(process)
-    assert judgments(out) == judgments(here)
+    same_judgments(out, here)
     assert Counter((trace["query_id"], trace["doc_id"]) for trace in traces(out)) == Counter(judgments(here).keys())
     assert set(attempts(out).values()) == {1}  # every judgment arrived once
     report = (out / "report.md").read_text()
@@ -183,7 +205,7 @@ def test_a_killed_driver_resumes_without_recomputing_what_was_kept(cluster: Clus
     printed = finished(rerank_run(candidates, out, "--ray", cluster.address))
     after = kept(out)
     assert {subject: after[subject] for subject in before} == before  # nothing kept was written again
-    assert (out / "run.trec").read_text() == (here / "run.trec").read_text()
+    same_judgments(out, here)
     assert f"({len(before)} judged before" in printed
     assert no_workers_left(printed)
 

@@ -514,7 +514,9 @@ def test_examples_from_the_corpus_run_with_one_click_as_searches_or_comparisons(
 
     page.get_by_role("button", name="Examples").click()
     page.get_by_text("which migraine treatments do NOT involve medication · negation").click()
+    # A plain search: the comparison's cards (also .es-rcard) are gone, then 20 single cards. Waited for in that
+    # order: the old pair cards alone already count 20 (a fresh-clone CI run failed on the 5 s check after).
+    expect(page.locator(".es-pair-card")).to_have_count(0, timeout=20_000)
     expect(page.locator(".es-rcard")).to_have_count(20, timeout=20_000)
-    expect(page.locator(".es-pair-card")).to_have_count(0)  # a plain search
     expect(page.get_by_label("Compare: two judges side by side")).not_to_be_checked()
     page.get_by_role("button", name="Stop").click()

@@ -233,7 +233,8 @@ def _bundles(workers: int) -> list[dict[str, float]]:
 
 def _reserve(bundles: list[dict[str, float]]) -> PlacementGroup:
     """The workers' resources, reserved together (spread over the nodes), or ClusterError within
-    ``PLACE_TIMEOUT_S`` naming what was asked for and what is free."""
+    ``PLACE_TIMEOUT_S`` naming what was asked for (each worker's share sorted: Ray lists nodes in no fixed order)
+    and what is free."""
     group = placement_group(bundles, strategy="SPREAD")
     if group.wait(timeout_seconds=PLACE_TIMEOUT_S):
         return group
@@ -242,7 +243,7 @@ def _reserve(bundles: list[dict[str, float]]) -> PlacementGroup:
         {name: sum(bundle.get(name, 0) for bundle in bundles) for name in ("GPU", "CPU")}.items()) if amount)
     free = ray.available_resources()
     raise ClusterError(f"--ray-workers {len(bundles)}: the cluster has no room for the workers: they need {asked} "
-                       f"({', '.join(_describe(bundle) for bundle in bundles)}) and it has "
+                       f"({', '.join(sorted(_describe(bundle) for bundle in bundles))}) and it has "
                        f"{free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free (see `ray status`)")
 
 

@@ -18,6 +18,7 @@ from conftest import COMPARE_SCREENSHOT, README_SCREENSHOT, shoot, write
 from gradio.utils import get_upload_folder
 from gradio_client import Client
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from search.engines import close_engines
 from search.pipeline import LoadedModel, open_model
@@ -432,8 +433,13 @@ def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_bo
     expect(page.locator(".es-pair-card")).to_have_count(20, timeout=10_000)
     # Both halves of at least 6 cards stream text in view, at 1280×800, without a scroll. How soon is the machine's
     # speed, which benchmarks/page.py --compare measures: a fresh-clone CI run beside other work took over 15 s.
-    page.wait_for_function(f"Object.values(({HALVES_IN_VIEW})()).filter(([a, b]) => a > 0 && b > 0).length >= 6",
-                           timeout=90_000)
+    try:
+        page.wait_for_function(f"Object.values(({HALVES_IN_VIEW})()).filter(([a, b]) => a > 0 && b > 0).length >= 6",
+                               timeout=90_000)
+    except PlaywrightTimeout:
+        shoot(page, "compare-halves-timeout")
+        pytest.fail(f"cards with both tails in view and their traces' lengths: {page.evaluate(HALVES_IN_VIEW)}; "
+                    f"summary: {page.locator('.es-pair-summary').inner_text()!r}")
     assert page.evaluate("window.scrollY") == 0
     expect(page.locator(".es-summary", has_text="assessor · demo")).to_be_visible()
     page.screenshot(path=str(COMPARE_SCREENSHOT))  # docs' and README's picture of a comparison streaming

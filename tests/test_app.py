@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -304,11 +305,16 @@ def test_the_summary_counts_tokens_while_they_stream_with_progress_and_time_left
     run = live_run()
     summary = run.summary()
     assert (summary.judged, summary.tokens, summary.pending_tokens) == (1, 32, 12)
+    assert (summary.writing, summary.lengths) == ((12,), (20,))
     assert summary.tokens_per_s > 0  # text is arriving, so the rate is not zero
     assert summary.progress(budget=24) == pytest.approx((1 + 12 / 24) / 3)
-    assert summary.eta_s(budget=24) == pytest.approx((2 * 24 - 12) / summary.tokens_per_s)
-    html = renderer_of(RERANKERS["rank1"]).summary(summary, 24)
-    assert "<b>1/3</b> judged" in html and "tokens/s" in html and "left" in html and "es-progress" in html
+    # At 8 tokens/s (4 for one unit): b ends at the mean of a's 20 and halfway from its 12 to the budget (19), c at
+    # the mean of 20 and 12 (16).
+    paced = dataclasses.replace(summary, recent_tokens_per_s=8.0, unit_tokens_per_s=4.0)
+    assert paced.eta_s(budget=24) == pytest.approx((7 + 16) / 8)
+    assert dataclasses.replace(summary, recent_tokens_per_s=0.0).eta_s(budget=24) is None  # no pace measured yet
+    html = renderer_of(RERANKERS["rank1"]).summary(paced, 24)
+    assert "<b>1/3</b> judged" in html and "tokens/s" in html and "about 3 s left" in html and "es-progress" in html
 
 
 def test_each_card_says_its_state_and_after_stop_none_is_left_working() -> None:

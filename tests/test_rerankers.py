@@ -261,9 +261,12 @@ def test_scripted_counts_kept_while_folding_equal_a_recount(tokenizer: object, n
                 tokens = sum(state.outcome.tokens for state in states if state.outcome and not
                              state.outcome.from_cache) + sum(state.tokens for state in states
                                                              if state.status != "judged")
-                assert dataclasses.replace(run.summary(), elapsed_s=0) == Summary(
+                assert dataclasses.replace(run.summary(), elapsed_s=0, recent_tokens_per_s=0,
+                                           unit_tokens_per_s=0) == Summary(
                     total=len(SCRIPTED), judged=run.documents_done(), failed=run.documents_failed(), tokens=tokens,
-                    pending_tokens=sum(state.tokens for state in unfinished), elapsed_s=0,
+                    writing=tuple(state.tokens for state in unfinished if state.tokens), elapsed_s=0,
+                    lengths=tuple(state.outcome.tokens for state in states
+                                  if state.outcome and not state.outcome.from_cache),
                     explained=sum(state.evidence is not None for state in states),
                     prompt_tokens=sum(state.outcome.prompt_tokens for state in states if state.outcome and not
                                       state.outcome.from_cache))

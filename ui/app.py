@@ -267,7 +267,9 @@ class SearchPage:
             yield render_notice(str(error)), "", None, []
             return
         budget = reranker.budget if reranker is not None else int(budget)
-        run = reranker_class(kind).new_run(query, found, instruction=instruction, settings=self.settings.rerank)
+        # The reranker's settings say whether evidence follows each judgment: then the run is done once it has come.
+        run = (reranker.start_run(query, found, instruction=instruction) if reranker is not None
+               else reranker_class(kind).new_run(query, found, instruction=instruction, settings=self.settings.rerank))
         events = ((lambda: reranker.stream(query, found, instruction=instruction))
                   if reranker is not None and found else None)
         async for update in self.stream(run, events, run.apply,

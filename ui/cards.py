@@ -278,15 +278,18 @@ def _clock(seconds: float) -> str:
 
 
 def render_summary(summary: Summary, *, budget: int, unit: str = "judged", lead: str = "") -> str:
-    """Done/total, the live token rate, elapsed time, an upper bound on the time left, and a progress bar, after
-    ``lead`` (escaped HTML: a comparison's side and its settings)."""
-    state = "stopped" if summary.stopped else ("done" if summary.finished else "reasoning")
+    """Done/total, the live token rate, elapsed time, the estimated time left to judge (``Summary.eta_s``), and a
+    progress bar, after ``lead`` (escaped HTML: a comparison's side and its settings). "done" only once evidence
+    has ended too; until then the run is "explaining"."""
+    state = ("stopped" if summary.stopped else "done" if summary.done else "explaining" if summary.finished
+             else "reasoning")
     failed = f", {summary.failed} failed" if summary.failed else ""
-    failed += f" · evidence {summary.explained}/{summary.judged}" if summary.explained else ""
+    failed += (f" · evidence {summary.explained}/{summary.judged}" if summary.explained or summary.explaining
+               else "")
     done = summary.judged + (summary.failed if unit == "windows" else 0)
     eta = summary.eta_s(budget)
     left = "" if summary.finished or summary.stopped else (
-        " · waiting for the first tokens" if eta is None else f" · ≤ {_clock(eta)} left")
+        " · time left: estimating…" if eta is None else f" · about {_clock(max(eta, 1.0))} left")
     share = summary.progress(budget)
     return (f'<div class="es-summary">{lead}<span><b>{done}/{summary.total}</b> {unit}{failed} · '
             f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s{left} · {state}</span>"

@@ -44,14 +44,6 @@ class BatchProgress:
         elapsed = time.monotonic() - self.started_at
         return self.tokens / elapsed if elapsed > 0 else 0.0
 
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at this process's pace so far, or None before it has judged anything."""
-        new = self.documents_done - self.resumed
-        if new <= 0:
-            return None
-        return (time.monotonic() - self.started_at) / new * (self.documents - self.documents_done)
-
 
 Report = Callable[[BatchProgress], None]
 

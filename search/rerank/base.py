@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
+from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from search.rerank.events import Event
@@ -54,6 +56,13 @@ CPU_QUERY_MINUTES = 10
 (a free CPU Space): the rule behind ``RerankerDefaults.cpu_budget``."""
 
 
+PACE_WINDOW_S = 10.0
+"""The stretch of writing the time-left estimate's token rate is measured over: long enough to smooth the engine's
+steps, short enough to follow the rate down as units finish and fewer decode together."""
+PACE_MIN_S = 1.0
+"""The least writing measured before the rate counts (the first tokens come in bursts)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Summary:
     """How far a run has come, counted in ``unit`` (documents for pointwise rerankers, windows for listwise)."""
@@ -64,12 +73,21 @@ class Summary:
     tokens: int
     """New tokens generated so far, finished or still streaming (replayed ones not counted)."""
     elapsed_s: float
-    pending_tokens: int = 0
-    """Of ``tokens``, those written for units not finished yet."""
+    writing: tuple[int, ...] = ()
+    """New tokens so far of each unfinished unit that has written any."""
+    lengths: tuple[int, ...] = ()
+    """New tokens of each unit judged here (replayed ones not counted): how long a unit's reasoning runs."""
+    recent_tokens_per_s: float = 0.0
+    """The run's token rate over its last ``PACE_WINDOW_S`` of writing (0 before ``PACE_MIN_S`` of it)."""
+    unit_tokens_per_s: float = 0.0
+    """The same tokens per second of one writing unit: over the time each unit spent writing (units that decode
+    together share the engine)."""
     stopped: bool = False
     unit: str = "documents"
     explained: int = 0
     """Judged documents whose evidence has arrived (evidence follows its judgment)."""
+    explaining: int = 0
+    """Judged documents whose evidence is still to come."""
     prompt_tokens: int = 0
     """Prompt tokens sent to the engine for finished units (replayed ones not counted)."""
 
@@ -78,8 +96,19 @@ class Summary:
         return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def pending_tokens(self) -> int:
+        """Of ``tokens``, those written for units not finished yet."""
+        return sum(self.writing)
+
+    @property
     def finished(self) -> bool:
+        """Every unit is judged or failed (evidence may still be coming: see ``done``)."""
         return self.unfinished == 0
+
+    @property
+    def done(self) -> bool:
+        """Everything the run started has ended: every unit finished and every awaited evidence arrived."""
+        return self.finished and not self.explaining
 
     @property
     def unfinished(self) -> int:
@@ -93,14 +122,28 @@ class Summary:
         done = self.total - self.unfinished + min(self.pending_tokens / max(budget, 1), self.unfinished)
         return done / self.total
 
+    def expected_left(self, written: int, budget: int) -> float:
+        """The tokens a unit that has written ``written`` is likely still to write: it ends at the mean of the
+        lengths of the units judged here that ran at least as long, and of halfway from ``written`` to its
+        ``budget`` (what is known before any unit ends; it counts for one unit, so the measured lengths soon
+        outweigh it, and the first units to end, often the short ones, do not set the estimate alone)."""
+        longer = [length for length in self.lengths if length >= written]
+        whole = (sum(longer) + (written + budget) / 2) / (len(longer) + 1)
+        return max(whole - written, 0.0)
+
     def eta_s(self, budget: int) -> float | None:
-        """At most this many seconds left at the current token rate, if every unfinished unit used its whole
-        ``budget``; None before any token has arrived."""
+        """About how many seconds are left to judge (an estimate, not a bound): the tokens every unfinished unit is
+        likely still to write (``expected_left``) at the run's recent rate, or, when longer, the most one writing
+        unit has left at one unit's rate (units that decode together finish with the slowest). None while there is
+        nothing to base it on: no unit judged here yet, or too little writing measured. Evidence, which writes no
+        tokens, is not counted."""
         if self.finished or self.stopped:
             return 0.0
-        if self.tokens_per_s <= 0:
+        if not self.lengths or self.recent_tokens_per_s <= 0 or self.unit_tokens_per_s <= 0:
             return None
-        return max(self.unfinished * budget - self.pending_tokens, 0) / self.tokens_per_s
+        left = [self.expected_left(written, budget) for written in self.writing]
+        total = sum(left) + (self.unfinished - len(self.writing)) * self.expected_left(0, budget)
+        return max(total / self.recent_tokens_per_s, max(left, default=0.0) / self.unit_tokens_per_s)
 
 
 def query_text(query: str, instruction: str = "", template: str = "", slot: str = "FILL_QUERY_HERE") -> str:
@@ -121,10 +164,13 @@ class Run(ABC):
         self.query = query
         self.instruction = instruction
         self.candidates = tuple(candidates)
-        self.started_at = time.monotonic()
+        self.started_at = monotonic()
         self.finished_at: float | None = None
         self.stopped = False
         """The reader stopped the run: what is unfinished stays so, its partial reasoning kept."""
+        self._pace: deque[tuple[float, int, int]] = deque()
+        """(when, new tokens so far, units writing) at each event that changed either since the first token, over
+        the last ``PACE_WINDOW_S`` and the one before it: the rate now, the slow first seconds left out."""
 
     @abstractmethod
     def apply(self, event: Event) -> None:
@@ -138,13 +184,36 @@ class Run(ABC):
         return self.summary().finished
 
     def elapsed_s(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.started_at
+        """Seconds since the run started, until it was done or stopped."""
+        return (self.finished_at or monotonic()) - self.started_at
+
+    def settle(self, *, tokens: int, writing: int, done: bool) -> None:
+        """After each event: note the new tokens so far and the units ``writing`` (unfinished, with tokens) for
+        the rates, and stop the clock once the run is done (``Summary.done``: evidence too)."""
+        now = monotonic()
+        if tokens and (not self._pace or (tokens, writing) != self._pace[-1][1:]):
+            self._pace.append((now, tokens, writing))
+            while len(self._pace) > 2 and self._pace[1][0] <= now - PACE_WINDOW_S:
+                self._pace.popleft()
+        if done and self.finished_at is None:
+            self.finished_at = now
+
+    def pace(self) -> tuple[float, float]:
+        """New tokens per second since the oldest sample ``settle`` kept, and per second of one unit's writing
+        (0, 0 before ``PACE_MIN_S`` of writing): ``Summary.recent_tokens_per_s`` and ``unit_tokens_per_s``."""
+        now = self.finished_at or monotonic()
+        if not self._pace or now - self._pace[0][0] < PACE_MIN_S:
+            return 0.0, 0.0
+        samples = [*self._pace, (now, self._pace[-1][1], 0)]
+        written = samples[-1][1] - samples[0][1]
+        unit_seconds = sum((after[0] - before[0]) * before[2] for before, after in pairwise(samples))
+        return written / (now - samples[0][0]), written / unit_seconds if unit_seconds > 0 else 0.0
 
     def stop(self) -> None:
         """Mark the run stopped (its stream has been closed); the clock stops too."""
-        if not self.finished:
+        if not self.summary().done:
             self.stopped = True
-            self.finished_at = self.finished_at or time.monotonic()
+            self.finished_at = self.finished_at or monotonic()
 
     @abstractmethod
     def ordered(self, *, reranked: bool = True) -> list[Candidate]:

@@ -5,7 +5,6 @@ score here (in rows and the TREC run) is derived from the rank and says so."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,8 +80,8 @@ class ListwiseRun(Run):
                 self.judged.update(event.doc_ids)
         elif isinstance(event, RankingDone):
             self.order, self.done = list(event.doc_ids), True
-        if self.finished_at is None and self.summary().finished:
-            self.finished_at = time.monotonic()
+        summary = self.summary()
+        self.settle(tokens=summary.tokens, writing=len(summary.writing), done=summary.done)
 
     def moves(self, doc_id: str) -> list[Move]:
         """The windows that ranked ``doc_id``, in order: why it sits where it does."""
@@ -101,12 +100,16 @@ class ListwiseRun(Run):
     def summary(self) -> Summary:
         """Counted in windows: ``judged`` the ranked ones, ``failed`` those the engine failed."""
         ranked = [state.ranked for state in self.windows if state.ranked is not None]
-        pending = sum(state.tokens for state in self.windows if state.ranked is None)
+        writing = tuple(state.tokens for state in self.windows if state.ranked is None and state.tokens)
+        recent, per_unit = self.pace()
         return Summary(total=self.window_count, judged=sum(item.status != "failed" for item in ranked),
                        failed=sum(item.status == "failed" for item in ranked),
-                       tokens=sum(item.tokens for item in ranked if not item.from_cache) + pending,
+                       tokens=sum(item.tokens for item in ranked if not item.from_cache) + sum(writing),
                        prompt_tokens=sum(item.prompt_tokens for item in ranked if not item.from_cache),
-                       pending_tokens=pending, stopped=self.stopped, elapsed_s=self.elapsed_s(), unit="windows")
+                       writing=writing, lengths=tuple(item.tokens for item in ranked
+                                                      if not item.from_cache and item.status != "failed"),
+                       recent_tokens_per_s=recent, unit_tokens_per_s=per_unit, stopped=self.stopped,
+                       elapsed_s=self.elapsed_s(), unit="windows")
 
     def status(self, doc_id: str) -> Status:
         if doc_id in self.judged:

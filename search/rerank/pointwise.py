@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -148,7 +147,7 @@ class PointwiseReranker(Reranker):
     def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
                 settings: RerankSettings) -> PointwiseRun:
         return PointwiseRun(reranker=cls.name, query=query, instruction=instruction, candidates=candidates,
-                            fields=cls.row_fields, score_name=cls.score_name)
+                            fields=cls.row_fields, score_name=cls.score_name, evidence=settings.evidence)
 
     async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
                      slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
@@ -270,37 +269,56 @@ class DocumentState:
         return self.candidate.rank
 
 
-COUNTED = ("judged", "failed", "tokens", "pending_tokens", "explained", "prompt_tokens")
+COUNTED = ("judged", "failed", "tokens", "explained", "explaining", "prompt_tokens")
 """The ``Summary`` fields a pointwise run sums over its documents."""
 
 
-def _counts(state: DocumentState) -> tuple[int, ...]:
+def _unfinished(state: DocumentState) -> bool:
+    return state.status in ("waiting", "reasoning")
+
+
+def _writing(state: DocumentState) -> int:
+    return int(_unfinished(state) and state.tokens > 0)
+
+
+def _measured(state: DocumentState) -> Measured | None:
+    """The document's judgment when it was made here (not replayed)."""
+    return state.outcome if state.outcome is not None and not state.outcome.from_cache else None
+
+
+def _counts(state: DocumentState, *, evidence: bool) -> tuple[int, ...]:
     """One document's share of each ``COUNTED`` sum: new tokens are the outcome's (unless replayed) and, until
-    judged or after failing, those streamed so far."""
-    unfinished = state.status in ("waiting", "reasoning")
-    measured = state.outcome if state.outcome is not None and not state.outcome.from_cache else None
-    tokens = (measured.tokens if measured else 0) + (state.tokens if unfinished or state.status == "failed" else 0)
-    return (int(state.status == "judged"), int(state.status == "failed"), tokens, state.tokens if unfinished else 0,
-            int(state.evidence is not None), measured.prompt_tokens if measured else 0)
+    judged or after failing, those streamed so far; with ``evidence`` on, a judged document awaits its evidence."""
+    measured = _measured(state)
+    tokens = (measured.tokens if measured else 0) + (state.tokens if state.status != "judged" else 0)
+    judged, explained = state.status == "judged", state.evidence is not None
+    awaited = evidence and judged and not explained
+    return (int(judged), int(state.status == "failed"), tokens, int(explained), int(awaited),
+            measured.prompt_tokens if measured else 0)
 
 
 class PointwiseRun(Run):
     """Every candidate's state for one query, updated event by event."""
 
     def __init__(self, *, reranker: str, query: str, instruction: str, candidates: Sequence[Candidate],
-                 fields: tuple[str, ...], score_name: str) -> None:
+                 fields: tuple[str, ...], score_name: str, evidence: bool = False) -> None:
         super().__init__(reranker=reranker, query=query, instruction=instruction, candidates=candidates)
         self.fields = fields
         self.score_name = score_name
+        self.evidence = evidence
+        """Evidence follows each judgment: the run is not done until it has arrived."""
         self.documents = {candidate.passage.doc_id: DocumentState(candidate=candidate)
                           for candidate in self.candidates}
         self.counts: tuple[int, ...] = (0,) * len(COUNTED)
         """The sums over the documents of what ``_counts`` gives, kept by ``apply`` (a summary per event is
         then no pass over the candidates)."""
+        self.writing = 0
+        """Unfinished documents that have written tokens, kept by ``apply`` too."""
 
     def apply(self, event: Event) -> None:
         state = self.documents[event.doc_id]
-        before = _counts(state)
+        before = _counts(state, evidence=self.evidence)
+        self.writing -= _writing(state)
         if isinstance(event, Started):
             state.status = "reasoning"
         elif isinstance(event, Reasoning):
@@ -312,10 +330,11 @@ class PointwiseRun(Run):
             state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
         elif isinstance(event, Evidence):
             state.evidence = event
-        self.counts = tuple(total - old + new for total, old, new in zip(self.counts, before, _counts(state),
-                                                                           strict=True))
-        if self.finished_at is None and self.summary().finished:
-            self.finished_at = time.monotonic()
+        self.counts = tuple(total - old + new for total, old, new in zip(
+            self.counts, before, _counts(state, evidence=self.evidence), strict=True))
+        self.writing += _writing(state)
+        counted = Summary(total=len(self.documents), elapsed_s=0.0, **dict(zip(COUNTED, self.counts, strict=True)))
+        self.settle(tokens=counted.tokens, writing=self.writing, done=counted.done)  # no pass over the documents
 
     def states(self, *, reranked: bool = True) -> list[DocumentState]:
         """Judged documents by score (ties in first-stage order), then those still reasoning or waiting, then
@@ -337,7 +356,12 @@ class PointwiseRun(Run):
 
     def summary(self) -> Summary:
         counts = dict(zip(COUNTED, self.counts, strict=True))
-        return Summary(total=len(self.documents), stopped=self.stopped, elapsed_s=self.elapsed_s(), **counts)
+        states = self.documents.values()
+        recent, per_unit = self.pace()
+        return Summary(total=len(self.documents), stopped=self.stopped, elapsed_s=self.elapsed_s(),
+                       writing=tuple(state.tokens for state in states if _writing(state)),
+                       lengths=tuple(measured.tokens for state in states if (measured := _measured(state))),
+                       recent_tokens_per_s=recent, unit_tokens_per_s=per_unit, **counts)
 
     def documents_done(self) -> int:
         return self.counts[COUNTED.index("judged")]

@@ -289,8 +289,8 @@ def render_comparison(pair: Comparison) -> str:
                   for side, run in runs.items()]
     stats = pair.stats()
     tau = "n/a" if stats.kendall_tau is None else f"{stats.kendall_tau:.3f}"
-    ndcg = "" if stats.ndcg is None else " · nDCG@10 " + ", ".join(f"{name} {value:.3f}"
-                                                                  for name, value in stats.ndcg.items())
+    ndcg = "" if stats.ndcg is None else " · nDCG@10 " + ", ".join(
+        f"{name} {'n/a' if value is None else f'{value:.3f}'}" for name, value in stats.ndcg.items())
     rbo = "n/a" if stats.rbo is None else f"{stats.rbo:.3f}"
     lines.append(f"\npair: Kendall's tau {tau} · RBO {rbo} · {stats.disagreements} disagreements{ndcg}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from search.rerank.events import Event
 from search.rerank.registry import SETTING_CHOICES, reranker_class
 from search.retrieval.ranking import Candidate
 from search.settings import DEFAULT_RERANKER, RerankSettings, SettingsError, options
+from search.trec import UNNAMED_QUERY_ID
 
 SideName = Literal["A", "B"]
 SIDES: tuple[SideName, SideName] = ("A", "B")
@@ -212,8 +213,9 @@ class PairStats:
     rbo: float | None
     disagreements: int
     judged_by_both: int
-    ndcg: dict[str, float] | None = None
-    """nDCG@10 of the first stage, A and B, where the corpus judges this query (None elsewhere)."""
+    ndcg: dict[str, float | None] | None = None
+    """nDCG@10 of the first stage, A and B, where the corpus judges this query (None elsewhere); a side's is None
+    until it has judged a document (before, its order is the first stage's, and so would its value be)."""
     final: bool = False
     """Both sides are done (or stopped): these are the numbers, not the numbers so far."""
 
@@ -247,11 +249,18 @@ def examples(corpus: Corpus) -> list[Example]:
                     instruction=query.instruction, compare=bool(query.instruction)) for query in chosen[:MAX_EXAMPLES]]
 
 
+def corpus_query_id(corpus: Corpus, query: str) -> str | None:
+    """The id of the corpus's query with ``query``'s text (a judged one first, where several share it), or None:
+    what a run of it is filed under, so that it joins with the corpus's judgments."""
+    text = query.strip()
+    same = [item.query_id for item in corpus.queries if item.text.strip() == text]
+    return next((query_id for query_id in same if corpus.qrels.get(query_id)), same[0] if same else None)
+
+
 def judgments_for(corpus: Corpus, query: str) -> dict[str, int] | None:
     """The corpus's judgments of ``query``, when it is one of the corpus's queries (by text) and has some."""
-    text = query.strip()
-    return next((dict(corpus.qrels[item.query_id]) for item in corpus.queries
-                 if item.text.strip() == text and corpus.qrels.get(item.query_id)), None)
+    query_id = corpus_query_id(corpus, query)
+    return dict(corpus.qrels[query_id]) if query_id is not None and corpus.qrels.get(query_id) else None
 
 
 def ndcg_at_10(judged: Mapping[str, int], scores: Mapping[str, float]) -> float:
@@ -309,18 +318,19 @@ class Comparison:
         ndcg = None
         if self.judged is not None:
             first = {candidate.passage.doc_id: 1.0 / candidate.rank for candidate in self.candidates}
-            ndcg = {"first stage": ndcg_at_10(self.judged, first), "A": ndcg_at_10(self.judged, a.scores()),
-                    "B": ndcg_at_10(self.judged, b.scores())}
+            ndcg = {"first stage": ndcg_at_10(self.judged, first),
+                    **{side: ndcg_at_10(self.judged, run.scores()) if run.documents_done() else None
+                       for side, run in self.runs.items()}}
         return PairStats(kendall_tau=kendall_tau(*orders), rbo=rank_biased_overlap(*orders) if both else None,
                          disagreements=len(self.disagreements()), judged_by_both=len(both), ndcg=ndcg,
                          final=self.finished)
 
-    def jsonl(self) -> str:
-        """Both runs' traces, each line with its ``side``."""
+    def jsonl(self, *, query_id: str | None = None) -> str:
+        """Both runs' traces, each line with its ``side`` (and ``query_id`` when the query is the corpus's)."""
         return "".join(json.dumps({"side": side, **json.loads(line)}, ensure_ascii=False) + "\n"
-                       for side, run in self.runs.items() for line in run.jsonl().splitlines())
+                       for side, run in self.runs.items() for line in run.jsonl(query_id=query_id).splitlines())
 
-    def trec_runs(self) -> dict[SideName, str]:
-        """Each side's TREC run, tagged with its reranker and side."""
-        return {side: run.trec_run(tag=f"explainable-search-{run.reranker}-{side}")
+    def trec_runs(self, *, query_id: str = UNNAMED_QUERY_ID) -> dict[SideName, str]:
+        """Each side's TREC run under ``query_id``, tagged with its reranker and side."""
+        return {side: run.trec_run(query_id=query_id, tag=f"explainable-search-{run.reranker}-{side}")
                 for side, run in self.runs.items()}

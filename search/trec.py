@@ -10,6 +10,8 @@ from search.corpus import CorpusError, LoadProblem, column_lines
 
 TrecRun = dict[str, dict[str, float]]
 """Query id → document id → score, each query's documents best first."""
+UNNAMED_QUERY_ID = "query"
+"""The query id a rerank run is written under when its query is none of the corpus's queries."""
 
 
 def load_run(path: Path) -> tuple[TrecRun, list[LoadProblem]]:

@@ -145,10 +145,10 @@ def test_the_page_s_handlers_run_without_a_browser(library: CorpusLibrary, statu
     summary, cards, run, rows = updates[-1]
     assert "3/3" in summary or "3 / 3" in summary or "judged" in summary
     assert run is not None and run.finished and len(rows) == 3 and "es-rcard" in cards and len(page.live) == 0
-    trec, traces = (Path(name) for name in page.export(run))
+    trec, traces = (Path(name) for name in page.export(run, "sample_corpus"))
     assert len(trec.read_text().splitlines()) == 3 and len(traces.read_text().splitlines()) == 3
     with pytest.raises(gr.Error, match="Run a query first"):
-        page.export(None)
+        page.export(None, "sample_corpus")
     assert page.resort(run, False, BUDGET) == page.shown(run, BUDGET, reranked=False)[1]
 
 
@@ -397,7 +397,7 @@ def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_
     assert view.pair.finished and cards.count('class="es-rcard es-pair-card') == 3
     assert summary.count("3/3") == 2 and "A vs B</b>: Kendall" in summary and "nDCG@10 first stage" in summary
     assert view.pair.runs["B"].instruction == "only gas giants count" and not view.pair.shared
-    files = {Path(name).name: Path(name).read_text() for name in page.export(view)}
+    files = {Path(name).name: Path(name).read_text() for name in page.export(view, "sample_corpus")}
     assert set(files) == {"rerank-A.trec", "rerank-B.trec", "compare.jsonl"}
     assert page.resort(view, False, BUDGET) == view.shown(reranked=False)[1]
     assert "stopped" not in page.stopped(view, True, BUDGET)[0]  # a finished pair stays done

@@ -169,7 +169,8 @@ def agreement_frames(versus: ModelAgreement) -> tuple[pd.DataFrame, pd.DataFrame
 
 def agreement_plots() -> tuple[gr.BarPlot, gr.ScatterPlot]:
     """The plots ``agreement_frames`` fills (the score is P(true) or the expected grade: the reranker's scale)."""
-    return (gr.BarPlot(x=GRADE, y=SCORE, label="The model's mean score (P(true) or expected grade) by your grade"),
+    return (gr.BarPlot(x=GRADE, y=SCORE, y_lim=[0, None],  # from 0: a grade's low mean must not look like none
+                       label="The model's mean score (P(true) or expected grade) by your grade"),
             gr.ScatterPlot(x=P_RELEVANT, y=SHARE_RELEVANT, x_lim=[0, 1], y_lim=[0, 1],
                            label="Calibration: P(relevant) bins vs your judgments"))
 
@@ -414,6 +415,15 @@ class AnnotateTab:
                                  "token F1": round(item.f1, 3)}
                                 for kind, rows in (("annotator", overlap_by_annotator), ("query", overlap_by_query))
                                 for item in rows], columns=["annotator or query", "documents", "token F1"])
+        if pairs.empty:
+            summary += (" The between-annotator tables are empty: they need two annotators' grades of the same "
+                        "documents.")
+        elif alpha_by_query.empty:
+            summary += (" The between-annotators per-query table is empty: it needs two annotators' grades of the "
+                        "same documents (the existing qrels are not counted in alpha).")
+        if overlap.empty:
+            summary += (" The evidence table is empty: it needs an annotator's evidence span on a document the model "
+                        "gave evidence for.")
         return render_notice(summary), confusion, per_query, by_grade, calibration, pairs, alpha_by_query, overlap
 
 

@@ -20,6 +20,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from search.annotation.store import AnnotationStore
+from search.compare import corpus_query_id
 from search.corpus import CorpusError
 from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
@@ -29,6 +30,7 @@ from search.pipeline import LoadedModel, build_reranker, memory_need, open_model
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS, reranker_class
 from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings
+from search.trec import UNNAMED_QUERY_ID
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
@@ -343,21 +345,28 @@ class SearchPage:
         """The session closed the page: its run ends at its next event and is forgotten."""
         self.live.stop(request.session_hash or "")
 
-    def export(self, run: Run | ShownPair | None) -> list[str]:
+    def export(self, run: Run | ShownPair | None, corpus_name: str) -> list[str]:
+        """The TREC run(s) and JSONL traces, filed under the query's id in ``corpus_name`` when it is one of its
+        queries (so that the run joins with its judgments)."""
         if run is None:
             raise gr.Error("Run a query first; there is nothing to export yet.")
         folder = Path(tempfile.mkdtemp(dir=self.exports))
+        try:
+            query_id = corpus_query_id(self.library.get(corpus_name).corpus,
+                                       (run.pair.runs["A"] if isinstance(run, ShownPair) else run).query)
+        except UploadError:  # the corpus was removed since
+            query_id = None
         if isinstance(run, ShownPair):
             written = []
-            for side, text in run.pair.trec_runs().items():
+            for side, text in run.pair.trec_runs(query_id=query_id or UNNAMED_QUERY_ID).items():
                 written.append(folder / f"rerank-{side}.trec")
                 written[-1].write_text(text, encoding="utf-8")
             written.append(folder / "compare.jsonl")
-            written[-1].write_text(run.pair.jsonl(), encoding="utf-8")
+            written[-1].write_text(run.pair.jsonl(query_id=query_id), encoding="utf-8")
             return [str(path) for path in written]
         run_file, traces = folder / "rerank.trec", folder / "rerank.jsonl"
-        run_file.write_text(run.trec_run(), encoding="utf-8")
-        traces.write_text(run.jsonl(), encoding="utf-8")
+        run_file.write_text(run.trec_run(query_id=query_id or UNNAMED_QUERY_ID), encoding="utf-8")
+        traces.write_text(run.jsonl(query_id=query_id), encoding="utf-8")
         return [str(run_file), str(traces)]
 
 
@@ -488,7 +497,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
             page.stopped, inputs=[shown_run, sort_reranked, budget], outputs=[summary, results],
             api_visibility="private")
         sort_reranked.change(page.resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
-        export_button.click(page.export, inputs=shown_run, outputs=files)
+        export_button.click(page.export, inputs=[shown_run, corpus_name], outputs=files)
         if annotations is not None and remembered is not None:
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 # The workbench's model gives evidence where the page would by default.

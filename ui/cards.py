@@ -126,9 +126,11 @@ FORCED_TIP = ("The model gave no verdict or grade of its own; it was read in one
 
 
 def _movement(state: DocumentState, position: int | None) -> str:
+    """The card's rank among the judged with its move from the first stage; "–" before it is judged, so that a
+    card's first-stage rank is never read as a reranked one (only judged cards hold a "#n")."""
     first = state.first_stage_rank
     if position is None:
-        return f'<span class="es-move">#{first}</span>'
+        return f'<span class="es-move" title="not judged yet · first stage #{first}">–</span>'
     shift = first - position
     arrow = f'<span class="es-up">▲{shift}</span>' if shift > 0 else (
         f'<span class="es-down">▼{-shift}</span>' if shift < 0 else "=")

@@ -29,6 +29,8 @@ COMPARE_CSS = """
 .es-pair-card.es-disagree { border-color: #d4a72c; box-shadow: 0 0 0 1px #d4a72c; }
 .es-disagree-badge { background: #fff3cd; border-color: #d4a72c; color: #7a4d00; font-weight: 600; }
 .dark .es-disagree-badge { background: #4d3800; color: #ffe08a; }
+.es-disagree-line { margin: 2px 0; }
+.es-disagree-line .es-disagree-badge { margin-left: 0; overflow-wrap: anywhere; }
 #es-results.es-only-disagree .es-pair-card:not(.es-disagree) { display: none; }
 .es-pair-summary { display: flex; flex-direction: column; gap: 2px; }
 .es-pair-summary .es-summary > span:first-child { white-space: nowrap; }
@@ -56,14 +58,15 @@ def render_pair_card(pair: Comparison, candidate: Candidate, positions: Mapping[
     doc_id = passage.doc_id
     key = escape(doc_id, quote=True)
     places = "".join(_place(side, positions[side].get(doc_id), candidate.rank) for side in SIDES)
-    badge = (f'<span class="es-flag es-disagree-badge" title="{escape(reason, quote=True)}">disagree: '
-             f"{escape(reason)}</span>" if reason else "")
+    # The badge has a line of its own under the head: beside the title it cut the title to a few letters.
+    badge = (f'<div class="es-disagree-line"><span class="es-flag es-disagree-badge" '
+             f'title="{escape(reason, quote=True)}">disagree: {escape(reason)}</span></div>' if reason else "")
     halves = "".join(renderer_for(run).half(run, doc_id) for run in pair.runs.values())
     excerpt = snippet(pair.runs["A"].query, passage.text[:SNIPPET_CHARS * 2])[0]
     return (f'<div class="es-rcard es-pair-card{" es-disagree" if reason else ""}" data-doc="{key}">'
             f'<div class="es-head">{places}<span class="es-title" '
             f'title="{escape(passage.title or doc_id, quote=True)}">{escape(passage.title or doc_id)}</span>'
-            f"{badge}</div>"
+            f"</div>{badge}"
             f'<div class="es-snippet">{excerpt}</div><div class="es-halves">{halves}</div>'
             f'<div class="es-toggles"><details class="es-all" data-keep="trace:{key}"><summary>both reasonings in '
             f'full</summary></details><details class="es-open" data-keep="passage:{key}"><summary>passage'
@@ -95,7 +98,7 @@ def render_pair_summary(pair: Comparison, *, budgets: Mapping[SideName, int], na
     stats = pair.stats()
     tau = "–" if stats.kendall_tau is None else f"{stats.kendall_tau:.2f}"
     ndcg = "" if stats.ndcg is None else " · nDCG@10 " + " · ".join(
-        f"{escape(name)} <b>{value:.3f}</b>" for name, value in stats.ndcg.items())
+        f"{escape(name)} <b>{'–' if value is None else f'{value:.3f}'}</b>" for name, value in stats.ndcg.items())
     so_far = "" if stats.final else " so far"
     lines.append(f'<div class="es-summary es-pair-line"><span><b>A vs B</b>{so_far}: Kendall\'s τ <b>{tau}</b> · '
                  f"RBO <b>{'–' if stats.rbo is None else f'{stats.rbo:.2f}'}</b> · <b>{stats.disagreements}</b> "

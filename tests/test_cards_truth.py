@@ -1,0 +1,139 @@
+"""What the cards say is true (issue 38, section 2): only a judged card holds a "#n", a comparison's nDCG@10 is "–"
+until a side has judged, the disagreement badge leaves the title whole, exports name the corpus's query id, and
+the agreement panel starts its bars at 0 and says why an empty table is empty."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from html import unescape
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from scripted import candidate
+
+from search.annotation.store import AnnotationStore, HumanJudgment
+from search.compare import Comparison
+from search.rerank.events import Judged, Reasoning, Started
+from search.rerank.rank1 import Rank1Reranker
+from search.settings import RerankSettings
+from search.uploads import CorpusLibrary
+from ui.annotate import AnnotateTab, AnnotationContext, agreement_plots
+from ui.app import ModelStatus, SearchPage
+from ui.cards import rank1_verdict, render_board
+from ui.compare import ShownPair
+from ui.compare_cards import render_pair_card, render_pair_summary
+from ui.evidence import ScoreScale
+
+DOCS = [candidate(doc_id, f"passage {doc_id}", rank=rank, title=f"Venus and {doc_id}")
+        for rank, doc_id in enumerate("abcd", start=1)]
+MOONS = "which planets have no moons"
+"""The sample corpus's query q02."""
+P_TRUE = ScoreScale(name="P(true)")
+
+
+def judged(doc_id: str, p_true: float) -> Judged:
+    return Judged(reranker="rank1", doc_id=doc_id, passage_id=f"{doc_id}#0", verdict=p_true > 0.5, p_true=p_true,
+                  logprob_true=math.log(p_true), logprob_false=math.log(1 - p_true), reasoning="r", tokens=3,
+                  end_reason="answered", forced=False, truncated_passage=False)
+
+
+def rank1_run(scores: dict[str, float], *, query: str = "q", thinking: str = "") -> Rank1Reranker:
+    run = Rank1Reranker.new_run(query, DOCS, settings=RerankSettings())
+    for doc_id, p_true in scores.items():
+        run.apply(judged(doc_id, p_true))
+    if thinking:
+        first = next(item for item in DOCS if item.passage.doc_id == thinking)
+        run.apply(Started(reranker="rank1", doc_id=thinking, passage_id=first.passage.passage_id,
+                          first_stage_rank=first.rank))
+        run.apply(Reasoning(reranker="rank1", doc_id=thinking, text="so far", tokens=2))
+    return run
+
+
+def moves(html: str) -> dict[str, tuple[str, str]]:
+    """Each card's (state, text of its rank slot), by document id."""
+    cards = re.findall(r'<div class="es-rcard es-s-(\w+)" data-doc="(\w+)"><div class="es-head">'
+                       r'<span class="es-move[^"]*"[^>]*>(.*?)</span>(?=<span class="es-title")', html)
+    return {doc: (state, re.sub(r"<[^>]+>", "", slot)) for state, doc, slot in cards}
+
+
+@pytest.mark.parametrize("reranked", [True, False])
+def test_only_judged_cards_hold_a_rank(reranked: bool) -> None:
+    """b judged first (reranked #1) while a, first in the first stage, is thinking: one "#1" only."""
+    run = rank1_run({"b": 0.9}, thinking="a")
+    shown = moves(render_board(run, reranked=reranked, verdict=rank1_verdict, scale=P_TRUE))
+    assert set(shown) == set("abcd")
+    assert shown["b"][0] == "judged" and shown["b"][1].startswith("#1")
+    for doc in "acd":
+        assert "#" not in shown[doc][1], shown
+    assert shown["a"][0] == "thinking"
+    html = render_board(run, reranked=reranked, verdict=rank1_verdict, scale=P_TRUE)
+    assert 'title="not judged yet · first stage #1"' in html  # the first-stage rank is still there to read
+
+
+def test_the_pair_line_shows_no_ndcg_for_a_side_that_has_judged_nothing() -> None:
+    grades = {"a": 0, "d": 2}
+    pair = Comparison(rank1_run({}), rank1_run({}), judged=grades)
+    stats = pair.stats()
+    assert stats.ndcg is not None and stats.ndcg["A"] is None and stats.ndcg["B"] is None
+    assert stats.ndcg["first stage"] == pytest.approx((3 / math.log2(5)) / 3)
+    line = render_pair_summary(pair, budgets={"A": 8, "B": 8}, names={"A": "a", "B": "b"})
+    assert "nDCG@10 first stage <b>0.431</b> · A <b>–</b> · B <b>–</b>" in line
+    started = Comparison(rank1_run({"d": 0.9}), rank1_run({}), judged=grades)  # A has judged d: A's nDCG so far
+    line = render_pair_summary(started, budgets={"A": 8, "B": 8}, names={"A": "a", "B": "b"})
+    assert "A <b>1.000</b> · B <b>–</b>" in line
+
+
+def test_the_disagreement_badge_leaves_the_title_its_line() -> None:
+    pair = Comparison(rank1_run({"a": 0.9}), rank1_run({"a": 0.1}))
+    reason = pair.disagreement("a")
+    assert reason is not None
+    html = render_pair_card(pair, DOCS[0], {"A": {"a": 1}, "B": {"a": 4}}, reason)
+    head = re.search(r'<div class="es-head">(.*?)</div>', html).group(1)
+    assert "es-title" in head and "disagree" not in head  # the title has the head's line to itself
+    assert html.count("es-disagree-badge") == 1 and f"disagree: {reason}" in html
+
+
+def test_exports_name_the_corpus_s_query_id_when_the_query_is_one_of_its_queries(
+        library: CorpusLibrary, tmp_path: Path) -> None:
+    page = SearchPage(library, ModelStatus(loaded=None), slots=asyncio.Semaphore(1))
+    for query, query_id in ((MOONS, "q02"), (f"  {MOONS} ", "q02"), ("moons of mars", "query")):
+        run = rank1_run({"a": 0.9}, query=query)
+        trec = Path(page.export(run, "sample_corpus")[0]).read_text(encoding="utf-8")
+        assert {line.split()[0] for line in trec.splitlines()} == {query_id}
+        pair = ShownPair(pair=Comparison(run, rank1_run({"a": 0.2}, query=query)), budgets={"A": 8, "B": 8},
+                         names={"A": "a", "B": "b"})
+        written = [Path(name) for name in page.export(pair, "sample_corpus")]
+        for path in written:
+            if path.suffix == ".trec":
+                assert {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()} == {query_id}
+    trec = Path(page.export(rank1_run({}, query=MOONS), "gone.jsonl")[0]).read_text(encoding="utf-8")
+    assert {line.split()[0] for line in trec.splitlines()} == {"query"}  # a corpus since removed: no id to give
+
+
+def test_the_agreement_bars_start_at_zero() -> None:
+    by_grade, calibration = agreement_plots()
+    assert by_grade.y_lim == [0, None] and calibration.y_lim == [0, 1]
+
+
+def test_empty_agreement_tables_say_why(library: CorpusLibrary, tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    tab = AnnotateTab(AnnotationContext(store=store, library=library, reranker_for=lambda key, kind: None, top_k=3))
+    tab.create_project("moons", "sample_corpus", None, f"q1\t{MOONS}", None, "", False, "no, yes", 3, "rank1",
+                       False)
+    ada = gr.Request(session_hash="ada")
+    tab.open_project("ada", "moons", "", "rank1", ada)
+    first = tab.bench_of(ada).doc_id
+    tab.grade(1)("", -1, -1, {"query_id": "q1", "doc_id": first, "seq": 1}, ada)
+    html, *_, pairs, alpha_by_query, overlap = tab.agreement(0.5, 1, ada)
+    summary = unescape(html)
+    assert pairs.empty and alpha_by_query.empty and overlap.empty
+    assert "The between-annotator tables are empty: they need two annotators' grades of the same documents." in summary
+    assert "The evidence table is empty: it needs an annotator's evidence span on a document" in summary
+    store.judge("moons", HumanJudgment(annotator="bob", query_id="q1", doc_id=first, grade=0))
+    html, *_, pairs, alpha_by_query, overlap = tab.agreement(0.5, 1, ada)
+    assert len(pairs) == 1 and len(alpha_by_query) == 1 and "between-annotator tables are empty" not in unescape(html)
+    store.close()
+

@@ -1,6 +1,7 @@
 """What the cards say is true (issue 38, section 2): only a judged card holds a "#n", a comparison's nDCG@10 is "–"
 until a side has judged, the disagreement badge leaves the title whole, exports name the corpus's query id, and
-the agreement panel starts its bars at 0 and says why an empty table is empty."""
+the agreement panel starts its bars at 0 and says why an empty table is empty; another corpus clears the old
+one's results."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from conftest import write
 from scripted import candidate
 
 from search.annotation.store import AnnotationStore, HumanJudgment
 from search.compare import Comparison
 from search.rerank.events import Judged, Reasoning, Started
 from search.rerank.rank1 import Rank1Reranker
-from search.settings import RerankSettings
+from search.retrieval.first_stage import FirstStage
+from search.settings import RerankSettings, Settings
 from search.uploads import CorpusLibrary
 from ui.annotate import AnnotateTab, AnnotationContext, agreement_plots
-from ui.app import ModelStatus, SearchPage
+from ui.app import ModelStatus, SearchPage, build_app
 from ui.cards import rank1_verdict, render_board
-from ui.compare import ShownPair
+from ui.compare import ComparePage, ShownPair
 from ui.compare_cards import render_pair_card, render_pair_summary
 from ui.evidence import ScoreScale
 
@@ -137,3 +140,66 @@ def test_empty_agreement_tables_say_why(library: CorpusLibrary, tmp_path: Path) 
     assert len(pairs) == 1 and len(alpha_by_query) == 1 and "between-annotator tables are empty" not in unescape(html)
     store.close()
 
+
+
+def uploading(settings: Settings, first_stage: FirstStage, store: Path) -> CorpusLibrary:
+    """The sample corpus, and uploads kept in ``store`` (BM25 only: quick to index)."""
+    library = CorpusLibrary(settings, ("bm25",), store=store)
+    library.add("sample_corpus", first_stage)
+    return library
+
+
+def test_another_corpus_clears_the_old_results_and_ends_their_run(settings: Settings, first_stage: FirstStage,
+                                                                   tmp_path: Path) -> None:
+    """An upload that loads, a corpus picked or the shown one removed: the old corpus's cards, summary and run go,
+    and the examples come back; a refused upload leaves them."""
+    page = SearchPage(uploading(settings, first_stage, tmp_path / "uploads"), ModelStatus(loaded=None),
+                      slots=asyncio.Semaphore(1))
+    ada = gr.Request(session_hash="ada")
+    run = rank1_run({"a": 0.9})
+    page.live.start("ada", run)
+    refused = page.upload(str(write(tmp_path / "refused.pdf", "%PDF")), request=ada)
+    assert all(value == gr.skip() for value in refused[-5:]) and page.live.current("ada", run)
+    loaded = page.upload(str(write(tmp_path / "tiny.jsonl", '{"_id": "a", "text": "owls hunt at night"}\n')),
+                         request=ada)
+    assert loaded[0]["value"] == "tiny.jsonl"
+    summary, results, shown, rows, examples_row = loaded[-5:]
+    assert (summary, results, shown, rows) == ("", "", None, None) and examples_row["visible"] is True
+    assert not page.live.current("ada", run)  # the old corpus's run ends at its next event
+    page.live.start("ada", run)
+    assert page.cleared(ada)[:4] == ("", "", None, None) and not page.live.current("ada", run)
+    page.live.start("ada", run)
+    removed = page.remove_corpus("tiny.jsonl", ada)
+    assert removed[-5:-1] == ("", "", None, None) and not page.live.current("ada", run)
+
+
+def test_a_corpus_without_queries_shows_no_examples_box(settings: Settings, first_stage: FirstStage,
+                                                        tmp_path: Path) -> None:
+    library = uploading(settings, first_stage, tmp_path / "uploads")
+    page = ComparePage(SearchPage(library, ModelStatus(loaded=None), slots=asyncio.Semaphore(1)))
+    assert page.example_samples("sample_corpus")["visible"] is True
+    library.upload(write(tmp_path / "plain.jsonl", '{"_id": "a", "text": "owls hunt at night"}\n'), "plain.jsonl")
+    assert page.example_samples("plain.jsonl") == {"samples": [], "visible": False}
+
+
+def test_the_page_clears_its_results_on_every_corpus_the_user_chooses(library: CorpusLibrary) -> None:
+    """Picked in the list, uploaded, loaded as its good documents, or the shown one removed; never on a link's
+    corpus (set on load together with the link's run)."""
+    app = build_app(library, ModelStatus(loaded=None))
+    blocks = app.blocks.values()
+    picker = next(block for block in blocks if getattr(block, "label", None) == "Corpus")
+    results = next(block for block in blocks if getattr(block, "elem_id", None) == "es-results")
+    summary = next(block for block in blocks if getattr(block, "elem_id", None) == "es-summary")
+
+    def cleared_by(event: str, target: object) -> bool:
+        return any((target._id, event) in fn.targets and results in fn.outputs and summary in fn.outputs
+                   for fn in app.fns.values())
+
+    assert cleared_by("input", picker)
+    upload = next(block for block in blocks if isinstance(block, gr.File) and block.interactive is not False)
+    assert cleared_by("upload", upload)
+    for name in ("Load the good documents", "Remove this uploaded corpus"):
+        button = next(block for block in blocks if isinstance(block, gr.Button) and block.value == name)
+        assert cleared_by("click", button)
+    assert not cleared_by("change", picker)
+    app.close()

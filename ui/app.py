@@ -100,6 +100,11 @@ def _describe(library: CorpusLibrary, name: str) -> str:
     return f"{name}: {len(first_stage.corpus.documents)} documents, {len(first_stage.passages)} passages."
 
 
+def no_results() -> tuple[Any, ...]:
+    """The summary, cards, shown run and rows emptied, and the examples shown: the page with no results."""
+    return "", "", None, None, gr.update(visible=True)
+
+
 def forget_upload(path: Path) -> None:
     """Delete an uploaded file from Gradio's upload folder (and nothing outside it)."""
     if path.resolve().is_relative_to(Path(get_upload_folder()).resolve()):
@@ -194,10 +199,23 @@ class SearchPage:
         return (gr.update(choices=names, value=chosen), render_notice(_describe(self.library, chosen)),
                 gr.update(visible=self.library.uploaded(chosen)))
 
-    def load_upload(self, file: str | None, skip_bad: bool, progress: gr.Progress) -> tuple[Any, ...]:
-        """(picker, corpus line, upload message, pending upload, "Load the N good documents", remove, file box)."""
+    def cleared(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Another corpus is chosen (picked, uploaded, or the one shown removed): the results on screen are the old
+        corpus's, so they go (summary, cards, the run Stop and Export read, its rows) and the session's run ends;
+        the examples come back, the new corpus's (a corpus with none shows none: ``ComparePage.example_samples``)."""
+        self.live.stop(request.session_hash if request else "")
+        return no_results()
+
+    def kept(self) -> tuple[Any, ...]:
+        """What ``cleared`` changes, left as it is (an upload refused, a removal refused)."""
+        return tuple(gr.skip() for _ in no_results())
+
+    def load_upload(self, file: str | None, skip_bad: bool, progress: gr.Progress, request: gr.Request | None
+                    ) -> tuple[Any, ...]:
+        """(picker, corpus line, upload message, pending upload, "Load the N good documents", remove, file box,
+        then ``cleared``'s outputs)."""
         if not file:
-            return gr.skip(), gr.skip(), "", None, gr.update(visible=False), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), "", None, gr.update(visible=False), gr.skip(), gr.skip(), *self.kept()
         path = Path(file)
         try:
             name = self.library.upload(path, path.name, lambda task, done, total: progress(done / max(total, 1),
@@ -209,25 +227,29 @@ class SearchPage:
                 forget_upload(path)
             return (gr.skip(), gr.skip(), upload_failure(path.name, error), file if good else None,
                     gr.update(visible=bool(good), value=f"Load the {good} good document{'s' if good != 1 else ''}"),
-                    gr.skip(), None)
+                    gr.skip(), None, *self.kept())
         forget_upload(path)  # the library keeps its own copy
         dropped = self.library.get(name).corpus.dropped
         note = f" {dropped} bad record(s) were dropped." if dropped else ""
         return (*self.corpus_choices(name)[:2], render_notice(f"Loaded {_describe(self.library, name)}{note}"), None,
-                gr.update(visible=False), gr.update(visible=True), None)
+                gr.update(visible=False), gr.update(visible=True), None, *self.cleared(request))
 
-    def upload(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        return self.load_upload(file, False, progress)
+    def upload(self, file: str | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+               request: gr.Request | None = None) -> tuple[Any, ...]:
+        return self.load_upload(file, False, progress, request)
 
-    def load_good(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        return self.load_upload(file, True, progress)
+    def load_good(self, file: str | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+                  request: gr.Request | None = None) -> tuple[Any, ...]:
+        return self.load_upload(file, True, progress, request)
 
-    def remove_corpus(self, name: str) -> tuple[Any, ...]:
+    def remove_corpus(self, name: str, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """(picker, corpus line, remove button, message, then ``cleared``'s outputs)."""
         try:
             self.library.remove(name)
         except UploadError as error:
-            return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error))
-        return (*self.corpus_choices(self.library.names()[0]), render_notice(f"Removed {name}."))
+            return gr.skip(), gr.skip(), gr.skip(), render_notice(str(error)), *self.kept()
+        return (*self.corpus_choices(self.library.names()[0]), render_notice(f"Removed {name}."),
+                *self.cleared(request))
 
     async def load_model(self, name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
                          ) -> tuple[Any, Any, str, Any, Any]:
@@ -460,13 +482,17 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                             api_name="search")
         panel_button.click(lambda: gr.Sidebar(open=True), outputs=panel, api_visibility="private")
         corpus_panel = [corpus_name, corpus_status, remove_button]
+        # Another corpus chosen by the user clears the results of the old one (not a link's: it sets the corpus
+        # and starts its run at once).
+        cleared = [summary, results, shown_run, rows, controls.examples_row]
         upload_outputs = [corpus_name, corpus_status, upload_status, pending_upload, load_good_button, remove_button,
-                          corpus_file]
+                          corpus_file, *cleared]
         corpus_file.upload(page.upload, inputs=corpus_file, outputs=upload_outputs, api_visibility="private")
         load_good_button.click(page.load_good, inputs=pending_upload, outputs=upload_outputs, api_visibility="private")
-        remove_button.click(page.remove_corpus, inputs=corpus_name, outputs=[*corpus_panel, upload_status],
+        remove_button.click(page.remove_corpus, inputs=corpus_name, outputs=[*corpus_panel, upload_status, *cleared],
                             api_visibility="private")
         corpus_name.input(page.corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
+        corpus_name.input(page.cleared, outputs=cleared, api_visibility="private")
         app.load(page.corpus_choices, inputs=corpus_name, outputs=corpus_panel, api_visibility="private")
         app.load(page.header_now, inputs=selected, outputs=header, api_visibility="private")
         app.unload(page.left)

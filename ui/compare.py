@@ -258,8 +258,10 @@ class ComparePage:
             return []
 
     def example_samples(self, corpus_name: str) -> dict[str, Any]:
-        """The examples as the picker shows them: whole labels, escaped (a textbox sample is cut at 60 characters)."""
-        return {"samples": [[escape(example.label)] for example in self.examples_of(corpus_name)]}
+        """The examples as the picker shows them: whole labels, escaped (a textbox sample is cut at 60 characters);
+        hidden when the corpus has none (else an empty box)."""
+        samples = [[escape(example.label)] for example in self.examples_of(corpus_name)]
+        return {"samples": samples, "visible": bool(samples)}
 
     def examples_update(self, corpus_name: str) -> Any:
         return gr.Dataset(**self.example_samples(corpus_name))

@@ -96,10 +96,11 @@ B_PREFIX = "b_"
 
 
 def link_query(link: Link) -> str:
-    """``?q=…&corpus=…&reranker=…`` with every field of A, then B's fields that differ from A's (``b_…``) and
-    ``compare=1``: short links a person can read and edit."""
+    """``?q=…&corpus=…&reranker=…`` with every field of A (``false`` and ``0`` too: a field left out would take the
+    opener's page's value, ``parse_link``; only empty text is left out, which the opener has no value for), then B's
+    fields that differ from A's (``b_…``) and ``compare=1``: short links a person can read and edit."""
     params = {"q": link.query, **({"corpus": link.corpus} if link.corpus else {})}
-    params |= {name: value for name, value in link.a.text().items() if value not in ("", "0", "false")}
+    params |= {name: value for name, value in link.a.text().items() if value}
     if link.b is not None:
         params["compare"] = "1"
         params |= {B_PREFIX + name: value for name, value in link.b.text().items() if value != link.a.text()[name]}

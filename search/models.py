@@ -5,6 +5,7 @@ run. Which reranker uses which model by default, and with what budget, is the re
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,92 @@ def hub_cached(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+WEIGHTS_COVER = 0.98
+"""The share of the parameters its config.json describes that a folder's weights must hold: transformers fills any
+missing ones with random values."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Weights:
+    """A model's weights as read before loading: how many parameters, and their size as stored."""
+
+    parameters: int
+    stored_gb: float
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+                "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _folder_weights(folder: Path) -> Weights:
+    """The weights in ``folder`` from its safetensors headers (no tensor is read), checked against the model its
+    config.json describes (built on the meta device: no memory, no remote code). ValueError or OSError: why they
+    cannot be counted or do not make that model."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError("it has no .safetensors weights")
+    parameters = stored = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="np") as weights:
+                for name in weights.keys():  # noqa: SIM118 (a safe_open handle is not a mapping)
+                    tensor = weights.get_slice(name)
+                    count = math.prod(tensor.get_shape())
+                    parameters += count
+                    stored += count * _DTYPE_BYTES.get(tensor.get_dtype(), 4)
+        except SafetensorError as error:
+            raise ValueError(f"{path.name} is not a safetensors file: {error}") from None
+    if not (folder / "config.json").is_file():
+        raise ValueError("it has no config.json")
+    described = _config_parameters(folder)
+    if parameters < WEIGHTS_COVER * described:
+        raise ValueError(f"its weights hold {parameters:,} parameters where its config.json describes {described:,}: "
+                         "transformers would fill the rest with random values")
+    return Weights(parameters=described, stored_gb=stored * described / parameters / 1e9)
+
+
+def _config_parameters(folder: Path) -> int:
+    """The parameters of the model ``folder``'s config.json describes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _hub_weights(repo_id: str) -> Weights:
+    """A hub model's weights from its safetensors headers, read from the Hub before anything is downloaded (or from
+    the local cache's copy)."""
+    from huggingface_hub import get_safetensors_metadata, snapshot_download
+    from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
+
+    if hub_cached(repo_id):
+        return _folder_weights(Path(snapshot_download(repo_id, local_files_only=True)))
+    if hub_offline():
+        raise ValueError("the Hugging Face Hub cannot be reached to read its weights' headers")
+    try:
+        counts = get_safetensors_metadata(repo_id).parameter_count
+    except (NotASafetensorsRepoError, SafetensorsParsingError) as error:
+        raise ValueError(f"its safetensors headers cannot be read from the Hub: {error}") from None
+    stored = sum(count * _DTYPE_BYTES.get(dtype, 4) for dtype, count in counts.items())
+    return Weights(parameters=sum(counts.values()), stored_gb=stored / 1e9)
+
+
+def model_weights(name: str) -> Weights:
+    """What ``name`` (a catalogue name, local folder or hub id) holds, known before anything loads: the catalogue's
+    bf16 size, else read from the weights' safetensors headers. ValueError or OSError: why it is not known."""
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        return Weights(parameters=round(spec.size_gb * 1e9 / 2), stored_gb=spec.size_gb)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return _folder_weights(folder)
+    if folder.exists() or name.startswith(("/", ".", "~")):
+        raise ValueError("it is not a folder of weights")
+    return _hub_weights(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from search.engines import Engine, EngineError, cuda_available, engine_kind, on_zero_gpu, open_engine
 from search.engines.base import cpu_dtype
-from search.models import DEMO, REGISTRY, ResolvedModel, hub_cached, hub_offline, resolve_model
+from search.models import DEMO, REGISTRY, ResolvedModel, Weights, hub_cached, hub_offline, model_weights, resolve_model
 from search.rerank.base import Reranker, Run
 from search.rerank.cache import JudgmentCache
 from search.rerank.registry import reranker_class
@@ -93,42 +93,93 @@ class MemoryNeed:
 
     needed_gb: float | None
     """Its weights as the engine holds them (on a CPU in what ``--dtype auto`` means there: float32 takes twice the
-    catalogue's bf16 size); None: unknown before a download."""
+    catalogue's bf16 size); None: unknown, and then it is not loaded."""
     free_gb: float | None
     """Memory free now where it would load (GPU memory on a GPU, RAM on a CPU); None: it runs on servers."""
     where: str
+    unknown_because: str = ""
+    """Why ``needed_gb`` is None."""
 
     @property
     def fits(self) -> bool:
-        return self.needed_gb is None or self.free_gb is None or self.needed_gb <= self.free_gb
+        """Known and no more than what is free (a model whose need is unknown could take any amount)."""
+        return self.free_gb is None or (self.needed_gb is not None and self.needed_gb <= self.free_gb)
 
     def describe(self, name: str) -> str:
         if self.free_gb is None:
             return f"{name} runs on the servers; it needs no memory here."
-        need = "an unknown size (known after download)" if self.needed_gb is None else f"about {self.needed_gb:.1f} GB"
+        if self.needed_gb is None:
+            return (f"{name}: how much memory it needs is unknown ({self.unknown_because}), so it is not loaded; "
+                    f"{self.free_gb:.1f} GB of {self.where} is free now.")
         verdict = "" if self.fits else (" It does not fit: choose a smaller model, or serve it elsewhere (the openai "
                                         "engine).")
-        return f"{name} needs {need} of {self.where}; {self.free_gb:.1f} GB is free now.{verdict}"
+        return (f"{name} needs about {self.needed_gb:.1f} GB of {self.where}; {self.free_gb:.1f} GB is free now."
+                f"{verdict}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Memory:
+    """The memory where models load on this machine: GPU memory on a GPU, RAM (in the CPU's dtype) elsewhere."""
+
+    free_gb: float
+    total_gb: float
+    where: str
+    bytes_per_parameter: int
+    """What one parameter takes there on a CPU (float32 or bfloat16); 0 on a GPU, where weights load as stored."""
+
+    def need_gb(self, weights: Weights) -> float:
+        return weights.parameters * self.bytes_per_parameter / 1e9 if self.bytes_per_parameter else weights.stored_gb
+
+
+def memory_here() -> Memory:
+    if cuda_available():
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return Memory(free_gb=free / 1e9, total_gb=total / 1e9, where="GPU memory", bytes_per_parameter=0)
+    import psutil
+
+    dtype = cpu_dtype("auto", "cpu")
+    memory = psutil.virtual_memory()
+    return Memory(free_gb=memory.available / 1e9, total_gb=memory.total / 1e9, where=f"memory ({dtype} on the CPU)",
+                  bytes_per_parameter=4 if dtype == "float32" else 2)
 
 
 def memory_need(name: str, engine: EngineKind) -> MemoryNeed:
     """What ``name`` on ``engine`` needs and what is free, before anything loads: a second model is loaded beside
-    the first only when it fits."""
+    the first only when its need is known and fits."""
     if engine == "openai":
         return MemoryNeed(needed_gb=None, free_gb=None, where="")
-    spec = REGISTRY.get(name)
-    folder = Path(name).expanduser()
-    size = spec.size_gb if spec else (sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin")
-                                          for path in folder.glob(pattern)) / 1e9 if folder.is_dir() else None)
-    if cuda_available():
-        import torch
+    memory = memory_here()
+    try:
+        needed: float | None = memory.need_gb(model_weights(name))
+        unknown = ""
+    except (ValueError, OSError) as error:
+        needed, unknown = None, str(error)
+    return MemoryNeed(needed_gb=needed, free_gb=memory.free_gb, where=memory.where, unknown_because=unknown)
 
-        return MemoryNeed(needed_gb=size, free_gb=torch.cuda.mem_get_info()[0] / 1e9, where="GPU memory")
-    import psutil
 
-    dtype = cpu_dtype("auto", "cpu")
-    return MemoryNeed(needed_gb=None if size is None else size * (2 if dtype == "float32" else 1),
-                      free_gb=psutil.virtual_memory().available / 1e9, where=f"memory ({dtype} on the CPU)")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelAccess:
+    """The models visitors of the page may load, by name: refused before anything is opened when not listed."""
+
+    names: tuple[str, ...]
+
+    def refusal(self, name: str) -> str | None:
+        if name in self.names:
+            return None
+        return (f"{name!r} is not one of the models this page may load ({', '.join(self.names)}); its operator "
+                "lists them with --models or EXPLAINABLE_SEARCH_MODELS")
+
+
+def model_access(serving: EngineSettings, started: str = "") -> ModelAccess:
+    """``--models`` when given; else the model started (``started``) and the catalogue models that fit this
+    machine's memory (all of it, not what is free now: ``memory_need`` checks that when one is chosen)."""
+    if serving.model_names:
+        return ModelAccess(names=serving.model_names)
+    memory = memory_here()
+    fitting = [name for name in REGISTRY if memory.need_gb(model_weights(name)) <= memory.total_gb]
+    return ModelAccess(names=tuple(dict.fromkeys([started, *fitting] if started else fitting)))
 
 
 _caches: dict[Path, JudgmentCache] = {}
@@ -191,3 +242,4 @@ def rerank(reranker: Reranker, query: str, candidates: Sequence[Candidate], *, i
            template: str = "") -> Ranking:
     """The final reranked ranking, for scripts that do not watch the stream."""
     return asyncio.run(collect(reranker, query, candidates, instruction=instruction, template=template)).ranking()
+

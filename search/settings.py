@@ -181,6 +181,9 @@ class EngineSettings:
                                   "bfloat16 where it has native bf16, else float32)")
     gpu_memory_utilization: float = _setting(0.9, "share of GPU memory vLLM may take")
     batch_size: int = _setting(20, "transformers engine: most requests decoding together (more wait to join)")
+    models: str = _setting("", "comma-separated models the page's visitors may load by a link, the Model panel or "
+                               "Compare (registry names, hub ids or folders; empty: the model started and the "
+                               "registry models that fit this machine's memory)")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "endpoint_concurrency"):
@@ -194,6 +197,11 @@ class EngineSettings:
     @property
     def endpoint_urls(self) -> tuple[str, ...]:
         return tuple(url.strip() for url in self.endpoints.split(",") if url.strip())
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """``models`` as a list (empty: the default, ``search.pipeline.model_access``)."""
+        return tuple(dict.fromkeys(name.strip() for name in self.models.split(",") if name.strip()))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

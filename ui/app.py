@@ -25,8 +25,7 @@ from search.corpus import CorpusError
 from search.engines import ENGINE_KINDS, EngineError
 from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
-from search.models import REGISTRY
-from search.pipeline import LoadedModel, build_reranker, memory_need, open_model, reranker_budget
+from search.pipeline import LoadedModel, build_reranker, memory_need, model_access, open_model, reranker_budget
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS, reranker_class
 from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings
@@ -42,7 +41,7 @@ from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
 from ui.live import LiveRuns
-from ui.model_key import ModelKey
+from ui.model_key import ModelKey, ModelKeyError
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -148,6 +147,9 @@ class SearchPage:
         if status.loaded is not None:
             self.default_key = model_key(status.loaded)
             self.models[self.default_key] = status.loaded
+        self.access = model_access(self.settings.serving, ModelKey.parse(self.default_key).name
+                                   if self.default_key else "")
+        """The models visitors may load (``--models``)."""
 
     def budget_of(self, kind: str, key: str) -> int:
         """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
@@ -253,15 +255,15 @@ class SearchPage:
 
     async def load_model(self, name: str, engine: str, kind: str, progress: gr.Progress = gr.Progress()  # noqa: B008
                          ) -> tuple[Any, Any, str, Any, Any]:
-        key = str(ModelKey(name=name, engine=engine))
+        """The Model panel's Load: the same checks as a link's or Compare's model (``ensure_model``)."""
+        try:
+            key = str(ModelKey(name=name.strip(), engine=engine))
+        except ModelKeyError as error:
+            return gr.update(), gr.update(), render_notice(f"Model: {error}"), gr.skip(), gr.skip()
         if key not in self.models:
             progress(0, desc=f"starting {engine} with {name}")
-            serving = dataclasses.replace(self.settings.serving, model=name, engine=engine)
-            try:
-                self.models[key] = await asyncio.to_thread(open_model, serving, kind)
-            except (EngineError, DemoModelError) as error:
-                return (gr.update(), gr.update(), render_notice(f"Could not load {name} on {engine}: {error}"),
-                        gr.skip(), gr.skip())
+            if (problem := await self.ensure_model(key, kind)) is not None:
+                return gr.update(), gr.update(), render_notice(f"Model: {problem}"), gr.skip(), gr.skip()
         loaded = self.models[key]
         demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
         return (key, self.budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
@@ -348,14 +350,22 @@ class SearchPage:
         run.stop()
         return self.shown(run, int(budget), reranked=reranked)
 
+    def model_refusal(self, name: str, engine: str) -> str | None:
+        """Why a visitor may not open ``name`` on ``engine`` now, before anything is opened: not among the models
+        this page may load, or its memory need unknown or more than is free; None when it may."""
+        if (refusal := self.access.refusal(name)) is not None:
+            return refusal
+        need = memory_need(name, engine)
+        return None if need.fits else need.describe(name)
+
     async def ensure_model(self, key: str, kind: str) -> str | None:
-        """Load the model ``key`` names beside the others when it fits; why not, or None."""
+        """Load the model ``key`` names beside the others when it may be loaded (``model_refusal``); why not, or
+        None."""
         if key in self.models:
             return None
         model = ModelKey.parse(key)
-        need = memory_need(model.name, model.engine)
-        if not need.fits:
-            return need.describe(model.name)
+        if (refusal := self.model_refusal(model.name, model.engine)) is not None:
+            return refusal
         serving = dataclasses.replace(self.settings.serving, model=model.name, engine=model.engine)
         try:
             self.models[key] = await asyncio.to_thread(open_model, serving, kind)
@@ -449,8 +459,9 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                                        info=EVIDENCE_INFO)
             with gr.Accordion("Model", open=False):
                 current = ModelKey.parse(default_key) if default_key else ModelKey(name="demo", engine="transformers")
-                model_name = gr.Dropdown(sorted({*REGISTRY, current.name}), value=current.name,
-                                         allow_custom_value=True, label="Model (registry name, hub id or local folder)")
+                model_name = gr.Dropdown(list(dict.fromkeys([current.name, *page.access.names])),
+                                         value=current.name, allow_custom_value=True,
+                                         label="Model (registry name, hub id or local folder)")
                 engine_kind = gr.Radio(list(ENGINE_KINDS), value=current.engine, label="Engine")
                 load_button = gr.Button("Load", size="sm")
                 model_status = gr.HTML(render_notice(f"Reranking with {status.loaded.engine.description}.")

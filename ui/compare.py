@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import gradio as gr
 
 from search.compare import (
+    B_PREFIX,
     SIDES,
     Comparison,
     Example,
@@ -30,16 +31,15 @@ from search.compare import (
     parse_link,
     stream_pair,
 )
-from search.engines import EngineError
-from search.models import REGISTRY
-from search.pipeline import LoadedModel, memory_need
+from search.engines import ENGINE_KINDS, EngineError
+from search.pipeline import LoadedModel, ModelAccess, memory_need
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS
 from search.settings import RetrievalMethod, Settings, SettingsError
 from search.uploads import CorpusLibrary, UploadError
 from ui.checks import MAX_CANDIDATES, count_problem, instruction_problem, query_problem
 from ui.compare_cards import render_pair_board, render_pair_summary
-from ui.model_key import ModelKey
+from ui.model_key import SEPARATOR, ModelKey, ModelKeyError, name_problem
 from ui.results import render_notice
 
 Event = TypeVar("Event")
@@ -65,6 +65,9 @@ class SharedPage(Protocol):
     library: CorpusLibrary
     models: dict[str, LoadedModel]
     default_key: str
+    access: ModelAccess
+
+    def model_refusal(self, name: str, engine: str) -> str | None: ...
 
     def budget_of(self, kind: str, key: str) -> int: ...
 
@@ -104,26 +107,40 @@ class ComparePage:
         return ModelKey.parse(key).name if key else ""
 
     def model_choices(self) -> list[str]:
-        """A side's model picker: the loaded models by key, then catalogue names that would load beside them."""
+        """A side's model picker: the loaded models by key, then the other models visitors may load."""
         loaded = {self.model_name(key) for key in self.page.models}
-        return [*self.page.models, *sorted(name for name in REGISTRY if name not in loaded)]
+        return [*self.page.models, *(name for name in self.page.access.names if name not in loaded)]
 
     def side_key(self, value: str) -> str:
-        """A side's model field as a key: a loaded model's, or a name to load on the engine of the session's
-        model."""
+        """A side's model field as a key: a loaded model's, a key picked from the list, or a name to load on the
+        engine of the session's model. ModelKeyError: none of these."""
         models, default_key = self.page.models, self.page.default_key
+        value = value.strip()
         if not value or value in models:
             return value or default_key
         match = next((key for key in models if self.model_name(key) == value), None)
+        if match is not None:
+            return match
+        if SEPARATOR in value:
+            key = ModelKey.parse(value)
+            if key.engine not in ENGINE_KINDS:
+                raise ModelKeyError(f"{value!r}: {key.engine!r} is not an engine ({', '.join(ENGINE_KINDS)})")
+            return value
         engine = ModelKey.parse(default_key).engine if default_key else "transformers"
-        return match or str(ModelKey(name=value, engine=engine))
+        return str(ModelKey(name=value, engine=engine))
 
     def memory_note(self, value: str) -> str:
-        """Before a model is loaded beside the others: the memory it needs and the memory free."""
-        key = self.side_key(value)
+        """Before a model is loaded beside the others: why it may not be, or the memory it needs and the memory
+        free."""
+        try:
+            key = self.side_key(value)
+        except ModelKeyError as error:
+            return render_notice(f"This side's model: {error}")
         if key in self.page.models:
             return ""
         model = ModelKey.parse(key)
+        if (refusal := self.page.model_refusal(model.name, model.engine)) is not None:
+            return render_notice(f"This side's model: {refusal}")
         return render_notice(f"Chosen: {memory_need(model.name, model.engine).describe(model.name)} It loads when "
                              "the comparison runs.")
 
@@ -151,12 +168,23 @@ class ComparePage:
         if problem:
             yield render_notice(problem), "", None
             return
-        keys = {side: self.side_key(fields[1]) for side, fields in sides.items()}
+        keys = {}
+        for side, fields in sides.items():
+            try:
+                keys[side] = self.side_key(fields[1])
+            except ModelKeyError as error:
+                yield render_notice(f"Side {side}'s model: {error}"), "", None
+                return
+            if keys[side] and keys[side] not in page.models:
+                model = ModelKey.parse(keys[side])
+                if (refusal := page.model_refusal(model.name, model.engine)) is not None:
+                    yield render_notice(f"Side {side}'s model: {refusal}"), "", None
+                    return
         for side, key in keys.items():
             if key not in page.models:
                 yield render_notice(f"Loading {self.model_name(key)} for side {side} …"), "", None
                 if (problem := await page.ensure_model(key, sides[side][0])) is not None:
-                    yield render_notice(f"Side {side}: {problem}"), "", None
+                    yield render_notice(f"Side {side}'s model: {problem}"), "", None
                     return
         try:
             found = page.library.get(corpus_name).search(query, int(candidates), method).candidates
@@ -207,7 +235,7 @@ class ComparePage:
         b = link.b or link.a
         return [link.query, gr.update(visible=link.b is None, value=link.a.instruction), link.b is not None,
                 gr.update(visible=link.b is not None, open=False), *fields(link.a), *fields(b),
-                link.a.reranker, link.a.budget or budget, link.a.evidence or evidence]
+                link.a.reranker, link.a.budget or budget, link.a.evidence]
 
     async def from_link(self, kind: str, key: str, budget: float | None, evidence: bool, runs: int,
                         compare_runs: int, request: gr.Request) -> list[Any]:
@@ -226,6 +254,8 @@ class ComparePage:
             return [*unchanged, render_notice(f"This link names the corpus {link.corpus!r}, which is not here; "
                                               f"the corpora are {', '.join(names)}."),
                     *(gr.skip(),) * 3]
+        if (problem := self.link_model_problem(link)) is not None:
+            return [*unchanged, render_notice(problem), *(gr.skip(),) * 3]
         selected = key
         if link.b is None and link.a.model:
             selected = self.side_key(link.a.model)
@@ -234,6 +264,22 @@ class ComparePage:
         shown = self.sides_shown(link, kind, selected, budget, evidence)
         return [*shown, corpus, selected, render_notice("Opened from a link."),
                 runs + (link.b is None), compare_runs + (link.b is not None), gr.update(visible=False)]
+
+    def link_model_problem(self, link: Link) -> str | None:
+        """Why a model a link names (``model``, ``b_model``) may not be opened, checked for both sides before
+        either is: not a model name, or not one this page may load now (``SharedPage.model_refusal``)."""
+        for parameter, side in (("model", link.a), (f"{B_PREFIX}model", link.b)):
+            if side is None or not side.model:
+                continue
+            problem = name_problem(side.model)
+            if problem is None:
+                key = ModelKey.parse(self.side_key(side.model))
+                if str(key) in self.page.models:
+                    continue
+                problem = self.page.model_refusal(key.name, key.engine)
+            if problem is not None:
+                return f"This link cannot be opened: its {parameter}: {problem}"
+        return None
 
     def link(self, query: str, corpus_name: str, on: bool, kind: str, key: str, instruction: str,
              budget: float | None, evidence: bool, *sides: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SEPARATOR = " · "
+"""Between a model's name and its engine; no name may hold it (``name_problem``)."""
 
 
 class ModelKeyError(ValueError):
@@ -24,10 +25,12 @@ class ModelKey:
         if not self.engine or SEPARATOR in self.engine:
             raise ModelKeyError(f"a model key's engine must be a name without {SEPARATOR.strip()!r}; "
                                 f"got {self.engine!r}")
+        if (problem := name_problem(self.name)) is not None:
+            raise ModelKeyError(problem)
 
     @classmethod
     def parse(cls, text: str) -> ModelKey:
-        """The key ``str`` wrote; the engine is what follows the last separator (a folder may contain one)."""
+        """The key ``str`` wrote; the engine is what follows the separator."""
         name, separator, engine = text.rpartition(SEPARATOR)
         if not separator or not engine:
             raise ModelKeyError(f"{text!r} is not a model key: expected 'name{SEPARATOR}engine'")
@@ -35,3 +38,12 @@ class ModelKey:
 
     def __str__(self) -> str:
         return f"{self.name}{SEPARATOR}{self.engine}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model's name on the page: it holds the separator, so that its key would read as
+    another model on another engine (``demo · vllm`` given as a name); None when it can."""
+    if SEPARATOR in name:
+        return (f"{name!r} is not a model name: {SEPARATOR.strip()!r} separates a model from its engine on this "
+                "page; give the name alone and choose the engine in the Model panel")
+    return None

@@ -157,6 +157,8 @@ def watched_and_chosen(logits: Any, request: GenerationRequest) -> tuple[int, di
 
 class TransformersEngine(Engine):
     kind = "transformers"
+    _worker: threading.Thread | None = None
+    """Started once the weights have loaded: an engine whose load failed has none to stop."""
 
     def __init__(self, *, model: str, location: str, max_model_len: int, dtype: str = "auto",
                  batch_size: int = 20) -> None:
@@ -232,6 +234,8 @@ class TransformersEngine(Engine):
         """Stop the worker and wait for its step or batch to end: a process that exits while the worker is still
         inside the model aborts ("terminate called without an active exception", seen in CI). The worker answers
         the requests still running or queued with an error; their readers are let hear it before the loop stops."""
+        if self._worker is None:
+            return
         self._pending.put(None)
         await asyncio.to_thread(self._worker.join, WORKER_JOIN_S)
         if self._reading:

@@ -1,0 +1,273 @@
+"""Which models a visitor of a public page may have the server open (a link, the Model panel, Compare's sides),
+and what a model that cannot be opened looks like: one clear message naming the field and the value, never a
+traceback or bare error badges. On the real transformers engine with the demo model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import gradio as gr
+import pytest
+
+from search import pipeline
+from search.compare import Link, Side, link_query, parse_link
+from search.engines import EngineError, close_engines
+from search.engines.hf_engine import TransformersEngine
+from search.pipeline import Memory, MemoryNeed, memory_need, open_model
+from search.settings import REPO_ROOT, Settings
+from search.uploads import CorpusLibrary
+from ui.app import ModelStatus, SearchPage
+from ui.compare import ComparePage
+from ui.model_key import ModelKey, ModelKeyError
+
+BUDGET = 16
+NOTICE = 19
+"""Where ``ComparePage.from_link``'s answer holds its notice."""
+A_EVIDENCE, B_EVIDENCE, EVIDENCE = 8, 13, 16
+"""Where it sets side A's, side B's and the settings' evidence."""
+
+
+@pytest.fixture(scope="module")
+def status(demo_model: Path) -> Iterator[ModelStatus]:
+    settings = Settings().replace(model="demo", engine="transformers", budget=BUDGET, judgment_cache=False, top_k=3)
+    yield ModelStatus(loaded=open_model(settings.serving), settings=settings)
+    close_engines()
+
+
+def page_for(library: CorpusLibrary, status: ModelStatus, models: str = "") -> ComparePage:
+    """The Search tab's handlers over the demo model, visitors allowed ``models`` (empty: the default)."""
+    settings = status.settings.replace(models=models)
+    return ComparePage(SearchPage(library, ModelStatus(loaded=status.loaded, settings=settings),
+                                  slots=asyncio.Semaphore(2)))
+
+
+def open_link(page: ComparePage, query: str, *, evidence: bool = False) -> list[Any]:
+    """The page opened at ``?<query>``, its evidence defaulting to ``evidence``."""
+    request: Any = SimpleNamespace(query_params=dict(parse_qsl(query, keep_blank_values=True)))
+    return asyncio.run(page.from_link("rank1", page.page.default_key, BUDGET, evidence, 0, 0, request))
+
+
+def text(html: object) -> str:
+    """A notice's text, as the visitor reads it."""
+    return unescape(re.sub(r"<[^>]+>", "", str(html)))
+
+
+def notice(shown: list[Any]) -> str:
+    return text(shown[NOTICE])
+
+
+def compare_b(page: ComparePage, b_model: str) -> str:
+    """A comparison whose side B names ``b_model``: its last message."""
+    key = page.page.default_key
+
+    async def run() -> list[tuple[Any, ...]]:
+        return [update async for update in page.compare("which planets have no moons", "hybrid", 2, True,
+                                                        "sample_corpus", "rank1", key, "", BUDGET, False,
+                                                        "rank1", b_model, "", BUDGET, False)]
+    return text(asyncio.run(run())[-1][0])
+
+
+def load(page: ComparePage, name: str) -> str:
+    """The Model panel's Load of ``name`` on transformers: its message."""
+    return text(asyncio.run(page.page.load_model(name, "transformers", "rank1", progress=lambda *_, **__: None))[2])
+
+
+def weights_file(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> Path:
+    """A safetensors file holding zero-filled ``tensors`` (name: dtype, shape)."""
+    sizes = {"F32": 4, "BF16": 2}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = sizes[dtype]
+        for extent in shape:
+            size *= extent
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(offset))
+    return path
+
+
+def folder_with(tmp_path: Path, demo_model: Path, name: str, *, config: bool = True,
+                weights: bytes | dict[str, tuple[str, list[int]]] | None = None) -> Path:
+    """A model folder with the demo model's config.json (or none) and the given weights (or none)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    if config:
+        (folder / "config.json").write_bytes((demo_model / "config.json").read_bytes())
+    if isinstance(weights, bytes):
+        (folder / "model.safetensors").write_bytes(weights)
+    elif weights is not None:
+        weights_file(folder / "model.safetensors", weights)
+    return folder
+
+
+# (a) A model that cannot be opened -------------------------------------------------------------------------------
+
+def test_a_model_that_cannot_load_is_an_engine_error_naming_it() -> None:
+    with pytest.raises(EngineError, match="transformers could not load /etc"):
+        TransformersEngine(model="etc", location="/etc", max_model_len=512)
+
+
+def test_the_command_line_says_in_one_line_why_a_model_cannot_load(index_dir: Path) -> None:
+    environment = {**os.environ, "EXPLAINABLE_SEARCH_INDEX_DIR": str(index_dir)}
+    result = subprocess.run([sys.executable, "-m", "search", "rerank", "--model", "/etc", "--engine", "transformers",
+                             "--query", "moons", "--top-k", "2"], cwd=REPO_ROOT, env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "transformers could not load /etc" in errors[0], result.stderr
+
+
+def test_a_model_that_cannot_load_is_named_by_the_model_panel_a_link_and_compare(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    page = page_for(library, status)
+    assert "Model: '/etc' is not one of the models this page may load (demo, " in load(page, "/etc")
+    assert "its model: '/etc' is not one of the models" in notice(open_link(page, "q=moons&model=/etc"))
+    assert "Side B's model: '/etc' is not one of the models" in compare_b(page, "/etc")
+    # Allowed by the operator, it is still refused before opening: nothing says what it needs.
+    allowed = page_for(library, status, models="demo,/etc")
+    refused = load(allowed, "/etc")
+    assert refused.startswith("Model: /etc: how much memory it needs is unknown (it has no .safetensors weights)")
+    assert list(allowed.page.models) == [allowed.page.default_key]
+
+
+# (b) A name holding the page's separator -------------------------------------------------------------------------
+
+def test_a_model_name_holding_the_separator_is_refused_by_name(library: CorpusLibrary, status: ModelStatus) -> None:
+    page = page_for(library, status)
+    for query, parameter in ((f"q=moons&model={quote('demo · vllm')}", "model"),
+                             (f"q=moons&compare=1&b_model={quote('demo · vllm')}", "b_model")):
+        shown = notice(open_link(page, query))
+        assert (f"This link cannot be opened: its {parameter}: 'demo · vllm' is not a model name: '·' separates a "
+                "model from its engine") in shown
+    assert "This side's model: 'a · b' is not a model name" in text(page.memory_note("a · b · transformers"))
+    assert "Side B's model: 'a · b' is not a model name" in compare_b(page, "a · b · transformers")
+    assert "Model: 'demo · vllm' is not a model name" in load(page, "demo · vllm")
+    with pytest.raises(ModelKeyError, match="'demo · vllm' is not a model name"):
+        ModelKey(name="demo · vllm", engine="transformers")
+    assert list(page.page.models) == [page.page.default_key]
+
+
+# (c) The models visitors may load --------------------------------------------------------------------------------
+
+def test_links_and_the_model_panel_load_only_the_models_the_operator_allows(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    page = page_for(library, status)
+    for query, parameter, name in (("q=moons&model=/etc/passwd", "model", "/etc/passwd"),
+                                   ("q=moons&model=some-org/unknown-model", "model", "some-org/unknown-model"),
+                                   ("q=moons&compare=1&b_model=rank1-32b", "b_model", "rank1-32b")):
+        shown = open_link(page, query)
+        assert f"This link cannot be opened: its {parameter}: {name!r} is not one of the models" in notice(shown)
+        assert "EXPLAINABLE_SEARCH_MODELS" in notice(shown) and shown[NOTICE + 1:] == [gr.skip()] * 3  # nothing runs
+    assert "Model: 'some-org/unknown-model' is not one of the models" in load(page, "some-org/unknown-model")
+    assert "'rank1-32b' is not one of the models" in text(page.memory_note("rank1-32b"))
+    assert list(page.page.models) == [page.page.default_key]  # nothing was opened
+
+    listed = page_for(library, status, models="demo, rank1-0.5b")
+    assert listed.page.access.names == ("demo", "rank1-0.5b")
+    assert listed.model_choices() == [listed.page.default_key, "rank1-0.5b"]
+    assert "'rank1-1.5b' is not one of the models this page may load (demo, rank1-0.5b)" in load(listed,
+                                                                                                   "rank1-1.5b")
+    assert Settings.from_env({"EXPLAINABLE_SEARCH_MODELS": "demo,rank1-3b"}).serving.model_names == ("demo",
+                                                                                                      "rank1-3b")
+
+
+def test_by_default_visitors_may_load_the_model_started_and_the_catalogue_models_that_fit(
+        library: CorpusLibrary, status: ModelStatus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "memory_here", lambda: Memory(free_gb=8, total_gb=16, where="memory",
+                                                                bytes_per_parameter=4))
+    names = page_for(library, status).page.access.names
+    assert names[0] == "demo" and {"rank1-0.5b", "rank1-1.5b", "rank1-3b"} <= set(names)
+    assert not {"rank1-7b", "rank1-14b-awq", "rank1-32b", "reasonrank-32b"} & set(names)  # 30 GB and more
+
+
+# (d) No model opened without a known memory need -----------------------------------------------------------------
+
+def test_a_model_the_operator_allows_is_still_refused_when_it_does_not_fit_the_memory_free(
+        library: CorpusLibrary, status: ModelStatus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "memory_here", lambda: Memory(free_gb=8, total_gb=16, where="memory (float32)",
+                                                                bytes_per_parameter=4))
+    page = page_for(library, status, models="demo,rank1-32b")
+    assert "rank1-32b needs about 131.0 GB of memory (float32); 8.0 GB is free now. It does not fit" in text(
+        page.memory_note("rank1-32b"))
+    assert "Side B's model: rank1-32b needs about 131.0 GB" in compare_b(page, "rank1-32b")
+    assert "This link cannot be opened: its b_model: rank1-32b needs about 131.0 GB" in notice(
+        open_link(page, "q=moons&compare=1&b_model=rank1-32b"))
+    assert "Model: rank1-32b needs about 131.0 GB" in load(page, "rank1-32b")  # the Model panel too
+    assert list(page.page.models) == [page.page.default_key]
+
+
+def test_a_model_whose_memory_need_is_unknown_does_not_fit() -> None:
+    assert not MemoryNeed(needed_gb=None, free_gb=100.0, where="memory", unknown_because="no weights").fits
+    assert MemoryNeed(needed_gb=None, free_gb=None, where="").fits  # on the servers: nothing here
+
+
+def test_a_folder_s_need_is_read_from_its_weights_headers_and_must_match_its_config(
+        tmp_path: Path, demo_model: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for item in demo_model.iterdir():
+        (copy / item.name).symlink_to(item)
+    bytes_per_parameter = pipeline.memory_here().bytes_per_parameter or 2
+    assert memory_need(str(copy), "transformers").needed_gb == pytest.approx(134_515_008 * bytes_per_parameter / 1e9)
+    cases = {
+        "config only": (folder_with(tmp_path, demo_model, "config-only"), "it has no .safetensors weights"),
+        "120 bytes": (folder_with(tmp_path, demo_model, "tiny", weights=b"\0" * 120),
+                      "model.safetensors is not a safetensors file"),
+        "too few": (folder_with(tmp_path, demo_model, "few", weights={"w": ("F32", [10, 10])}),
+                    "its weights hold 100 parameters where its config.json describes 134,515,008"),
+        "no config": (folder_with(tmp_path, demo_model, "no-config", config=False,
+                                  weights={"w": ("F32", [10, 10])}), "it has no config.json"),
+    }
+    for case, (folder, why) in cases.items():
+        need = memory_need(str(folder), "transformers")
+        assert need.needed_gb is None and not need.fits and why in need.unknown_because, (case, need)
+        assert f"{folder}: how much memory it needs is unknown ({why}" in need.describe(str(folder)), case
+
+
+def test_a_hub_model_s_need_is_unknown_when_its_headers_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    need = memory_need("some-org/unknown-model", "transformers")
+    assert not need.fits and "the Hugging Face Hub cannot be reached" in need.unknown_because
+
+
+def test_a_folder_allowed_by_the_operator_is_still_refused_everywhere_when_its_weights_do_not_make_its_model(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path) -> None:
+    folder = str(folder_with(tmp_path, demo_model, "random", weights=b"\0" * 120))
+    page = page_for(library, status, models=f"demo,{folder}")
+    why = f"{folder}: how much memory it needs is unknown"
+    assert load(page, folder).startswith(f"Model: {why}")
+    assert why in notice(open_link(page, f"q=moons&model={quote(folder)}"))
+    assert why in notice(open_link(page, f"q=moons&compare=1&b_model={quote(folder)}"))
+    assert why in compare_b(page, folder)
+    assert list(page.page.models) == [page.page.default_key]
+
+
+# (f) A link's values are the sender's ----------------------------------------------------------------------------
+
+def test_a_link_s_values_stay_the_sender_s_wherever_the_opener_s_page_differs(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    single = Link(query="moons", a=Side(reranker="rank1", evidence=False))
+    assert parse_link(dict(parse_qsl(link_query(single)[1:])), Side(evidence=True)) == single
+    page = page_for(library, status)
+    key = page.page.default_key
+    sides = (*("rank1", key, "", BUDGET, False), *("assessor", key, "", BUDGET, False))
+    link = page.link("moons", "sample_corpus", True, "rank1", key, "", BUDGET, False, *sides)
+    shown = open_link(page, link[1:], evidence=True)  # the opener's page has evidence on
+    assert (shown[A_EVIDENCE], shown[B_EVIDENCE], shown[EVIDENCE]) == (False, False, False)
+    single_link = page.link("moons", "sample_corpus", False, "rank1", key, "", BUDGET, False, *sides)
+    assert open_link(page, single_link[1:], evidence=True)[EVIDENCE] is False

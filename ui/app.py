@@ -55,7 +55,22 @@ EVIDENCE_INFO = ("rank1 and the assessor: after each judgment, the verdict is re
                  "(the reasoning held fixed). On by default with vLLM on a GPU and with OpenAI-compatible servers; "
                  "on a CPU it adds about as much time as the judgments took (docs/benchmarks.md).")
 MAX_PROBLEMS_LISTED = 10
-CSS = RESULTS_CSS + CARDS_CSS + COMPARE_CSS + EVIDENCE_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS
+PAGE_CSS = """
+#es-header { min-width: min(100%, 24em) !important; }
+#es-panel:not(.open) > .sidebar-content { visibility: hidden; transition: visibility 0s 0.3s; }
+#es-panel:not(.open) > .toggle-button { display: none; }
+@media (max-width: 480px) {
+  #es-panel-button { flex-grow: 1; }
+  #es-ask .form > .block { flex-basis: 100% !important; }
+  #es-ask > .column { flex-direction: row; }
+  #es-ask > .column > button { flex: 1 1 0%; }
+}
+"""
+"""The page's own layout. The header keeps room for its title, so that on a narrow screen the panel's button goes
+below it instead of over it. The closed side panel lies off screen: its controls are hidden, so that no Tab stop
+lies where the focus cannot be seen, and so is its chevron (the panel's button opens it; the chevron closes it).
+On a phone the query and the instruction take the whole width, one above the other."""
+CSS = RESULTS_CSS + CARDS_CSS + COMPARE_CSS + EVIDENCE_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS + PAGE_CSS
 COUNTER_JS = f"""
 () => {{
   const limit = {MAX_QUERY_CHARS}, n = (value) => value.toLocaleString("en");
@@ -72,7 +87,19 @@ COUNTER_JS = f"""
 """
 """Counts the query's characters as they are typed, in the browser (a round trip per keystroke would be
 wasteful); the server refuses a query over the limit with the same numbers, and never cuts it."""
-JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); ({COUNTER_JS})(); }}"
+FOCUS_JS = """
+() => {
+  const focus = () => {
+    const box = document.querySelector("#es-query textarea");
+    if (!box) { requestAnimationFrame(focus); return; }
+    if (document.activeElement === document.body || !document.activeElement) box.focus({preventScroll: true});
+  };
+  focus();
+}
+"""
+"""The query box has the focus once the page is there (unless the reader has put it elsewhere): the first keys
+typed are the query, and the first Tab leads on from it."""
+JS = f"() => {{ ({KEEP_OPEN_JS})(); ({KEYS_JS})(); ({COUNTER_JS})(); ({FOCUS_JS})(); }}"
 Event = TypeVar("Event")
 Update = TypeVar("Update")
 
@@ -471,7 +498,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 files = gr.File(label="Exports", file_count="multiple", interactive=False)
         selected = gr.State(default_key)
         with gr.Tab("Search", id="search"):
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=True, elem_id="es-ask"):
                 query = gr.Textbox(label="Query", placeholder="which migraine treatments do not involve medication?",
                                    scale=6, elem_id="es-query")
                 instruction = gr.Textbox(label="Instruction (optional): what counts as relevant", scale=3)

@@ -21,7 +21,7 @@ SNIPPET_CHARS = 240
 """About two lines of a card: the excerpt shown before the passage is opened."""
 
 CARDS_CSS = """
-.es-board { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 8px;
+.es-board { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(360px, 100%), 1fr)); gap: 8px;
             align-items: start; }
 .es-rcard { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 10px;
             background: var(--block-background-fill); font-size: var(--text-md); line-height: 1.35; }
@@ -73,6 +73,10 @@ CARDS_CSS = """
                     width: 16px; height: 24px; font-size: 0.7em; font-family: var(--font-mono); }
 .es-grades > span > i { display: block; width: 12px; background: var(--color-accent); border-radius: 2px 2px 0 0; }
 .es-grades > span.es-top > i { background: #1a7f37; }
+@media (max-width: 480px) {
+  .es-toggles { flex-wrap: wrap; }
+  .es-rcard { padding: 6px 8px; }
+}
 """
 
 # Run on page load. The page replaces the cards' HTML on every update. This keeps the <details> the reader opened

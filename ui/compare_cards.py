@@ -15,7 +15,7 @@ from ui.cards import SNIPPET_CHARS, snippet
 from ui.renderers import renderer_for
 
 COMPARE_CSS = """
-.es-pair-board { grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); }
+.es-pair-board { grid-template-columns: repeat(auto-fill, minmax(min(380px, 100%), 1fr)); }
 .es-halves { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
 .es-half { min-width: 0; border-top: 2px solid var(--background-fill-secondary); padding-top: 2px; }
 .es-half.es-s-thinking { border-top-color: var(--color-accent); }
@@ -35,9 +35,18 @@ COMPARE_CSS = """
 .es-pair-summary { display: flex; flex-direction: column; gap: 2px; }
 .es-pair-summary .es-summary > span:first-child { white-space: nowrap; }
 .es-side-name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; max-width: 40em; }
-#es-toolbar { gap: 12px; align-items: center; }
+#es-toolbar { gap: 4px 12px; align-items: center; flex-wrap: wrap; }
+#es-toolbar > #es-compare, #es-toolbar > #es-only-disagreements { flex: 0 1 auto; width: auto; margin: 0; }
+#es-toolbar > #es-counter { flex: 1 1 12em; }
+#es-toolbar label > span { white-space: nowrap; }
 #es-sides .block { padding: 2px 6px; }
+#es-sides .block:has(> label > input[type=checkbox]) { flex: 1 0 auto; width: auto; }
+#es-sides label > input[type=checkbox] + span { white-space: nowrap; }
 #es-sides .block label > span, #es-sides .block > label > span { margin-bottom: 2px; font-size: var(--text-xs); }
+@media (max-width: 480px) {
+  .es-pair-summary .es-summary > span:first-child { white-space: normal; }
+  .es-halves { gap: 6px; }
+}
 """
 
 

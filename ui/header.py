@@ -8,18 +8,26 @@ from html import escape
 from search.pipeline import LoadedModel
 
 HEADER_CSS = """
-.es-header { display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap; }
-.es-header h1 { font-size: var(--text-xl); margin: 0; font-weight: 700; }
-.es-header .es-line { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+.es-header { display: flex; gap: 4px 10px; align-items: baseline; flex-wrap: wrap; }
+.es-header h1 { font-size: var(--text-xl); margin: 0; font-weight: 700; white-space: nowrap; }
+.es-header .es-line { font-size: var(--text-sm); color: var(--body-text-color-subdued); overflow-wrap: anywhere; }
 .es-header details { display: inline-block; font-size: var(--text-sm); }
 .es-header details > summary { cursor: pointer; list-style: none; display: inline-block; border-radius: 10px;
-                               padding: 0 8px; border: 1px solid var(--border-color-primary); }
+                               padding: 0 8px; border: 1px solid var(--border-color-primary); white-space: nowrap; }
 .es-header details > summary::-webkit-details-marker { display: none; }
 .es-header details.es-warn > summary { background: #fff3cd; color: #664d03; border-color: #ffda6a; }
 .dark .es-header details.es-warn > summary { background: #3d2f00; color: #ffda6a; }
 .es-header details[open] { display: block; flex-basis: 100%; }
 .es-header details[open] > div { margin: 4px 0; max-width: 70em; }
+@media (max-width: 480px) {
+  .es-header { gap: 2px 6px; }
+  .es-header h1 { font-size: var(--text-lg); }
+  .es-header .es-line, .es-header details { font-size: var(--text-xs); }
+  .es-header details > summary { padding: 0 6px; }
+}
 """
+"""Each badge stays whole (the line wraps between badges, never inside one); on a phone the header is compact, so
+that the first result card starts on the first screen."""
 
 MEASURED = (
     "Every score is measured, never made up: rank1's P(true) from its two verdict tokens; the assessor's grade "

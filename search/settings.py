@@ -184,6 +184,8 @@ class EngineSettings:
     models: str = _setting("", "comma-separated models the page's visitors may load by a link, the Model panel or "
                                "Compare (registry names, hub ids or folders; empty: the model started and the "
                                "registry models that fit this machine's memory)")
+    model_idle_seconds: float = _setting(600.0, "a model the page opened for a visitor is closed after this many "
+                                                "seconds unused (0: only when another needs its room)")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "endpoint_concurrency"):
@@ -193,6 +195,8 @@ class EngineSettings:
             raise SettingsError(f"max_model_len must be 0 (the model's default) or more, got {self.max_model_len}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise SettingsError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 0 <= self.model_idle_seconds < float("inf"):
+            raise SettingsError(f"model_idle_seconds must be 0 or more and finite, got {self.model_idle_seconds}")
 
     @property
     def endpoint_urls(self) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ import pytest
 
 from search import pipeline
 from search.compare import Link, Side, link_query, parse_link
-from search.engines import EngineError, close_engines
+from search.engines import EngineError, GenerationRequest, close_engines
 from search.engines.hf_engine import TransformersEngine
 from search.pipeline import Memory, MemoryNeed, memory_need, open_model
 from search.settings import REPO_ROOT, Settings
@@ -33,6 +33,7 @@ from ui.compare import ComparePage
 from ui.model_key import ModelKey, ModelKeyError
 
 BUDGET = 16
+STORY = "Write a long story about a cat who sails around the world.\n\nOnce upon a time,"
 NOTICE = 19
 """Where ``ComparePage.from_link``'s answer holds its notice."""
 A_EVIDENCE, B_EVIDENCE, EVIDENCE = 8, 13, 16
@@ -46,9 +47,10 @@ def status(demo_model: Path) -> Iterator[ModelStatus]:
     close_engines()
 
 
-def page_for(library: CorpusLibrary, status: ModelStatus, models: str = "") -> ComparePage:
-    """The Search tab's handlers over the demo model, visitors allowed ``models`` (empty: the default)."""
-    settings = status.settings.replace(models=models)
+def page_for(library: CorpusLibrary, status: ModelStatus, models: str = "", idle_s: float = 600.0) -> ComparePage:
+    """The Search tab's handlers over the demo model, visitors allowed ``models`` (empty: the default), a model
+    they opened closed after ``idle_s`` unused."""
+    settings = status.settings.replace(models=models, model_idle_seconds=idle_s)
     return ComparePage(SearchPage(library, ModelStatus(loaded=status.loaded, settings=settings),
                                   slots=asyncio.Semaphore(2)))
 
@@ -255,6 +257,66 @@ def test_a_folder_allowed_by_the_operator_is_still_refused_everywhere_when_its_w
     assert why in notice(open_link(page, f"q=moons&compare=1&b_model={quote(folder)}"))
     assert why in compare_b(page, folder)
     assert list(page.page.models) == [page.page.default_key]
+
+
+# (e) Loaded models released -------------------------------------------------------------------------------------
+
+def demo_copy(tmp_path: Path, demo_model: Path, name: str) -> str:
+    """The demo model's files in a folder of their own: another model to the page, on an engine of its own."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for item in demo_model.iterdir():
+        (folder / item.name).symlink_to(item)
+    return str(folder)
+
+
+def test_a_model_unused_for_a_while_is_closed_when_the_next_loads_and_the_page_says_so(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path) -> None:
+    first, second = demo_copy(tmp_path, demo_model, "first"), demo_copy(tmp_path, demo_model, "second")
+    page = page_for(library, status, models=f"demo,{first},{second}", idle_s=1e-6)
+    shown = load(page, first)
+    assert shown.startswith(f"Reranking with {first}") and "Closed" not in shown
+    first_key = f"{first} · transformers"
+    engine = page.page.models[first_key].engine
+    shown = load(page, second)
+    assert shown.startswith(f"Reranking with {second}") and f"Closed {first_key} (unused for 1e-06 s)." in shown
+    assert first_key not in page.page.models and "closed" in (engine.unhealthy() or "")
+    with pytest.raises(EngineError, match=f"{first_key} was closed to free its memory"):
+        page.page.reranker_for(first_key, "rank1")  # a session still on it is told, not silently left unranked
+    assert page.page.models[page.page.default_key].engine.unhealthy() is None  # the page's own model stays
+    asyncio.run(page.page.release(f"{second} · transformers"))
+
+
+def test_the_least_recently_used_model_makes_room_unless_it_is_serving(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = demo_copy(tmp_path, demo_model, "first"), demo_copy(tmp_path, demo_model, "second")
+    free = {"gb": 1.0}  # each copy needs 0.54 GB as float32
+    monkeypatch.setattr(pipeline, "memory_here", lambda: Memory(free_gb=free["gb"], total_gb=16, where="memory",
+                                                                bytes_per_parameter=4))
+    page = page_for(library, status, models=f"demo,{first},{second}", idle_s=0)
+    first_key, second_key = f"{first} · transformers", f"{second} · transformers"
+    assert "Closed" not in load(page, first)
+    free["gb"] = 0.3
+    assert page.page.model_refusal(second, "transformers") is None  # it fits once the first makes room
+    shown = load(page, second)
+    assert f"Closed {first_key} (the least recently used, to make room)." in shown
+    assert set(page.page.models) == {page.page.default_key, second_key}
+
+    async def while_second_serves() -> str:
+        request = GenerationRequest(prompt=STORY, max_tokens=4000)
+        chunks = page.page.models[second_key].engine.generate(request)
+        await anext(chunks)  # the second model is serving a request
+        try:
+            return text((await page.page.load_model(first, "transformers", "rank1",
+                                                    progress=lambda *_, **__: None))[2])
+        finally:
+            await chunks.aclose()
+
+    refused = asyncio.run(while_second_serves())
+    assert refused.startswith(f"Model: {first} needs about 0.5 GB of memory; 0.3 GB is free now. It does not fit")
+    assert set(page.page.models) == {page.page.default_key, second_key}  # the one serving was kept
+    asyncio.run(page.page.release(second_key))
 
 
 # (f) A link's values are the sender's ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from search.annotation.store import AnnotationStore
 from search.compare import corpus_query_id
 from search.corpus import CorpusError
-from search.engines import ENGINE_KINDS, EngineError
+from search.engines import ENGINE_KINDS, EngineError, EngineShelf
 from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
 from search.pipeline import LoadedModel, build_reranker, memory_need, model_access, open_model, reranker_budget
@@ -35,7 +35,7 @@ from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.checks import MAX_CANDIDATES, MAX_QUERY_CHARS, count_problem, instruction_problem, query_problem
-from ui.compare import ComparePage, PageFields, ShownPair, lay_out_compare, wire_compare
+from ui.compare import ComparePage, Loading, PageFields, ShownPair, lay_out_compare, wire_compare
 from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
@@ -177,6 +177,8 @@ class SearchPage:
         self.access = model_access(self.settings.serving, ModelKey.parse(self.default_key).name
                                    if self.default_key else "")
         """The models visitors may load (``--models``)."""
+        self.shelf = EngineShelf(idle_s=self.settings.serving.model_idle_seconds)
+        """The engines opened for visitors, closed when idle or when another needs their room."""
 
     def budget_of(self, kind: str, key: str) -> int:
         """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
@@ -195,8 +197,12 @@ class SearchPage:
                      ) -> Reranker | None:
         """The reranker ``kind`` on the session's model ``key`` (None when no model is loaded)."""
         loaded = self.models.get(key)
+        if loaded is None and key:
+            raise EngineError(f"{key} was closed to free its memory (unused for a while, or another model needed "
+                              "its room); load it again in the Model panel")
         if loaded is None:
             return None
+        self.shelf.touch(key)
         if (waiting := loaded.engine.waiting()) is not None:
             raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
                               "as a server answers")
@@ -289,11 +295,14 @@ class SearchPage:
             return gr.update(), gr.update(), render_notice(f"Model: {error}"), gr.skip(), gr.skip()
         if key not in self.models:
             progress(0, desc=f"starting {engine} with {name}")
-            if (problem := await self.ensure_model(key, kind)) is not None:
-                return gr.update(), gr.update(), render_notice(f"Model: {problem}"), gr.skip(), gr.skip()
+        loading = await self.ensure_model(key, kind)
+        if loading.problem is not None:
+            return (gr.update(), gr.update(), render_notice(f"Model: {loading.problem} {loading.released}".strip()),
+                    gr.skip(), gr.skip())
         loaded = self.models[key]
         demo = " Its verdicts are not meaningful (demo model)." if loaded.model.is_demo else ""
-        return (key, self.budget_of(kind, key), render_notice(f"Reranking with {loaded.engine.description}.{demo}"),
+        return (key, self.budget_of(kind, key),
+                render_notice(f"Reranking with {loaded.engine.description}.{demo} {loading.released}".strip()),
                 render_header(loaded), self.evidence_default(key))
 
     def shown(self, run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
@@ -377,28 +386,56 @@ class SearchPage:
         run.stop()
         return self.shown(run, int(budget), reranked=reranked)
 
-    def model_refusal(self, name: str, engine: str) -> str | None:
+    def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None:
         """Why a visitor may not open ``name`` on ``engine`` now, before anything is opened: not among the models
-        this page may load, or its memory need unknown or more than is free; None when it may."""
+        this page may load, or its memory need unknown or more than is free even once the models ``keep`` does not
+        name have made room (``EngineShelf.room``); None when it may."""
         if (refusal := self.access.refusal(name)) is not None:
             return refusal
         need = memory_need(name, engine)
-        return None if need.fits else need.describe(name)
-
-    async def ensure_model(self, key: str, kind: str) -> str | None:
-        """Load the model ``key`` names beside the others when it may be loaded (``model_refusal``); why not, or
-        None."""
-        if key in self.models:
+        if need.fits or (need.needed_gb is not None and need.free_gb is not None
+                         and self.shelf.room(need.needed_gb, need.free_gb, keep) is not None):
             return None
+        return need.describe(name)
+
+    async def ensure_model(self, key: str, kind: str, keep: Collection[str] = ()) -> Loading:
+        """Load the model ``key`` names beside the others when it may be loaded (``model_refusal``), first closing
+        the models visitors opened that have been unused for ``--model-idle-seconds``, then the least recently used
+        while it needs their room (never the page's own, one serving requests, or one ``keep`` names)."""
+        if key in self.models:
+            self.shelf.touch(key)
+            return Loading()
         model = ModelKey.parse(key)
-        if (refusal := self.model_refusal(model.name, model.engine)) is not None:
-            return refusal
+        if (refusal := self.access.refusal(model.name)) is not None:
+            return Loading(problem=refusal)
+        keep = {*keep, key}
+        idle = self.shelf.idle(keep)
+        need = memory_need(model.name, model.engine)
+        room: list[str] | None = []
+        if not need.fits and need.needed_gb is not None and need.free_gb is not None:
+            freed = sum(self.shelf.need_gb(stale) for stale in idle)
+            room = self.shelf.room(need.needed_gb, need.free_gb + freed, {*keep, *idle})
+        closed = [f"{stale} (unused for {self.shelf.idle_s:g} s)" for stale in idle if await self.release(stale)]
+        if room is None or (need.needed_gb is None and need.free_gb is not None):
+            return Loading(problem=need.describe(model.name), released=closed_note(closed))
+        closed += [f"{old} (the least recently used, to make room)" for old in room if await self.release(old)]
         serving = dataclasses.replace(self.settings.serving, model=model.name, engine=model.engine)
         try:
-            self.models[key] = await asyncio.to_thread(open_model, serving, kind)
+            loaded = await asyncio.to_thread(open_model, serving, kind)
         except (EngineError, DemoModelError) as error:
-            return f"Could not load {model.name} on {model.engine}: {error}"
-        return None
+            return Loading(problem=f"Could not load {model.name} on {model.engine}: {error}",
+                           released=closed_note(closed))
+        if all(other.engine is not loaded.engine for other in self.models.values()):  # else it is another's engine
+            self.shelf.hold(key, loaded.engine, need.needed_gb or 0.0)
+        self.models[key] = loaded
+        return Loading(released=closed_note(closed))
+
+    async def release(self, key: str) -> bool:
+        """Close the engine of ``key`` (``EngineShelf.release``) and forget every model on it."""
+        engine = await asyncio.to_thread(self.shelf.release, key)
+        for other in [other for other, loaded in self.models.items() if loaded.engine is engine]:
+            del self.models[other]
+        return engine is not None
 
     def left(self, request: gr.Request) -> None:
         """The session closed the page: its run ends at its next event and is forgotten."""
@@ -427,6 +464,11 @@ class SearchPage:
         run_file.write_text(run.trec_run(query_id=query_id or UNNAMED_QUERY_ID), encoding="utf-8")
         traces.write_text(run.jsonl(query_id=query_id), encoding="utf-8")
         return [str(run_file), str(traces)]
+
+
+def closed_note(closed: list[str]) -> str:
+    """The models ``SearchPage.ensure_model`` closed, as a sentence for the page ("" when none)."""
+    return f"Closed {', '.join(closed)}." if closed else ""
 
 
 def started(compare: bool, runs: int, compare_runs: int) -> tuple[Any, ...]:

@@ -10,7 +10,7 @@ once the page's fields exist.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from html import escape
 from typing import Any, Protocol, TypeVar
@@ -58,6 +58,16 @@ COPY_LINK_JS = """(query) => { const link = location.origin + location.pathname 
   navigator.clipboard?.writeText(link).catch(() => {}); return link; }"""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Loading:
+    """What ``SharedPage.ensure_model`` did: why the model is not loaded (None: it is), and the models it closed
+    first to free their memory."""
+
+    problem: str | None = None
+    released: str = ""
+    """The models closed, as a sentence for the page ("" when none)."""
+
+
 class SharedPage(Protocol):
     """What Compare takes from the Search tab's page (``ui.app.SearchPage``), named here so that imports run one
     way: its corpora, the session's loaded models, their defaults and the page's one streaming loop."""
@@ -67,7 +77,7 @@ class SharedPage(Protocol):
     default_key: str
     access: ModelAccess
 
-    def model_refusal(self, name: str, engine: str) -> str | None: ...
+    def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None: ...
 
     def budget_of(self, kind: str, key: str) -> int: ...
 
@@ -76,7 +86,7 @@ class SharedPage(Protocol):
     def reranker_for(self, key: str, kind: str, budget: int | None = None, evidence: bool | None = None
                      ) -> Reranker | None: ...
 
-    async def ensure_model(self, key: str, kind: str) -> str | None: ...
+    async def ensure_model(self, key: str, kind: str, keep: Collection[str] = ()) -> Loading: ...
 
     def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None, apply: Callable[[Event], None],
                update: Callable[[], Update], request: gr.Request | None) -> AsyncIterator[Update]: ...
@@ -177,15 +187,18 @@ class ComparePage:
                 return
             if keys[side] and keys[side] not in page.models:
                 model = ModelKey.parse(keys[side])
-                if (refusal := page.model_refusal(model.name, model.engine)) is not None:
+                if (refusal := page.model_refusal(model.name, model.engine, keys.values())) is not None:
                     yield render_notice(f"Side {side}'s model: {refusal}"), "", None
                     return
         for side, key in keys.items():
             if key not in page.models:
                 yield render_notice(f"Loading {self.model_name(key)} for side {side} …"), "", None
-                if (problem := await page.ensure_model(key, sides[side][0])) is not None:
-                    yield render_notice(f"Side {side}'s model: {problem}"), "", None
+                loading = await page.ensure_model(key, sides[side][0], keep=keys.values())
+                if loading.problem is not None:
+                    yield render_notice(f"Side {side}'s model: {loading.problem} {loading.released}".strip()), "", None
                     return
+                if loading.released:
+                    yield render_notice(f"Loaded {self.model_name(key)} for side {side}. {loading.released}"), "", None
         try:
             found = page.library.get(corpus_name).search(query, int(candidates), method).candidates
             rerankers = {side: page.reranker_for(keys[side], fields[0], int(fields[3]), fields[4])
@@ -256,13 +269,16 @@ class ComparePage:
                     *(gr.skip(),) * 3]
         if (problem := self.link_model_problem(link)) is not None:
             return [*unchanged, render_notice(problem), *(gr.skip(),) * 3]
-        selected = key
+        selected, released = key, ""
         if link.b is None and link.a.model:
             selected = self.side_key(link.a.model)
-            if (problem := await self.page.ensure_model(selected, link.a.reranker)) is not None:
-                return [*unchanged, render_notice(f"This link's model: {problem}"), *(gr.skip(),) * 3]
+            loading = await self.page.ensure_model(selected, link.a.reranker)
+            if loading.problem is not None:
+                return [*unchanged, render_notice(f"This link's model: {loading.problem} {loading.released}".strip()),
+                        *(gr.skip(),) * 3]
+            released = loading.released
         shown = self.sides_shown(link, kind, selected, budget, evidence)
-        return [*shown, corpus, selected, render_notice("Opened from a link."),
+        return [*shown, corpus, selected, render_notice(f"Opened from a link. {released}".strip()),
                 runs + (link.b is None), compare_runs + (link.b is not None), gr.update(visible=False)]
 
     def link_model_problem(self, link: Link) -> str | None:

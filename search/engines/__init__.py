@@ -4,18 +4,22 @@ know nothing about relevance: they load weights and generate."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import signal
 import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import get_args
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest
 from search.engines.zerogpu import on_zero_gpu
 from search.settings import EngineKind, EngineSettings
 
-__all__ = ["ENGINE_KINDS", "Engine", "EngineError", "GenerationChunk", "GenerationRequest", "close_engine",
-           "close_engines", "cuda_available", "engine_kind", "on_zero_gpu", "open_engine"]
+__all__ = ["ENGINE_KINDS", "Engine", "EngineError", "EngineShelf", "GenerationChunk", "GenerationRequest",
+           "close_engine", "close_engines", "cuda_available", "engine_kind", "on_zero_gpu", "open_engine"]
 
 ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 
@@ -112,3 +116,70 @@ def close_engines() -> None:
         for engine in _open.values():
             engine.close()
         _open.clear()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Held:
+    engine: Engine
+    need_gb: float
+    used_at: float
+
+
+@dataclass(kw_only=True, slots=True, eq=False)
+class EngineShelf:
+    """The engines a long-running page opened for its visitors beside the one it started, by key, least recently
+    used first: an engine unused for ``idle_s`` goes, and so does the least recently used when a new one needs its
+    room. One that is serving requests (``Engine.active_requests``) or ``keep`` names stays. The page's own engine is
+    never on it."""
+
+    idle_s: float
+    """0: never released for being idle."""
+    _held: dict[str, _Held] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hold(self, key: str, engine: Engine, need_gb: float) -> None:
+        """Put an engine just opened on the shelf, with the memory its model was estimated to need."""
+        with self._lock:
+            self._held[key] = _Held(engine=engine, need_gb=need_gb, used_at=time.monotonic())
+
+    def touch(self, key: str) -> None:
+        """``key`` was used now: it is the last to go."""
+        with self._lock:
+            if (held := self._held.pop(key, None)) is not None:
+                self._held[key] = dataclasses.replace(held, used_at=time.monotonic())
+
+    def idle(self, keep: Collection[str] = ()) -> list[str]:
+        """The engines unused for ``idle_s`` or longer and serving nothing."""
+        now = time.monotonic()
+        with self._lock:
+            return [key for key, held in self._held.items() if self.idle_s and now - held.used_at >= self.idle_s
+                    and key not in keep and not held.engine.active_requests()]
+
+    def room(self, needed_gb: float, free_gb: float, keep: Collection[str] = ()) -> list[str] | None:
+        """The least recently used engines serving nothing whose closing would make ``needed_gb`` fit beside
+        ``free_gb`` (by their models' estimated needs): none when it fits already, None when even all of them would
+        not make room."""
+        chosen: list[str] = []
+        with self._lock:
+            for key, held in self._held.items():
+                if free_gb >= needed_gb:
+                    break
+                if key not in keep and not held.engine.active_requests():
+                    chosen.append(key)
+                    free_gb += held.need_gb
+        return chosen if free_gb >= needed_gb else None
+
+    def release(self, key: str) -> Engine | None:
+        """Close ``key``'s engine (waiting for its worker) and forget it: the engine closed, if it held one."""
+        with self._lock:
+            held = self._held.pop(key, None)
+        if held is None:
+            return None
+        close_engine(held.engine)
+        return held.engine
+
+    def need_gb(self, key: str) -> float:
+        """What ``key``'s model was estimated to need when it was opened (0 when it is not on the shelf)."""
+        with self._lock:
+            held = self._held.get(key)
+            return held.need_gb if held is not None else 0.0

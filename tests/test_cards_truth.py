@@ -8,20 +8,24 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from conftest import write
+from playwright.sync_api import Page, expect
 from scripted import candidate
+from test_browser import COUNT_MOVES, loaded, open_panel, serve  # noqa: F401  (loaded: the demo model)
 
 from search.annotation.store import AnnotationStore, HumanJudgment
 from search.compare import Comparison
+from search.pipeline import LoadedModel
 from search.rerank.events import Judged, Reasoning, Started
 from search.rerank.rank1 import Rank1Reranker
 from search.retrieval.first_stage import FirstStage
-from search.settings import RerankSettings, Settings
+from search.settings import SAMPLE_CORPUS, RerankSettings, Settings
 from search.uploads import CorpusLibrary
 from ui.annotate import AnnotateTab, AnnotationContext, agreement_plots
 from ui.app import ModelStatus, SearchPage, build_app
@@ -160,10 +164,10 @@ def test_another_corpus_clears_the_old_results_and_ends_their_run(settings: Sett
     page.live.start("ada", run)
     refused = page.upload(str(write(tmp_path / "refused.pdf", "%PDF")), request=ada)
     assert all(value == gr.skip() for value in refused[-5:]) and page.live.current("ada", run)
-    loaded = page.upload(str(write(tmp_path / "tiny.jsonl", '{"_id": "a", "text": "owls hunt at night"}\n')),
-                         request=ada)
-    assert loaded[0]["value"] == "tiny.jsonl"
-    summary, results, shown, rows, examples_row = loaded[-5:]
+    uploaded = page.upload(str(write(tmp_path / "tiny.jsonl", '{"_id": "a", "text": "owls hunt at night"}\n')),
+                           request=ada)
+    assert uploaded[0]["value"] == "tiny.jsonl"
+    summary, results, shown, rows, examples_row = uploaded[-5:]
     assert (summary, results, shown, rows) == ("", "", None, None) and examples_row["visible"] is True
     assert not page.live.current("ada", run)  # the old corpus's run ends at its next event
     page.live.start("ada", run)
@@ -203,3 +207,74 @@ def test_the_page_clears_its_results_on_every_corpus_the_user_chooses(library: C
         assert cleared_by("click", button)
     assert not cleared_by("change", picker)
     app.close()
+
+
+# Every frame from now on: each pair of result cards whose boxes (as drawn, animations included) intersect by more
+# than half a pixel both ways, and how many frames were looked at.
+WATCH_OVERLAPS = """() => { window.overlaps = []; window.frames = 0;
+  const look = () => {
+    const boxes = [...document.querySelectorAll('.es-board > .es-rcard')].map((card) =>
+      [card.dataset.doc, card.getBoundingClientRect()]);
+    boxes.forEach(([one, a], index) => boxes.slice(index + 1).forEach(([other, b]) => {
+      const wide = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const high = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (wide > 0.5 && high > 0.5 && window.overlaps.length < 20)
+        window.overlaps.push(`${one} and ${other}: ${wide.toFixed(0)}×${high.toFixed(0)} px`);
+    }));
+    window.frames += 1;
+    requestAnimationFrame(look);
+  };
+  requestAnimationFrame(look); }"""
+SETTLED = "[...document.querySelectorAll('.es-rcard')].every((card) => card.getAnimations().length === 0)"
+
+
+@pytest.fixture(scope="module")
+def switchable_url(settings: Settings, first_stage: FirstStage, loaded: LoadedModel,  # noqa: F811
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sample corpus with 20 candidates judged on a budget of 6 tokens (quick), uploads allowed."""
+    library = CorpusLibrary(settings, ("bm25",), store=tmp_path_factory.mktemp("uploads"))
+    library.add("sample_corpus", first_stage)
+    page_settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=settings.index_dir, model="demo",
+                                       engine="transformers", budget=6, judgment_cache=False, top_k=20)
+    app, url = serve(library, page_settings, loaded)
+    yield url
+    app.close()
+
+
+def test_cards_never_cover_each_other_and_another_corpus_clears_them(
+        page: Page, switchable_url: str, tmp_path: Path) -> None:
+    """Watched every frame at 1280×800: while the list re-sorts as judgments land, on each re-sort by the toggle,
+    and when the grid loses a column in the middle of one, no card is drawn over another; re-sorted cards still
+    move (an animation each). Then an upload: the old corpus's cards and summary go, and no empty examples box."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(switchable_url)
+    page.evaluate(COUNT_MOVES)
+    page.evaluate(WATCH_OVERLAPS)
+    query = page.get_by_label("Query")
+    query.fill("what are the health effects of caffeine")
+    query.press("Enter")
+    expect(page.locator(".es-rcard")).to_have_count(20, timeout=20_000)
+    expect(page.locator(".es-summary")).to_contain_text("done", timeout=240_000)
+    page.wait_for_function(SETTLED)
+    open_panel(page)
+    sort = page.get_by_label("Sort by the reranker (off: first-stage order)")
+    reranked = page.locator(".es-rcard").first.get_attribute("data-doc")
+    for check, width in ((False, 1280), (True, 1280), (False, 700), (True, 1280)):
+        moved = page.evaluate("window.moves")
+        sort.set_checked(check)
+        page.wait_for_function("(moved) => window.moves > moved", arg=moved)
+        if width != page.viewport_size["width"]:  # the grid changes its columns while the cards move
+            page.set_viewport_size({"width": width, "height": 800})
+        page.wait_for_function(SETTLED)
+    expect(page.locator(".es-rcard").first).to_have_attribute("data-doc", reranked)
+    assert page.evaluate("window.frames") > 20
+    assert page.evaluate("window.overlaps") == []
+
+    tiny = write(tmp_path / "tiny.jsonl", "".join(
+        f'{{"_id": "t{number}", "text": "caffeine note {number}"}}\n' for number in range(5)))
+    page.locator("#es-panel input[type=file]").set_input_files(str(tiny))
+    expect(page.get_by_label("Corpus")).to_have_value("tiny.jsonl", timeout=60_000)
+    expect(page.locator(".es-rcard")).to_have_count(0)
+    expect(page.locator("#es-summary")).not_to_contain_text("judged")
+    examples = page.locator("#es-examples")
+    assert examples.is_hidden() or examples.evaluate("element => element.getBoundingClientRect().height") < 1

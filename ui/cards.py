@@ -80,9 +80,12 @@ CARDS_CSS = """
 """
 
 # Run on page load. The page replaces the cards' HTML on every update. This keeps the <details> the reader opened
-# (by click) open while their card keeps streaming, and moves re-sorted cards from their old place to their new
-# one (FLIP: the old position is remembered, the new card starts there and slides), unless the reader asked for
-# reduced motion.
+# (by click) open while their card keeps streaming, and shows which cards a re-sort moved, unless the reader asked
+# for reduced motion: a moved card fades in at its new place from a nudge toward where it came from (up or down),
+# under half the board's gap. Not a slide from its old place (FLIP): sliding cards cross each other, and when the
+# grid changed its columns mid-slide they were drawn over one another; a nudge inside the gap covers no card
+# whatever the re-sort or re-layout. Where a card was is its index in its board, not a measured position (a
+# measure taken mid-animation, or across a change of columns, is not where the card was).
 KEEP_OPEN_JS = """
 () => {
   const open = new Set();
@@ -94,20 +97,19 @@ KEEP_OPEN_JS = """
   }, true);
   const still = window.matchMedia("(prefers-reduced-motion: reduce)");
   const places = new Map();
-  const flip = () => {
-    const cards = document.querySelectorAll(".es-board > .es-rcard[data-doc]");
-    const moved = [];
-    cards.forEach((card) => {
-      const box = card.getBoundingClientRect();
-      const before = places.get(card.dataset.doc);
-      places.set(card.dataset.doc, {x: box.left + window.scrollX, y: box.top + window.scrollY});
-      if (!before || still.matches) return;
-      const dx = before.x - box.left - window.scrollX, dy = before.y - box.top - window.scrollY;
-      if (Math.abs(dx) > 1 || Math.abs(dy) > 1) moved.push([card, dx, dy]);
-    });
-    moved.forEach(([card, dx, dy]) => {
-      card.animate([{transform: `translate(${dx}px, ${dy}px)`}, {transform: "none"}],
-                   {duration: 350, easing: "ease-out"});
+  const showMoves = () => {
+    document.querySelectorAll(".es-board").forEach((board) => {
+      const style = getComputedStyle(board);
+      // Under half the gap: two neighbours nudged toward each other still leave a gap between them.
+      const nudge = 0.4 * Math.min(parseFloat(style.rowGap) || 0, parseFloat(style.columnGap) || 0);
+      board.querySelectorAll(":scope > .es-rcard[data-doc]").forEach((card, place) => {
+        const before = places.get(card.dataset.doc);
+        places.set(card.dataset.doc, place);
+        if (before === undefined || before === place || still.matches || !nudge) return;
+        const from = before > place ? nudge : -nudge;  // moved up: it rises into its place from just below
+        card.animate([{transform: `translateY(${from}px)`, opacity: 0.4}, {transform: "none", opacity: 1}],
+                     {duration: 350, easing: "ease-out"});
+      });
     });
   };
   let pending = false;
@@ -115,7 +117,7 @@ KEEP_OPEN_JS = """
     document.querySelectorAll("details[data-keep]").forEach((element) => {
       if (open.has(element.dataset.keep) && !element.open) element.open = true;
     });
-    if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; flip(); }); }
+    if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; showMoves(); }); }
   }).observe(document.documentElement,
     {childList: true, subtree: true, attributes: true, attributeFilter: ["open"]});
 }

@@ -105,14 +105,15 @@ class MemoryNeed:
         """Known and no more than what is free (a model whose need is unknown could take any amount)."""
         return self.free_gb is None or (self.needed_gb is not None and self.needed_gb <= self.free_gb)
 
-    def describe(self, name: str) -> str:
+    def describe(self, name: str, *, room: bool = False) -> str:
+        """The need against what is free; ``room``: closing models opened earlier would make it fit."""
         if self.free_gb is None:
             return f"{name} runs on the servers; it needs no memory here."
         if self.needed_gb is None:
             return (f"{name}: how much memory it needs is unknown ({self.unknown_because}), so it is not loaded; "
                     f"{self.free_gb:.1f} GB of {self.where} is free now.")
-        verdict = "" if self.fits else (" It does not fit: choose a smaller model, or serve it elsewhere (the openai "
-                                        "engine).")
+        verdict = ("" if self.fits else " The least recently used models opened earlier are closed to make room."
+                   if room else " It does not fit: choose a smaller model, or serve it elsewhere (the openai engine).")
         return (f"{name} needs about {self.needed_gb:.1f} GB of {self.where}; {self.free_gb:.1f} GB is free now."
                 f"{verdict}")
 

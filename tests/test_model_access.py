@@ -299,6 +299,8 @@ def test_the_least_recently_used_model_makes_room_unless_it_is_serving(
     assert "Closed" not in load(page, first)
     free["gb"] = 0.3
     assert page.page.model_refusal(second, "transformers") is None  # it fits once the first makes room
+    assert "0.3 GB is free now. The least recently used models opened earlier are closed to make room." in text(
+        page.memory_note(second))
     shown = load(page, second)
     assert f"Closed {first_key} (the least recently used, to make room)." in shown
     assert set(page.page.models) == {page.page.default_key, second_key}

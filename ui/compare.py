@@ -151,8 +151,8 @@ class ComparePage:
         model = ModelKey.parse(key)
         if (refusal := self.page.model_refusal(model.name, model.engine)) is not None:
             return render_notice(f"This side's model: {refusal}")
-        return render_notice(f"Chosen: {memory_need(model.name, model.engine).describe(model.name)} It loads when "
-                             "the comparison runs.")
+        need = memory_need(model.name, model.engine).describe(model.name, room=True)
+        return render_notice(f"Chosen: {need} It loads when the comparison runs.")
 
     def side_problem(self, side: SideName, fields: SideInputs) -> str | None:
         kind, _, instruction, budget, _ = fields

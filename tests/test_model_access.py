@@ -175,6 +175,7 @@ def test_links_and_the_model_panel_load_only_the_models_the_operator_allows(
         shown = open_link(page, query)
         assert f"This link cannot be opened: its {parameter}: {name!r} is not one of the models" in notice(shown)
         assert "EXPLAINABLE_SEARCH_MODELS" in notice(shown) and shown[NOTICE + 1:] == [gr.skip()] * 3  # nothing runs
+        assert shown[0] == "moons"  # the link's query is kept
     assert "Model: 'some-org/unknown-model' is not one of the models" in load(page, "some-org/unknown-model")
     assert "'rank1-32b' is not one of the models" in text(page.memory_note("rank1-32b"))
     assert list(page.page.models) == [page.page.default_key]  # nothing was opened

@@ -267,8 +267,8 @@ class ComparePage:
             return [*unchanged, render_notice(f"This link names the corpus {link.corpus!r}, which is not here; "
                                               f"the corpora are {', '.join(names)}."),
                     *(gr.skip(),) * 3]
-        if (problem := self.link_model_problem(link)) is not None:
-            return [*unchanged, render_notice(problem), *(gr.skip(),) * 3]
+        if (problem := self.link_model_problem(link)) is not None:  # the query stays, to run on another model
+            return [link.query, *unchanged[1:], render_notice(problem), *(gr.skip(),) * 3]
         selected, released = key, ""
         if link.b is None and link.a.model:
             selected = self.side_key(link.a.model)

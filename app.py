@@ -21,7 +21,7 @@ from search.api import ReasoningReranker
 from search.corpus import CorpusError
 from search.engines import EngineError, close_engines, stop_on_sigterm
 from search.engines.demo_model import DemoModelError
-from search.pipeline import build_reranker, open_model
+from search.pipeline import build_reranker, open_model, warm_up
 from search.progress import console_progress
 from search.rerank.registry import SETTING_CHOICES
 from search.retrieval.first_stage import open_first_stage
@@ -82,6 +82,9 @@ def serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth", default=os.environ.get("EXPLAINABLE_SEARCH_AUTH", ""),
                         help="sign-in: user:password[,user:password...]; each annotator judges under their user "
                              "name (env EXPLAINABLE_SEARCH_AUTH)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="do not send the engine one short request at start (in the background) to spare the "
+                             "first visitor its cold start; benchmarks/page.py --cold measures both")
     # --concurrency is rerank-run's; the page has its own above
     add_arguments(parser, skip=("concurrency",), choices=SETTING_CHOICES)
     args = parser.parse_args(argv)
@@ -106,6 +109,8 @@ def serve(argv: Sequence[str] | None = None) -> int:
         print(f"error: --annotations {settings.annotations}: cannot open it: {error}", file=sys.stderr)
         return 2
     status = open_status(settings)
+    if args.warm_up and status.loaded is not None and status.loaded.engine.waiting() is None:
+        warm_up(status.loaded.engine)  # on its own thread: the page is served meanwhile
     slots = asyncio.Semaphore(args.concurrency)  # rerank runs at once, the page's and the API's together
     api = ApiState(reranker=ReasoningReranker(status.loaded, settings.rerank) if status.loaded else None,
                    limits=settings.api, slots=slots, problem=status.problem)

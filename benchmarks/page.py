@@ -3,6 +3,7 @@ a real-size shape from benchmarks/real_shape.py), a warm engine.
 
     .venv/bin/python benchmarks/page.py [--engine vllm|transformers] [--candidates 20] [--budget 128] [--model M]
     .venv/bin/python benchmarks/page.py --compare [--engine vllm] [--candidates 10] [--budget 64] [--model M]
+    .venv/bin/python benchmarks/page.py --cold [--engine vllm] [--candidates 20] [--budget 128] [--model M]
 
 Measured after Enter (each figure from the browser's own clock): when the first-stage list is visible, when the
 first reasoning text is visible in the viewport, how many cards show reasoning in view at most, the most
@@ -15,23 +16,33 @@ page's own cost: on 2 cores the engine and the browser share the CPU while it st
 With ``--compare``: one query with its instruction (side A) against the same without it (side B), on one engine:
 the time to the first reasoning text in view on each side, and the time until both sides are done, against two
 single runs of the same settings one after another (target: the comparison costs at most 0.75 of their sum).
+
+With ``--cold``: ``python app.py`` started afresh (its indexes built beforehand), once with its engine warm-up at
+start and once with ``--no-warm-up``; a visitor opens the page as soon as it is served and sends the first query:
+seconds from the start to the page served, and from Enter to the first reasoning text in view (the issue's first
+query after a start waited 15.5 s; a warm one 1.5 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import httpx
 from common import print_table
 from playwright.sync_api import Page, sync_playwright
 
 from search.pipeline import open_model
 from search.retrieval.first_stage import open_first_stage
-from search.settings import SAMPLE_CORPUS, Settings
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, RetrievalMethod, Settings
 from search.uploads import CorpusLibrary
 from ui.app import CSS, JS, ModelStatus, build_app
 
@@ -175,6 +186,54 @@ def serve(args: argparse.Namespace, candidates: int, folder: Path) -> tuple[Any,
     return app, url, loaded.engine.kind
 
 
+def first_text_after_enter(page: Page, query: str) -> float | None:
+    """Seconds from Enter to the first reasoning text in view, by the browser's clock (None: none in WATCH_S)."""
+    page.evaluate(PROBE)
+    box = page.get_by_label("Query")
+    box.fill(query)
+    box.press("Enter")
+    deadline = time.monotonic() + WATCH_S * 3
+    while (text := page.evaluate("window.probe.text")) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return None if text is None else round(text / 1000, 2)
+
+
+def cold_start(args: argparse.Namespace, chromium: str, folder: Path, *, warm_up: bool) -> dict[str, Any]:
+    """``python app.py`` started afresh; the page opened as soon as it is served and the first query sent."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--corpus", str(SAMPLE_CORPUS), "--index-dir", str(folder / "indexes"),
+               "--annotations", str(folder / "annotations.sqlite3"), "--uploads", str(folder / "uploads"),
+               "--model", args.model, "--engine", args.engine, "--budget", str(args.budget), "--no-judgment-cache",
+               "--top-k", str(args.candidates), "--port", str(port), *(() if warm_up else ("--no-warm-up",))]
+    with sync_playwright() as playwright, (folder / f"app-{port}.log").open("wb") as log:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
+        started = time.monotonic()
+        app = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                assert app.poll() is None, f"app.py exited: see {log.name}"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                time.sleep(0.1)
+            served = time.monotonic() - started
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#es-query")
+            opened = time.monotonic() - started
+            first = first_text_after_enter(page, QUERY)
+        finally:
+            app.terminate()
+            app.wait(timeout=60)
+            browser.close()
+    return {"engine": args.engine, "warm_up": "on" if warm_up else "off", "served_s": round(served, 1),
+            "page_open_s": round(opened, 1), "first_text_s": first,
+            "start_to_first_text_s": None if first is None else round(opened + first, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
@@ -184,10 +243,21 @@ def main() -> None:
                         "(e.g. ~/.cache/explainable-search/shapes/rank1-0.5b)")
     parser.add_argument("--compare", action="store_true",
                         help="a comparison's first text per side and its cost against two single runs")
+    parser.add_argument("--cold", action="store_true",
+                        help="the first query's first text after a fresh start of app.py, with and without the "
+                             "engine's warm-up")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is missing: make chromium"
     folder = Path(tempfile.mkdtemp(prefix="page-benchmark-"))
+    if args.cold:
+        settings = Settings().replace(corpus=SAMPLE_CORPUS, index_dir=folder / "indexes")
+        open_first_stage(settings, get_args(RetrievalMethod))  # every index app.py opens, built before the clock
+        rows = [cold_start(args, chromium, folder, warm_up=warm) for warm in (False, True)]
+        print_table([{"model": Path(args.model).name, "candidates": args.candidates, "budget": args.budget, **row}
+                     for row in rows], ["model", "engine", "warm_up", "candidates", "budget", "served_s",
+                                        "page_open_s", "first_text_s", "start_to_first_text_s"])
+        return
     if args.compare:
         app, url, kind = serve(args, args.candidates, folder)
         row = compare_cost(url, chromium, kind)

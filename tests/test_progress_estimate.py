@@ -1,21 +1,32 @@
 """The summary line's time left and "done": an estimate from what was measured (never a "≤" bound that is then
 exceeded, "estimating…" until there is data), and done only once everything the run started has ended, evidence
 included. Runs are folded on a scripted clock with a scripted pace; the real transformers engine (demo model)
-streams a run with evidence on."""
+streams a run with evidence on. And the app warms its engine at start, in the background, so that the first
+visitor's first query does not pay for the engine's first request."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import logging
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import gradio as gr
+import httpx
 import pytest
+from scripted import ScriptedEngine
+from servers import free_port
 
 import search.rerank.base
 from search.corpus import Passage
 from search.engines import close_engines
-from search.pipeline import LoadedModel, build_reranker, open_model
+from search.engines.base import EngineError, GenerationChunk, GenerationRequest
+from search.engines.hf_engine import TransformersEngine
+from search.pipeline import WARM_UP, LoadedModel, build_reranker, open_model, warm_up
 from search.rerank.base import Run
 from search.rerank.events import (
     Event,
@@ -33,7 +44,7 @@ from search.rerank.events import (
 from search.rerank.reasonrank import window_spans
 from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate, ranking_from_scores
-from search.settings import RerankSettings, Settings
+from search.settings import REPO_ROOT, SAMPLE_CORPUS, RerankSettings, Settings
 from ui.renderers import renderer_for
 
 BUDGET = 128
@@ -237,3 +248,65 @@ def test_a_real_run_with_evidence_says_done_only_once_every_evidence_has_come(lo
         assert ("· done" in html) == (evidence_seen == {"a", "b"}), (event, html)
         assert "≤" not in html
     assert run.summary().done and run.summary().explained == 2
+
+
+# Warm-up at start ------------------------------------------------------------------------------------------------
+
+def test_the_app_warms_its_engine_in_the_background_and_serves_the_page_meanwhile(
+        demo_model: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``app.py`` on the real transformers engine: its warm-up request reaches the engine, held there (the engine
+    reads it only once told), while the page is served; let go, it writes its tokens."""
+    spec = importlib.util.spec_from_file_location("app_entry", REPO_ROOT / "app.py")
+    assert spec is not None and spec.loader is not None
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    reached, release, ended = threading.Event(), threading.Event(), threading.Event()
+    tokens: list[int] = []
+    generate = TransformersEngine._generate
+
+    async def held(self: TransformersEngine, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        warming = request == WARM_UP
+        if warming:
+            reached.set()
+            await asyncio.to_thread(release.wait)
+        async for chunk in generate(self, request):
+            tokens.extend(chunk.token_ids if warming else ())
+            yield chunk
+        if warming:
+            ended.set()
+
+    launch = gr.Blocks.launch
+    page: dict[str, object] = {}
+
+    def serve_a_visitor(self: gr.Blocks, **options: object) -> None:
+        """Gradio's launch, then one visitor's page while the warm-up is held, then the server closed."""
+        assert reached.wait(timeout=120), "no warm-up request reached the engine"
+        _, url, _ = launch(self, **{**options, "prevent_thread_lock": True, "quiet": True})
+        try:
+            page["status"] = httpx.get(url, timeout=120).status_code
+            page["warm-up ended"] = ended.is_set()
+        finally:
+            release.set()
+            self.close()
+
+    monkeypatch.setattr(TransformersEngine, "_generate", held)
+    monkeypatch.setattr(gr.Blocks, "launch", serve_a_visitor)
+    try:
+        assert entry.serve(["--corpus", str(SAMPLE_CORPUS), "--index-dir", str(tmp_path / "indexes"),
+                            "--annotations", str(tmp_path / "annotations.sqlite3"), "--uploads",
+                            str(tmp_path / "uploads"), "--model", "demo", "--engine", "transformers", "--budget", "12",
+                            "--no-judgment-cache", "--top-k", "4", "--port", str(free_port())]) == 0
+        assert ended.wait(timeout=120), "the warm-up did not end once let go"
+    finally:
+        release.set()
+        close_engines()
+    assert page == {"status": 200, "warm-up ended": False}  # served while the warm-up was still at the engine
+    assert 0 < len(tokens) <= WARM_UP.max_tokens
+
+
+def test_a_failed_warm_up_is_logged_and_raises_nothing(tokenizer: object, caplog: pytest.LogCaptureFixture) -> None:
+    engine = ScriptedEngine(tokenizer, lambda request: EngineError("server answered 500"))
+    with caplog.at_level(logging.WARNING, logger="search.pipeline"):
+        warm_up(engine).join()
+    assert engine.requests == [WARM_UP]
+    assert "the engine's warm-up failed: server answered 500" in caplog.text

@@ -60,7 +60,6 @@ PAGE_CSS = """
 #es-panel:not(.open) > .sidebar-content { visibility: hidden; transition: visibility 0s 0.3s; }
 #es-panel:not(.open) > .toggle-button { display: none; }
 @media (max-width: 480px) {
-  #es-panel-button { flex-grow: 1; }
   #es-ask .form > .block { flex-basis: 100% !important; }
   #es-ask > .column { flex-direction: row; }
   #es-ask > .column > button { flex: 1 1 0%; }

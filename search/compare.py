@@ -289,6 +289,11 @@ class Comparison:
         for run in self.runs.values():
             run.stop()
 
+    def end(self) -> None:
+        """Both sides' events have all come (``Run.end``)."""
+        for run in self.runs.values():
+            run.end()
+
     @property
     def finished(self) -> bool:
         return all(run.finished or run.stopped for run in self.runs.values())

@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 import httpx
 import pytest
-from scripted import ScriptedEngine
+from scripted import ScriptedEngine, candidate, rank1_judge
 from servers import free_port
 
 import search.rerank.base
@@ -41,6 +41,7 @@ from search.rerank.events import (
     WindowReasoning,
     WindowStarted,
 )
+from search.rerank.rank1 import Rank1Reranker
 from search.rerank.reasonrank import window_spans
 from search.rerank.registry import RERANKERS
 from search.retrieval.ranking import Candidate, ranking_from_scores
@@ -217,6 +218,29 @@ def test_stop_while_evidence_is_pending_says_stopped(clock: Clock) -> None:
     run.apply(judged("a", 10))
     run.stop()
     assert "stopped" in renderer_for(run).summary(run.summary(), BUDGET)
+
+
+def test_evidence_the_engine_failed_is_awaited_only_until_the_stream_ends(tokenizer: object) -> None:
+    """The run cannot tell a failed evidence from a late one; the end of its stream (``Run.end``, which the page
+    calls) can."""
+    judge = rank1_judge(tokenizer)
+    engine = ScriptedEngine(tokenizer, lambda request: EngineError("server answered 500") if request.allowed_token_ids
+                            else judge(request))  # the judgments stop on their own; every re-score fails
+    reranker = Rank1Reranker(engine, model_key="scripted", budget=32, settings=RerankSettings(evidence=True))
+    found = (candidate("d1", "Mars has two moons."), candidate("d2", "Venus has none.", 2))
+    run = reranker.start_run("which planets have moons", found)
+
+    async def fold() -> None:
+        async for event in reranker.stream("which planets have moons", found):
+            run.apply(event)
+
+    asyncio.run(fold())
+    assert run.finished and not run.summary().done and run.summary().explained == 0
+    assert "explaining" in renderer_for(run).summary(run.summary(), 32)
+    run.end()
+    assert run.summary().done and "· done" in renderer_for(run).summary(run.summary(), 32)
+    ended = run.elapsed_s()
+    assert run.elapsed_s() == ended
 
 
 # The real transformers engine, the demo model ---------------------------------------------------------------

@@ -339,12 +339,13 @@ class SearchPage:
             yield update
 
     async def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None,
-                     apply: Callable[[Event], None], update: Callable[[], Update], request: gr.Request | None
-                     ) -> AsyncIterator[Update]:
+                     apply: Callable[[Event], None], update: Callable[[], Update], request: gr.Request | None,
+                     end: Callable[[], None] | None = None) -> AsyncIterator[Update]:
         """The page's one streaming loop, for a single run and a comparison (``run`` its side A): ``update()`` at
         once, then as ``apply`` folds each of ``events()`` in (at most every UPDATE_EVERY_S), and at the end. The
         run is the session's live run meanwhile and holds one of ``slots``; it ends at its next event once Stop, a
-        newer query or the page's closing replaces it. Closing the events ends their engine requests."""
+        newer query or the page's closing replaces it. Closing the events ends their engine requests. Once the
+        events have all come, ``end`` (default ``run.end``) says so: what is still awaited will not come."""
         session = request.session_hash if request else ""
         self.live.start(session, run)
         try:
@@ -364,6 +365,7 @@ class SearchPage:
                             yield update()
             finally:
                 await stream.aclose()  # ends the engine requests
+            (end or run.end)()
             yield update()
         finally:
             self.live.end(session, run)

@@ -89,7 +89,8 @@ class SharedPage(Protocol):
     async def ensure_model(self, key: str, kind: str, keep: Collection[str] = ()) -> Loading: ...
 
     def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None, apply: Callable[[Event], None],
-               update: Callable[[], Update], request: gr.Request | None) -> AsyncIterator[Update]: ...
+               update: Callable[[], Update], request: gr.Request | None,
+               end: Callable[[], None] | None = None) -> AsyncIterator[Update]: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -225,7 +226,8 @@ class ComparePage:
 
         async for update in page.stream(runs["A"], events if found else None,
                                         lambda tagged: view.pair.apply(*tagged),
-                                        lambda: (*view.shown(reranked=reranked), view), request):
+                                        lambda: (*view.shown(reranked=reranked), view), request,
+                                        end=view.pair.end):
             yield update
 
     def open_compare(self, on: bool, kind: str, key: str, instruction: str, budget: float | None, evidence: bool,

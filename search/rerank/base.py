@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from search.rerank.events import Event
 from search.retrieval.ranking import Candidate, Hit, Ranking
 from search.settings import RerankSettings
-from search.trec import UNNAMED_QUERY_ID, format_trec_run
+from search.trec import format_trec_run
 
 if TYPE_CHECKING:
     from search.engines.base import Engine
@@ -168,6 +168,8 @@ class Run(ABC):
         self.finished_at: float | None = None
         self.stopped = False
         """The reader stopped the run: what is unfinished stays so, its partial reasoning kept."""
+        self.ended = False
+        """Its stream has ended: whatever is still awaited will not come (``end``)."""
         self._pace: deque[tuple[float, int, int]] = deque()
         """(when, new tokens so far, units writing) at each event that changed either since the first token, over
         the last ``PACE_WINDOW_S`` and the one before it: the rate now, the slow first seconds left out."""
@@ -208,6 +210,13 @@ class Run(ABC):
         written = samples[-1][1] - samples[0][1]
         unit_seconds = sum((after[0] - before[0]) * before[2] for before, after in pairwise(samples))
         return written / (now - samples[0][0]), written / unit_seconds if unit_seconds > 0 else 0.0
+
+    def end(self) -> None:
+        """Its stream has ended of itself: nothing more will come, so evidence still awaited never will (the engine
+        failed it; the terminal said why) and a finished run is done, its clock stopped."""
+        self.ended = True
+        if self.summary().done and self.finished_at is None:
+            self.finished_at = monotonic()
 
     def stop(self) -> None:
         """Mark the run stopped (its stream has been closed); the clock stops too."""
@@ -272,7 +281,7 @@ class Run(ABC):
         return {candidate.passage.doc_id: score if (score := self.score(candidate.passage.doc_id)) is not None
                 else -float(candidate.rank) for candidate in self.ordered()}
 
-    def trec_run(self, *, query_id: str = UNNAMED_QUERY_ID, tag: str = "") -> str:
+    def trec_run(self, *, query_id: str = "query", tag: str = "") -> str:
         return format_trec_run({query_id: self.scores()}, tag or f"explainable-search-{self.reranker}")
 
     def ranking(self) -> Ranking:

@@ -356,6 +356,8 @@ class PointwiseRun(Run):
 
     def summary(self) -> Summary:
         counts = dict(zip(COUNTED, self.counts, strict=True))
+        if self.ended:  # evidence not come by the end of the stream never will
+            counts["explaining"] = 0
         states = self.documents.values()
         recent, per_unit = self.pace()
         return Summary(total=len(self.documents), stopped=self.stopped, elapsed_s=self.elapsed_s(),

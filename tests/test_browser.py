@@ -82,7 +82,8 @@ def sample_url(library: CorpusLibrary, index_dir: Path, loaded: LoadedModel) -> 
 def open_panel(page: Page) -> None:
     """The side panel with the corpus, settings, model and exports."""
     page.get_by_role("button", name="Corpus, settings and model").click()
-    expect(page.get_by_label("Reasoning budget (tokens)")).to_be_visible()
+    # the panel opens once the server answers the click, which a busy machine takes seconds to do
+    expect(page.get_by_label("Reasoning budget (tokens)")).to_be_visible(timeout=30_000)
 
 
 def elapsed_s(page: Page) -> float:

@@ -62,6 +62,8 @@ than any other, could end at any point up to its budget."""
 
 
 class Clock:
+    """The runs' clock in these tests: it moves only when the test moves it."""
+
     def __init__(self) -> None:
         self.now = 1000.0
 

@@ -273,4 +273,3 @@ def warm_up(engine: Engine) -> threading.Thread:
     thread = threading.Thread(target=run, name="engine-warm-up", daemon=True)
     thread.start()
     return thread
-

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from search.rerank.events import Event
 from search.retrieval.ranking import Candidate, Hit, Ranking
 from search.settings import RerankSettings
-from search.trec import format_trec_run
+from search.trec import UNNAMED_QUERY_ID, format_trec_run
 
 if TYPE_CHECKING:
     from search.engines.base import Engine
@@ -281,7 +281,7 @@ class Run(ABC):
         return {candidate.passage.doc_id: score if (score := self.score(candidate.passage.doc_id)) is not None
                 else -float(candidate.rank) for candidate in self.ordered()}
 
-    def trec_run(self, *, query_id: str = "query", tag: str = "") -> str:
+    def trec_run(self, *, query_id: str = UNNAMED_QUERY_ID, tag: str = "") -> str:
         return format_trec_run({query_id: self.scores()}, tag or f"explainable-search-{self.reranker}")
 
     def ranking(self) -> Ranking:

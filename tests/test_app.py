@@ -8,7 +8,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -472,3 +472,25 @@ def test_the_pair_summary_names_each_side_whatever_its_reranker_draws() -> None:
     html = render_pair_summary(pair, budgets={"A": 8, "B": 8}, names={"A": "rank1 · demo", "B": "assessor · demo"})
     for side, name in (("A", "rank1 · demo"), ("B", "assessor · demo")):
         assert f'<span class="es-side">{side}</span><span class="es-side-name" title="{name}">{name}</span>' in html
+
+
+def test_a_run_whose_corpus_was_switched_as_it_ended_draws_no_cards_afterwards(library: CorpusLibrary) -> None:
+    """Switching the corpus clears the results (``cleared``); the run's events ended just then: its end must not
+    draw the old corpus's cards again."""
+    page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(1))
+    request = gr.Request(session_hash="visitor")
+    run = live_run()
+    switched = False
+
+    async def events() -> AsyncIterator[Started]:
+        nonlocal switched
+        yield Started(reranker="rank1", doc_id="c", passage_id="c", first_stage_rank=3)
+        page.cleared(request)  # the reader picks another corpus as the last event is folded
+        switched = True
+
+    async def drawn() -> list[bool]:
+        return [shown async for shown in page.stream(run, events, run.apply, lambda: switched, request)]
+
+    shown = asyncio.run(drawn())
+    assert shown and not any(shown)  # cards drawn before the switch (at least at the start), none after it
+    assert len(page.live) == 0

@@ -110,12 +110,15 @@ class Shown:
     """Seconds since the run started."""
     html: str
     judged: int
+    left_s: float | None
+    """The time left estimated then (``Summary.eta_s``), None while estimating."""
 
 
 def scripted_pace(clock: Clock, run: Run, together: int) -> tuple[list[Shown], float]:
     """Fold a rank1 run whose engine writes nothing for ``COLD_S``, then one token per step for each of at most
     ``together`` documents at once (the rest wait their turn), half as fast in its first two seconds; render the
-    summary line after every step. Returns what was shown and when the run ended (seconds since its start)."""
+    summary line after every step (as the page does: ``Run.shown_summary``). Returns what was shown and when the run
+    ended (seconds since its start)."""
     start = clock.now
     written = dict.fromkeys(LENGTHS, 0)
     shown = []
@@ -132,9 +135,9 @@ def scripted_pace(clock: Clock, run: Run, together: int) -> tuple[list[Shown], f
                 run.apply(Reasoning(reranker="rank1", doc_id=doc, text="x ", tokens=1))
                 if written[doc] == LENGTHS[doc]:
                     run.apply(judged(doc, LENGTHS[doc]))
-        summary = run.summary()
+        summary = run.shown_summary(BUDGET)
         shown.append(Shown(at_s=clock.now - start, html=renderer_for(run).summary(summary, BUDGET),
-                           judged=summary.judged))
+                           judged=summary.judged, left_s=None if summary.finished else summary.eta_s(BUDGET)))
     return shown, clock.now - start
 
 
@@ -153,7 +156,63 @@ def test_time_left_is_an_estimate_from_the_measured_pace_and_says_estimating_unt
         assert figure is not None and "about" in item.html, item.html
         checked.append(item)
         assert abs(figure - actual) <= 0.5 * actual + TAIL_S, (item.at_s, item.html, actual)
-    assert checked and "done" in shown[-1].html and "left" not in shown[-1].html
+    assert checked and "done" in shown[-1].html and time_left(shown[-1].html) is None
+
+
+def accuracy(html: str) -> tuple[int, int] | None:
+    """(at most, median) seconds off that a done summary line says its time-left estimates were, or None."""
+    match = re.search(r"time-left estimates were off by at most (\d+) s \(median (\d+) s\)", html)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
+@pytest.mark.parametrize("together", [6, 2], ids=["all-at-once", "two-at-a-time"])
+def test_once_done_the_summary_says_how_far_off_the_time_left_estimates_it_showed_were(
+        clock: Clock, together: int) -> None:
+    """Each estimate shown (once "estimating…" has ended; at most one a second, however often the line is drawn)
+    against the time the run actually ended."""
+    run = RERANKERS["rank1"].new_run("why do sea levels rise", candidates(list(LENGTHS)), settings=RerankSettings())
+    shown, ended = scripted_pace(clock, run, together)
+    assert all(accuracy(item.html) is None for item in shown[:-1])  # only once done
+    noted: list[Shown] = []
+    for item in shown:
+        if item.left_s is not None and (not noted or item.at_s - noted[-1].at_s >= 1.0):
+            noted.append(item)
+    errors = sorted(abs(item.at_s + item.left_s - ended) for item in noted if item.left_s is not None)
+    assert len(errors) >= 10 and errors[-1] > 0
+    median = (errors[(len(errors) - 1) // 2] + errors[len(errors) // 2]) / 2
+    assert accuracy(shown[-1].html) == (round(errors[-1]), round(median)), shown[-1].html
+    assert "done" in shown[-1].html
+    error = run.shown_summary(BUDGET).estimate_error()
+    assert error is not None and error.count == len(errors)
+
+
+def test_a_run_that_showed_no_estimate_says_nothing_of_their_accuracy(clock: Clock) -> None:
+    """Judged before there was anything to estimate from ("estimating…" throughout), and a run drawn only once done
+    (its judgments replayed): no estimate was shown, so no accuracy is claimed."""
+    run = RERANKERS["rank1"].new_run("q", candidates(["a", "b"]), settings=RerankSettings())
+    for doc in "ab":
+        run.apply(Started(reranker="rank1", doc_id=doc, passage_id=doc, first_stage_rank=1))
+    assert "estimating" in renderer_for(run).summary(run.shown_summary(BUDGET), BUDGET)
+    for doc in "ab":
+        clock.now += 1
+        run.apply(judged(doc, 10))
+    html = renderer_for(run).summary(run.shown_summary(BUDGET), BUDGET)
+    assert "done" in html and "estimates" not in html and run.shown_summary(BUDGET).estimate_error() is None
+
+
+def test_a_stopped_run_claims_no_accuracy_for_its_estimates(clock: Clock) -> None:
+    """Stopped, it never ended on its own: there is no end to measure the estimates against."""
+    run = RERANKERS["rank1"].new_run("why do sea levels rise", candidates(list(LENGTHS)), settings=RerankSettings())
+    for doc in LENGTHS:
+        run.apply(Started(reranker="rank1", doc_id=doc, passage_id=doc, first_stage_rank=1))
+    run.apply(judged("a", 10))
+    for _ in range(20):
+        clock.now += STEP_S
+        run.apply(Reasoning(reranker="rank1", doc_id="b", text="x ", tokens=1))
+    assert time_left(renderer_for(run).summary(run.shown_summary(BUDGET), BUDGET)) is not None
+    run.stop()
+    html = renderer_for(run).summary(run.shown_summary(BUDGET), BUDGET)
+    assert "stopped" in html and "estimates" not in html
 
 
 def test_the_first_seconds_do_not_make_the_estimate_huge(clock: Clock) -> None:

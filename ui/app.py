@@ -88,9 +88,10 @@ COUNTER_JS = f"""
 wasteful); the server refuses a query over the limit with the same numbers, and never cuts it."""
 FOCUS_JS = """
 () => {
+  const until = performance.now() + 10000;  // a page without the box stops looking after 10 s
   const focus = () => {
     const box = document.querySelector("#es-query textarea");
-    if (!box) { requestAnimationFrame(focus); return; }
+    if (!box) { if (performance.now() < until) requestAnimationFrame(focus); return; }
     if (document.activeElement === document.body || !document.activeElement) box.focus({preventScroll: true});
   };
   focus();
@@ -307,7 +308,7 @@ class SearchPage:
     def shown(self, run: Run, budget: int, *, reranked: bool) -> tuple[str, str]:
         """The summary line and the results, as the run's reranker renders them."""
         renderer = renderer_for(run)
-        return renderer.summary(run.summary(), budget), renderer.cards(run, reranked)
+        return renderer.summary(run.shown_summary(budget), budget), renderer.cards(run, reranked)
 
     async def rerank(self, query: str, instruction: str, method: RetrievalMethod, candidates: int, budget: int,
                      reranked: bool, corpus_name: str, kind: str = DEFAULT_RERANKER, key: str | None = None,
@@ -366,7 +367,8 @@ class SearchPage:
             finally:
                 await stream.aclose()  # ends the engine requests
             (end or run.end)()
-            yield update()
+            if self.live.current(session, run):  # not stopped, replaced or cleared (another corpus) meanwhile
+                yield update()
         finally:
             self.live.end(session, run)
 

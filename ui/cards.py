@@ -286,9 +286,10 @@ def _clock(seconds: float) -> str:
 
 
 def render_summary(summary: Summary, *, budget: int, unit: str = "judged", lead: str = "") -> str:
-    """Done/total, the live token rate, elapsed time, the estimated time left to judge (``Summary.eta_s``), and a
-    progress bar, after ``lead`` (escaped HTML: a comparison's side and its settings). "done" only once evidence
-    has ended too; until then the run is "explaining"."""
+    """Done/total, the live token rate, elapsed time, the estimated time left to judge (``Summary.eta_s``; once
+    done, how far off the estimates shown were: ``Summary.estimate_error``), and a progress bar, after ``lead``
+    (escaped HTML: a comparison's side and its settings). "done" only once evidence has ended too; until then the
+    run is "explaining"."""
     state = ("stopped" if summary.stopped else "done" if summary.done else "explaining" if summary.finished
              else "reasoning")
     failed = f", {summary.failed} failed" if summary.failed else ""
@@ -298,6 +299,9 @@ def render_summary(summary: Summary, *, budget: int, unit: str = "judged", lead:
     eta = summary.eta_s(budget)
     left = "" if summary.finished or summary.stopped else (
         " · time left: estimating…" if eta is None else f" · about {_clock(max(eta, 1.0))} left")
+    if (error := summary.estimate_error()) is not None:
+        left = (f" · time-left estimates were off by at most {_clock(error.worst_s)} (median "
+                f"{_clock(error.median_s)})")
     share = summary.progress(budget)
     return (f'<div class="es-summary">{lead}<span><b>{done}/{summary.total}</b> {unit}{failed} · '
             f"{summary.tokens_per_s:.1f} tokens/s · {summary.elapsed_s:.1f} s{left} · {state}</span>"

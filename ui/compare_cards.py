@@ -103,7 +103,7 @@ def render_pair_summary(pair: Comparison, *, budgets: Mapping[SideName, int], na
         shared = " (A's settings: A's work, reasoned once)" if pair.shared and side == "B" else ""
         lead = (f'<span class="es-side">{side}</span><span class="es-side-name" '
                 f'title="{escape(names[side], quote=True)}">{escape(names[side])}{shared}</span>')
-        lines.append(renderer_for(run).summary(run.summary(), budgets[side], lead))
+        lines.append(renderer_for(run).summary(run.shown_summary(budgets[side]), budgets[side], lead))
     stats = pair.stats()
     tau = "–" if stats.kendall_tau is None else f"{stats.kendall_tau:.2f}"
     ndcg = "" if stats.ndcg is None else " · nDCG@10 " + " · ".join(

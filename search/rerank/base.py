@@ -13,8 +13,9 @@ import json
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
+from statistics import median
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -61,6 +62,29 @@ PACE_WINDOW_S = 10.0
 steps, short enough to follow the rate down as units finish and fewer decode together."""
 PACE_MIN_S = 1.0
 """The least writing measured before the rate counts (the first tokens come in bursts)."""
+ESTIMATE_EVERY_S = 1.0
+"""The time-left estimates shown are noted at most once in this many seconds of the run (``Run.shown_summary``):
+what the accuracy of the estimates is measured on, one per stretch of time however often the page draws, and
+bounded in memory."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Estimate:
+    """A time-left estimate the reader was shown: ``at_s`` seconds into the run, it said ``left_s`` seconds were
+    left (``Summary.eta_s``)."""
+
+    at_s: float
+    left_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EstimateError:
+    """How far off the time-left estimates a run showed were, measured once it has finished: each one against the
+    moment every unit had actually ended."""
+
+    worst_s: float
+    median_s: float
+    count: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -90,6 +114,10 @@ class Summary:
     """Judged documents whose evidence is still to come."""
     prompt_tokens: int = 0
     """Prompt tokens sent to the engine for finished units (replayed ones not counted)."""
+    estimates: tuple[Estimate, ...] = ()
+    """The time-left estimates shown so far (``Run.shown_summary``)."""
+    finished_s: float | None = None
+    """Seconds from the start until every unit had ended (None before): what the estimates were of."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -145,6 +173,14 @@ class Summary:
         total = sum(left) + (self.unfinished - len(self.writing)) * self.expected_left(0, budget)
         return max(total / self.recent_tokens_per_s, max(left, default=0.0) / self.unit_tokens_per_s)
 
+    def estimate_error(self) -> EstimateError | None:
+        """Once the run is done (not stopped): how far the time-left estimates it showed were from the time every
+        unit actually ended; None before, or when it showed none ("estimating…" until it finished)."""
+        if not self.done or self.stopped or self.finished_s is None or not self.estimates:
+            return None
+        errors = [abs(estimate.at_s + estimate.left_s - self.finished_s) for estimate in self.estimates]
+        return EstimateError(worst_s=max(errors), median_s=median(errors), count=len(errors))
+
 
 def query_text(query: str, instruction: str = "", template: str = "", slot: str = "FILL_QUERY_HERE") -> str:
     """The query as a reranker reads it: the instruction appended (mFollowIR style), then put into a dataset
@@ -166,6 +202,10 @@ class Run(ABC):
         self.candidates = tuple(candidates)
         self.started_at = monotonic()
         self.finished_at: float | None = None
+        self.judged_at: float | None = None
+        """When every unit had ended (evidence may follow): the moment the time-left estimates were of."""
+        self.estimates: list[Estimate] = []
+        """The time-left estimates shown (``shown_summary``), at most one per ``ESTIMATE_EVERY_S``."""
         self.stopped = False
         """The reader stopped the run: what is unfinished stays so, its partial reasoning kept."""
         self.ended = False
@@ -189,10 +229,24 @@ class Run(ABC):
         """Seconds since the run started, until it was done or stopped."""
         return (self.finished_at or monotonic()) - self.started_at
 
-    def settle(self, *, tokens: int, writing: int, done: bool) -> None:
+    def shown_summary(self, budget: int) -> Summary:
+        """The summary as the reader is shown it: the time-left estimate it shows now (``Summary.eta_s``) is noted,
+        so that once the run is done its summary says how good the estimates were (``Summary.estimate_error``)."""
+        summary = self.summary()
+        left = summary.eta_s(budget)
+        if (left is not None and not summary.finished and not summary.stopped
+                and (not self.estimates or summary.elapsed_s - self.estimates[-1].at_s >= ESTIMATE_EVERY_S)):
+            self.estimates.append(Estimate(at_s=summary.elapsed_s, left_s=left))
+        finished_s = None if self.judged_at is None else self.judged_at - self.started_at
+        return replace(summary, estimates=tuple(self.estimates), finished_s=finished_s)
+
+    def settle(self, *, tokens: int, writing: int, finished: bool, done: bool) -> None:
         """After each event: note the new tokens so far and the units ``writing`` (unfinished, with tokens) for
-        the rates, and stop the clock once the run is done (``Summary.done``: evidence too)."""
+        the rates, when every unit had ended (``finished``), and stop the clock once the run is done
+        (``Summary.done``: evidence too)."""
         now = monotonic()
+        if finished and self.judged_at is None:
+            self.judged_at = now
         if tokens and (not self._pace or (tokens, writing) != self._pace[-1][1:]):
             self._pace.append((now, tokens, writing))
             while len(self._pace) > 2 and self._pace[1][0] <= now - PACE_WINDOW_S:

@@ -81,7 +81,8 @@ class ListwiseRun(Run):
         elif isinstance(event, RankingDone):
             self.order, self.done = list(event.doc_ids), True
         summary = self.summary()
-        self.settle(tokens=summary.tokens, writing=len(summary.writing), done=summary.done)
+        self.settle(tokens=summary.tokens, writing=len(summary.writing), finished=summary.finished,
+                    done=summary.done)
 
     def moves(self, doc_id: str) -> list[Move]:
         """The windows that ranked ``doc_id``, in order: why it sits where it does."""

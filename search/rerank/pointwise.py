@@ -334,7 +334,8 @@ class PointwiseRun(Run):
             self.counts, before, _counts(state, evidence=self.evidence), strict=True))
         self.writing += _writing(state)
         counted = Summary(total=len(self.documents), elapsed_s=0.0, **dict(zip(COUNTED, self.counts, strict=True)))
-        self.settle(tokens=counted.tokens, writing=self.writing, done=counted.done)  # no pass over the documents
+        self.settle(tokens=counted.tokens, writing=self.writing, finished=counted.finished,
+                    done=counted.done)  # no pass over the documents
 
     def states(self, *, reranked: bool = True) -> list[DocumentState]:
         """Judged documents by score (ties in first-stage order), then those still reasoning or waiting, then

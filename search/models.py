@@ -196,6 +196,7 @@ def _config_parameters(folder: Path) -> int:
 def _hub_weights(repo_id: str) -> Weights:
     """A hub model's weights from its safetensors headers, read from the Hub before anything is downloaded (or from
     the local cache's copy)."""
+    import httpx2  # the Hub client's HTTP library: a timeout or no network is one of its errors
     from huggingface_hub import get_safetensors_metadata, snapshot_download
     from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
 
@@ -205,7 +206,7 @@ def _hub_weights(repo_id: str) -> Weights:
         raise ValueError("the Hugging Face Hub cannot be reached to read its weights' headers")
     try:
         counts = get_safetensors_metadata(repo_id).parameter_count
-    except (NotASafetensorsRepoError, SafetensorsParsingError) as error:
+    except (NotASafetensorsRepoError, SafetensorsParsingError, httpx2.HTTPError) as error:
         raise ValueError(f"its safetensors headers cannot be read from the Hub: {error}") from None
     stored = sum(count * _DTYPE_BYTES.get(dtype, 4) for dtype, count in counts.items())
     return Weights(parameters=sum(counts.values()), stored_gb=stored / 1e9)

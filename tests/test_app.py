@@ -409,7 +409,8 @@ def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_
     assert "Side B's instruction is 2,001 characters long" in compare(("rank1", key, "x" * 2_001, BUDGET, False))[-1][0]
     # The largest catalogue model fits no CPU machine, so visitors may not load it: refused by name before loading
     # (tests/test_model_access.py: the memory check of a model they may load).
-    assert "'rank1-32b' is not one of the models this page may load" in unescape(sides.memory_note("rank1-32b"))
+    note = unescape(asyncio.run(sides.memory_note("rank1-32b")))
+    assert "'rank1-32b' is not one of the models this page may load" in note
     refused = compare(("rank1", "rank1-32b", "", BUDGET, False))[-1][0]
     assert "Side B's model: 'rank1-32b' is not one of the models this page may load" in refused
     assert "rank1-32b · transformers" not in page.models

@@ -5,13 +5,17 @@ traceback or bare error badges. On the real transformers engine with the demo mo
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from html import unescape
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,14 +26,16 @@ import gradio as gr
 import pytest
 
 from search import pipeline
+from search.annotation.store import AnnotationStore
 from search.compare import Link, Side, link_query, parse_link
-from search.engines import EngineError, GenerationRequest, close_engines
+from search.engines import EngineError, GenerationRequest, close_engine, close_engines
 from search.engines.hf_engine import TransformersEngine
 from search.pipeline import Memory, MemoryNeed, memory_need, open_model
 from search.settings import REPO_ROOT, Settings
 from search.uploads import CorpusLibrary
+from ui.annotate import AnnotateTab, AnnotationContext
 from ui.app import ModelStatus, SearchPage
-from ui.compare import ComparePage
+from ui.compare import ComparePage, Loading
 from ui.model_key import ModelKey, ModelKeyError
 
 BUDGET = 16
@@ -156,11 +162,12 @@ def test_a_model_name_holding_the_separator_is_refused_by_name(library: CorpusLi
         shown = notice(open_link(page, query))
         assert (f"This link cannot be opened: its {parameter}: 'demo · vllm' is not a model name: '·' separates a "
                 "model from its engine") in shown
-    assert "This side's model: 'a · b' is not a model name" in text(page.memory_note("a · b · transformers"))
+    note = text(asyncio.run(page.memory_note("a · b · transformers")))
+    assert "This side's model: 'a · b' is not a model name" in note
     assert "Side B's model: 'a · b' is not a model name" in compare_b(page, "a · b · transformers")
     assert "Model: 'demo · vllm' is not a model name" in load(page, "demo · vllm")
-    with pytest.raises(ModelKeyError, match="'demo · vllm' is not a model name"):
-        ModelKey(name="demo · vllm", engine="transformers")
+    with pytest.raises(ModelKeyError, match="'a · b' is not a model name"):
+        page.side_key("a · b · transformers")
     assert list(page.page.models) == [page.page.default_key]
 
 
@@ -177,7 +184,7 @@ def test_links_and_the_model_panel_load_only_the_models_the_operator_allows(
         assert "EXPLAINABLE_SEARCH_MODELS" in notice(shown) and shown[NOTICE + 1:] == [gr.skip()] * 3  # nothing runs
         assert shown[0] == "moons"  # the link's query is kept
     assert "Model: 'some-org/unknown-model' is not one of the models" in load(page, "some-org/unknown-model")
-    assert "'rank1-32b' is not one of the models" in text(page.memory_note("rank1-32b"))
+    assert "'rank1-32b' is not one of the models" in text(asyncio.run(page.memory_note("rank1-32b")))
     assert list(page.page.models) == [page.page.default_key]  # nothing was opened
 
     listed = page_for(library, status, models="demo, rank1-0.5b")
@@ -206,7 +213,7 @@ def test_a_model_the_operator_allows_is_still_refused_when_it_does_not_fit_the_m
                                                                 bytes_per_parameter=4))
     page = page_for(library, status, models="demo,rank1-32b")
     assert "rank1-32b needs about 131.0 GB of memory (float32); 8.0 GB is free now. It does not fit" in text(
-        page.memory_note("rank1-32b"))
+        asyncio.run(page.memory_note("rank1-32b")))
     assert "Side B's model: rank1-32b needs about 131.0 GB" in compare_b(page, "rank1-32b")
     assert "This link cannot be opened: its b_model: rank1-32b needs about 131.0 GB" in notice(
         open_link(page, "q=moons&compare=1&b_model=rank1-32b"))
@@ -299,9 +306,9 @@ def test_the_least_recently_used_model_makes_room_unless_it_is_serving(
     first_key, second_key = f"{first} · transformers", f"{second} · transformers"
     assert "Closed" not in load(page, first)
     free["gb"] = 0.3
-    assert page.page.model_refusal(second, "transformers") is None  # it fits once the first makes room
+    assert asyncio.run(page.page.model_refusal(second, "transformers")) is None  # it fits once the first makes room
     assert "0.3 GB is free now. The least recently used models opened earlier are closed to make room." in text(
-        page.memory_note(second))
+        asyncio.run(page.memory_note(second)))
     shown = load(page, second)
     assert f"Closed {first_key} (the least recently used, to make room)." in shown
     assert set(page.page.models) == {page.page.default_key, second_key}
@@ -336,3 +343,137 @@ def test_a_link_s_values_stay_the_sender_s_wherever_the_opener_s_page_differs(
     assert (shown[A_EVIDENCE], shown[B_EVIDENCE], shown[EVIDENCE]) == (False, False, False)
     single_link = page.link("moons", "sample_corpus", False, "rank1", key, "", BUDGET, False, *sides)
     assert open_link(page, single_link[1:], evidence=True)[EVIDENCE] is False
+
+
+# (g) Opening models beside visitors ------------------------------------------------------------------------------
+
+def test_two_visitors_loading_at_once_never_open_more_than_the_memory_free(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = demo_copy(tmp_path, demo_model, "first"), demo_copy(tmp_path, demo_model, "second")
+    page = page_for(library, status, models=f"demo,{first},{second}", idle_s=0)
+    keys = (f"{first} · transformers", f"{second} · transformers")
+    # 1 GB free before either opens; each copy needs 0.54 GB as float32 and takes it once open
+    monkeypatch.setattr(pipeline, "memory_here", lambda: Memory(
+        free_gb=1.0 - sum(page.page.shelf.need_gb(key) for key in keys), total_gb=16, where="memory",
+        bytes_per_parameter=4))
+
+    async def both() -> list[Loading]:
+        return list(await asyncio.gather(*(page.page.ensure_model(key, "rank1") for key in keys)))
+
+    loadings = dict(zip(keys, asyncio.run(both()), strict=True))
+    opened = [key for key in keys if key in page.page.models]
+    assert len(opened) == 1, loadings  # never both over the 1 GB
+    closed = next(key for key in keys if key not in opened)
+    assert loadings[opened[0]].problem is None
+    assert f"Closed {closed} (the least recently used, to make room)." in loadings[opened[0]].released
+    asyncio.run(page.page.release(opened[0]))
+
+
+def test_a_memory_check_does_not_hold_up_the_page_s_other_work(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = demo_copy(tmp_path, demo_model, "slow")
+    page = page_for(library, status, models=f"demo,{folder}")
+    entered, go = threading.Event(), threading.Event()
+    answered: list[bool] = []
+    measured = pipeline.memory_here()
+
+    def held() -> Memory:
+        """A slow measure (the Hub's headers over a slow network): it waits for a coroutine of the page's loop."""
+        entered.set()
+        answered.append(go.wait(timeout=5))  # the timeout only ends a check that holds the loop up (the bug)
+        return measured
+
+    monkeypatch.setattr(pipeline, "memory_here", held)
+
+    async def meanwhile(check: Callable[[], Awaitable[object]]) -> None:
+        entered.clear()
+        go.clear()
+        task = asyncio.ensure_future(check())
+        await asyncio.to_thread(entered.wait, 5)
+        go.set()  # another coroutine on the loop proceeds while the check is held
+        await task
+
+    link = parse_link({"q": "moons", "model": folder}, Side(reranker="rank1"))
+    assert link is not None
+    for check in (lambda: page.page.model_refusal(folder, "transformers"), lambda: page.memory_note(folder),
+                  lambda: page.link_model_problem(link)):
+        answered.clear()
+        asyncio.run(meanwhile(check))
+        assert answered and all(answered), answered
+
+
+def test_a_model_left_unused_is_closed_without_another_load_and_lets_go_of_its_weights(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path) -> None:
+    folder = demo_copy(tmp_path, demo_model, "left")
+    page = page_for(library, status, models=f"demo,{folder}", idle_s=0.05)
+    key = f"{folder} · transformers"
+
+    async def left_alone() -> tuple[Any, weakref.ref[Any]]:
+        assert (await page.page.ensure_model(key, "rank1")).problem is None
+        engine = page.page.models[key].engine
+        weights = weakref.ref(engine._model)
+        deadline = time.monotonic() + 60
+        while key in page.page.models and time.monotonic() < deadline:  # polled: no one loads another model
+            await asyncio.sleep(0.01)
+        return engine, weights
+
+    engine, weights = asyncio.run(left_alone())
+    assert key not in page.page.models and "closed" in (engine.unhealthy() or "")
+    gc.collect()
+    assert engine._model is None and engine._batch is None and weights() is None
+    assert page.page.models[page.page.default_key].engine.unhealthy() is None  # the page's own model stays
+
+
+def test_a_hub_model_s_need_is_unknown_when_the_hub_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx2
+    import huggingface_hub
+
+    from search import models
+
+    def unreachable(repo_id: str) -> None:
+        raise httpx2.ConnectError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(models, "hub_offline", lambda: False)
+    monkeypatch.setattr(models, "hub_cached", lambda repo_id: False)
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", unreachable)
+    need = memory_need("some-org/unknown-model", "transformers")
+    assert not need.fits and "Network is unreachable" in need.unknown_because
+    assert "its safetensors headers cannot be read from the Hub" in need.unknown_because
+
+
+def test_a_released_model_s_annotate_tab_and_a_wrong_b_model_in_a_link_get_a_clear_message(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path) -> None:
+    page = page_for(library, status)
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    tab = AnnotateTab(AnnotationContext(store=store, library=library, reranker_for=page.page.reranker_for,
+                                        top_k=3))
+    tab.create_project("moons", "sample_corpus", None, "q1\twhich planets have no moons", None, "", False,
+                       "no, yes", 3, "rank1", False)
+    gone = "gone · transformers"  # a model this session opened, closed since
+    ada = gr.Request(session_hash="ada")
+    with pytest.raises(gr.Error, match=f"{gone} was closed to free its memory"):
+        tab.open_project("ada", "moons", gone, "rank1", ada)
+    tab.open_project("ada", "moons", page.page.default_key, "rank1", ada)
+    with pytest.raises(gr.Error, match=f"{gone} was closed to free its memory"):
+        asyncio.run(tab.judge_with_model(gone, ada))
+    store.close()
+    key = page.page.default_key
+    sides = (*("rank1", key, "", BUDGET, False), *("rank1", "x · nosuch", "", BUDGET, False))
+    with pytest.raises(gr.Error, match="Side B's model: 'x · nosuch': 'nosuch' is not an engine"):
+        page.link("moons", "sample_corpus", True, "rank1", key, "", BUDGET, False, *sides)
+
+
+def test_the_operator_s_own_folder_may_hold_the_separator_in_its_name(
+        library: CorpusLibrary, status: ModelStatus, tmp_path: Path, demo_model: Path) -> None:
+    folder = demo_copy(tmp_path, demo_model, "demo · copy")
+    settings = status.settings.replace(model=folder)
+    loaded = open_model(settings.serving)
+    try:
+        page = SearchPage(library, ModelStatus(loaded=loaded, settings=settings), slots=asyncio.Semaphore(2))
+        assert ModelKey.parse(page.default_key) == ModelKey(name=folder, engine="transformers")
+        assert ComparePage(page).model_name(page.default_key) == folder
+        assert "Model: 'demo · vllm' is not a model name" in load(ComparePage(page), "demo · vllm")  # a visitor's
+    finally:
+        close_engine(loaded.engine)

@@ -43,6 +43,7 @@ from search.annotation.store import (
 )
 from search.annotation.workbench import FILTERS, Filter, Workbench
 from search.corpus import load_qrels, load_queries
+from search.engines import EngineError
 from search.models import shared_lineage
 from search.rerank.base import Reranker
 from search.rerank.registry import RERANKERS
@@ -276,9 +277,10 @@ class AnnotateTab:
             chosen = self.context.reranker_for(key, self.store.project(project).reranker)
             bench = Workbench.open(self.store, project, annotator, self.find_candidates,
                                    model=chosen.model_key if chosen else "")
-        except AnnotationError as error:
+            searching = self.context.reranker_for(key, search)
+        except (AnnotationError, EngineError) as error:  # EngineError: the session's model was closed since
             raise gr.Error(str(error)) from None
-        bench.circularity = circularity(bench, self.context.reranker_for(key, search))
+        bench.circularity = circularity(bench, searching)
         self.benches[request.session_hash or ""] = bench
         grades = bench.project.grades
         buttons = [gr.update(visible=index < len(grades), value=f"{index} · {grades[index]}" if index < len(grades)
@@ -333,7 +335,10 @@ class AnnotateTab:
         judgment lands; the refresh timer shows it. Ends when the annotator opens another query."""
         session = request.session_hash or ""
         bench = self.benches.get(session)
-        chosen = self.context.reranker_for(key, bench.project.reranker) if bench is not None else None
+        try:
+            chosen = self.context.reranker_for(key, bench.project.reranker) if bench is not None else None
+        except EngineError as error:  # the session's model was closed since
+            raise gr.Error(str(error)) from None
         if bench is None or chosen is None or bench.live:
             return
         query = bench.query

@@ -41,7 +41,7 @@ from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
 from ui.live import LiveRuns
-from ui.model_key import ModelKey, ModelKeyError
+from ui.model_key import ModelKey, ModelKeyError, name_problem
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking
@@ -49,6 +49,9 @@ from ui.window_cards import WINDOW_CSS
 
 MAX_RESULTS = 1000
 UPDATE_EVERY_S = 0.3
+SWEEP_EVERY_S = 60.0
+"""How often the models visitors opened are checked for having been unused for ``--model-idle-seconds`` (more
+often when that is shorter)."""
 """Streaming updates are batched: the page gets at most about three per second, whatever the token rate."""
 EVIDENCE_LABEL = "Evidence: which passage sentences each verdict rests on"
 EVIDENCE_INFO = ("rank1 and the assessor: after each judgment, the verdict is re-scored with each sentence removed "
@@ -179,6 +182,11 @@ class SearchPage:
         """The models visitors may load (``--models``)."""
         self.shelf = EngineShelf(idle_s=self.settings.serving.model_idle_seconds)
         """The engines opened for visitors, closed when idle or when another needs their room."""
+        self.opening = asyncio.Lock()
+        """Held while a model is checked against the memory free, room is made and it opens, and while idle ones
+        close: two visitors never both count the same free memory."""
+        self.sweeper: asyncio.Task[None] | None = None
+        """Closes the idle models while some are open (``sweep``), without waiting for another to load."""
 
     def budget_of(self, kind: str, key: str) -> int:
         """The budget a run of ``kind`` on the model ``key`` gets unless the user changes it (with no model loaded:
@@ -290,6 +298,8 @@ class SearchPage:
                          ) -> tuple[Any, Any, str, Any, Any]:
         """The Model panel's Load: the same checks as a link's or Compare's model (``ensure_model``)."""
         try:
+            if (problem := name_problem(name.strip())) is not None:
+                raise ModelKeyError(problem)
             key = str(ModelKey(name=name.strip(), engine=engine))
         except ModelKeyError as error:
             return gr.update(), gr.update(), render_notice(f"Model: {error}"), gr.skip(), gr.skip()
@@ -389,13 +399,14 @@ class SearchPage:
         run.stop()
         return self.shown(run, int(budget), reranked=reranked)
 
-    def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None:
+    async def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None:
         """Why a visitor may not open ``name`` on ``engine`` now, before anything is opened: not among the models
         this page may load, or its memory need unknown or more than is free even once the models ``keep`` does not
-        name have made room (``EngineShelf.room``); None when it may."""
+        name have made room (``EngineShelf.room``); None when it may. Measured on a thread (``memory_need`` reads
+        weights' headers, maybe from the Hub): the page's other visitors go on meanwhile."""
         if (refusal := self.access.refusal(name)) is not None:
             return refusal
-        need = memory_need(name, engine)
+        need = await asyncio.to_thread(memory_need, name, engine)
         if need.fits or (need.needed_gb is not None and need.free_gb is not None
                          and self.shelf.room(need.needed_gb, need.free_gb, keep) is not None):
             return None
@@ -404,16 +415,27 @@ class SearchPage:
     async def ensure_model(self, key: str, kind: str, keep: Collection[str] = ()) -> Loading:
         """Load the model ``key`` names beside the others when it may be loaded (``model_refusal``), first closing
         the models visitors opened that have been unused for ``--model-idle-seconds``, then the least recently used
-        while it needs their room (never the page's own, one serving requests, or one ``keep`` names)."""
+        while it needs their room (never the page's own, one serving requests, or one ``keep`` names). The memory
+        free is measured, room made and the model opened under ``opening``, one model at a time."""
         if key in self.models:
             self.shelf.touch(key)
             return Loading()
         model = ModelKey.parse(key)
         if (refusal := self.access.refusal(model.name)) is not None:
             return Loading(problem=refusal)
-        keep = {*keep, key}
+        async with self.opening:
+            if key in self.models:  # another visitor opened it meanwhile
+                self.shelf.touch(key)
+                return Loading()
+            loading = await self.open_beside(key, model, kind, {*keep, key})
+        if self.shelf.idle_s and (self.sweeper is None or self.sweeper.done()):
+            self.sweeper = asyncio.get_running_loop().create_task(self.sweep())
+        return loading
+
+    async def open_beside(self, key: str, model: ModelKey, kind: str, keep: set[str]) -> Loading:
+        """``ensure_model``'s work under ``opening``."""
         idle = self.shelf.idle(keep)
-        need = memory_need(model.name, model.engine)
+        need = await asyncio.to_thread(memory_need, model.name, model.engine)
         room: list[str] | None = []
         if not need.fits and need.needed_gb is not None and need.free_gb is not None:
             freed = sum(self.shelf.need_gb(stale) for stale in idle)
@@ -432,6 +454,16 @@ class SearchPage:
             self.shelf.hold(key, loaded.engine, need.needed_gb or 0.0)
         self.models[key] = loaded
         return Loading(released=closed_note(closed))
+
+    async def sweep(self) -> None:
+        """Close the models visitors opened once unused for ``--model-idle-seconds`` (checked every
+        SWEEP_EVERY_S, or as often as that setting when shorter), so that an idle one goes even when no one loads
+        another; ends once none is open (``ensure_model`` starts it again)."""
+        while self.shelf.held():
+            await asyncio.sleep(min(SWEEP_EVERY_S, self.shelf.idle_s))
+            async with self.opening:
+                for stale in self.shelf.idle():
+                    await self.release(stale)
 
     async def release(self, key: str) -> bool:
         """Close the engine of ``key`` (``EngineShelf.release``) and forget every model on it."""

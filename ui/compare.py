@@ -9,6 +9,7 @@ once the page's fields exist.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class SharedPage(Protocol):
     default_key: str
     access: ModelAccess
 
-    def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None: ...
+    async def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None: ...
 
     def budget_of(self, kind: str, key: str) -> int: ...
 
@@ -124,7 +125,8 @@ class ComparePage:
 
     def side_key(self, value: str) -> str:
         """A side's model field as a key: a loaded model's, a key picked from the list, or a name to load on the
-        engine of the session's model. ModelKeyError: none of these."""
+        engine of the session's model. ModelKeyError: none of these, or a name no model may have here
+        (``name_problem``: only the operator's own, loaded already, may)."""
         models, default_key = self.page.models, self.page.default_key
         value = value.strip()
         if not value or value in models:
@@ -136,13 +138,16 @@ class ComparePage:
             key = ModelKey.parse(value)
             if key.engine not in ENGINE_KINDS:
                 raise ModelKeyError(f"{value!r}: {key.engine!r} is not an engine ({', '.join(ENGINE_KINDS)})")
-            return value
-        engine = ModelKey.parse(default_key).engine if default_key else "transformers"
-        return str(ModelKey(name=value, engine=engine))
+        else:
+            engine = ModelKey.parse(default_key).engine if default_key else "transformers"
+            key = ModelKey(name=value, engine=engine)
+        if (problem := name_problem(key.name)) is not None:
+            raise ModelKeyError(problem)
+        return str(key)
 
-    def memory_note(self, value: str) -> str:
+    async def memory_note(self, value: str) -> str:
         """Before a model is loaded beside the others: why it may not be, or the memory it needs and the memory
-        free."""
+        free (measured on a thread, as ``SharedPage.model_refusal``)."""
         try:
             key = self.side_key(value)
         except ModelKeyError as error:
@@ -150,9 +155,9 @@ class ComparePage:
         if key in self.page.models:
             return ""
         model = ModelKey.parse(key)
-        if (refusal := self.page.model_refusal(model.name, model.engine)) is not None:
+        if (refusal := await self.page.model_refusal(model.name, model.engine)) is not None:
             return render_notice(f"This side's model: {refusal}")
-        need = memory_need(model.name, model.engine).describe(model.name, room=True)
+        need = (await asyncio.to_thread(memory_need, model.name, model.engine)).describe(model.name, room=True)
         return render_notice(f"Chosen: {need} It loads when the comparison runs.")
 
     def side_problem(self, side: SideName, fields: SideInputs) -> str | None:
@@ -188,7 +193,7 @@ class ComparePage:
                 return
             if keys[side] and keys[side] not in page.models:
                 model = ModelKey.parse(keys[side])
-                if (refusal := page.model_refusal(model.name, model.engine, keys.values())) is not None:
+                if (refusal := await page.model_refusal(model.name, model.engine, keys.values())) is not None:
                     yield render_notice(f"Side {side}'s model: {refusal}"), "", None
                     return
         for side, key in keys.items():
@@ -269,7 +274,7 @@ class ComparePage:
             return [*unchanged, render_notice(f"This link names the corpus {link.corpus!r}, which is not here; "
                                               f"the corpora are {', '.join(names)}."),
                     *(gr.skip(),) * 3]
-        if (problem := self.link_model_problem(link)) is not None:  # the query stays, to run on another model
+        if (problem := await self.link_model_problem(link)) is not None:  # the query stays, to run on another model
             return [link.query, *unchanged[1:], render_notice(problem), *(gr.skip(),) * 3]
         selected, released = key, ""
         if link.b is None and link.a.model:
@@ -283,36 +288,42 @@ class ComparePage:
         return [*shown, corpus, selected, render_notice(f"Opened from a link. {released}".strip()),
                 runs + (link.b is None), compare_runs + (link.b is not None), gr.update(visible=False)]
 
-    def link_model_problem(self, link: Link) -> str | None:
+    async def link_model_problem(self, link: Link) -> str | None:
         """Why a model a link names (``model``, ``b_model``) may not be opened, checked for both sides before
         either is: not a model name, or not one this page may load now (``SharedPage.model_refusal``)."""
         for parameter, side in (("model", link.a), (f"{B_PREFIX}model", link.b)):
             if side is None or not side.model:
                 continue
-            problem = name_problem(side.model)
+            loaded = any(self.model_name(key) == side.model for key in self.page.models)  # the operator's own
+            problem = None if loaded else name_problem(side.model)
             if problem is None:
                 key = ModelKey.parse(self.side_key(side.model))
                 if str(key) in self.page.models:
                     continue
-                problem = self.page.model_refusal(key.name, key.engine)
+                problem = await self.page.model_refusal(key.name, key.engine)
             if problem is not None:
                 return f"This link cannot be opened: its {parameter}: {problem}"
         return None
 
     def link(self, query: str, corpus_name: str, on: bool, kind: str, key: str, instruction: str,
              budget: float | None, evidence: bool, *sides: Any) -> str:
-        """The current search (or comparison) as a link's query string: the page turns it into the address."""
-        def side(fields: tuple[Any, ...]) -> Side:
+        """The current search (or comparison) as a link's query string: the page turns it into the address. A
+        side's model that names none is refused by name (gr.Error)."""
+        def side(name: str, fields: tuple[Any, ...]) -> Side:
             side_kind, model, side_instruction, side_budget, side_evidence = fields
-            return Side(reranker=side_kind, model=self.model_name(self.side_key(model)),
-                        instruction=side_instruction.strip(), budget=int(side_budget or 0),
-                        evidence=bool(side_evidence))
+            try:
+                chosen = self.side_key(model)
+            except ModelKeyError as error:
+                raise gr.Error(f"{name}'s model: {error}") from None
+            return Side(reranker=side_kind, model=self.model_name(chosen), instruction=side_instruction.strip(),
+                        budget=int(side_budget or 0), evidence=bool(side_evidence))
 
         if on:
-            link = Link(query=query.strip(), corpus=corpus_name, a=side(sides[:5]), b=side(sides[5:]))
+            link = Link(query=query.strip(), corpus=corpus_name, a=side("Side A", sides[:5]),
+                        b=side("Side B", sides[5:]))
         else:
             link = Link(query=query.strip(), corpus=corpus_name,
-                        a=side((kind, key, instruction, budget, evidence)))
+                        a=side("The model", (kind, key, instruction, budget, evidence)))
         return link_query(link)
 
     def examples_of(self, corpus_name: str) -> list[Example]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SEPARATOR = " · "
-"""Between a model's name and its engine; no name may hold it (``name_problem``)."""
+"""Between a model's name and its engine; no name a visitor gives may hold it (``name_problem``). The operator's own
+model may (a folder named so): its key parses, the engine being what follows the last separator."""
 
 
 class ModelKeyError(ValueError):
@@ -25,8 +26,6 @@ class ModelKey:
         if not self.engine or SEPARATOR in self.engine:
             raise ModelKeyError(f"a model key's engine must be a name without {SEPARATOR.strip()!r}; "
                                 f"got {self.engine!r}")
-        if (problem := name_problem(self.name)) is not None:
-            raise ModelKeyError(problem)
 
     @classmethod
     def parse(cls, text: str) -> ModelKey:
@@ -41,8 +40,9 @@ class ModelKey:
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a model's name on the page: it holds the separator, so that its key would read as
-    another model on another engine (``demo · vllm`` given as a name); None when it can."""
+    """Why ``name``, given by a visitor (a link, the Model panel, Compare), cannot be a model's name on the page: it
+    holds the separator, so that it would read as another model on another engine (``demo · vllm`` given as a name);
+    None when it can."""
     if SEPARATOR in name:
         return (f"{name!r} is not a model name: {SEPARATOR.strip()!r} separates a model from its engine on this "
                 "page; give the name alone and choose the engine in the Model panel")

@@ -178,6 +178,11 @@ class EngineShelf:
         close_engine(held.engine)
         return held.engine
 
+    def held(self) -> int:
+        """How many engines are on the shelf."""
+        with self._lock:
+            return len(self._held)
+
     def need_gb(self, key: str) -> float:
         """What ``key``'s model was estimated to need when it was opened (0 when it is not on the shelf)."""
         with self._lock:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import queue
@@ -233,13 +234,23 @@ class TransformersEngine(Engine):
     async def _shutdown(self) -> None:
         """Stop the worker and wait for its step or batch to end: a process that exits while the worker is still
         inside the model aborts ("terminate called without an active exception", seen in CI). The worker answers
-        the requests still running or queued with an error; their readers are let hear it before the loop stops."""
+        the requests still running or queued with an error; their readers are let hear it before the loop stops.
+        Then the weights and caches are let go, so that a page closing this engine to free memory frees it even
+        while something still holds the engine."""
         if self._worker is None:
             return
         self._pending.put(None)
         await asyncio.to_thread(self._worker.join, WORKER_JOIN_S)
         if self._reading:
             await asyncio.wait(set(self._reading), timeout=WORKER_JOIN_S)
+        if not self._worker.is_alive():  # else the worker still uses them
+            self._model = self._batch = None
+            self._prefixes = PrefixCache()
+            gc.collect()
+            if self.device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
 
     def _work(self, serve: Callable[[list[_Waiting | None]], None]) -> None:
         """Serve until closed, then answer every request still running or queued. A failure fails the requests it

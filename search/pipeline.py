@@ -20,7 +20,7 @@ from search.rerank.base import Reranker, Run
 from search.rerank.cache import JudgmentCache
 from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Ranking
-from search.settings import DEFAULT_RERANKER, EngineKind, EngineSettings, RerankSettings
+from search.settings import DEFAULT_RERANKER, EngineKind, EngineSettings, ModelAccess, RerankSettings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,19 +160,6 @@ def memory_need(name: str, engine: EngineKind) -> MemoryNeed:
     except (ValueError, OSError) as error:
         needed, unknown = None, str(error)
     return MemoryNeed(needed_gb=needed, free_gb=memory.free_gb, where=memory.where, unknown_because=unknown)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ModelAccess:
-    """The models visitors of the page may load, by name: refused before anything is opened when not listed."""
-
-    names: tuple[str, ...]
-
-    def refusal(self, name: str) -> str | None:
-        if name in self.names:
-            return None
-        return (f"{name!r} is not one of the models this page may load ({', '.join(self.names)}); its operator "
-                "lists them with --models or EXPLAINABLE_SEARCH_MODELS")
 
 
 def model_access(serving: EngineSettings, started: str = "") -> ModelAccess:

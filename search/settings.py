@@ -209,6 +209,19 @@ class EngineSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ModelAccess:
+    """The models visitors of the page may load, by name: refused before anything is opened when not listed."""
+
+    names: tuple[str, ...]
+
+    def refusal(self, name: str) -> str | None:
+        if name in self.names:
+            return None
+        return (f"{name!r} is not one of the models this page may load ({', '.join(self.names)}); its operator "
+                "lists them with --models or EXPLAINABLE_SEARCH_MODELS")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RerankSettings:
     """The reasoning reranker: which one, over how many candidates, with how much room to think."""
 

@@ -35,8 +35,8 @@ from search.settings import REPO_ROOT, Settings
 from search.uploads import CorpusLibrary
 from ui.annotate import AnnotateTab, AnnotationContext
 from ui.app import ModelStatus, SearchPage
-from ui.compare import ComparePage, Loading
-from ui.model_key import ModelKey, ModelKeyError
+from ui.compare import ComparePage
+from ui.model_key import Loading, ModelKey, ModelKeyError
 
 BUDGET = 16
 STORY = "Write a long story about a cat who sails around the world.\n\nOnce upon a time,"

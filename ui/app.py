@@ -35,13 +35,13 @@ from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.checks import MAX_CANDIDATES, MAX_QUERY_CHARS, count_problem, instruction_problem, query_problem
-from ui.compare import ComparePage, Loading, PageFields, ShownPair, lay_out_compare, wire_compare
+from ui.compare import ComparePage, PageFields, ShownPair, lay_out_compare, wire_compare
 from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
 from ui.live import LiveRuns
-from ui.model_key import ModelKey, ModelKeyError, name_problem
+from ui.model_key import Loading, ModelKey, ModelKeyError, name_problem
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
 from ui.results import render_notice, render_ranking

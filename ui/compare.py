@@ -33,14 +33,14 @@ from search.compare import (
     stream_pair,
 )
 from search.engines import ENGINE_KINDS, EngineError
-from search.pipeline import LoadedModel, ModelAccess, memory_need
+from search.pipeline import LoadedModel, memory_need
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS
-from search.settings import RetrievalMethod, Settings, SettingsError
+from search.settings import ModelAccess, RetrievalMethod, Settings, SettingsError
 from search.uploads import CorpusLibrary, UploadError
 from ui.checks import MAX_CANDIDATES, count_problem, instruction_problem, query_problem
 from ui.compare_cards import render_pair_board, render_pair_summary
-from ui.model_key import SEPARATOR, ModelKey, ModelKeyError, name_problem
+from ui.model_key import SEPARATOR, Loading, ModelKey, ModelKeyError, name_problem
 from ui.results import render_notice
 
 Event = TypeVar("Event")
@@ -57,16 +57,6 @@ COMPARE_FOCUS_JS = """(on) => { if (on) setTimeout(() => document.querySelector(
 FILTER_JS = """(only) => { document.querySelector("#es-results")?.classList.toggle("es-only-disagree", only); }"""
 COPY_LINK_JS = """(query) => { const link = location.origin + location.pathname + query;
   navigator.clipboard?.writeText(link).catch(() => {}); return link; }"""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Loading:
-    """What ``SharedPage.ensure_model`` did: why the model is not loaded (None: it is), and the models it closed
-    first to free their memory."""
-
-    problem: str | None = None
-    released: str = ""
-    """The models closed, as a sentence for the page ("" when none)."""
 
 
 class SharedPage(Protocol):

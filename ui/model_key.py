@@ -1,7 +1,7 @@
 """How the page names a loaded model: "name · engine", the text its Model panel, the sides' model pickers and the
 session's choice carry (Gradio components hold text). Parsed and written here only, so that no handler splits the
 text by hand. Not the weights' key in caches (``LoadedModel.key``): the same weights on two engines are two models
-here."""
+here. With what loading one did (``Loading``): value types, importing nothing of ours."""
 
 from __future__ import annotations
 
@@ -47,3 +47,13 @@ def name_problem(name: str) -> str | None:
         return (f"{name!r} is not a model name: {SEPARATOR.strip()!r} separates a model from its engine on this "
                 "page; give the name alone and choose the engine in the Model panel")
     return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Loading:
+    """What ``SharedPage.ensure_model`` did: why the model is not loaded (None: it is), and the models it closed
+    first to free their memory."""
+
+    problem: str | None = None
+    released: str = ""
+    """The models closed, as a sentence for the page ("" when none)."""

@@ -162,14 +162,16 @@ def memory_need(name: str, engine: EngineKind) -> MemoryNeed:
     return MemoryNeed(needed_gb=needed, free_gb=memory.free_gb, where=memory.where, unknown_because=unknown)
 
 
-def model_access(serving: EngineSettings, started: str = "") -> ModelAccess:
+def model_access(serving: EngineSettings, started: str = "", engine: str = "") -> ModelAccess:
     """``--models`` when given; else the model started (``started``) and the catalogue models that fit this
-    machine's memory (all of it, not what is free now: ``memory_need`` checks that when one is chosen)."""
+    machine's memory (all of it, not what is free now: ``memory_need`` checks that when one is chosen). On the
+    engine started (``engine``); with none started, the engine asked for, transformers for ``auto``."""
+    engines = (engine or (serving.engine if serving.engine != "auto" else "transformers"),)
     if serving.model_names:
-        return ModelAccess(names=serving.model_names)
+        return ModelAccess(names=serving.model_names, engines=engines)
     memory = memory_here()
     fitting = [name for name in REGISTRY if memory.need_gb(model_weights(name)) <= memory.total_gb]
-    return ModelAccess(names=tuple(dict.fromkeys([started, *fitting] if started else fitting)))
+    return ModelAccess(names=tuple(dict.fromkeys([started, *fitting] if started else fitting)), engines=engines)
 
 
 _caches: dict[Path, JudgmentCache] = {}

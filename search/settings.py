@@ -210,15 +210,21 @@ class EngineSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelAccess:
-    """The models visitors of the page may load, by name: refused before anything is opened when not listed."""
+    """The models visitors of the page may load, by name, and the engines they may load them on (the page's own:
+    a visitor never starts another kind of engine, such as a vLLM server on a CPU Space): anything else is
+    refused before it is opened."""
 
     names: tuple[str, ...]
+    engines: tuple[str, ...]
 
-    def refusal(self, name: str) -> str | None:
-        if name in self.names:
-            return None
-        return (f"{name!r} is not one of the models this page may load ({', '.join(self.names)}); its operator "
-                "lists them with --models or EXPLAINABLE_SEARCH_MODELS")
+    def refusal(self, name: str, engine: str) -> str | None:
+        if name not in self.names:
+            return (f"{name!r} is not one of the models this page may load ({', '.join(self.names)}); its operator "
+                    "lists them with --models or EXPLAINABLE_SEARCH_MODELS")
+        if engine not in self.engines:
+            return (f"the {engine} engine: this page loads models on {' or '.join(self.engines)} only (the engine "
+                    "its operator started it with)")
+        return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -196,6 +196,18 @@ def test_links_and_the_model_panel_load_only_the_models_the_operator_allows(
                                                                                                       "rank1-3b")
 
 
+def test_visitors_load_models_only_on_the_engine_the_page_started_with(
+        library: CorpusLibrary, status: ModelStatus) -> None:
+    """A Space started on transformers: no visitor starts a vLLM engine there, by the Model panel or Compare's
+    side B, even for a model the page may load (a link names no engine: '·' is refused in its model)."""
+    page = page_for(library, status)
+    assert page.page.access.engines == ("transformers",)
+    panel = text(asyncio.run(page.page.load_model("demo", "vllm", "rank1", progress=lambda *_, **__: None))[2])
+    assert "the vllm engine: this page loads models on transformers only" in panel
+    assert "the vllm engine: this page loads models on transformers only" in compare_b(page, "demo · vllm")
+    assert list(page.page.models) == [page.page.default_key]  # nothing was opened
+
+
 def test_by_default_visitors_may_load_the_model_started_and_the_catalogue_models_that_fit(
         library: CorpusLibrary, status: ModelStatus, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "memory_here", lambda: Memory(free_gb=8, total_gb=16, where="memory",

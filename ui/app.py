@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from search.annotation.store import AnnotationStore
 from search.compare import corpus_query_id
 from search.corpus import CorpusError
-from search.engines import ENGINE_KINDS, EngineError, EngineShelf
+from search.engines import EngineError, EngineShelf
 from search.engines.demo_model import DemoModelError
 from search.evidence import evidence_by_default
 from search.pipeline import LoadedModel, build_reranker, memory_need, model_access, open_model, reranker_budget
@@ -177,8 +177,9 @@ class SearchPage:
         if status.loaded is not None:
             self.default_key = model_key(status.loaded)
             self.models[self.default_key] = status.loaded
-        self.access = model_access(self.settings.serving, ModelKey.parse(self.default_key).name
-                                   if self.default_key else "")
+        started = ModelKey.parse(self.default_key) if self.default_key else None
+        self.access = model_access(self.settings.serving, started.name if started else "",
+                                   started.engine if started else "")
         """The models visitors may load (``--models``)."""
         self.shelf = EngineShelf(idle_s=self.settings.serving.model_idle_seconds)
         """The engines opened for visitors, closed when idle or when another needs their room."""
@@ -404,7 +405,7 @@ class SearchPage:
         this page may load, or its memory need unknown or more than is free even once the models ``keep`` does not
         name have made room (``EngineShelf.room``); None when it may. Measured on a thread (``memory_need`` reads
         weights' headers, maybe from the Hub): the page's other visitors go on meanwhile."""
-        if (refusal := self.access.refusal(name)) is not None:
+        if (refusal := self.access.refusal(name, engine)) is not None:
             return refusal
         need = await asyncio.to_thread(memory_need, name, engine)
         if need.fits or (need.needed_gb is not None and need.free_gb is not None
@@ -421,7 +422,7 @@ class SearchPage:
             self.shelf.touch(key)
             return Loading()
         model = ModelKey.parse(key)
-        if (refusal := self.access.refusal(model.name)) is not None:
+        if (refusal := self.access.refusal(model.name, model.engine)) is not None:
             return Loading(problem=refusal)
         async with self.opening:
             if key in self.models:  # another visitor opened it meanwhile
@@ -566,7 +567,8 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                 model_name = gr.Dropdown(list(dict.fromkeys([current.name, *page.access.names])),
                                          value=current.name, allow_custom_value=True,
                                          label="Model (registry name, hub id or local folder)")
-                engine_kind = gr.Radio(list(ENGINE_KINDS), value=current.engine, label="Engine")
+                engine_kind = gr.Radio(list(dict.fromkeys([current.engine, *page.access.engines])),
+                                       value=current.engine, label="Engine")
                 load_button = gr.Button("Load", size="sm")
                 model_status = gr.HTML(render_notice(f"Reranking with {status.loaded.engine.description}.")
                                        if status.loaded else "")

@@ -57,6 +57,9 @@ COMPARE_FOCUS_JS = """(on) => { if (on) setTimeout(() => document.querySelector(
 FILTER_JS = """(only) => { document.querySelector("#es-results")?.classList.toggle("es-only-disagree", only); }"""
 COPY_LINK_JS = """(query) => { const link = location.origin + location.pathname + query;
   navigator.clipboard?.writeText(link).catch(() => {}); return link; }"""
+REFUSED_LINK_TAIL = (gr.skip(), gr.skip(), gr.update(visible=False))
+"""A refused link's runs counters untouched and its examples folded away, so that its notice is in the first
+screen (on a phone the examples would push it below)."""
 
 
 class SharedPage(Protocol):
@@ -256,23 +259,23 @@ class ComparePage:
         try:
             link = parse_link(dict(request.query_params), Side(reranker=kind, evidence=bool(evidence)))
         except SettingsError as error:
-            return [*unchanged, render_notice(f"This link cannot be opened: {error}"), *(gr.skip(),) * 3]
+            return [*unchanged, render_notice(f"This link cannot be opened: {error}"), *REFUSED_LINK_TAIL]
         if link is None:
             return [*unchanged, *(gr.skip(),) * 4]
         corpus = link.corpus or gr.skip()
         if link.corpus and link.corpus not in names:
             return [*unchanged, render_notice(f"This link names the corpus {link.corpus!r}, which is not here; "
                                               f"the corpora are {', '.join(names)}."),
-                    *(gr.skip(),) * 3]
+                    *REFUSED_LINK_TAIL]
         if (problem := await self.link_model_problem(link)) is not None:  # the query stays, to run on another model
-            return [link.query, *unchanged[1:], render_notice(problem), *(gr.skip(),) * 3]
+            return [link.query, *unchanged[1:], render_notice(problem), *REFUSED_LINK_TAIL]
         selected, released = key, ""
         if link.b is None and link.a.model:
             selected = self.side_key(link.a.model)
             loading = await self.page.ensure_model(selected, link.a.reranker)
             if loading.problem is not None:
                 return [*unchanged, render_notice(f"This link's model: {loading.problem} {loading.released}".strip()),
-                        *(gr.skip(),) * 3]
+                        *REFUSED_LINK_TAIL]
             released = loading.released
         shown = self.sides_shown(link, kind, selected, budget, evidence)
         return [*shown, corpus, selected, render_notice(f"Opened from a link. {released}".strip()),

@@ -424,6 +424,11 @@ SLEEP_INSTRUCTION = "Exclude passages that recommend pills, medication or supple
 def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_both_and_exports_both(
         page: Page, sample_url: str, loaded: LoadedModel) -> None:
     page.goto(sample_url)
+    # In first-stage order the cards in view stay the top six while both sides stream: sorted, A's judgments (its
+    # demo verdicts come in a few tokens) bring up documents that B, behind on a busy machine, has not reached yet.
+    open_panel(page)
+    page.get_by_label("Sort by the reranker (off: first-stage order)").uncheck()
+    page.get_by_role("button", name="Toggle Sidebar").click()
     page.get_by_label("Compare: two judges side by side").check()
     expect(page.locator("#es-b-instruction textarea")).to_be_focused()  # B starts as A; its instruction is next
     page.get_by_label("Query").fill(SLEEP)
@@ -432,8 +437,9 @@ def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_bo
     page.get_by_role("option", name="Assessor (UMBRELA): graded 0–3, expected grade per document").click()
     page.locator("#es-b-instruction textarea").press("Enter")
     expect(page.locator(".es-pair-card")).to_have_count(20, timeout=10_000)
-    # Both halves of at least 6 cards stream text in view, at 1280×800, without a scroll. How soon is the machine's
-    # speed, which benchmarks/page.py --compare measures: a fresh-clone CI run beside other work took over 15 s.
+    # Both halves of at least 6 cards stream text in view, at 1280×800, without a scroll: each side's first requests
+    # are the top documents'. How soon is the machine's speed, which benchmarks/page.py --compare measures: a
+    # fresh-clone CI run beside other work took over 15 s.
     try:
         page.wait_for_function(f"Object.values(({HALVES_IN_VIEW})()).filter(([a, b]) => a > 0 && b > 0).length >= 6",
                                timeout=90_000)
@@ -446,7 +452,8 @@ def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_bo
     page.screenshot(path=str(COMPARE_SCREENSHOT))  # docs' and README's picture of a comparison streaming
 
     # rank1's P(true) and the assessor's expected grade ÷ 3 on the demo model lie far apart: disagreements.
-    expect(page.locator(".es-pair-card.es-disagree").first).to_be_visible(timeout=60_000)
+    # B's first judgment comes once one of its documents is reasoned to the end: on a busy machine, minutes in
+    expect(page.locator(".es-pair-card.es-disagree").first).to_be_visible(timeout=240_000)
     page.get_by_label("Only disagreements").check()
     disagreeing = page.locator(".es-pair-card.es-disagree").count()
     expect(page.locator(".es-pair-card:visible")).to_have_count(disagreeing)

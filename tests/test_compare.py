@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -384,6 +385,44 @@ def test_on_one_engine_each_side_keeps_half_its_batch_so_both_decode_at_once(tok
     first = ["side-a" in request.prompt for request in engine.requests[:4]]
     assert sorted(first) == [False, False, True, True]  # two of each side in the first batch, not four of A's
     assert len(engine.requests) == 10
+
+
+class FirstSlowest:
+    """The demo tokenizer, slowest on the first documents' prompts: on threads, tokenizing finishes last first."""
+
+    def __init__(self, tokenizer: object, delays: dict[str, float]) -> None:
+        self.tokenizer, self.delays = tokenizer, delays
+
+    def __call__(self, text: str, **kwargs: object) -> object:
+        time.sleep(max((delay for marker, delay in self.delays.items() if marker in text), default=0.0))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.tokenizer, name)
+
+
+def test_requests_go_to_the_engine_in_first_stage_order_however_tokenizing_ends(tokenizer: object) -> None:
+    """A single run and each side of a pair (on its half of a shared batch) send the top documents first, though
+    the top ones' prompts take longest to tokenize."""
+    engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
+    engine.tokenizer = FirstSlowest(tokenizer, {"passage a": 0.4, "passage b": 0.3, "passage c": 0.2})
+    engine.decoding_together = 4
+    sides = [Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
+             for _ in range(2)]
+
+    def sent(instruction: str) -> list[str]:
+        return [next(doc for doc in "abcde" if f"passage {doc}" in request.prompt)
+                for request in engine.requests if instruction in request.prompt and "passage" in request.prompt]
+
+    asyncio.run(collect(sides[0], "q", DOCS, instruction="alone"))
+    assert sent("alone") == list("abcde")
+
+    async def run() -> None:
+        async for _ in stream_pair(*sides, "q", DOCS, instructions=("side-a", "side-b")):
+            pass
+
+    asyncio.run(run())
+    assert sent("side-a") == list("abcde") and sent("side-b") == list("abcde")
 
 
 def test_a_side_replayed_from_the_cache_does_not_hold_the_other_back(tokenizer: object, tmp_path: Path) -> None:

@@ -100,6 +100,35 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
     )
 
 
+class Turn:
+    """One candidate's place in the order its engine request goes in: after the candidate before it, first-stage
+    order. Tokenizing on threads finishes in any order, and the engine (or a semaphore of ``slots``) admits
+    requests as they come: without turns the top of the list can wait behind documents far below it (a busy CI run
+    sent side B's first ten for first-stage #1-5, 7, 8, 10, 11 and 13, and #6 waited for one to end)."""
+
+    __slots__ = ("_before", "_gone")
+
+    def __init__(self, before: Turn | None) -> None:
+        self._before = before
+        self._gone = asyncio.Event()
+
+    @staticmethod
+    def chain(count: int) -> list[Turn]:
+        turns: list[Turn] = []
+        for _ in range(count):
+            turns.append(Turn(turns[-1] if turns else None))
+        return turns
+
+    async def wait(self) -> None:
+        """Until the candidate before has sent its request, been replayed, or failed."""
+        if self._before is not None:
+            await self._before._gone.wait()
+
+    def pass_on(self) -> None:
+        """This candidate's request has gone in (or none will): the next one may go."""
+        self._gone.set()
+
+
 class PointwiseReranker(Reranker):
     """Judges every candidate of a query at once on one engine and merges their events into one stream."""
 
@@ -153,8 +182,8 @@ class PointwiseReranker(Reranker):
                      slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
         text = query_text(query, instruction, template)
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate, slots))
-                 for candidate in candidates]
+        tasks = [asyncio.create_task(self._judge_into(queue.put_nowait, text, candidate, slots, turn))
+                 for candidate, turn in zip(candidates, Turn.chain(len(candidates)), strict=True)]
         try:
             remaining = len(tasks)
             while remaining:
@@ -170,14 +199,16 @@ class PointwiseReranker(Reranker):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _judge_into(self, emit: Emit, query: str, candidate: Candidate, slots: asyncio.Semaphore | None) -> None:
+    async def _judge_into(self, emit: Emit, query: str, candidate: Candidate, slots: asyncio.Semaphore | None,
+                          turn: Turn) -> None:
         try:
-            await self._judge(emit, query, candidate, slots or contextlib.nullcontext())
+            await self._judge(emit, query, candidate, slots or contextlib.nullcontext(), turn)
         finally:
+            turn.pass_on()
             emit(None)
 
     async def _judge(self, emit: Emit, query: str, candidate: Candidate,
-                     slot: contextlib.AbstractAsyncContextManager) -> None:
+                     slot: contextlib.AbstractAsyncContextManager, turn: Turn) -> None:
         passage = candidate.passage
         ids = {"reranker": self.name, "doc_id": passage.doc_id, "passage_id": passage.passage_id}
         emit(Started(**ids, first_stage_rank=candidate.rank))
@@ -186,18 +217,21 @@ class PointwiseReranker(Reranker):
                                                passage.contents, max_model_len=self.engine.max_model_len,
                                                budget=self.budget, reserve=self.reserve)
         except ValueError as error:
+            turn.pass_on()
             emit(Failed(**ids, reason=str(error)))
             return
-        outcome = await self._judgment(emit, prepared, ids, slot)
+        outcome = await self._judgment(emit, prepared, ids, slot, turn)
         if self.settings.evidence and isinstance(outcome, Measured):
             await self._evidence(emit, query, passage, prepared, outcome, slot)
 
     async def _judgment(self, emit: Emit, prepared: PreparedPrompt, ids: dict[str, str],
-                        slot: contextlib.AbstractAsyncContextManager) -> Outcome:
-        """The candidate's judgment, replayed from the cache or measured, and emitted with its reasoning."""
+                        slot: contextlib.AbstractAsyncContextManager, turn: Turn) -> Outcome:
+        """The candidate's judgment, replayed from the cache or measured (its request sent in its ``turn``), and
+        emitted with its reasoning."""
         key = judgment_key(model=self.model_key, recipe=self.recipe, budget=self.budget, prompt=prepared.prompt)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
+            turn.pass_on()
             if cached["reasoning"]:
                 emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=cached["reasoning"]))
             outcome = event_from_json({**cached, **ids, "type": self.outcome.type, "from_cache": True})
@@ -210,7 +244,9 @@ class PointwiseReranker(Reranker):
             emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=text, tokens=tokens))
 
         try:
+            await turn.wait()
             async with slot:
+                turn.pass_on()
                 outcome = await self.judge(prepared, ids, reasoning)
             if isinstance(outcome, Measured):
                 outcome = dataclasses.replace(outcome, prompt_tokens=prepared.prompt_tokens)

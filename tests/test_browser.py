@@ -471,6 +471,9 @@ def test_a_comparison_streams_both_halves_in_view_filters_disagreements_stops_bo
 
     page.set_viewport_size({"width": 1280, "height": 1600})  # the side panel's Export section in view
     open_panel(page)
+    page.get_by_label("Sort by the reranker (off: first-stage order)").check()  # the default: A's order
+    expect(page.locator(".es-pair-card").first.locator(".es-move").first).to_have_attribute(
+        "title", re.compile(r"^A: reranked #1, first stage #\d+$"))
     export_traces(page)
     links = page.locator("a[download]")
     expect(links).to_have_count(3, timeout=10_000)

@@ -401,14 +401,17 @@ class FirstSlowest:
         return getattr(self.tokenizer, name)
 
 
-def test_requests_go_to_the_engine_in_first_stage_order_however_tokenizing_ends(tokenizer: object) -> None:
+def test_requests_go_to_the_engine_in_first_stage_order_however_tokenizing_ends(tokenizer: object,
+                                                                                 tmp_path: Path) -> None:
     """A single run and each side of a pair (on its half of a shared batch) send the top documents first, though
-    the top ones' prompts take longest to tokenize."""
+    the top ones' prompts take longest to tokenize; one replayed from the cache lets none below it jump ahead."""
     engine = ScriptedEngine(tokenizer, scripted_model("rank1", tokenizer), pause_s=0.01)
-    engine.tokenizer = FirstSlowest(tokenizer, {"passage a": 0.4, "passage b": 0.3, "passage c": 0.2})
     engine.decoding_together = 4
-    sides = [Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(judgment_cache=False))
+    cache = JudgmentCache(tmp_path / "cache.sqlite3")
+    sides = [Rank1Reranker(engine, model_key="m", budget=64, settings=RerankSettings(), cache=cache)
              for _ in range(2)]
+    asyncio.run(collect(sides[0], "q", DOCS[2:3], instruction="replayed"))  # c's judgment is in the cache now
+    engine.tokenizer = FirstSlowest(tokenizer, {"passage a": 0.4, "passage b": 0.3, "passage c": 0.2})
 
     def sent(instruction: str) -> list[str]:
         return [next(doc for doc in "abcde" if f"passage {doc}" in request.prompt)
@@ -416,6 +419,9 @@ def test_requests_go_to_the_engine_in_first_stage_order_however_tokenizing_ends(
 
     asyncio.run(collect(sides[0], "q", DOCS, instruction="alone"))
     assert sent("alone") == list("abcde")
+    engine.tokenizer.delays = {"passage a": 0.4, "passage b": 0.3}
+    asyncio.run(collect(sides[0], "q", DOCS, instruction="replayed"))
+    assert sent("replayed") == list("cabde")  # c's one request is the one that filled the cache
 
     async def run() -> None:
         async for _ in stream_pair(*sides, "q", DOCS, instructions=("side-a", "side-b")):

@@ -103,8 +103,9 @@ def prepare_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, st
 class Turn:
     """One candidate's place in the order its engine request goes in: after the candidate before it, first-stage
     order. Tokenizing on threads finishes in any order, and the engine (or a semaphore of ``slots``) admits
-    requests as they come: without turns the top of the list can wait behind documents far below it (a busy CI run
-    sent side B's first ten for first-stage #1-5, 7, 8, 10, 11 and 13, and #6 waited for one to end)."""
+    requests as they come: without turns the top of the list can wait behind documents far below it (on a busy
+    machine, side B of a comparison sent its first ten for first-stage #1-5, 7, 8, 10, 11 and 13, and #6 waited for
+    one of them to end). The price: a passage slow to tokenize (a long one, cut to fit) holds back those below it."""
 
     __slots__ = ("_before", "_gone")
 
@@ -112,17 +113,20 @@ class Turn:
         self._before = before
         self._gone = asyncio.Event()
 
-    @staticmethod
-    def chain(count: int) -> list[Turn]:
+    @classmethod
+    def chain(cls, count: int) -> list[Turn]:
         turns: list[Turn] = []
         for _ in range(count):
-            turns.append(Turn(turns[-1] if turns else None))
+            turns.append(cls(turns[-1] if turns else None))
         return turns
 
     async def wait(self) -> None:
-        """Until the candidate before has sent its request, been replayed, or failed."""
-        if self._before is not None:
-            await self._before._gone.wait()
+        """Until every candidate before has sent its request, been replayed, or failed (one replayed at once must
+        not let the next go before a slower one above it)."""
+        turn = self._before
+        while turn is not None:
+            await turn._gone.wait()
+            turn = turn._before
 
     def pass_on(self) -> None:
         """This candidate's request has gone in (or none will): the next one may go."""
@@ -217,7 +221,6 @@ class PointwiseReranker(Reranker):
                                                passage.contents, max_model_len=self.engine.max_model_len,
                                                budget=self.budget, reserve=self.reserve)
         except ValueError as error:
-            turn.pass_on()
             emit(Failed(**ids, reason=str(error)))
             return
         outcome = await self._judgment(emit, prepared, ids, slot, turn)
@@ -243,10 +246,10 @@ class PointwiseReranker(Reranker):
             parts.append(text)
             emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=text, tokens=tokens))
 
+        await turn.wait()
+        turn.pass_on()  # the request joins the slots' queue (first come, first served) before the next one can
         try:
-            await turn.wait()
             async with slot:
-                turn.pass_on()
                 outcome = await self.judge(prepared, ids, reasoning)
             if isinstance(outcome, Measured):
                 outcome = dataclasses.replace(outcome, prompt_tokens=prepared.prompt_tokens)

@@ -83,8 +83,105 @@ def test_live_runs_hold_only_what_streams_and_at_most_their_capacity() -> None:
     live.end("session-4999", runs["session-4999"])
     assert live.current("session-4999", newer)
     for session in runs:  # they close the page
-        live.stop(session)
+        live.forget(session)
     assert len(live) == 0
+    for session in runs:  # they press Stop with nothing running: only the newest sessions' Stops are held
+        live.stop(session)
+    assert [live.halted(session, None) for session in ("session-0", "session-4900", "session-4999")] == [
+        False, True, True]
+
+
+def test_a_stop_pressed_before_the_run_begins_stops_it_and_the_next_query_runs() -> None:
+    live = LiveRuns()
+    early, later, replaced = live_run(), live_run(), live_run()
+    live.begin("s")  # Enter
+    live.stop("s")  # Stop, before the server got to the run
+    assert not live.start("s", early) and len(live) == 0  # it begins stopped
+    live.begin("s")
+    assert live.start("s", later) and not live.halted("s", later)
+    live.stop("s")
+    assert live.halted("s", later) and not live.current("s", later)  # it shows itself stopped at its next event
+    live.begin("s")
+    assert live.start("s", replaced)
+    live.begin("s")
+    assert live.start("s", live_run()) and not live.halted("s", replaced)  # replaced by a newer query: unseen
+
+
+def test_stop_at_any_moment_ends_the_run_shown_as_stopped(library: CorpusLibrary) -> None:
+    """Stop before the run began, and Stop while it streams: either way its last update shows it stopped (the
+    Stop handler, without a run shown yet, changes nothing)."""
+    page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(1))
+    request = gr.Request(session_hash="visitor")
+    page.started(False, 0, 0, request)
+    assert page.stopped(None, True, BUDGET, request) == (gr.skip(), gr.skip())
+    before = live_run()
+
+    async def one_event() -> AsyncIterator[Started]:
+        yield Started(reranker="rank1", doc_id="c", passage_id="c", first_stage_rank=3)
+
+    async def drawn(run: PointwiseRun, events: Any) -> list[str]:
+        return [shown async for shown in page.stream(run, events, run.apply, lambda: run.summary().stopped, request)]
+
+    assert asyncio.run(drawn(before, one_event)) == [True]  # never began: one update, stopped
+
+    page.started(False, 1, 0, request)
+    during = live_run()
+
+    async def stopped_mid_run() -> AsyncIterator[Started]:
+        yield Started(reranker="rank1", doc_id="c", passage_id="c", first_stage_rank=3)
+        page.stopped(None, True, BUDGET, request)  # pressed before the first update reached the page
+        yield Started(reranker="rank1", doc_id="b", passage_id="b", first_stage_rank=2)
+
+    assert asyncio.run(drawn(during, stopped_mid_run))[-1] is True and len(page.live) == 0
+
+
+def test_stop_ends_a_run_waiting_for_its_next_event_at_once(library: CorpusLibrary) -> None:
+    """A Stop pressed while the run waits for its next event (on a CPU, a prefill seconds away) ends the wait at
+    once, from the Stop handler's thread: the run shows itself stopped and its events are closed (their engine
+    requests end), without the event ever coming. A newer query ends the older run's wait the same way, unseen."""
+    page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(2))
+    request = gr.Request(session_hash="visitor")
+    closed: list[str] = []
+
+    def prefill_forever(name: str) -> Any:
+        async def events() -> AsyncIterator[Started]:
+            try:
+                yield Started(reranker="rank1", doc_id="c", passage_id="c", first_stage_rank=3)
+                await asyncio.Event().wait()  # the next event never comes
+                yield Started(reranker="rank1", doc_id="b", passage_id="b", first_stage_rank=2)
+            finally:
+                closed.append(name)
+        return events
+
+    async def drawn(run: PointwiseRun, name: str) -> list[bool]:
+        return [shown async for shown in page.stream(run, prefill_forever(name), run.apply,
+                                                     lambda: run.summary().stopped, request)]
+
+    async def stop_from_a_thread() -> list[bool]:
+        page.started(False, 0, 0, request)
+        drawing = asyncio.ensure_future(drawn(live_run(), "stopped"))
+        while not len(page.live):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the run now waits for its second event
+        await asyncio.to_thread(page.stopped, None, True, BUDGET, request)
+        return await asyncio.wait_for(drawing, 30)  # would wait forever for the next event
+
+    updates = asyncio.run(stop_from_a_thread())
+    assert updates[-1] is True, updates
+    assert closed == ["stopped"] and len(page.live) == 0
+
+    async def replaced_by_a_newer_query() -> list[bool]:
+        page.started(False, 1, 0, request)
+        older = asyncio.ensure_future(drawn(live_run(), "older"))
+        while not len(page.live):
+            await asyncio.sleep(0.01)
+        page.started(False, 2, 0, request)
+        newer = asyncio.ensure_future(drawn(live_run(), "newer"))
+        shown = await asyncio.wait_for(older, 30)
+        newer.cancel()
+        return shown
+
+    assert True not in asyncio.run(replaced_by_a_newer_query()) and closed[1] == "older"
 
 
 def test_the_page_forgets_each_session_s_run_when_it_ends_or_the_page_is_closed(

@@ -142,6 +142,31 @@ def test_a_new_user_watches_reasoning_grow_in_view_without_scrolling_or_clicking
     shoot(page, "stopped")
 
 
+@pytest.mark.parametrize("delay_ms", [0, 250, 600, 1000])
+def test_stop_at_any_moment_after_enter_shows_the_run_stopped_and_frees_the_engine(
+        page: Page, sample_url: str, loaded: LoadedModel, delay_ms: int) -> None:
+    """A new user's walk pressed Stop 0.2-0.8 s after Enter: the page stayed queued, the run went on, or the
+    results went blank. Whenever Stop lands once the server has the run asked for, before the run began or after,
+    the run shows itself stopped."""
+    page.goto(sample_url)
+    query = page.get_by_label("Query")
+    query.fill("what are the health effects of caffeine")
+    query.press("Enter")
+    expect(page.locator("#es-examples")).to_be_hidden()  # the server has the run asked for (``started``)
+    page.wait_for_timeout(delay_ms)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".es-summary")).to_contain_text("stopped", timeout=30_000)
+    expect(page.locator(".es-rcard")).to_have_count(20)
+    expect(page.locator(WORKING)).to_have_count(0)
+    deadline = time.monotonic() + 20
+    while loaded.engine.active_requests() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loaded.engine.active_requests() == 0
+    stopped = page.locator(".es-summary").inner_text()
+    page.wait_for_timeout(1000)  # nothing goes on behind the stopped line
+    assert page.locator(".es-summary").inner_text() == stopped and loaded.engine.active_requests() == 0
+
+
 def test_a_query_at_the_limit_is_counted_and_refused_never_cut(page: Page, page_url: str) -> None:
     page.goto(page_url)
     query = page.get_by_label("Query")

@@ -40,7 +40,7 @@ from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
-from ui.live import LiveRuns
+from ui.live import LiveRuns, until
 from ui.model_key import Loading, ModelKey, ModelKeyError, name_problem
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
@@ -247,7 +247,7 @@ class SearchPage:
         """Another corpus is chosen (picked, uploaded, or the one shown removed): the results on screen are the old
         corpus's, so they go (summary, cards, the run Stop and Export read, its rows) and the session's run ends;
         the examples come back, the new corpus's (a corpus with none shows none: ``ComparePage.example_samples``)."""
-        self.live.stop(request.session_hash if request else "")
+        self.live.forget(request.session_hash if request else "")
         return no_results()
 
     def kept(self) -> tuple[Any, ...]:
@@ -352,14 +352,21 @@ class SearchPage:
 
     async def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None,
                      apply: Callable[[Event], None], update: Callable[[], Update], request: gr.Request | None,
-                     end: Callable[[], None] | None = None) -> AsyncIterator[Update]:
+                     end: Callable[[], None] | None = None, stop: Callable[[], None] | None = None
+                     ) -> AsyncIterator[Update]:
         """The page's one streaming loop, for a single run and a comparison (``run`` its side A): ``update()`` at
         once, then as ``apply`` folds each of ``events()`` in (at most every UPDATE_EVERY_S), and at the end. The
-        run is the session's live run meanwhile and holds one of ``slots``; it ends at its next event once Stop, a
-        newer query or the page's closing replaces it. Closing the events ends their engine requests. Once the
-        events have all come, ``end`` (default ``run.end``) says so: what is still awaited will not come."""
+        run is the session's live run meanwhile and holds one of ``slots``; it ends at once when Stop, a newer query
+        or the page's closing replaces it, even while it waits for the next event. Closing the events ends their
+        engine requests. Once the events have all come, ``end`` (default ``run.end``) says so: what is still awaited
+        will not come. Ended by Stop (``stop``, default ``run.stop``), even one pressed before the run began, it
+        shows itself stopped."""
         session = request.session_hash if request else ""
-        self.live.start(session, run)
+        loop, ended = asyncio.get_running_loop(), asyncio.Event()
+        if not self.live.start(session, run, lambda: loop.call_soon_threadsafe(ended.set)):
+            (stop or run.stop)()
+            yield update()
+            return
         try:
             yield update()
             if events is None:
@@ -368,20 +375,30 @@ class SearchPage:
             stream = events()
             try:
                 async with self.slots:
-                    async for event in stream:
-                        if not self.live.current(session, run):
-                            return  # stopped, replaced by a newer query, or the page was closed
+                    async for event in until(stream, ended):
                         apply(event)
                         if time.monotonic() - last >= UPDATE_EVERY_S:
                             last = time.monotonic()
                             yield update()
             finally:
                 await stream.aclose()  # ends the engine requests
-            (end or run.end)()
-            if self.live.current(session, run):  # not stopped, replaced or cleared (another corpus) meanwhile
+            if not ended.is_set():  # every event came
+                (end or run.end)()
+            if self.live.halted(session, run):
+                (stop or run.stop)()
+            if self.live.current(session, run) or self.live.halted(session, run):  # not replaced or cleared
                 yield update()
         finally:
             self.live.end(session, run)
+
+    def started(self, compare: bool, runs: int, compare_runs: int, request: gr.Request | None = None
+                ) -> tuple[Any, ...]:
+        """Enter: the next single run or comparison is asked for (a Stop from now on stops it), and the examples
+        and sides fold away to give the cards the screen (the summary lines say what each side runs; the Examples
+        button brings the examples back)."""
+        self.live.begin(request.session_hash if request else "")
+        counts = (runs, compare_runs + 1) if compare else (runs + 1, compare_runs)
+        return *counts, gr.update(visible=False), gr.update(open=False)
 
     def resort(self, run: Run | ShownPair | None, reranked: bool, budget: int) -> str:
         if isinstance(run, ShownPair):
@@ -392,8 +409,8 @@ class SearchPage:
                 ) -> tuple[str, str]:
         """Every unfinished card (both halves of a comparison's) says stopped and keeps its partial reasoning."""
         self.live.stop(request.session_hash if request else "")
-        if run is None:
-            return "", gr.skip()
+        if run is None:  # nothing shown yet: a run asked for shows itself stopped when it begins
+            return gr.skip(), gr.skip()
         if isinstance(run, ShownPair):
             run.pair.stop()
             return run.shown(reranked=reranked)
@@ -475,7 +492,7 @@ class SearchPage:
 
     def left(self, request: gr.Request) -> None:
         """The session closed the page: its run ends at its next event and is forgotten."""
-        self.live.stop(request.session_hash or "")
+        self.live.forget(request.session_hash or "")
 
     def export(self, run: Run | ShownPair | None, corpus_name: str) -> list[str]:
         """The TREC run(s) and JSONL traces, filed under the query's id in ``corpus_name`` when it is one of its
@@ -505,13 +522,6 @@ class SearchPage:
 def closed_note(closed: list[str]) -> str:
     """The models ``SearchPage.ensure_model`` closed, as a sentence for the page ("" when none)."""
     return f"Closed {', '.join(closed)}." if closed else ""
-
-
-def started(compare: bool, runs: int, compare_runs: int) -> tuple[Any, ...]:
-    """Enter: the next single run or comparison starts, and the examples and sides fold away to give the cards the
-    screen (the summary lines say what each side runs; the Examples button brings the examples back)."""
-    counts = (runs, compare_runs + 1) if compare else (runs + 1, compare_runs)
-    return *counts, gr.update(visible=False), gr.update(open=False)
 
 
 def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, concurrency: int = 8,
@@ -619,7 +629,7 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         # .input, not .change: a link or an example sets reranker and budget together, and keeps its budget.
         reranker_kind.input(page.budget_of, inputs=[reranker_kind, selected], outputs=budget,
                             api_visibility="private")
-        run = runs.change(page.rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked,
+        runs.change(page.rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked,
                                                corpus_name, reranker_kind, selected, evidence],
                           outputs=[summary, results, shown_run, rows], api_name="rerank",
                           concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
@@ -627,18 +637,17 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
                             sort_reranked=sort_reranked, corpus_name=corpus_name, reranker_kind=reranker_kind,
                             selected=selected, budget=budget, evidence=evidence, runs=runs, compare_runs=compare_runs,
                             summary=summary, results=results, shown_run=shown_run)
-        compare_run = wire_compare(app, compare_page, controls, fields, concurrency=concurrency)
-        # A new query starts the next run at once; the run it replaces ends at its next event (LiveRuns).
-        # Seen: cancelling the old run with Gradio's cancel at the same moment sometimes landed on the new run
-        # instead (about one time in eight), which then never showed. Stop cancels both the run and a start still
-        # on its way, so that a run cannot begin just after Stop.
+        wire_compare(app, compare_page, controls, fields, concurrency=concurrency)
+        # A new query starts the next run at once; the run it replaces ends at its next event. Stop, too, goes
+        # through LiveRuns, not Gradio's cancel: cancelling the old run at a new query's moment sometimes landed on
+        # the new run instead (about one time in eight), which then never showed; cancelling a run within its first
+        # second left it queued for good, let it go on, or blanked the results (a new user's walk).
         sides_submit = [side[2].submit for side in controls.sides.values()]
-        start = gr.on([query.submit, run_button.click, *sides_submit], started,
+        gr.on([query.submit, run_button.click, *sides_submit], page.started,
                       inputs=[controls.compare, runs, compare_runs],
                       outputs=[runs, compare_runs, controls.examples_row, controls.sides_row], api_visibility="private")
-        stop_button.click(None, cancels=[run, compare_run, start]).then(
-            page.stopped, inputs=[shown_run, sort_reranked, budget], outputs=[summary, results],
-            api_visibility="private")
+        stop_button.click(page.stopped, inputs=[shown_run, sort_reranked, budget], outputs=[summary, results],
+                          api_visibility="private")
         sort_reranked.change(page.resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
         export_button.click(page.export, inputs=[shown_run, corpus_name], outputs=files)
         if annotations is not None and remembered is not None:

@@ -40,6 +40,7 @@ from search.settings import ModelAccess, RetrievalMethod, Settings, SettingsErro
 from search.uploads import CorpusLibrary, UploadError
 from ui.checks import MAX_CANDIDATES, count_problem, instruction_problem, query_problem
 from ui.compare_cards import render_pair_board, render_pair_summary
+from ui.live import LiveRuns
 from ui.model_key import SEPARATOR, Loading, ModelKey, ModelKeyError, name_problem
 from ui.results import render_notice
 
@@ -70,6 +71,7 @@ class SharedPage(Protocol):
     models: dict[str, LoadedModel]
     default_key: str
     access: ModelAccess
+    live: LiveRuns
 
     async def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None: ...
 
@@ -84,7 +86,8 @@ class SharedPage(Protocol):
 
     def stream(self, run: Run, events: Callable[[], AsyncIterator[Event]] | None, apply: Callable[[Event], None],
                update: Callable[[], Update], request: gr.Request | None,
-               end: Callable[[], None] | None = None) -> AsyncIterator[Update]: ...
+               end: Callable[[], None] | None = None, stop: Callable[[], None] | None = None
+               ) -> AsyncIterator[Update]: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -225,7 +228,7 @@ class ComparePage:
         async for update in page.stream(runs["A"], events if found else None,
                                         lambda tagged: view.pair.apply(*tagged),
                                         lambda: (*view.shown(reranked=reranked), view), request,
-                                        end=view.pair.end):
+                                        end=view.pair.end, stop=view.pair.stop):
             yield update
 
     def open_compare(self, on: bool, kind: str, key: str, instruction: str, budget: float | None, evidence: bool,
@@ -278,6 +281,7 @@ class ComparePage:
                         *REFUSED_LINK_TAIL]
             released = loading.released
         shown = self.sides_shown(link, kind, selected, budget, evidence)
+        self.page.live.begin(request.session_hash or "")
         return [*shown, corpus, selected, render_notice(f"Opened from a link. {released}".strip()),
                 runs + (link.b is None), compare_runs + (link.b is not None), gr.update(visible=False)]
 
@@ -335,10 +339,11 @@ class ComparePage:
         return gr.Dataset(**self.example_samples(corpus_name))
 
     def run_example(self, index: int, corpus_name: str, kind: str, key: str, budget: float | None, evidence: bool,
-                    runs: int, compare_runs: int) -> list[Any]:
+                    runs: int, compare_runs: int, request: gr.Request | None = None) -> list[Any]:
         """An example clicked: its query (and instruction) set, and run; a comparison example runs side A with the
         instruction against side B without it."""
         example = self.examples_of(corpus_name)[index]
+        self.page.live.begin(request.session_hash if request else "")
         a = Side(reranker=kind, instruction=example.instruction, evidence=bool(evidence))
         link = Link(query=example.query, a=a, b=dataclasses.replace(a, instruction="") if example.compare else None)
         return [*self.sides_shown(link, kind, key, budget, evidence), runs + (not example.compare),
@@ -420,12 +425,12 @@ def lay_out_compare(handlers: ComparePage, settings: Settings, *, default_corpus
 
 
 def wire_compare(app: gr.Blocks, handlers: ComparePage, controls: CompareControls, fields: PageFields, *,
-                 concurrency: int) -> gr.events.Dependency:
-    """Compare's, the links' and the examples' events; the comparison's run (for Stop to cancel)."""
+                 concurrency: int) -> None:
+    """Compare's, the links' and the examples' events."""
     page = handlers.page
     a_fields, b_fields = controls.sides["A"], controls.sides["B"]
     compare, sides_row, examples_row = controls.compare, controls.sides_row, controls.examples_row
-    compare_run = fields.compare_runs.change(
+    fields.compare_runs.change(
         handlers.compare, inputs=[fields.query, fields.method, fields.candidates, fields.sort_reranked,
                                   fields.corpus_name, *a_fields, *b_fields],
         outputs=[fields.summary, fields.results, fields.shown_run], api_visibility="private",
@@ -462,4 +467,3 @@ def wire_compare(app: gr.Blocks, handlers: ComparePage, controls: CompareControl
     controls.examples_button.click(lambda: gr.update(visible=True), outputs=examples_row, api_visibility="private")
     fields.corpus_name.change(handlers.examples_update, inputs=fields.corpus_name, outputs=controls.examples_box,
                               api_visibility="private")
-    return compare_run

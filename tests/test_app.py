@@ -108,12 +108,12 @@ def test_a_stop_pressed_before_the_run_begins_stops_it_and_the_next_query_runs()
 
 
 def test_stop_at_any_moment_ends_the_run_shown_as_stopped(library: CorpusLibrary) -> None:
-    """Stop before the run began, and Stop while it streams: either way its last update shows it stopped (the
-    Stop handler, without a run shown yet, changes nothing)."""
+    """Stop before the run began, and Stop while it streams: either way its last update shows it stopped (drawn
+    by the run's own loop: the Stop handler draws nothing)."""
     page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(1))
     request = gr.Request(session_hash="visitor")
     page.started(False, 0, 0, request)
-    assert page.stopped(None, True, BUDGET, request) == (gr.skip(), gr.skip())
+    page.stopped(request)
     before = live_run()
 
     async def one_event() -> AsyncIterator[Started]:
@@ -129,17 +129,20 @@ def test_stop_at_any_moment_ends_the_run_shown_as_stopped(library: CorpusLibrary
 
     async def stopped_mid_run() -> AsyncIterator[Started]:
         yield Started(reranker="rank1", doc_id="c", passage_id="c", first_stage_rank=3)
-        page.stopped(None, True, BUDGET, request)  # pressed before the first update reached the page
+        page.stopped(request)  # pressed before the first update reached the page
         yield Started(reranker="rank1", doc_id="b", passage_id="b", first_stage_rank=2)
 
     assert asyncio.run(drawn(during, stopped_mid_run))[-1] is True and len(page.live) == 0
 
 
-def test_stop_ends_a_run_waiting_for_its_next_event_at_once(library: CorpusLibrary) -> None:
+def test_stop_ends_a_run_waiting_for_a_slot_or_its_next_event_at_once(library: CorpusLibrary) -> None:
     """A Stop pressed while the run waits for its next event (on a CPU, a prefill seconds away) ends the wait at
     once, from the Stop handler's thread: the run shows itself stopped and its events are closed (their engine
-    requests end), without the event ever coming. A newer query ends the older run's wait the same way, unseen."""
-    page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=asyncio.Semaphore(2))
+    requests end), without the event ever coming. So does a Stop while the run waits for a slot, its events never
+    opened. A newer query ends the older run the same way, unseen; a run cancelled (Gradio's cancel, or its queue
+    closing) closes its events and ends cancelled."""
+    slots = asyncio.Semaphore(1)
+    page = SearchPage(library, ModelStatus(loaded=None, problem="none"), slots=slots)
     request = gr.Request(session_hash="visitor")
     closed: list[str] = []
 
@@ -153,35 +156,44 @@ def test_stop_ends_a_run_waiting_for_its_next_event_at_once(library: CorpusLibra
                 closed.append(name)
         return events
 
-    async def drawn(run: PointwiseRun, name: str) -> list[bool]:
+    async def drawn(name: str) -> list[bool]:
+        run = live_run()
         return [shown async for shown in page.stream(run, prefill_forever(name), run.apply,
                                                      lambda: run.summary().stopped, request)]
 
-    async def stop_from_a_thread() -> list[bool]:
+    async def streaming() -> None:
+        while not len(page.live):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # past its first event, the run now waits for its second (or for a slot)
+
+    async def scenarios() -> None:
         page.started(False, 0, 0, request)
-        drawing = asyncio.ensure_future(drawn(live_run(), "stopped"))
-        while not len(page.live):
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # the run now waits for its second event
-        await asyncio.to_thread(page.stopped, None, True, BUDGET, request)
-        return await asyncio.wait_for(drawing, 30)  # would wait forever for the next event
+        drawing = asyncio.ensure_future(drawn("stopped"))
+        await asyncio.wait_for(streaming(), 30)
+        await asyncio.to_thread(page.stopped, request)
+        assert (await asyncio.wait_for(drawing, 30))[-1] is True  # it would wait for the next event for ever
+        assert closed == ["stopped"] and len(page.live) == 0
 
-    updates = asyncio.run(stop_from_a_thread())
-    assert updates[-1] is True, updates
-    assert closed == ["stopped"] and len(page.live) == 0
-
-    async def replaced_by_a_newer_query() -> list[bool]:
+        await slots.acquire()  # another visitor's run holds the only slot
         page.started(False, 1, 0, request)
-        older = asyncio.ensure_future(drawn(live_run(), "older"))
-        while not len(page.live):
-            await asyncio.sleep(0.01)
-        page.started(False, 2, 0, request)
-        newer = asyncio.ensure_future(drawn(live_run(), "newer"))
-        shown = await asyncio.wait_for(older, 30)
-        newer.cancel()
-        return shown
+        waiting = asyncio.ensure_future(drawn("waiting"))
+        await asyncio.wait_for(streaming(), 30)
+        await asyncio.to_thread(page.stopped, request)
+        assert (await asyncio.wait_for(waiting, 30))[-1] is True and closed == ["stopped"]  # never opened
+        slots.release()
 
-    assert True not in asyncio.run(replaced_by_a_newer_query()) and closed[1] == "older"
+        page.started(False, 2, 0, request)
+        older = asyncio.ensure_future(drawn("older"))
+        await asyncio.wait_for(streaming(), 30)
+        page.started(False, 3, 0, request)
+        newer = asyncio.ensure_future(drawn("newer"))
+        assert True not in await asyncio.wait_for(older, 30) and closed[-1] == "older"
+        await asyncio.wait_for(streaming(), 30)
+        newer.cancel()
+        await asyncio.wait((newer,))
+        assert newer.cancelled() and closed[-1] == "newer" and len(page.live) == 0
+
+    asyncio.run(scenarios())
 
 
 def test_the_page_forgets_each_session_s_run_when_it_ends_or_the_page_is_closed(
@@ -497,7 +509,8 @@ def test_compare_handlers_run_both_sides_refuse_bad_sides_and_a_model_that_does_
     files = {Path(name).name: Path(name).read_text() for name in page.export(view, "sample_corpus")}
     assert set(files) == {"rerank-A.trec", "rerank-B.trec", "compare.jsonl"}
     assert page.resort(view, False, BUDGET) == view.shown(reranked=False)[1]
-    assert "stopped" not in page.stopped(view, True, BUDGET)[0]  # a finished pair stays done
+    view.pair.stop()
+    assert "stopped" not in view.shown(reranked=True)[0]  # a finished pair stays done
 
     _, _, same = compare(a)[-1]
     assert same.pair.shared and "A's work, reasoned once" in same.shown(reranked=True)[0]

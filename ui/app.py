@@ -7,6 +7,7 @@ candidate's reasoning and judgment, or ReasonRank's windows) and the list re-sor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -40,7 +41,7 @@ from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
-from ui.live import LiveRuns, until
+from ui.live import LiveRuns, read_until
 from ui.model_key import Loading, ModelKey, ModelKeyError, name_problem
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS
@@ -362,9 +363,10 @@ class SearchPage:
         will not come. Ended by Stop (``stop``, default ``run.stop``), even one pressed before the run began, it
         shows itself stopped."""
         session = request.session_hash if request else ""
+        halt = stop or run.stop
         loop, ended = asyncio.get_running_loop(), asyncio.Event()
         if not self.live.start(session, run, lambda: loop.call_soon_threadsafe(ended.set)):
-            (stop or run.stop)()
+            halt()
             yield update()
             return
         try:
@@ -374,18 +376,18 @@ class SearchPage:
             last = time.monotonic()
             stream = events()
             try:
-                async with self.slots:
-                    async for event in until(stream, ended):
+                async with contextlib.aclosing(read_until(stream, ended, self.slots)) as arriving:
+                    async for event in arriving:
                         apply(event)
                         if time.monotonic() - last >= UPDATE_EVERY_S:
                             last = time.monotonic()
                             yield update()
             finally:
-                await stream.aclose()  # ends the engine requests
+                await stream.aclose()  # ends the engine requests, and a stream that never began
             if not ended.is_set():  # every event came
                 (end or run.end)()
             if self.live.halted(session, run):
-                (stop or run.stop)()
+                halt()
             if self.live.current(session, run) or self.live.halted(session, run):  # not replaced or cleared
                 yield update()
         finally:
@@ -405,17 +407,11 @@ class SearchPage:
             return run.shown(reranked=reranked)[1]
         return self.shown(run, int(budget), reranked=reranked)[1] if run else ""
 
-    def stopped(self, run: Run | ShownPair | None, reranked: bool, budget: int, request: gr.Request | None = None
-                ) -> tuple[str, str]:
-        """Every unfinished card (both halves of a comparison's) says stopped and keeps its partial reasoning."""
-        self.live.stop(request.session_hash if request else "")
-        if run is None:  # nothing shown yet: a run asked for shows itself stopped when it begins
-            return gr.skip(), gr.skip()
-        if isinstance(run, ShownPair):
-            run.pair.stop()
-            return run.shown(reranked=reranked)
-        run.stop()
-        return self.shown(run, int(budget), reranked=reranked)
+    def stopped(self, request: gr.Request) -> None:
+        """Stop: the session's run ends at once and draws itself stopped, every unfinished card (both halves of a
+        comparison's) keeping its partial reasoning; a run asked for and not begun yet begins stopped. The run's
+        own loop draws it, never this handler: until the run's first update, the run shown is the one before."""
+        self.live.stop(request.session_hash or "")
 
     async def model_refusal(self, name: str, engine: str, keep: Collection[str] = ()) -> str | None:
         """Why a visitor may not open ``name`` on ``engine`` now, before anything is opened: not among the models
@@ -491,7 +487,7 @@ class SearchPage:
         return engine is not None
 
     def left(self, request: gr.Request) -> None:
-        """The session closed the page: its run ends at its next event and is forgotten."""
+        """The session closed the page: its run ends at once and is forgotten."""
         self.live.forget(request.session_hash or "")
 
     def export(self, run: Run | ShownPair | None, corpus_name: str) -> list[str]:
@@ -629,25 +625,24 @@ def build_app(library: CorpusLibrary, status: ModelStatus | None = None, *, conc
         # .input, not .change: a link or an example sets reranker and budget together, and keeps its budget.
         reranker_kind.input(page.budget_of, inputs=[reranker_kind, selected], outputs=budget,
                             api_visibility="private")
-        runs.change(page.rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked,
-                                               corpus_name, reranker_kind, selected, evidence],
-                          outputs=[summary, results, shown_run, rows], api_name="rerank",
-                          concurrency_limit=concurrency, trigger_mode="multiple", show_progress="hidden")
+        runs.change(page.rerank, inputs=[query, instruction, method, candidates, budget, sort_reranked, corpus_name,
+                                         reranker_kind, selected, evidence],
+                    outputs=[summary, results, shown_run, rows], api_name="rerank", concurrency_limit=concurrency,
+                    trigger_mode="multiple", show_progress="hidden")
         fields = PageFields(query=query, instruction=instruction, method=method, candidates=candidates,
                             sort_reranked=sort_reranked, corpus_name=corpus_name, reranker_kind=reranker_kind,
                             selected=selected, budget=budget, evidence=evidence, runs=runs, compare_runs=compare_runs,
                             summary=summary, results=results, shown_run=shown_run)
         wire_compare(app, compare_page, controls, fields, concurrency=concurrency)
-        # A new query starts the next run at once; the run it replaces ends at its next event. Stop, too, goes
+        # A new query starts the next run at once; the run it replaces ends at once (LiveRuns). Stop, too, goes
         # through LiveRuns, not Gradio's cancel: cancelling the old run at a new query's moment sometimes landed on
         # the new run instead (about one time in eight), which then never showed; cancelling a run within its first
         # second left it queued for good, let it go on, or blanked the results (a new user's walk).
         sides_submit = [side[2].submit for side in controls.sides.values()]
         gr.on([query.submit, run_button.click, *sides_submit], page.started,
-                      inputs=[controls.compare, runs, compare_runs],
-                      outputs=[runs, compare_runs, controls.examples_row, controls.sides_row], api_visibility="private")
-        stop_button.click(page.stopped, inputs=[shown_run, sort_reranked, budget], outputs=[summary, results],
-                          api_visibility="private")
+              inputs=[controls.compare, runs, compare_runs],
+              outputs=[runs, compare_runs, controls.examples_row, controls.sides_row], api_visibility="private")
+        stop_button.click(page.stopped, api_visibility="private")
         sort_reranked.change(page.resort, inputs=[shown_run, sort_reranked, budget], outputs=results)
         export_button.click(page.export, inputs=[shown_run, corpus_name], outputs=files)
         if annotations is not None and remembered is not None:

@@ -1,16 +1,14 @@
 """Which run each page session is streaming now: a newer query or Stop replaces it, and a replaced run ends at once,
-even while it waits for its next event, which on a CPU may be a prefill seconds away (Gradio's cancel alone has
-been seen to miss a run that had only just started, and, cancelling one mid-way through its first update, to blank
-the results). A Stop pressed after Enter but before the run began
-holds too: the run begins stopped. Only streaming runs are held, with the sessions whose Stop waits for a run: a
-run leaves when it ends, when Stop is pressed and when its session closes the page, and at most ``capacity``
-sessions are held at once (the oldest beyond that are dropped), so that memory does not grow with the visitors of
-a public Space."""
+even while it waits for a slot or for its next event, which on a CPU may be a prefill seconds away (Gradio's
+cancel alone has been seen to miss a run that had only just started, and, cancelling one mid-way through its first
+update, to blank the results). A Stop pressed after Enter but before the run began holds too: the run begins
+stopped. Only streaming runs are held, with the sessions whose Stop waits for a run: a run leaves when it ends,
+when Stop is pressed and when its session closes the page, and at most ``capacity`` sessions are held at once (the
+oldest beyond that are dropped), so that memory does not grow with the visitors of a public Space."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -33,8 +31,11 @@ class LiveRuns:
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, tuple[Run, Callable[[], None]]] = OrderedDict()
         """Each session's streaming run, with what wakes its loop when the run is ended for it."""
-        self._halted: OrderedDict[str, Run | None] = OrderedDict()
-        """Sessions whose last word was Stop (no run has been asked for since), with the run it ended, if any."""
+        self._halted: OrderedDict[str, int] = OrderedDict()
+        """Sessions whose last word was Stop (no run has been asked for since), with the ``id`` of the run it ended
+        (or of None when there was none): only its identity is kept, not the run and its reasoning. A run with that
+        id is that run: the loop asking holds it, and a newer run of the session begins only after Enter, which
+        forgets the Stop."""
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -76,14 +77,14 @@ class LiveRuns:
         with self._lock:
             ended = self._runs.pop(session, None)
             self._halted.pop(session, None)
-            self._halted[session] = ended[0] if ended else None
+            self._halted[session] = id(ended[0] if ended else None)
             while len(self._halted) > self.capacity:
                 self._halted.popitem(last=False)
         _wake(ended)
 
     def halted(self, session: str, run: Run | None) -> bool:
         """Whether Stop ended ``run`` (not a newer query, another corpus or the page's closing)."""
-        return self._halted.get(session, False) is run
+        return self._halted.get(session) == id(run)
 
     def forget(self, session: str) -> None:
         """The session closed the page or chose another corpus: what it streams ends at once, unseen."""
@@ -94,28 +95,43 @@ class LiveRuns:
 
 
 def _wake(*ended: tuple[Run, Callable[[], None]] | None) -> None:
+    """Wake the loops of the runs ``ended`` (their entries as held; None where a session held none)."""
     for held in ended:
         if held is not None:
             held[1]()
 
 
-async def until(items: AsyncIterator[T], ended: asyncio.Event) -> AsyncIterator[T]:
-    """``items`` until they run out or ``ended`` is set, which ends the wait for the next item at once (cancelling
-    it) rather than once it has come."""
-    ending = asyncio.ensure_future(ended.wait())
+async def read_until(items: AsyncIterator[T], ended: asyncio.Event, slots: asyncio.Semaphore) -> AsyncIterator[T]:
+    """``items``, read by one task of their own while it holds one of ``slots``, until they run out or ``ended`` is
+    set. Once ended, or closed, the reader is cancelled and awaited: its wait for a slot or for the next item (on a
+    CPU, a prefill seconds away) ends at once, and with it the items and their engine requests. One task reads
+    them all, so that an engine that knows its readers (the transformers engine waits for them as it closes) sees
+    one."""
+    arrived: asyncio.Queue[T | Exception | object] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async with slots:
+                async for item in items:
+                    arrived.put_nowait(item)
+        except Exception as error:  # the items' failure is the reading's
+            arrived.put_nowait(error)
+        finally:
+            arrived.put_nowait(_DONE)
+
+    reader = asyncio.ensure_future(read())
+    waking = asyncio.ensure_future(ended.wait())
+    waking.add_done_callback(lambda _: arrived.put_nowait(_DONE))
     try:
-        while not ended.is_set():
-            step = asyncio.ensure_future(anext(items))
-            await asyncio.wait((step, ending), return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                return
-            try:
-                item = step.result()
-            except StopAsyncIteration:
-                return
-            yield item
+        while (item := await arrived.get()) is not _DONE:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
     finally:
-        ending.cancel()
+        waking.cancel()
+        reader.cancel()
+        await asyncio.wait((reader,))
+
+
+_DONE = object()
+"""Put on ``read_until``'s queue when the items have run out, failed or been ended."""

@@ -63,7 +63,7 @@ def page_for(library: CorpusLibrary, status: ModelStatus, models: str = "", idle
 
 def open_link(page: ComparePage, query: str, *, evidence: bool = False) -> list[Any]:
     """The page opened at ``?<query>``, its evidence defaulting to ``evidence``."""
-    request: Any = SimpleNamespace(query_params=dict(parse_qsl(query, keep_blank_values=True)))
+    request: Any = SimpleNamespace(session_hash="visitor", query_params=dict(parse_qsl(query, keep_blank_values=True)))
     return asyncio.run(page.from_link("rank1", page.page.default_key, BUDGET, evidence, 0, 0, request))
 
 

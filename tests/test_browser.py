@@ -165,6 +165,7 @@ def test_stop_at_any_moment_after_enter_shows_the_run_stopped_and_frees_the_engi
     stopped = page.locator(".es-summary").inner_text()
     page.wait_for_timeout(1000)  # nothing goes on behind the stopped line
     assert page.locator(".es-summary").inner_text() == stopped and loaded.engine.active_requests() == 0
+    shoot(page, f"stopped-{delay_ms}ms")
 
 
 def test_a_query_at_the_limit_is_counted_and_refused_never_cut(page: Page, page_url: str) -> None:

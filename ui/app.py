@@ -30,6 +30,7 @@ from search.pipeline import LoadedModel, build_reranker, memory_need, model_acce
 from search.rerank.base import Reranker, Run
 from search.rerank.registry import RERANKERS, reranker_class
 from search.settings import DEFAULT_RERANKER, STORAGE, RetrievalMethod, Settings
+from search.streams import read_until
 from search.trec import UNNAMED_QUERY_ID
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
@@ -41,7 +42,7 @@ from ui.compare_cards import COMPARE_CSS
 from ui.evaluate import build_evaluate_tab
 from ui.evidence import EVIDENCE_CSS
 from ui.header import HEADER_CSS, render_header
-from ui.live import LiveRuns, read_until
+from ui.live import LiveRuns
 from ui.model_key import Loading, ModelKey, ModelKeyError, name_problem
 from ui.renderers import renderer_for
 from ui.results import CSS as RESULTS_CSS

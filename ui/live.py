@@ -8,15 +8,11 @@ oldest beyond that are dropped), so that memory does not grow with the visitors 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 from search.rerank.base import Run
-
-T = TypeVar("T")
 
 LIVE_SESSIONS = 1024
 """The most sessions whose runs stream at once (many more than the engine serves together: the rest wait)."""
@@ -99,39 +95,3 @@ def _wake(*ended: tuple[Run, Callable[[], None]] | None) -> None:
     for held in ended:
         if held is not None:
             held[1]()
-
-
-async def read_until(items: AsyncIterator[T], ended: asyncio.Event, slots: asyncio.Semaphore) -> AsyncIterator[T]:
-    """``items``, read by one task of their own while it holds one of ``slots``, until they run out or ``ended`` is
-    set. Once ended, or closed, the reader is cancelled and awaited: its wait for a slot or for the next item (on a
-    CPU, a prefill seconds away) ends at once, and with it the items and their engine requests. One task reads
-    them all, so that an engine that knows its readers (the transformers engine waits for them as it closes) sees
-    one."""
-    arrived: asyncio.Queue[T | Exception | object] = asyncio.Queue()
-
-    async def read() -> None:
-        try:
-            async with slots:
-                async for item in items:
-                    arrived.put_nowait(item)
-        except Exception as error:  # the items' failure is the reading's
-            arrived.put_nowait(error)
-        finally:
-            arrived.put_nowait(_DONE)
-
-    reader = asyncio.ensure_future(read())
-    waking = asyncio.ensure_future(ended.wait())
-    waking.add_done_callback(lambda _: arrived.put_nowait(_DONE))
-    try:
-        while (item := await arrived.get()) is not _DONE:
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        waking.cancel()
-        reader.cancel()
-        await asyncio.wait((reader,))
-
-
-_DONE = object()
-"""Put on ``read_until``'s queue when the items have run out, failed or been ended."""

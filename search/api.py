@@ -55,12 +55,16 @@ class RerankRequest:
     reranker: str | None = None
     budget: int | None = None
     evidence: bool | None = None
+    belief: bool | None = None
+    early_verdict: bool | None = None
 
     def settings(self, base: RerankSettings) -> RerankSettings:
         """``base`` with what this request asks for instead."""
         return dataclasses.replace(
             base, reranker=self.reranker or base.reranker, budget=self.budget or base.budget,
-            evidence=base.evidence if self.evidence is None else self.evidence)
+            evidence=base.evidence if self.evidence is None else self.evidence,
+            belief=base.belief if self.belief is None else self.belief,
+            early_verdict=base.early_verdict if self.early_verdict is None else self.early_verdict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,7 +72,7 @@ class RerankResult:
     """One document's outcome, best first. ``relevance_score`` is on 0–1, as the reranker's ``relevance_meaning``
     says; a document that failed has 0 and ``failure`` says why. ``details`` holds the reranker's own fields (its
     run's ``details``: rank1's ``p_true``, ``verdict``…, the assessor's ``grade``, ``distribution``…) and
-    ``evidence``."""
+    ``evidence``; with belief probes, ``belief`` (its ``BeliefPoint`` fields, by tokens)."""
 
     index: int
     """The document's place in the request, from 0."""
@@ -194,12 +198,13 @@ class ReasoningReranker:
 
     def start(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
               top_n: int | None = None, instruction: str = "", reranker: str | None = None,
-              budget: int | None = None, evidence: bool | None = None) -> Reranking:
+              budget: int | None = None, evidence: bool | None = None, belief: bool | None = None,
+              early_verdict: bool | None = None) -> Reranking:
         """A request ready to stream; raises ``EngineError`` when the engine cannot take it (its servers are out,
-        or the budget does not fit its context)."""
+        or the budget does not fit its context), ``SettingsError`` when the reranker has no belief to probe."""
         return self.reranking(RerankRequest(query=query, documents=as_documents(documents), top_n=top_n,
                                             instruction=instruction, reranker=reranker, budget=budget,
-                                            evidence=evidence))
+                                            evidence=evidence, belief=belief, early_verdict=early_verdict))
 
     def reranking(self, request: RerankRequest) -> Reranking:
         """``request`` ready to stream (``start`` with the request made already)."""
@@ -225,10 +230,12 @@ class ReasoningReranker:
 
     def rerank(self, query: str, documents: Sequence[str | RerankDocument | Mapping[str, Any]], *,
                top_n: int | None = None, instruction: str = "", reranker: str | None = None,
-               budget: int | None = None, evidence: bool | None = None) -> list[RerankResult]:
-        """The documents best first, each with its reasoning. Works inside a running event loop too (a notebook)."""
+               budget: int | None = None, evidence: bool | None = None, belief: bool | None = None,
+               early_verdict: bool | None = None) -> list[RerankResult]:
+        """The documents best first, each with its reasoning (and its belief probes, with ``belief``). Works inside a
+        running event loop too (a notebook)."""
         return _run(self.arerank(query, documents, top_n=top_n, instruction=instruction, reranker=reranker,
-                                 budget=budget, evidence=evidence))
+                                 budget=budget, evidence=evidence, belief=belief, early_verdict=early_verdict))
 
     def close(self) -> None:
         """Stop the engine (vLLM's workers are separate processes)."""

@@ -20,7 +20,14 @@ from search.rerank.base import Reranker, Run
 from search.rerank.cache import JudgmentCache
 from search.rerank.registry import reranker_class
 from search.retrieval.ranking import Candidate, Ranking
-from search.settings import DEFAULT_RERANKER, EngineKind, EngineSettings, ModelAccess, RerankSettings
+from search.settings import (
+    DEFAULT_RERANKER,
+    EngineKind,
+    EngineSettings,
+    ModelAccess,
+    RerankSettings,
+    SettingsError,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,8 +214,11 @@ def planned_model_key(serving: EngineSettings, choice: Choice) -> str | None:
 
 def build_reranker(settings: RerankSettings, loaded: LoadedModel, cache: JudgmentCache | None = None) -> Reranker:
     """The reranker the settings name, on ``loaded``'s engine, keeping its judgments in ``cache`` (default: the
-    settings' judgment cache). Its budget: ``reranker_budget``."""
+    settings' judgment cache). Its budget: ``reranker_budget``. Raises ``SettingsError`` for belief probes or early
+    verdicts from a reranker that has none."""
     cls = reranker_class(settings.reranker)
+    if (problem := cls.belief_problem(settings)) is not None:
+        raise SettingsError(problem)
     budget = reranker_budget(settings, loaded.model, on_cpu=loaded.engine.on_cpu)
     engine = loaded.engine
     if (problem := engine.waiting()) is not None:

@@ -240,8 +240,24 @@ class RerankSettings:
     passage_tokens: int = _setting(512, "reasonrank: each passage cut to its first this many tokens")
     evidence: bool = _setting(False, "rank1 and assessor: after each judgment, measure which passage sentences it "
                                      "rests on (one re-score per sentence) and check the reasoning's faithfulness")
+    belief: bool = _setting(False, "rank1 and assessor: while the model reasons, measure the verdict it would give if "
+                                   "its reasoning ended there (the forced verdict step at the reasoning so far), "
+                                   "before any reasoning and every belief_every tokens")
+    belief_every: int = _setting(0, "belief probes: reasoning tokens between probes (0: the reranker's measured "
+                                    "default)")
+    page_belief: bool = _setting(True, "the page probes the belief of every rank1 and assessor judgment (its chart and "
+                                       "badge) at the measured default interval; the API and batch runs ask for it "
+                                       "with belief")
+    early_verdict: bool = _setting(False, "rank1 and assessor: stop the reasoning once the belief has settled (the "
+                                          "reranker's early-verdict rule) and take the last probe's verdict, marked "
+                                          "early; implies belief")
     judgment_cache: bool = _setting(True, "keep judgments on disk and replay them for repeated queries")
     judgment_cache_path: Path = _setting(STORAGE.cache / "judgments.sqlite3", "SQLite file of cached judgments")
+
+    @property
+    def probes_belief(self) -> bool:
+        """Belief probes run: asked for, or needed by early verdicts."""
+        return self.belief or self.early_verdict
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 1 <= self.step <= self.window or self.passage_tokens < 1:
@@ -249,7 +265,7 @@ class RerankSettings:
                                 f"least 1; got {self.window}, {self.step} and {self.passage_tokens}")
         if self.top_k < 1:
             raise SettingsError(f"top_k must be at least 1, got {self.top_k}")
-        for name in ("budget", "concurrency"):
+        for name in ("budget", "concurrency", "belief_every"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be 0 (the reranker's default) or more, got {getattr(self, name)}")
 

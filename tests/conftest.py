@@ -117,6 +117,7 @@ def write(path: Path, text: str | bytes) -> Path:
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 README_SCREENSHOT = REPO_ROOT / "docs" / "live-page.png"
 COMPARE_SCREENSHOT = REPO_ROOT / "docs" / "compare-page.png"
+BELIEF_SCREENSHOT = REPO_ROOT / "docs" / "belief-page.png"
 """The README's opening picture, written by the browser test while the page streams, so that it stays current."""
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -258,6 +258,34 @@ def test_evidence_comes_with_each_result_when_asked(tokenizer: object) -> None:
     assert all(-1 <= sentence["delta"] <= 1 for sentence in evidence["sentences"])
 
 
+def test_belief_probes_come_with_each_result_when_asked_and_never_otherwise(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, Judge(VerdictTokens.of(tokenizer)), pause_s=0.01)
+    client = client_of(reranker_on(engine))
+    request = {"query": "q", "documents": DOCUMENTS}
+    try:
+        plain = client.post("/v1/rerank", json=request).json()
+        probed = client.post("/v1/rerank", json={**request, "belief": True}).json()
+        with client.stream("POST", "/v1/rerank", json={**request, "belief": True, "stream": True}) as streamed:
+            events = server_sent_events(streamed.read().decode())
+        named = client.post("/v1/rerank", json={**request, "model": "scripted?belief=true"}).json()
+        listwise = client_of(reranker_on(engine, "reasonrank")).post("/v1/rerank", json={**request, "belief": True})
+    finally:
+        engine.close()
+    assert all("belief" not in result for result in plain["results"])
+    assert not plain["meta"]["explainable_search"]["belief"] and probed["meta"]["explainable_search"]["belief"]
+    by_index = {result["index"]: result for result in probed["results"]}
+    # The scripted judge answers its forced step with the document's own P(true) (0.8 good, 0.2 otherwise).
+    for index, result in by_index.items():
+        expected = 0.8 if "good" in str(DOCUMENTS[index]) else 0.2
+        assert [point["tokens"] for point in result["belief"]] == [0]  # one token of reasoning: under belief_every
+        assert all(point["score"] == pytest.approx(expected) for point in result["belief"])
+        assert result["belief"][0]["offset"] == 0 and len(result["belief"][0]["distribution"]) == 2
+    streamed_points = {(data["doc_id"], data["point"]["tokens"]) for kind, data in events if kind == "belief"}
+    assert streamed_points == {(str(index), tokens) for index in by_index for tokens in (0,)}
+    assert all("belief" in result for result in named["results"])
+    assert listwise.status_code == 422 and listwise.json()["message"].startswith("belief: reasonrank gives no verdict")
+
+
 @contextlib.contextmanager
 def serving(engine: ScriptedEngine, **limits: Any) -> Iterator[str]:
     """The API over ``engine`` on a real loopback server (uvicorn in a thread), at its base URL; the engine is
@@ -307,7 +335,9 @@ def test_a_client_that_goes_away_stops_the_engine_work(live: tuple[str, Scripted
         first = next(response.iter_lines())
         assert first.startswith("event: ")
     stops_mid_way(engine, 0)
-    assert len(engine.aborted) == 3  # each document's request, mid-way: none had finished after one event
+    # Every request the engine had started was aborted mid-way (none had finished after one event); a document
+    # whose request had not gone in yet (each waits for the one above it) never sends it.
+    assert engine.aborted == engine.requests and 1 <= len(engine.aborted) <= 3
     aborted = len(engine.aborted)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/rerank", json=request, timeout=0.3)

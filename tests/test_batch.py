@@ -35,6 +35,7 @@ from search.batch import (
 from search.batch.report import comparison, grade_agreement
 from search.batch.store import STATE_FILE, Kept
 from search.corpus import Corpus, CorpusError, Document
+from search.engines.base import GenerationChunk, GenerationRequest
 from search.engines.openai_engine import spanning_stop
 from search.evaluation import retrieve_run
 from search.rerank.assessor import AssessorReranker
@@ -219,6 +220,43 @@ def test_the_report_measures_before_and_after_and_writes_every_output(
     assert metrics["queries"] == 2 and metrics["per_query"]["q1"]["MRR@10"] == {"before": 0.5, "after": 1.0}
     assert "3 failed (run the batch again to retry them)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "gains.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_belief_batch_keeps_the_probes_in_the_store_and_traces_and_reports_what_reasoning_changed(
+        tmp_path: Path, small_batch: tuple[Path, Path, Corpus], verdict: VerdictTokens, demo_model: Path) -> None:
+    queries, run, corpus = small_batch
+    inputs = load_batch(corpus, queries, run, 3)
+    settings = RerankSettings(belief=True)
+    qrels = {"q1": {"d2-good": 1}, "q2": {"d2-good": 2, "d1": 0}}
+    store = BatchStore.open(tmp_path, spec_of(inputs, options=Rank1Reranker.fingerprint(settings)), inputs,
+                            sources={"run": str(run)}, qrels=qrels)
+    judge = Judge(verdict)
+
+    def undecided_before_reasoning(request: GenerationRequest) -> list[GenerationChunk] | Exception:
+        """The scripted judge, but before any reasoning every document gets P(true) 0.2: reasoning changes the
+        verdict of the good ones."""
+        if request.allowed_token_ids and request.prompt.endswith("\n\n</think>"):
+            return judge(dataclasses.replace(request, prompt=request.prompt.replace("good", "")))
+        return judge(request)
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    reranker = Rank1Reranker(ScriptedEngine(tokenizer, undecided_before_reasoning), model_key="scripted", budget=8,
+                             settings=settings, cache=store.judgment_cache())
+    asyncio.run(run_batch(inputs, store, reranker, concurrency=2, report=lambda progress: None))
+    kept = [item.event for item in store.kept() if isinstance(item.event, Judged)]
+    assert len(kept) == 9 and all(event.belief and event.belief[0].tokens == 0 for event in kept)
+    view = view_batch(store)
+    write_outputs(tmp_path, view, store.qrels())
+    traces = {(trace["query_id"], trace["doc_id"]): trace
+              for trace in map(json.loads, (tmp_path / "traces.jsonl").read_text().splitlines())}
+    assert traces["q1", "d2-good"]["belief"][0]["score"] == pytest.approx(0.2)
+    assert traces["q1", "d1"]["belief"] == [{"tokens": 0, "offset": 0, "score": pytest.approx(0.2),
+                                             "distribution": [pytest.approx(0.8), pytest.approx(0.2)]}]
+    report = (tmp_path / "report.md").read_text()
+    assert "reasoning changed the no-thinking verdict on 3 (33.3%)" in report  # d2-good in each of 3 queries
+    assert "| 2 | 1 | 0.2000 | 0.8000 |" in report and "| 0 | 1 | 0.2000 | 0.2000 |" in report
+    effect = json.loads((tmp_path / "metrics.json").read_text())["reasoning_effect"]
+    assert effect["documents"] == 9 and effect["changed"] == 3 and effect["early"] == 0
 
 
 def test_a_reasonrank_batch_keeps_each_finished_querys_windows_and_resumes_the_rest(

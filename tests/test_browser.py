@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
-from conftest import COMPARE_SCREENSHOT, README_SCREENSHOT, shoot, write
+from conftest import BELIEF_SCREENSHOT, COMPARE_SCREENSHOT, README_SCREENSHOT, shoot, write
 from gradio.utils import get_upload_folder
 from gradio_client import Client
 from playwright.sync_api import Page, expect
@@ -434,6 +434,64 @@ def test_the_assessor_shows_each_grade_distribution_and_sorts_by_expected_grade(
     records = [json.loads(line) for line in jsonl.splitlines()]
     assert all(record["reranker"] == "assessor" and len(record["distribution"]) == 4 for record in records)
     assert [f"{record['expected_grade']:.2f}" for record in records] == [f"{shown:.2f}" for shown in expected]
+
+
+# Points of each thinking card's belief chart, by document id.
+LIVE_BELIEF = """() => Object.fromEntries([...document.querySelectorAll('.es-rcard.es-s-thinking')].map((card) =>
+  [card.dataset.doc, (card.querySelector('svg.es-belief polyline')?.getAttribute('points') || '').trim()
+    .split(/\\s+/).filter(Boolean).length]))"""
+
+
+def expected_badge(record: dict) -> str:
+    """The badge a judged card must show, from the exported row's measured probes and judgment alone."""
+    def verdict(distribution: list[float]) -> int:
+        return max(range(len(distribution)), key=lambda index: (distribution[index], -index))
+
+    points = [*record["belief"], {"tokens": record["tokens"], "distribution": record["distribution"]}]
+    final = verdict(points[-1]["distribution"])
+    if verdict(points[0]["distribution"]) != final:
+        return "reasoning changed the verdict"
+    settled = points[-1]["tokens"]
+    for point in reversed(points):
+        if verdict(point["distribution"]) != final:
+            break
+        settled = point["tokens"]
+    if settled == 0:
+        return "decided before reasoning"
+    return f"decided early (by token {settled})" if settled < points[-1]["tokens"] else ""
+
+
+def test_belief_charts_fill_in_live_and_the_badges_say_what_the_measured_probes_say(page: Page,
+                                                                                    page_url: str) -> None:
+    page.goto(page_url)
+    search_with(page, "Assessor (UMBRELA): graded 0–3, expected grade per document", 160)
+    # While a card is still thinking its chart gains points: the verdict before any reasoning, then every 64 tokens.
+    page.wait_for_function(f"Object.values(({LIVE_BELIEF})()).some((points) => points >= 2)", timeout=120_000)
+    shoot(page, "belief-live")
+    expect(page.locator(".es-summary")).to_contain_text("4/4 judged", timeout=180_000)
+    expect(page.locator(".es-rcard svg.es-belief circle.es-final")).to_have_count(4)  # the judgment, last
+    export_traces(page)
+    records = {record["doc_id"]: record for record in map(json.loads, exported(page)[".jsonl"].splitlines())}
+    assert all(record["belief"][0]["tokens"] == 0 for record in records.values())
+    for doc_id, record in records.items():
+        card = page.locator(f".es-rcard[data-doc='{doc_id}']")
+        badge = expected_badge(record)
+        for text in ("reasoning changed the verdict", "decided before reasoning", "decided early"):
+            expect(card.locator(".es-flag", has_text=text)).to_have_count(int(badge.startswith(text)))
+        if badge:
+            expect(card.locator(".es-flag", has_text=badge)).to_have_attribute("title", re.compile(
+                rf"^expected grade before reasoning {record['belief'][0]['score']:.2f}, verdict "
+                rf"{record['expected_grade']:.2f}"))
+    # Opening all of the reasoning marks the stretch that moved the belief most, with the measured change.
+    moved = page.locator(".es-rcard .es-moved")
+    if moved.count():
+        page.locator(".es-rcard:has(.es-moved)").first.locator("details.es-all > summary").click()
+        expect(moved.first).to_be_visible()
+        assert re.fullmatch(r"expected grade \d\.\d\d → \d\.\d\d here", moved.first.get_attribute("data-note"))
+    assert page.evaluate("window.hacked") is None
+    page.locator("#es-panel .toggle-button").click()  # the side panel, opened to choose the reranker, closes
+    expect(page.get_by_label("Reasoning budget (tokens)")).not_to_be_visible()
+    page.screenshot(path=str(BELIEF_SCREENSHOT))  # the README's tour
 
 
 # Characters of reasoning in each half of each compare card whose halves' reasoning areas lie wholly in the

@@ -19,7 +19,7 @@ from search.engines.hf_engine import TransformersEngine
 from search.engines.openai_engine import OpenAIEngine
 from search.engines.vllm_engine import CPU_BLOCK_SIZE, VLLMEngine
 from search.rerank.assessor import AssessorReranker
-from search.rerank.events import Event, Evidence, Failed, Graded, Judged, Reasoning, Started
+from search.rerank.events import Belief, Event, Evidence, Failed, Graded, Judged, Reasoning, Started
 from search.rerank.rank1 import STOP_FALSE, STOP_TRUE, Rank1Reranker, VerdictTokens, p_true, render_prompt
 from search.retrieval.first_stage import FirstStage
 from search.retrieval.ranking import Candidate, Hit
@@ -373,3 +373,59 @@ def test_cancelling_mid_evidence_frees_the_engine(vllm_engine: Engine) -> None:
     running, seen = asyncio.run(cancel_after_the_verdict())
     assert running > 0 and not any(isinstance(event, Evidence) for event in seen)
     assert wait_until(lambda: vllm_engine.active_requests() == 0)
+
+
+def probed(engine: Engine, candidates: tuple[Candidate, ...], *, belief: bool = True, early: bool = False
+           ) -> list[Event]:
+    """rank1 over ``candidates`` one document at a time, with belief probes every 8 tokens (or none)."""
+    reranker = Rank1Reranker(engine, model_key="demo", budget=BUDGET, settings=RerankSettings(
+        belief=belief, belief_every=8, early_verdict=early, judgment_cache=False))
+
+    async def events() -> list[Event]:
+        return [event async for event in reranker.stream(QUERY, candidates, slots=asyncio.Semaphore(1))]
+
+    return asyncio.run(events())
+
+
+@pytest.fixture(scope="module")
+def one_row_engine(demo_model: Path) -> Iterator[TransformersEngine]:
+    """The transformers engine decoding one request at a time: deterministic whatever else is queued."""
+    engine = TransformersEngine(model="demo", location=str(demo_model), max_model_len=MAX_MODEL_LEN, batch_size=1)
+    yield engine
+    engine.close()
+
+
+def test_probes_leave_the_reasoning_token_for_token_as_it_was_on_a_deterministic_engine(
+        one_row_engine: TransformersEngine, candidates: tuple[Candidate, ...]) -> None:
+    with_probes, without = probed(one_row_engine, candidates), probed(one_row_engine, candidates, belief=False)
+    for reasoned in (with_probes, without):
+        assert {event.doc_id for event in reasoned if isinstance(event, Judged)} == {
+            candidate.passage.doc_id for candidate in candidates}
+    judged = {event.doc_id: event for event in with_probes if isinstance(event, Judged)}
+    plain = {event.doc_id: event for event in without if isinstance(event, Judged)}
+    for doc_id, event in judged.items():
+        assert event.reasoning == plain[doc_id].reasoning and event.tokens == plain[doc_id].tokens, doc_id
+        assert event.belief and not plain[doc_id].belief
+        # The forced verdict reads the same prompt; with probes the last one's cache serves most of it, which moves
+        # the numbers in their last digits (seen: 4e-7 in P(true)).
+        assert event.p_true == pytest.approx(plain[doc_id].p_true, abs=1e-5)
+        assert [point.tokens for point in event.belief][:2] == [0, 8] or event.tokens <= 8
+        offsets = [point.offset for point in event.belief]
+        assert offsets == sorted(offsets) and offsets[-1] <= len(event.reasoning)  # what each probe read
+
+
+@pytest.mark.parametrize("name", ["vllm_engine", "hf_engine", "one_row_engine"])
+def test_the_last_probe_of_a_reasoning_that_used_its_budget_is_the_forced_verdict(
+        request: pytest.FixtureRequest, name: str, candidates: tuple[Candidate, ...]) -> None:
+    events = probed(request.getfixturevalue(name), candidates)
+    budget_ended = [event for event in events if isinstance(event, Judged) and event.end_reason == "budget"]
+    assert budget_ended, "the demo model writes to the budget on the first-stage candidates"
+    for judged in budget_ended:
+        own = [event for event in events if getattr(event, "doc_id", None) == judged.doc_id]
+        beliefs = [event.point for event in own if isinstance(event, Belief)]
+        assert beliefs == list(judged.belief) and own[-1] is judged  # every probe streamed before the judgment
+        last = judged.belief[-1]
+        assert last.tokens == judged.tokens == BUDGET and last.offset <= len(judged.reasoning)
+        # The same prompt, read once by the probe and once by the forced step: the same numbers, up to the
+        # engine's kernels when the two share a batch or the prefix cache serves one of them.
+        assert last.score == pytest.approx(judged.p_true, abs=1e-5), judged.doc_id

@@ -159,7 +159,7 @@ def check_exports_parse(name: str, run: Run, candidates: tuple[Candidate, ...], 
 def test_every_reranker_is_registered_once_with_distinct_event_tags() -> None:
     assert set(RERANKERS.values()) == set(SCRIPTS)
     assert all(cls.renderer in FAMILIES and cls.relevance_meaning and cls.score_name for cls in RERANKERS.values())
-    assert len({cls.type for cls in EVENT_TYPES.values()}) == len(EVENT_TYPES) == 10
+    assert len({cls.type for cls in EVENT_TYPES.values()}) == len(EVENT_TYPES) == 11
     assert all(cls.defaults.budget < cls.defaults.max_model_len for cls in RERANKERS.values())
 
 

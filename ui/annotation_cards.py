@@ -9,6 +9,10 @@ from html import escape
 
 from search.annotation.store import HumanJudgment, ModelEvidence, ModelJudgment, Span, StoredCandidate
 from search.annotation.workbench import FILTERS, Workbench
+from search.rerank.belief import BeliefPath
+from search.rerank.events import Graded, Measured
+from ui.belief import belief_badge, belief_chart, reasoning_with_shift
+from ui.evidence import ScoreScale
 
 ANNOTATION_CSS = """
 #annotate-passage { white-space: pre-wrap; line-height: 1.5; padding: 8px; border-radius: 6px;
@@ -182,11 +186,25 @@ def render_model(bench: Workbench | None) -> str:
     percent = f"{p_relevant * 100:.1f}" if p_relevant is not None else "0"
     evidence = bench.model_evidence().get(bench.doc_id)
     candidate = bench.current()
+    belief, trace = _model_belief(judgment), escape(reasoning)
+    if belief is not None:
+        path, scale = belief
+        belief_html = f'<div class="es-toggles">{belief_badge(path, scale)}{belief_chart(path, scale)}</div>'
+        trace = reasoning_with_shift(reasoning, path, scale)
     return (f"{circular}<div>{name}: {_model_summary(judgment, live)}</div>"
             f'<div class="es-bar" title="measured probability of relevance {percent}%">'
-            f'<div style="width: {percent}%"></div></div>'
+            f'<div style="width: {percent}%"></div></div>{belief_html if belief is not None else ""}'
             f"{_model_evidence(evidence, candidate, judgment) if evidence and candidate else ''}"
-            f'<div class="es-trace">{escape(reasoning)}</div>')
+            f'<div class="es-trace es-all-open">{trace}</div>')
+
+
+def _model_belief(judgment: ModelJudgment | None) -> tuple[BeliefPath, ScoreScale] | None:
+    """The model's belief path as it reasoned and its scale, when the judgment carries probes."""
+    outcome = judgment.outcome if judgment is not None else None
+    if not isinstance(outcome, Measured) or (path := BeliefPath.of(outcome.belief, outcome)) is None:
+        return None
+    graded = isinstance(outcome, Graded)
+    return path, ScoreScale(name="expected grade" if graded else "P(true)", factor=3.0 if graded else 1.0)
 
 
 def _model_evidence(evidence: ModelEvidence, candidate: StoredCandidate, judgment: ModelJudgment | None) -> str:

@@ -35,6 +35,7 @@ from search.trec import UNNAMED_QUERY_ID
 from search.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, CorpusLibrary, UploadError
 from ui.annotate import AnnotationContext, build_annotate_tab, remembered_state
 from ui.annotation_cards import ANNOTATION_CSS, KEYS_JS
+from ui.belief import BELIEF_CSS
 from ui.cards import CARDS_CSS, KEEP_OPEN_JS
 from ui.checks import MAX_CANDIDATES, MAX_QUERY_CHARS, count_problem, instruction_problem, query_problem
 from ui.compare import ComparePage, PageFields, ShownPair, lay_out_compare, wire_compare
@@ -74,7 +75,8 @@ PAGE_CSS = """
 below it instead of over it. The closed side panel lies off screen: its controls are hidden, so that no Tab stop
 lies where the focus cannot be seen, and so is its chevron (the panel's button opens it; the chevron closes it).
 On a phone the query and the instruction take the whole width, one above the other."""
-CSS = RESULTS_CSS + CARDS_CSS + COMPARE_CSS + EVIDENCE_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS + PAGE_CSS
+CSS = (RESULTS_CSS + CARDS_CSS + BELIEF_CSS + COMPARE_CSS + EVIDENCE_CSS + WINDOW_CSS + ANNOTATION_CSS + HEADER_CSS
+       + PAGE_CSS)
 COUNTER_JS = f"""
 () => {{
   const limit = {MAX_QUERY_CHARS}, n = (value) => value.toLocaleString("en");
@@ -217,8 +219,12 @@ class SearchPage:
         if (waiting := loaded.engine.waiting()) is not None:
             raise EngineError(f"{waiting}; retrying every {loaded.engine.retry_every_s:g} s: reranking works as soon "
                               "as a server answers")
+        rerank = self.settings.rerank
+        probed = reranker_class(kind).probes_belief  # the page asks no belief of a reranker without one
         chosen = dataclasses.replace(self.settings.rerank, reranker=kind, budget=budget or self.settings.rerank.budget,
-                                     evidence=self.settings.rerank.evidence if evidence is None else evidence)
+                                     evidence=self.settings.rerank.evidence if evidence is None else evidence,
+                                     belief=probed and (rerank.belief or rerank.page_belief),
+                                     early_verdict=probed and rerank.early_verdict)
         return build_reranker(chosen, loaded)
 
     def header_now(self, key: str) -> str:

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from html import escape
 
 from search.rerank.base import Summary
+from search.rerank.belief import BeliefPath
 from search.rerank.events import Graded, Judged
 from search.rerank.pointwise import DocumentState, PointwiseRun
 from search.retrieval.highlight import snippet_start, term_spans
+from ui.belief import belief_badge, belief_chart, belief_now, reasoning_with_shift
 from ui.evidence import ScoreScale, excerpt_start, faithfulness_badge, highlighted, legend, why_line
 from ui.results import STAGE_LABELS
 
@@ -150,6 +152,10 @@ def card_state(state: DocumentState, *, stopped: bool) -> tuple[str, str, str]:
     if state.status == "failed":
         return "failed", "failed", state.failure
     if state.outcome is not None:
+        if state.outcome.end_reason == "early":
+            return "judged", f"early verdict · token {state.outcome.tokens}", (
+                f"Early verdict: the belief had settled (the early-verdict rule), so the reasoning was stopped after "
+                f"{state.outcome.tokens} tokens and the verdict read there in one extra step. {state.outcome.how()}")
         if state.outcome.forced and state.outcome.end_reason == "budget":
             return "judged", "forced · budget reached", (
                 f"The reasoning used its whole budget ({state.outcome.tokens} tokens) before answering: the answer "
@@ -210,6 +216,23 @@ def snippet(query: str, text: str) -> tuple[str, str]:
     return excerpt, marked(text, spans)
 
 
+def verdict_line(state: DocumentState, verdict: Verdict, kind: str, scale: ScoreScale
+                 ) -> tuple[str, str, str, str]:
+    """(the verdict line's HTML, its flags, the belief chart's, the reasoning's): the judgment or failure; the
+    belief chart while it forms and after (with the latest reading while reasoning) and its badge once judged; the
+    reasoning with the stretch that moved the belief most marked."""
+    path = BeliefPath.of(state.belief, state.outcome)
+    shown = verdict(state.outcome) if state.outcome is not None else (
+        f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
+    flags = "".join(f'<span class="es-flag" title="{escape(text)}">{escape(name)}</span>'
+                    for field, (name, text) in FLAG_TEXT.items()
+                    if state.outcome is not None and getattr(state.outcome, field))
+    if path is None:
+        return shown, flags, "", escape(state.reasoning)
+    chart = ("" if path.judged else belief_now(path, scale)) + belief_chart(path, scale, tokens_now=state.tokens)
+    return shown, belief_badge(path, scale) + flags, chart, reasoning_with_shift(state.reasoning, path, scale)
+
+
 def render_card(state: DocumentState, position: int | None, verdict: Verdict, *, query: str, stopped: bool,
                 scale: ScoreScale) -> str:
     passage = state.candidate.passage
@@ -217,11 +240,7 @@ def render_card(state: DocumentState, position: int | None, verdict: Verdict, *,
     kind, label, tip = card_state(state, stopped=stopped)
     provenance = " ".join(f"{escape(STAGE_LABELS.get(stage, stage))} #{hit.rank}"
                           for stage, hit in state.candidate.provenance.items())
-    flags = "".join(f'<span class="es-flag" title="{escape(text)}">{escape(name)}</span>'
-                    for field, (name, text) in FLAG_TEXT.items()
-                    if state.outcome is not None and getattr(state.outcome, field))
-    shown = verdict(state.outcome) if state.outcome is not None else (
-        f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
+    shown, flags, chart, reasoning = verdict_line(state, verdict, kind, scale)
     excerpt, whole = snippet(query, passage.text)
     evidence = state.evidence
     why = ""
@@ -240,10 +259,11 @@ def render_card(state: DocumentState, position: int | None, verdict: Verdict, *,
         f'<span class="es-state" title="{escape(tip, quote=True)}">{escape(label)}</span></div>'
         f'<div class="es-verdict">{shown}{flags}</div>{why}'
         f'<div class="es-snippet">{excerpt}</div>'
-        f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
+        f'<div class="es-tail"><div class="es-trace">{reasoning}</div></div>'
         f'<div class="es-toggles"><details class="es-all" data-keep="trace:{key}"><summary>all reasoning '
         f'({len(state.reasoning)} characters)</summary></details>'
-        f'<details class="es-open" data-keep="passage:{key}"><summary>passage</summary></details></div>'
+        f'<details class="es-open" data-keep="passage:{key}"><summary>passage</summary></details>'
+        f'<span class="es-beliefs">{chart}</span></div>'
         f'<div class="es-passage"><div class="es-meta">{escape(passage.passage_id)} · {provenance}</div>{whole}'
         "</div></div>"
     )
@@ -254,18 +274,14 @@ def render_half(run: PointwiseRun, doc_id: str, *, verdict: Verdict, scale: Scor
     its reasoning, and the passage shaded by its own evidence (shown when the card's passage is opened)."""
     state = run.documents[doc_id]
     kind, label, tip = card_state(state, stopped=run.stopped)
-    shown = verdict(state.outcome) if state.outcome is not None else (
-        f'<span class="es-meta">{escape(state.failure)}</span>' if kind == "failed" else "")
-    flags = "".join(f'<span class="es-flag" title="{escape(text)}">{escape(name)}</span>'
-                    for field, (name, text) in FLAG_TEXT.items()
-                    if state.outcome is not None and getattr(state.outcome, field))
+    shown, flags, chart, reasoning = verdict_line(state, verdict, kind, scale)
     passage, why = snippet(run.query, state.candidate.passage.text)[1], ""
     if state.evidence is not None:
         flags += faithfulness_badge(state.evidence, scale)
         why, passage = why_line(state.evidence, scale), highlighted(state.evidence, scale)
     return (f'<div class="es-half es-s-{kind}"><div class="es-verdict"><span class="es-state" '
-            f'title="{escape(tip, quote=True)}">{escape(label)}</span>{shown}{flags}</div>{why}'
-            f'<div class="es-tail"><div class="es-trace">{escape(state.reasoning)}</div></div>'
+            f'title="{escape(tip, quote=True)}">{escape(label)}</span>{shown}{chart}{flags}</div>{why}'
+            f'<div class="es-tail"><div class="es-trace">{reasoning}</div></div>'
             f'<div class="es-passage">{passage}</div></div>')
 
 

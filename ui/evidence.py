@@ -36,6 +36,8 @@ class ScoreScale:
 
     name: str
     factor: float = 1.0
+    threshold: float = 0.5
+    """Where the verdict turns, on 0–1 (P(true) 0.5; expected grade 1.5 of 3): the belief chart's line."""
 
     def show(self, value: float) -> str:
         return f"{value * self.factor:.2f}"

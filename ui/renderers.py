@@ -34,7 +34,8 @@ def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
     """A pointwise family: one card per document, its verdict read by ``verdict``, scores on the reranker's scale."""
 
     def renderer(reranker: type[Reranker]) -> Renderer:
-        scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max)
+        scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max,
+                           threshold=reranker.early_rule.threshold / reranker.score_max)
         return Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=verdict, scale=scale),
                         summary=lambda summary, budget, lead="": render_summary(summary, budget=budget, lead=lead),
                         half=lambda run, doc_id: render_half(run, doc_id, verdict=verdict, scale=scale))

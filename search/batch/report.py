@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import TYPE_CHECKING
 
 from ir_measures import RR, R, nDCG
@@ -211,11 +212,60 @@ def grade_agreement(view: BatchView, qrels: Qrels) -> GradeAgreement | None:
                           alpha=krippendorff_alpha(ratings, list(range(len(pairs)))))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReasoningEffect:
+    """What the reasoning did to the verdicts, from the belief probes of every judged document of the finished
+    queries: how often it changed the no-thinking verdict, the median token from which the verdict held, how many
+    judgments ended early, and per qrels grade the mean score before any reasoning and at the verdict."""
+
+    documents: int
+    changed: int
+    settled_median: float
+    early: int
+    by_grade: dict[str, tuple[int, float, float]]
+    """Grade ("unjudged" when the qrels do not grade it) → (documents, mean no-thinking score, mean final score)."""
+
+    def markdown(self, score_name: str) -> list[str]:
+        lines = [f"\n## What the reasoning changed (belief probes)\n\nOn {self.documents} judged documents, reasoning "
+                 f"changed the no-thinking verdict on {self.changed} ({self.changed / self.documents:.1%}); the "
+                 f"verdict held for good from token {self.settled_median:g} (median)"
+                 + (f"; {self.early} judgments ended early (--early-verdict)." if self.early else ".")]
+        if self.by_grade:
+            lines += ["", f"| qrels grade | documents | {score_name} before reasoning | {score_name} at the verdict |",
+                      "|---|---:|---:|---:|"]
+            lines += [f"| {grade} | {count} | {before:.4f} | {after:.4f} |"
+                      for grade, (count, before, after) in self.by_grade.items()]
+        return lines
+
+
+def reasoning_effect(view: BatchView, qrels: Qrels | None) -> ReasoningEffect | None:
+    """The reasoning's effect on the verdicts (None when the batch took no belief probes)."""
+    paths = [(item.run.belief_path(candidate.passage.doc_id), (qrels or {}).get(item.query_id, {}).get(
+        candidate.passage.doc_id)) for item in view.finished for candidate in item.run.candidates
+        if item.run.status(candidate.passage.doc_id) == "judged"]
+    paths = [(path, grade) for path, grade in paths if path is not None and path.judged and path.first.tokens == 0]
+    if not paths:
+        return None
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for path, grade in paths:
+        groups.setdefault("unjudged" if grade is None else str(grade), []).append((path.first.score,
+                                                                                     path.last.score))
+    by_grade = {grade: (len(pairs), sum(before for before, _ in pairs) / len(pairs),
+                        sum(after for _, after in pairs) / len(pairs))
+                for grade, pairs in sorted(groups.items(), key=lambda item: (item[0] == "unjudged", item[0]))}
+    return ReasoningEffect(documents=len(paths), changed=sum(path.changed for path, _ in paths),
+                           settled_median=median(path.settled_at for path, _ in paths),
+                           early=sum(item.run.details(candidate.passage.doc_id).get("end_reason") == "early"
+                                     for item in view.finished for candidate in item.run.candidates),
+                           by_grade=by_grade if qrels else {})
+
+
 def _statistic(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
-def report_markdown(view: BatchView, result: Comparison | None, agreement: GradeAgreement | None = None) -> str:
+def report_markdown(view: BatchView, result: Comparison | None, agreement: GradeAgreement | None = None,
+                    effect: ReasoningEffect | None = None) -> str:
     lines = [f"# Batch report\n\n{view.status()}\n"]
     for name, path in view.sources.items():
         lines.append(f"- {name}: `{path}`")
@@ -224,7 +274,7 @@ def report_markdown(view: BatchView, result: Comparison | None, agreement: Grade
         lines += [f"- {retry.describe()}" for retry in view.retries]
     if result is None:
         lines.append("\nNo metrics: no qrels were given, or none of the finished queries is judged in them.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + (effect.markdown(view.score_name) if effect else [])) + "\n"
     lines += [f"\nOver {len(result.per_query)} judged queries (first-stage top {view.top_k} before, reranked by "
               f"{view.score_name} after):\n", "| measure | before | after | Δ |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {result.before[name]:.4f} | {result.after[name]:.4f} | "
@@ -234,7 +284,7 @@ def report_markdown(view: BatchView, result: Comparison | None, agreement: Grade
                  f"{sum(delta < 0 for delta in deltas)} lost, {sum(delta == 0 for delta in deltas)} unchanged.")
     if agreement is not None:
         lines.append(f"\n{agreement.describe(view.reranker)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + (effect.markdown(view.score_name) if effect else [])) + "\n"
 
 
 def per_query_tsv(result: Comparison) -> str:
@@ -258,14 +308,16 @@ def write_outputs(out: Path, view: BatchView, qrels: Qrels | None) -> list[Path]
                                    encoding="utf-8")
     result = comparison(view, qrels) if qrels else None
     agreement = grade_agreement(view, qrels) if qrels else None
-    (out / REPORT_FILE).write_text(report_markdown(view, result, agreement), encoding="utf-8")
+    effect = reasoning_effect(view, qrels)
+    (out / REPORT_FILE).write_text(report_markdown(view, result, agreement, effect), encoding="utf-8")
     written.append(out / REPORT_FILE)
     if result is None:
         return written
     metrics = {"queries": len(result.per_query), "before": result.before, "after": result.after,
                "per_query": {query_id: {name: {"before": before, "after": after} for name, (before, after) in
                                         values.items()} for query_id, values in result.per_query.items()},
-               **({"grades_vs_qrels": dataclasses.asdict(agreement)} if agreement else {})}
+               **({"grades_vs_qrels": dataclasses.asdict(agreement)} if agreement else {}),
+               **({"reasoning_effect": dataclasses.asdict(effect)} if effect else {})}
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     (out / PER_QUERY_FILE).write_text(per_query_tsv(result), encoding="utf-8")
     gains_figure(result).savefig(out / GAINS_PLOT, dpi=120)

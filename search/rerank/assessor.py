@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
+from search.engines.base import Engine, EngineError, GenerationRequest, measured
 from search.rerank.base import RerankerDefaults, Run
 from search.rerank.events import EndReason, Failed, Graded, Measured, expected_grade, grade_distribution
 from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
-from search.rerank.probe import Probe
+from search.rerank.probe import EarlyRule, Probe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -155,6 +155,8 @@ class AssessorReranker(PointwiseReranker):
     renderer = "grades"
     grades = len(GRADES)
     reserve = 16
+    answer = ("grade", "all four grade tokens")
+    early_rule = EarlyRule(threshold=1.5, margin=0.9, streak=3)
 
     @classmethod
     def disagreement(cls, a: Run, b: Run, doc_id: str) -> str | None:
@@ -231,16 +233,19 @@ class AssessorReranker(PointwiseReranker):
             end_reason = "not_a_grade"
         else:
             end_reason = "budget" if finish == "length" else "end_of_sequence"
+        return await self.forced(ids, prepared, thought, len(token_ids), end_reason=end_reason)
+
+    @property
+    def forced_tokens(self) -> tuple[int, ...]:
+        return self.grade_tokens.forced[1]
+
+    def forced_prompt(self, prepared: PreparedPrompt, reasoning: str) -> str:
+        return f"{prepared.prompt}{clean_reasoning(reasoning)}\n{ANSWER}{self.grade_tokens.forced[0]}"
+
+    def forced_outcome(self, ids: dict[str, str], prepared: PreparedPrompt, values: tuple[float, ...], token: int,
+                       reasoning: str, tokens: int, *, end_reason: EndReason) -> Graded:
         suffix, grade_ids = self.grade_tokens.forced
-        prompt = f"{prepared.prompt}{clean_reasoning(thought)}\n{ANSWER}{suffix}"
-        step = await one_step(self.engine, prompt, grade_ids)
-        token, forced = step.token, step.logprobs
-        values = measured(forced, grade_ids)
-        if token not in grade_ids or values is None:
-            return Failed(**ids, reasoning=thought, reason=(
-                f"no grade after {end_reason.replace('_', ' ')}: the forced answer step returned token {token} and "
-                f"log-probabilities for {sorted(forced) or 'no tokens'}, not all four grade tokens"))
-        return self._graded(ids, prepared, values, thought, len(token_ids), end_reason=end_reason, forced=True,
+        return self._graded(ids, prepared, values, reasoning, tokens, end_reason=end_reason, forced=True,
                             answer_suffix=suffix, spaced_grade=grade_ids == self.grade_tokens.spaced)
 
     @staticmethod

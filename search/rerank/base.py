@@ -26,6 +26,7 @@ from search.trec import UNNAMED_QUERY_ID, format_trec_run
 
 if TYPE_CHECKING:
     from search.engines.base import Engine
+    from search.rerank.belief import BeliefPath
     from search.rerank.cache import JudgmentCache
 
 Status = Literal["waiting", "reasoning", "judged", "failed"]
@@ -310,6 +311,10 @@ class Run(ABC):
         """The grades on the TREC 0–3 scale that a graded reranker gave, by document (none for the others)."""
         return {}
 
+    def belief_path(self, doc_id: str) -> BeliefPath | None:
+        """The document's belief as the model reasoned, probed (None without probes, or for a listwise run)."""
+        return None
+
     def rows(self) -> list[dict[str, Any]]:
         """The current list, best first, as plain data (the API's answer and the JSONL export): one shape for
         every reranker, then the reranker's own fields."""
@@ -424,6 +429,9 @@ class Reranker(ABC):
     """Whether it judges each document on its own (then annotators can see its judgments beside theirs)."""
     grades: ClassVar[int] = 0
     """How many grades its judgments come on (4 for the TREC 0–3 scale; 0 when it does not grade)."""
+    probes_belief: ClassVar[bool] = False
+    """Whether its belief can be probed while it reasons (a verdict per document, read at any point of the
+    reasoning: ``settings.belief``)."""
     ranks_only: ClassVar[bool] = False
     """Whether it gives ranks and no judgment of each document (listwise): its relevance is derived from the rank,
     so its runs are compared with any reranker's by rank."""
@@ -488,6 +496,14 @@ class Reranker(ABC):
         if cls.ranks_only or other.ranks_only:
             return rank_disagreement(a, b, doc_id)
         return relevance_disagreement(a, b, doc_id)
+
+    @classmethod
+    def belief_problem(cls, settings: RerankSettings) -> str | None:
+        """Why the belief probes or early verdicts ``settings`` ask for cannot be had from this reranker, or None."""
+        if settings.probes_belief and not cls.probes_belief:
+            return (f"{cls.name} gives no verdict per document (it ranks windows of them), so there is no belief to "
+                    "probe and no early verdict; rank1 and the assessor have them")
+        return None
 
     @classmethod
     def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:

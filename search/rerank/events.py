@@ -5,8 +5,9 @@ reranker that emitted it) and what it is about, ``doc_id`` (pointwise rerankers)
 
 Pointwise (rank1, the assessor): for each candidate ``Started``, any number of ``Reasoning`` deltas, then exactly
 one outcome: ``Judged`` (rank1's verdict and P(true)), ``Graded`` (the assessor's 0–3 grade distribution) or
-``Failed``; with evidence on, one ``Evidence`` follows each measured outcome. Events of different candidates
-interleave; the order within one candidate is fixed.
+``Failed``; with belief probes on, ``Belief`` events interleave with the ``Reasoning`` (each after the reasoning it
+read, in order of tokens) and the outcome carries them all; with evidence on, one ``Evidence`` follows each measured
+outcome. Events of different candidates interleave; the order within one candidate is fixed.
 
 Listwise (ReasonRank): for each window in turn ``WindowStarted``, ``WindowReasoning`` deltas and one
 ``WindowRanked``; then one ``RankingDone``.
@@ -19,10 +20,40 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-EndReason = Literal["verdict", "grade", "budget", "end_of_sequence", "not_a_grade", "missing_logprobs"]
+EndReason = Literal["verdict", "grade", "budget", "end_of_sequence", "not_a_grade", "missing_logprobs", "early"]
 """Why a pointwise judgment ended: the model's own verdict (rank1) or grade (assessor); or, for a forced one,
 what went wrong: the budget ran out, the model stopped, its answer line held no grade, or the engine returned
-no log-probabilities for the answer tokens."""
+no log-probabilities for the answer tokens; or ``early``: the early-verdict rule stopped the reasoning once the
+belief had settled (the verdict is the last probe's, read after ``tokens`` tokens)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeliefPoint:
+    """The verdict the model would give if its reasoning ended here, measured: the reranker's forced verdict step
+    (rank1's ``</think>`` after the cleaned reasoning, the assessor's answer line) at the reasoning's first
+    ``tokens`` tokens, which it reads up to ``offset`` characters (the cleaning cuts after the last sentence end).
+    ``distribution`` is over the reranker's verdicts (rank1: false, true; the assessor: grades 0–3), ``score`` its
+    score from the same log-probabilities (P(true), or the expected grade)."""
+
+    tokens: int
+    offset: int
+    score: float
+    distribution: tuple[float, ...]
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> BeliefPoint:
+        return cls(**{**fields, "distribution": tuple(fields["distribution"])})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Belief:
+    """One belief probe of one candidate while its reasoning streams (``BeliefPoint``); the judgment carries them
+    all. Probes are separate engine requests over the reasoning so far: they never feed back into it."""
+
+    type: ClassVar[str] = "belief"
+    reranker: str
+    doc_id: str
+    point: BeliefPoint
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,6 +99,8 @@ class Measured:
     prompt_tokens: int = 0
     """Tokens of the prompt sent for the judgment (the forced step's second request re-reads prompt and reasoning
     from the prefix cache and is not counted); not new work when ``from_cache``."""
+    belief: tuple[BeliefPoint, ...] = ()
+    """The belief probes taken while the model reasoned, by tokens (none unless probes were asked for)."""
 
     @property
     def score(self) -> float:
@@ -77,6 +110,11 @@ class Measured:
     @property
     def relevance(self) -> float:
         """``score`` on 0–1 (the rerank API's ``relevance_score``)."""
+        raise NotImplementedError
+
+    def shares(self) -> tuple[float, ...]:
+        """The probabilities of the reranker's verdicts (rank1: false, true) or grades (0–3): a belief's
+        distribution."""
         raise NotImplementedError
 
     def how(self) -> str:
@@ -104,6 +142,9 @@ class Judged(Measured):
     @property
     def relevance(self) -> float:
         return self.p_true
+
+    def shares(self) -> tuple[float, ...]:
+        return (1.0 - self.p_true, self.p_true)
 
     def describe(self) -> str:
         return f"{'true ' if self.verdict else 'false'} P(true)={self.p_true:.3f}  {self.doc_id}  ({self.how()})"
@@ -134,6 +175,9 @@ class Graded(Measured):
     @property
     def relevance(self) -> float:
         return self.expected_grade / (len(self.distribution) - 1)
+
+    def shares(self) -> tuple[float, ...]:
+        return self.distribution
 
     def describe(self) -> str:
         shares = " ".join(f"{p:.2f}" for p in self.distribution)
@@ -330,10 +374,11 @@ class RankingDone:
     doc_ids: tuple[str, ...]
 
 
-Event = (Started | Reasoning | Judged | Graded | Failed | Evidence | WindowStarted | WindowReasoning | WindowRanked
-         | RankingDone)
+Event = (Started | Reasoning | Belief | Judged | Graded | Failed | Evidence | WindowStarted | WindowReasoning
+         | WindowRanked | RankingDone)
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (
-    Started, Reasoning, Judged, Graded, Failed, Evidence, WindowStarted, WindowReasoning, WindowRanked, RankingDone)}
+    Started, Reasoning, Belief, Judged, Graded, Failed, Evidence, WindowStarted, WindowReasoning, WindowRanked,
+    RankingDone)}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -346,8 +391,13 @@ def event_from_json(record: dict[str, Any]) -> Event:
     kind = EVENT_TYPES[record["type"]]
     if kind is Evidence:
         return Evidence.from_fields({name: value for name, value in record.items() if name != "type"})
+    if kind is Belief:
+        return Belief(reranker=record["reranker"], doc_id=record["doc_id"],
+                      point=BeliefPoint.from_fields(record["point"]))
     fields = {name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
               if name != "type"}
+    if "belief" in fields:
+        fields["belief"] = tuple(BeliefPoint.from_fields(point) for point in fields["belief"])
     return kind(**fields)
 
 

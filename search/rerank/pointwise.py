@@ -10,15 +10,19 @@ import contextlib
 import dataclasses
 import logging
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from search.engines.base import EngineError
+from search.engines.base import EngineError, measured, one_step
 from search.evidence.attribution import explain
 from search.rerank.base import Reranker, Run, Status, Summary, query_text
+from search.rerank.belief import BeliefPath, BeliefProbes
 from search.rerank.cache import judgment_key
 from search.rerank.events import (
+    Belief,
+    BeliefPoint,
+    EndReason,
     Event,
     Evidence,
     Failed,
@@ -29,7 +33,7 @@ from search.rerank.events import (
     Started,
     event_from_json,
 )
-from search.rerank.probe import Probe
+from search.rerank.probe import EarlyRule, Probe
 from search.retrieval.ranking import Candidate
 
 if TYPE_CHECKING:
@@ -52,12 +56,17 @@ def clean_reasoning(text: str) -> str:
     reuses), to the letter: trailing whitespace off; cut after the last ``.``, ``!`` or ``?`` unless the text
     ends with one (kept whole when it has none); then leading whitespace off too. Whitespace matters: rank1's
     reasoning usually starts with a newline, and the forced step must read the reference's exact prompt."""
-    text = text.rstrip()
-    if not text.endswith(SENTENCE_ENDS):
-        end = max(text.rfind(mark) for mark in SENTENCE_ENDS)
+    return text[:cleaned_end(text)].strip()
+
+
+def cleaned_end(text: str) -> int:
+    """Where the text ``clean_reasoning`` keeps of ``text`` ends in it: what a forced step reads of it."""
+    kept = len(text.rstrip())
+    if not text[:kept].endswith(SENTENCE_ENDS):
+        end = max(text.rfind(mark, 0, kept) for mark in SENTENCE_ENDS)
         if end >= 0:
-            text = text[: end + 1]
-    return text.strip()
+            return end + 1
+    return kept
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -145,6 +154,14 @@ class PointwiseReranker(Reranker):
     judges_documents = True
     reserve: ClassVar[int] = 8
     """Context kept free beyond the budget, for a forced step's additions."""
+    answer: ClassVar[tuple[str, str]]
+    """What its forced step reads and which tokens: ("verdict", "both verdict tokens"), for failures' reasons."""
+    belief_every: ClassVar[int] = 64
+    """Reasoning tokens between belief probes unless the settings say otherwise: chosen by measurement, the most
+    probes whose cost stays within 1.15× judging without them (docs/benchmarks.md, "Belief probes")."""
+    early_rule: ClassVar[EarlyRule]
+    """When ``--early-verdict`` finds its belief settled (defaults chosen by measurement: docs/benchmarks.md)."""
+    probes_belief = True
 
     @abstractmethod
     def render_prompt(self, query: str, passage: str) -> str:
@@ -156,14 +173,60 @@ class PointwiseReranker(Reranker):
         """Generate and read one candidate's judgment, giving each new piece of reasoning to ``reasoning`` with
         the number of new tokens it came from."""
 
+    @property
+    @abstractmethod
+    def forced_tokens(self) -> tuple[int, ...]:
+        """The tokens a forced step reads, in the order ``forced_outcome`` takes their log-probabilities."""
+
+    @abstractmethod
+    def forced_prompt(self, prepared: PreparedPrompt, reasoning: str) -> str:
+        """The reference's forced step after ``reasoning`` (cleaned, ``clean_reasoning``): the prompt ends where the
+        verdict or grade is read."""
+
+    @abstractmethod
+    def forced_outcome(self, ids: dict[str, str], prepared: PreparedPrompt, values: tuple[float, ...], token: int,
+                       reasoning: str, tokens: int, *, end_reason: EndReason) -> Measured:
+        """The judgment a forced step measured: ``values`` are ``forced_tokens``' log-probabilities, ``token`` the one
+        it chose."""
+
+    async def forced(self, ids: dict[str, str], prepared: PreparedPrompt, reasoning: str, tokens: int, *,
+                     end_reason: EndReason) -> Measured | Failed:
+        """The verdict or grade read in one step after closing ``reasoning``; ``Failed`` with the reason when the
+        engine gives no token of the answer or not all their log-probabilities."""
+        step = await one_step(self.engine, self.forced_prompt(prepared, reasoning), self.forced_tokens)
+        values = measured(step.logprobs, self.forced_tokens)
+        if step.token not in self.forced_tokens or values is None:
+            what, tokens_read = self.answer
+            return Failed(**ids, reasoning=reasoning, reason=(
+                f"no {what} after {end_reason.replace('_', ' ')}: the forced {what} step returned token {step.token} "
+                f"and log-probabilities for {sorted(step.logprobs) or 'no tokens'}, not {tokens_read}"))
+        return self.forced_outcome(ids, prepared, values, step.token, reasoning, tokens, end_reason=end_reason)
+
+    @property
+    def judgment_recipe(self) -> str:
+        """``recipe``, and what probes and the early-verdict rule change: a judgment made with them is another."""
+        recipe = self.recipe
+        if self.settings.probes_belief:
+            recipe += f"+belief{self.probe_interval(self.settings)}"
+        if self.settings.early_verdict:
+            recipe += f"+{self.early_rule.key()}"
+        return recipe
+
     @abstractmethod
     def probe(self, query: str, outcome: Measured) -> Probe:
         """How to re-score ``outcome`` on a changed passage with its reasoning held fixed: the prompt the judgment's
         verdict was read at (the forced one's, when it was forced), and its score scaled to 0–1."""
 
     @classmethod
+    def probe_interval(cls, settings: RerankSettings) -> int:
+        """Reasoning tokens between belief probes: the settings', else this reranker's measured default."""
+        return settings.belief_every or cls.belief_every
+
+    @classmethod
     def fingerprint(cls, settings: RerankSettings) -> dict[str, Any]:
-        return {"evidence": True} if settings.evidence else {}
+        return {**({"evidence": True} if settings.evidence else {}),
+                **({"belief": True, "belief_every": cls.probe_interval(settings)} if settings.probes_belief else {}),
+                **({"early_verdict": True} if settings.early_verdict else {})}
 
     def requests_per_query(self, candidates: int) -> int:
         return candidates
@@ -180,7 +243,8 @@ class PointwiseReranker(Reranker):
     def new_run(cls, query: str, candidates: Sequence[Candidate], *, instruction: str = "",
                 settings: RerankSettings) -> PointwiseRun:
         return PointwiseRun(reranker=cls.name, query=query, instruction=instruction, candidates=candidates,
-                            fields=cls.row_fields, score_name=cls.score_name, evidence=settings.evidence)
+                            fields=cls.row_fields, score_name=cls.score_name, evidence=settings.evidence,
+                            belief=settings.probes_belief)
 
     async def stream(self, query: str, candidates: Sequence[Candidate], *, instruction: str = "", template: str = "",
                      slots: asyncio.Semaphore | None = None) -> AsyncIterator[Event]:
@@ -231,7 +295,8 @@ class PointwiseReranker(Reranker):
                         slot: contextlib.AbstractAsyncContextManager, turn: Turn) -> Outcome:
         """The candidate's judgment, replayed from the cache or measured (its request sent in its ``turn``), and
         emitted with its reasoning."""
-        key = judgment_key(model=self.model_key, recipe=self.recipe, budget=self.budget, prompt=prepared.prompt)
+        key = judgment_key(model=self.model_key, recipe=self.judgment_recipe, budget=self.budget,
+                           prompt=prepared.prompt)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             turn.pass_on()
@@ -241,32 +306,70 @@ class PointwiseReranker(Reranker):
             emit(outcome)
             return outcome  # type: ignore[return-value]
         parts: list[str] = []
+        probes = self._probes(emit, prepared, ids)
 
         def reasoning(text: str, tokens: int) -> None:
             parts.append(text)
             emit(Reasoning(reranker=self.name, doc_id=ids["doc_id"], text=text, tokens=tokens))
+            if probes is not None:
+                probes.reasoned(text, tokens)
 
         await turn.wait()
         turn.pass_on()  # the request joins the slots' queue (first come, first served) before the next one can
         try:
             async with slot:
-                outcome = await self.judge(prepared, ids, reasoning)
+                outcome = await (self.judge(prepared, ids, reasoning) if probes is None
+                                 else self._judge_probed(probes, prepared, ids, reasoning))
             if isinstance(outcome, Measured):
                 outcome = dataclasses.replace(outcome, prompt_tokens=prepared.prompt_tokens)
         except EngineError as error:
             outcome = Failed(**ids, reason=f"engine error: {error}", reasoning="".join(parts))
+        finally:
+            if probes is not None:
+                await probes.close()
         if self.cache is not None and not isinstance(outcome, Failed):
-            self.cache.put(key, dataclasses.asdict(outcome), model=self.model_key, recipe=self.recipe,
+            self.cache.put(key, dataclasses.asdict(outcome), model=self.model_key, recipe=self.judgment_recipe,
                            budget=self.budget, prompt=prepared.prompt)
         emit(outcome)
         return outcome
+
+    def _probes(self, emit: Emit, prepared: PreparedPrompt, ids: dict[str, str]) -> BeliefProbes | None:
+        """The document's belief probes when the settings ask for them (or for early verdicts), else None."""
+        if not self.settings.probes_belief:
+            return None
+
+        def measure(text: str, tokens: int) -> Awaitable[Measured | Failed]:
+            return self.forced(ids, prepared, text, tokens, end_reason="early")
+
+        def point(belief: BeliefPoint) -> None:
+            emit(Belief(reranker=self.name, doc_id=ids["doc_id"], point=belief))
+
+        return BeliefProbes(every=self.probe_interval(self.settings), measure=measure,
+                            reads=cleaned_end, emit=point,
+                            rule=self.early_rule if self.settings.early_verdict else None)
+
+    async def _judge_probed(self, probes: BeliefProbes, prepared: PreparedPrompt, ids: dict[str, str],
+                            reasoning: Callable[[str, int], None]) -> Measured | Failed:
+        """``judge`` with its belief probed as it reasons: the judgment carries the probes; an early verdict (the
+        belief settled) ends the reasoning and is the judgment."""
+        judging = asyncio.create_task(self.judge(prepared, ids, reasoning))
+        probes.start(stop=judging.cancel)
+        try:
+            outcome = await judging
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if probes.settled is None or (task is not None and task.cancelling()):
+                raise
+            return dataclasses.replace(probes.settled, belief=await probes.finish())
+        points = await probes.finish()
+        return dataclasses.replace(outcome, belief=points) if isinstance(outcome, Measured) else outcome
 
     async def _evidence(self, emit: Emit, query: str, passage: Passage, prepared: PreparedPrompt, outcome: Measured,
                         slot: contextlib.AbstractAsyncContextManager) -> None:
         """The judgment's evidence, replayed from the cache or measured; none when the engine fails meanwhile (the
         judgment stands, and the terminal says why). Each re-score holds a ``slot`` of its own while in flight: they
         go to the engine all at once, and under the judgment's one slot they would flood a shared engine's queue."""
-        key = judgment_key(model=self.model_key, recipe=f"{self.recipe}+{EVIDENCE_RECIPE}", budget=self.budget,
+        key = judgment_key(model=self.model_key, recipe=f"{self.judgment_recipe}+{EVIDENCE_RECIPE}", budget=self.budget,
                            prompt=prepared.prompt + outcome.reasoning)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
@@ -282,7 +385,8 @@ class PointwiseReranker(Reranker):
             return
         if self.cache is not None:
             self.cache.put(key, dataclasses.asdict(evidence), model=self.model_key,
-                           recipe=f"{self.recipe}+{EVIDENCE_RECIPE}", budget=self.budget, prompt=prepared.prompt)
+                           recipe=f"{self.judgment_recipe}+{EVIDENCE_RECIPE}", budget=self.budget,
+                           prompt=prepared.prompt)
         emit(evidence)
 
 
@@ -298,6 +402,8 @@ class DocumentState:
     outcome: Measured | None = None
     failure: str = ""
     evidence: Evidence | None = None
+    belief: list[BeliefPoint] = dataclasses.field(default_factory=list)
+    """The belief probes so far, by tokens (the judgment's own once judged)."""
 
     @property
     def doc_id(self) -> str:
@@ -340,12 +446,14 @@ class PointwiseRun(Run):
     """Every candidate's state for one query, updated event by event."""
 
     def __init__(self, *, reranker: str, query: str, instruction: str, candidates: Sequence[Candidate],
-                 fields: tuple[str, ...], score_name: str, evidence: bool = False) -> None:
+                 fields: tuple[str, ...], score_name: str, evidence: bool = False, belief: bool = False) -> None:
         super().__init__(reranker=reranker, query=query, instruction=instruction, candidates=candidates)
         self.fields = fields
         self.score_name = score_name
         self.evidence = evidence
         """Evidence follows each judgment: the run is not done until it has arrived."""
+        self.belief = belief
+        """Belief probes were asked for: rows carry them."""
         self.documents = {candidate.passage.doc_id: DocumentState(candidate=candidate)
                           for candidate in self.candidates}
         self.counts: tuple[int, ...] = (0,) * len(COUNTED)
@@ -363,10 +471,13 @@ class PointwiseRun(Run):
         elif isinstance(event, Reasoning):
             state.reasoning += event.text
             state.tokens += event.tokens
+        elif isinstance(event, Belief):
+            state.belief.append(event.point)
         elif isinstance(event, Failed):
             state.status, state.failure, state.reasoning = "failed", event.reason, event.reasoning or state.reasoning
         elif isinstance(event, Measured):
             state.status, state.outcome, state.failure, state.reasoning = "judged", event, "", event.reasoning
+            state.belief = list(event.belief)
         elif isinstance(event, Evidence):
             state.evidence = event
         self.counts = tuple(total - old + new for total, old, new in zip(
@@ -431,11 +542,16 @@ class PointwiseRun(Run):
     def details(self, doc_id: str) -> dict[str, Any]:
         state = self.documents[doc_id]
         return {**{name: getattr(state.outcome, name) if state.outcome else None for name in self.fields},
-                "reasoning": state.reasoning, "evidence": evidence_fields(state.evidence)}
+                "reasoning": state.reasoning, "evidence": evidence_fields(state.evidence),
+                **({"belief": [dataclasses.asdict(point) for point in state.belief]} if self.belief else {})}
 
     def grades(self) -> dict[str, int]:
         return {doc_id: state.outcome.grade for doc_id, state in self.documents.items()
                 if isinstance(state.outcome, Graded)}
+
+    def belief_path(self, doc_id: str) -> BeliefPath | None:
+        state = self.documents[doc_id]
+        return BeliefPath.of(state.belief, state.outcome)
 
     def describe(self, event: Event) -> str | None:
         return event.describe() if isinstance(event, Measured | Failed | Evidence) else None

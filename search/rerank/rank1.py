@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from search.engines.base import Engine, EngineError, GenerationRequest, measured, one_step
+from search.engines.base import Engine, EngineError, GenerationRequest, measured
 from search.rerank.base import RerankerDefaults, Run
 from search.rerank.events import EndReason, Failed, Judged, Measured
 from search.rerank.pointwise import PointwiseReranker, PreparedPrompt, clean_reasoning
-from search.rerank.probe import Probe
+from search.rerank.probe import EarlyRule, Probe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -82,6 +82,8 @@ class Rank1Reranker(PointwiseReranker):
     score_name = "P(true)"
     relevance_meaning = "P(true): the probability of the verdict true"
     renderer = "verdicts"
+    answer = ("verdict", "both verdict tokens")
+    early_rule = EarlyRule(threshold=0.5, margin=0.3, streak=3)
     p_true_gap: ClassVar[float] = 0.3
     """Two runs disagree about a document when its verdict flips or its P(true) moves by this much."""
 
@@ -126,11 +128,14 @@ class Rank1Reranker(PointwiseReranker):
         last_token: int | None = None
         last_logprobs: dict[int, float] = {}
         finish, stop = None, None
+        unshown = 0  # tokens whose text the engine holds back (it could start a stop string) until a later chunk
         async with contextlib.aclosing(self.engine.generate(request)) as chunks:  # an early exit aborts it now
             async for chunk in chunks:
+                unshown += len(chunk.token_ids)
                 if chunk.text:
                     parts.append(chunk.text)
-                    reasoning(chunk.text, len(chunk.token_ids))
+                    reasoning(chunk.text, unshown)
+                    unshown = 0
                 tokens += len(chunk.token_ids)
                 if chunk.token_ids:
                     last_token = chunk.token_ids[-1]
@@ -149,14 +154,18 @@ class Rank1Reranker(PointwiseReranker):
         else:
             return self._judged(ids, prepared, verdict, last_token == self.verdict_tokens.true_id, text, tokens,
                                 end_reason="verdict")
-        step = await one_step(self.engine, forced_prompt(prepared.prompt, text), self.verdict_tokens.ids)
-        token, logprobs = step.token, step.logprobs
-        verdict = measured(logprobs, self.verdict_tokens.ids)
-        if token not in self.verdict_tokens.ids or verdict is None:
-            return Failed(**ids, reasoning=text, reason=(
-                f"no verdict after {end_reason.replace('_', ' ')}: the forced verdict step returned token {token} "
-                f"and log-probabilities for {sorted(logprobs) or 'no tokens'}, not both verdict tokens"))
-        return self._judged(ids, prepared, verdict, token == self.verdict_tokens.true_id, text, tokens,
+        return await self.forced(ids, prepared, text, tokens, end_reason=end_reason)
+
+    @property
+    def forced_tokens(self) -> tuple[int, ...]:
+        return self.verdict_tokens.ids
+
+    def forced_prompt(self, prepared: PreparedPrompt, reasoning: str) -> str:
+        return forced_prompt(prepared.prompt, reasoning)
+
+    def forced_outcome(self, ids: dict[str, str], prepared: PreparedPrompt, values: tuple[float, ...], token: int,
+                       reasoning: str, tokens: int, *, end_reason: EndReason) -> Judged:
+        return self._judged(ids, prepared, values, token == self.verdict_tokens.true_id, reasoning, tokens,
                             end_reason=end_reason, forced=True)
 
     @staticmethod

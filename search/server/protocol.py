@@ -51,6 +51,8 @@ class RerankBody(BaseModel):
     reranker: str | None = None
     budget: int | None = Field(default=None, ge=1)
     evidence: bool | None = None
+    belief: bool | None = None
+    early_verdict: bool | None = None
     stream: bool = False
 
 
@@ -83,7 +85,8 @@ def _reranker(value: str) -> str:
 
 
 MODEL_SETTINGS: dict[str, Callable[[str], Any]] = {"reranker": _reranker, "budget": _whole_number,
-                                                   "evidence": _flag, "instruction": str}
+                                                   "evidence": _flag, "belief": _flag, "early_verdict": _flag,
+                                                   "instruction": str}
 """The request fields a ``model`` name may carry after ``?``, for clients that send no fields of their own, each
 with what reads its value (or raises ``ValueError`` saying what is wrong with it)."""
 
@@ -189,7 +192,8 @@ def parse_request(raw: bytes, limits: ApiSettings) -> ParsedRequest:
                             f"the limit is {limits.api_max_text_bytes:,} bytes of text per request "
                             "(api_max_text_bytes)")
     request = RerankRequest(query=body.query, documents=documents, top_n=body.top_n, instruction=body.instruction,
-                            reranker=body.reranker, budget=body.budget, evidence=body.evidence)
+                            reranker=body.reranker, budget=body.budget, evidence=body.evidence, belief=body.belief,
+                            early_verdict=body.early_verdict)
     return ParsedRequest(request=request, model=body.model or None, return_documents=body.return_documents,
                          stream=body.stream, tei=tei)
 
@@ -228,7 +232,8 @@ def response(results: list[RerankResult], parsed: ParsedRequest, *, failed: int,
                                                                                            strict=True)]
     request = parsed.request
     ours = {"model": model, "reranker": reranker.name, "relevance_score": type(reranker).relevance_meaning,
-            "budget": reranker.budget, "evidence": reranker.settings.evidence, "instruction": request.instruction,
+            "budget": reranker.budget, "evidence": reranker.settings.evidence, "belief": reranker.settings.belief,
+            "early_verdict": reranker.settings.early_verdict, "instruction": request.instruction,
             "seconds": round(seconds, 3), "unfinished": unfinished}
     return {"id": uuid.uuid4().hex, "model": model, "results": answers,
             "usage": {"prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.tokens,

@@ -25,7 +25,7 @@ from search.engines import EngineError
 from search.rerank.events import Event, event_to_json
 from search.rerank.registry import RERANKERS
 from search.server.protocol import ApiError, ParsedRequest, parse_request, response, sse, tei_response
-from search.settings import ApiSettings
+from search.settings import ApiSettings, SettingsError
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 INFINITY_PATHS = ("/infinity/rerank", "/infinity/v1/rerank")
@@ -169,6 +169,8 @@ def _reranking(state: ApiState, parsed: ParsedRequest) -> Reranking:
         reranking = served.reranking(parsed.request)
     except EngineError as error:  # the budget does not fit the context
         raise ApiError(400, f"budget: {error}") from None
+    except SettingsError as error:  # no belief to probe
+        raise ApiError(422, f"{'belief' if parsed.request.belief else 'early_verdict'}: {error}") from None
     request = parsed.request
     problem = reranking.reranker.query_problem(request.query, instruction=request.instruction,
                                                candidates=len(request.documents))
@@ -181,7 +183,9 @@ def _described(reranking: Reranking, parsed: ParsedRequest) -> str:
     """What a request asked for, as the log records it: the settings it reached us with."""
     reranker, request = reranking.reranker, parsed.request
     return (f"model={parsed.model or ''!r} reranker={reranker.name} budget={reranker.budget} "
-            f"evidence={reranker.settings.evidence} instruction={request.instruction!r} top_n={request.top_n} "
+            f"evidence={reranker.settings.evidence} belief={reranker.settings.belief} "
+            f"early_verdict={reranker.settings.early_verdict} instruction={request.instruction!r} "
+            f"top_n={request.top_n} "
             f"documents={len(request.documents)} return_documents={parsed.return_documents} stream={parsed.stream}")
 
 
@@ -228,11 +232,13 @@ async def _within(state: ApiState, reranking: Reranking, deadline: float) -> Asy
     try:
         async with contextlib.aclosing(reranking.events()) as events:
             while True:
-                try:
-                    event = await asyncio.wait_for(anext(events), deadline - time.monotonic())
+                try:  # in this task: ``wait_for`` would read them in a task of its own, which a client that goes
+                    # away (a cancel scope cancelling again and again) could leave running while they are closed
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        event = await anext(events)
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:  # the events are closed: cancelling them aborted the engine's work
+                except TimeoutError:  # the events are closed: cancelling them aborted the engine's work
                     reranking.cut_short(late)
                     return
                 yield event

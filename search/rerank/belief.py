@@ -1,0 +1,152 @@
+"""Belief probes: the verdict a pointwise reranker's model would give if its reasoning ended at a point, measured
+while it reasons, with the reranker's own forced verdict step over the reasoning so far (a separate engine request:
+nothing feeds back into the reasoning). One probe before any reasoning (the no-thinking verdict), then one each time
+the reasoning passes a multiple of ``every`` tokens, the last one included; one probe at a time per document, in
+order of tokens. With an ``EarlyRule``, a settled belief stops the reasoning and its probe is the verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from search.engines.base import EngineError
+from search.rerank.events import BeliefPoint, Failed, Measured
+from search.rerank.probe import EarlyRule
+
+logger = logging.getLogger(__name__)
+
+
+def verdict_of(point: BeliefPoint) -> int:
+    """The verdict a belief stands for: the most likely of the reranker's verdicts (rank1: 1 true, 0 false) or
+    grades (ties to the lower, as a greedy step at exactly 0.5 reads)."""
+    return max(range(len(point.distribution)), key=lambda index: (point.distribution[index], -index))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeliefPath:
+    """A document's belief from before its reasoning to its verdict: the probes, then (once judged) the judgment
+    itself, which read the whole reasoning. Every figure is the model's own, measured."""
+
+    points: tuple[BeliefPoint, ...]
+    judged: bool
+
+    @classmethod
+    def of(cls, probes: Sequence[BeliefPoint], outcome: Measured | None) -> BeliefPath | None:
+        """The path of ``probes`` and, when judged, ``outcome``; None without probes."""
+        if not probes:
+            return None
+        if outcome is None:
+            return cls(points=tuple(probes), judged=False)
+        final = BeliefPoint(tokens=outcome.tokens, offset=len(outcome.reasoning), score=outcome.score,
+                            distribution=outcome.shares())
+        return cls(points=(*probes, final), judged=True)
+
+    @property
+    def first(self) -> BeliefPoint:
+        """The earliest probe: the no-thinking verdict when it was taken before any reasoning (``tokens`` 0)."""
+        return self.points[0]
+
+    @property
+    def last(self) -> BeliefPoint:
+        return self.points[-1]
+
+    @property
+    def changed(self) -> bool:
+        """Reasoning changed the verdict: the judgment's differs from the no-thinking one."""
+        return self.judged and self.first.tokens == 0 and verdict_of(self.first) != verdict_of(self.last)
+
+    @property
+    def settled_at(self) -> int:
+        """The reasoning tokens from which every later probe, and the judgment, gave the final verdict."""
+        final = verdict_of(self.last)
+        settled = self.last.tokens
+        for point in reversed(self.points):
+            if verdict_of(point) != final:
+                break
+            settled = point.tokens
+        return settled
+
+    def steepest(self) -> tuple[BeliefPoint, BeliefPoint] | None:
+        """The two neighbouring points between which the score moved most (the reasoning between their offsets
+        moved it), or None with fewer than two."""
+        pairs = list(zip(self.points, self.points[1:], strict=False))
+        return max(pairs, key=lambda pair: abs(pair[1].score - pair[0].score), default=None)
+
+Measure = Callable[[str, int], Awaitable[Measured | Failed]]
+"""The forced verdict after the reasoning's text so far and its tokens (``PointwiseReranker.forced``); ``reads``
+says how much of that text it reads (``cleaned_end``)."""
+
+
+class BeliefProbes:
+    """One document's probes while its reasoning streams: ``reasoned`` with each piece of it, then ``finish``."""
+
+    def __init__(self, *, every: int, measure: Measure, reads: Callable[[str], int],
+                 emit: Callable[[BeliefPoint], None], rule: EarlyRule | None = None) -> None:
+        self.every = every
+        self.points: list[BeliefPoint] = []
+        self.settled: Measured | None = None
+        """The early verdict, once the rule has found the belief settled (its probe's forced verdict)."""
+        self._measure, self._reads, self._emit, self._rule = measure, reads, emit, rule
+        self._text, self._tokens, self._next = "", 0, 0
+        self._stop: Callable[[], None] = lambda: None
+        self._queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+
+    def start(self, stop: Callable[[], None]) -> None:
+        """Probe the no-thinking verdict now; ``stop`` ends the reasoning when the belief settles."""
+        self._stop = stop
+        self._worker = asyncio.create_task(self._work())
+        self._probe()
+
+    def reasoned(self, text: str, tokens: int) -> None:
+        self._text += text
+        self._tokens += tokens
+        if self._tokens >= self._next:
+            self._probe()
+
+    def _probe(self) -> None:
+        self._queue.put_nowait((self._text, self._tokens))
+        self._next = (self._tokens // self.every + 1) * self.every
+
+    async def finish(self) -> tuple[BeliefPoint, ...]:
+        """Every probe, once those still queued have been measured: all of them when the reasoning ended by itself;
+        up to the settled one after an early verdict (the rest are dropped)."""
+        if self.settled is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(None)
+        if self._worker is not None:
+            await self._worker
+        last = self.settled.tokens if self.settled is not None else self._tokens
+        return tuple(point for point in self.points if point.tokens <= last)
+
+    async def close(self) -> None:
+        """End the probes now (the judgment failed or was cancelled)."""
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _work(self) -> None:
+        while (probe := await self._queue.get()) is not None:
+            text, tokens = probe
+            try:
+                outcome = await self._measure(text, tokens)
+            except EngineError as error:
+                logger.warning("belief probe at %d tokens failed: %s", tokens, error)
+                continue
+            if isinstance(outcome, Failed):
+                logger.warning("belief probe at %d tokens: %s", tokens, outcome.reason)
+                continue
+            point = BeliefPoint(tokens=tokens, offset=self._reads(text), score=outcome.score,
+                                distribution=outcome.shares())
+            self.points.append(point)
+            self._emit(point)
+            if (self.settled is None and self._rule is not None
+                    and self._rule.settled([point.score for point in self.points])):
+                self.settled = dataclasses.replace(outcome, belief=())
+                self._stop()

@@ -18,10 +18,11 @@ import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from common import in_fresh_process, print_table, sample_workload
-from real_shape import _open_engine, build_shape, processor, shape_dir
+from real_shape import SHAPES, _open_engine, build_shape, processor, shape_dir
 
 
 def case(shape: str, kind: str, candidates: int, budget: int, intervals: list[int]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def case(shape: str, kind: str, candidates: int, budget: int, intervals: list[in
             probes.update(requests=0, computed=0)
             seconds, judged, beliefs = asyncio.run(judge(every, chosen))
             base = base or seconds
-            rows.append({"engine": kind, "interval": f"every {every}" if every else "off",
+            rows.append({"engine": kind, "interval": f"every {every}" if every else "off" + " again" * bool(rows),
                          f"judge {candidates} s": f"{seconds:.1f}", "÷ off": f"{seconds / base:.3f}",
                          "probes": str(beliefs), "one-step requests": str(probes["requests"]),
                          "their tokens computed": f"{probes['computed']:,}", "judged": f"{judged}/{candidates}"})
@@ -78,15 +79,18 @@ def case(shape: str, kind: str, candidates: int, budget: int, intervals: list[in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="rank1-0.5b")
+    parser.add_argument("--shape", default="rank1-0.5b", choices=list(SHAPES))
     parser.add_argument("--engines", nargs="+", default=["transformers", "vllm"], choices=["transformers", "vllm"])
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--budget", type=int, default=256)
-    parser.add_argument("--intervals", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--intervals", nargs="+", type=int, default=[32, 64, 128],
+                        help="tokens between probes, each a row after the run without probes (0: without, again)")
+    parser.add_argument("--tokenizer-from", type=Path, help="the shape's tokenizer files, made elsewhere "
+                                                             "(real_shape.py --write-tokenizer)")
     arguments = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    build_shape(arguments.shape)
+    build_shape(arguments.shape, arguments.tokenizer_from)
     rows = [row for kind in arguments.engines for row in in_fresh_process(
         case, arguments.shape, kind, arguments.candidates, arguments.budget, arguments.intervals)["rows"]]
     print(f"rank1 ({arguments.shape} shape, random weights) over {arguments.candidates} sample-corpus candidates at "

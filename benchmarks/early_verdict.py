@@ -6,7 +6,7 @@ rule would have made stops at the first probe where it fires and takes that prob
 run checks that replay for the default rule.
 
     .venv/bin/python benchmarks/early_verdict.py ../shared/data/cranfield [--queries 20] [--top-k 10]
-        [--budget 256] [--model demo] [--engine transformers]
+        [--budget 256] [--model demo] [--engine transformers] [--method hybrid]
 
 With the demo model (135M, not trained to judge relevance) the numbers prove the mechanism, not rank1's behaviour:
 run it with ``--model rank1-7b`` on a GPU (benchmarks/gpu.sh) for the real model's.
@@ -91,15 +91,17 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--engine", default="transformers")
+    parser.add_argument("--method", default="hybrid", choices=["bm25", "dense", "hybrid"],
+                        help="the first stage (bm25 where the dense encoder is not installed)")
     arguments = parser.parse_args()
     settings = Settings.from_env().replace(corpus=arguments.dataset, skip_bad=True, model=arguments.model,
                                            engine=arguments.engine, reranker="rank1", budget=arguments.budget,
                                            judgment_cache=False)
-    first_stage = open_first_stage(settings, ("hybrid",), console_progress())
+    first_stage = open_first_stage(settings, (arguments.method,), console_progress())
     corpus = first_stage.corpus
     queries = [query for query in corpus.queries if query.query_id in corpus.qrels][:arguments.queries]
-    work = [(query.query_id, query.text, list(first_stage.search(query.text, arguments.top_k, "hybrid").candidates))
-            for query in queries]
+    work = [(query.query_id, query.text,
+             list(first_stage.search(query.text, arguments.top_k, arguments.method).candidates)) for query in queries]
     loaded = open_model(settings.serving, "rank1")
     rows, figures = [], {}
     try:
@@ -122,7 +124,7 @@ def main() -> int:
     columns = ["rule", "judgments", "stopped early", "tokens saved", "verdict agreement", "mean |ΔP(true)|",
                "max |ΔP(true)|", "nDCG@10 full", "nDCG@10 early"]
     print(f"rank1 on {arguments.model} ({arguments.engine}), {arguments.dataset.name}: first {len(work)} judged "
-          f"queries × hybrid top {arguments.top_k}, budget {arguments.budget}, probes every "
+          f"queries × {arguments.method} top {arguments.top_k}, budget {arguments.budget}, probes every "
           f"{Rank1Reranker.probe_interval(base)} tokens")
     print("| " + " | ".join([*columns, "seconds (early vs full)"]) + " |")
     print("|" + "---|" * (len(columns) + 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from search.annotation.store import (
 from search.annotation.workbench import Workbench, rerank_candidate
 from search.evidence import split_sentences
 from search.rerank.events import (
+    BeliefPoint,
     Evidence,
     EvidenceCost,
     Failed,
@@ -150,6 +152,22 @@ def test_export_import_round_trips_exactly(store: AnnotationStore, tmp_path: Pat
     elsewhere.judge("demo", human("ann", "q1", "d1", 3))
     import_jsonl(store, jsonl_text(elsewhere, "demo"))
     assert [item.grade for item in store.judgments("demo", annotator="ann", query_id="q1")] == [3]
+
+
+def test_the_export_carries_the_models_belief_probes_and_imports_them_back(store: AnnotationStore,
+                                                                          tmp_path: Path) -> None:
+    probes = (BeliefPoint(tokens=0, offset=0, score=0.2, distribution=(0.8, 0.2)),
+              BeliefPoint(tokens=64, offset=37, score=0.71, distribution=(0.29, 0.71)))
+    judged = model("q1", "d1", 0.75)
+    store.put_model_judgment("demo", dataclasses.replace(judged, outcome=dataclasses.replace(judged.outcome,
+                                                                                             belief=probes)))
+    exported = jsonl_text(store, "demo")
+    [record] = [record for record in map(json.loads, exported.splitlines()) if record.get("model")]
+    assert [BeliefPoint.from_fields(point) for point in record["model"]["event"]["belief"]] == list(probes)
+    elsewhere = AnnotationStore(tmp_path / "elsewhere.sqlite3")
+    import_jsonl(elsewhere, exported)
+    assert elsewhere.model_judgments("demo")["q1", "d1"].outcome.belief == probes
+    assert jsonl_text(elsewhere, "demo") == exported
 
 
 def test_bad_imports_name_the_line_and_write_nothing(store: AnnotationStore, tmp_path: Path) -> None:

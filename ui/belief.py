@@ -36,12 +36,17 @@ def _y(score: float, scale: ScoreScale) -> float:
     return HEIGHT - 2 - (HEIGHT - 4) * min(max(score / scale.factor, 0.0), 1.0)
 
 
+def _shown(score: float, scale: ScoreScale) -> str:
+    """A score on the reranker's own scale (P(true); the expected grade of 3), as the page writes it."""
+    return scale.show(score / scale.factor)
+
+
 def _tip(path: BeliefPath, scale: ScoreScale) -> str:
     """Every point's numbers, for the chart's tooltip."""
     readings = [f"{'before reasoning' if point.tokens == 0 else f'token {point.tokens}'}: "
-                f"{scale.show(point.score / scale.factor)}" for point in path.points[:-1 if path.judged else None]]
+                f"{_shown(point.score, scale)}" for point in path.points[:-1 if path.judged else None]]
     if path.judged:
-        readings.append(f"verdict (token {path.last.tokens}): {scale.show(path.last.score / scale.factor)}")
+        readings.append(f"verdict (token {path.last.tokens}): {_shown(path.last.score, scale)}")
     return f"{scale.name} if the reasoning ended here, measured — " + "; ".join(readings)
 
 
@@ -51,10 +56,11 @@ def belief_chart(path: BeliefPath, scale: ScoreScale, *, tokens_now: int = 0) ->
     extent = max(path.last.tokens, tokens_now, 1)
     coordinates = [(2 + (WIDTH - 4) * point.tokens / extent, _y(point.score, scale)) for point in path.points]
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates)
-    threshold = HEIGHT - 2 - (HEIGHT - 4) * scale.threshold
+    threshold = _y(scale.threshold * scale.factor, scale)
     x, y = coordinates[-1]
+    tip = _tip(path, scale)
     return (f'<svg class="es-belief" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-            f'aria-label="{escape(_tip(path, scale), quote=True)}"><title>{escape(_tip(path, scale))}</title>'
+            f'aria-label="{escape(tip, quote=True)}"><title>{escape(tip)}</title>'
             f'<line x1="0" x2="{WIDTH}" y1="{threshold:.1f}" y2="{threshold:.1f}"></line>'
             f'<polyline points="{line}"></polyline>'
             f'<circle class="{"es-final" if path.judged else ""}" cx="{x:.1f}" cy="{y:.1f}" r="2.5"></circle></svg>')
@@ -65,14 +71,14 @@ def belief_now(path: BeliefPath, scale: ScoreScale) -> str:
     point = path.last
     when = "before any reasoning" if point.tokens == 0 else f"after {point.tokens} tokens of reasoning"
     return (f'<span class="es-now" title="{escape(scale.name, quote=True)} if the reasoning ended {when}, measured">'
-            f"{escape(scale.name)} {scale.show(point.score / scale.factor)}</span>")
+            f"{escape(scale.name)} {_shown(point.score, scale)}</span>")
 
 
 def belief_badge(path: BeliefPath, scale: ScoreScale) -> str:
     """"reasoning changed the verdict" or "decided early (by token N)" once judged, with the numbers."""
     if not path.judged or path.first.tokens != 0:
         return ""
-    first, last = scale.show(path.first.score / scale.factor), scale.show(path.last.score / scale.factor)
+    first, last = _shown(path.first.score, scale), _shown(path.last.score, scale)
     numbers = (f"{scale.name} before reasoning {first}, verdict {last}; the verdict held from token "
                f"{path.settled_at} of {path.last.tokens}")
     if path.changed:
@@ -95,7 +101,7 @@ def reasoning_with_shift(reasoning: str, path: BeliefPath | None, scale: ScoreSc
         return escape(reasoning)
     before, after = steepest
     start, end = before.offset, min(after.offset, len(reasoning))
-    note = (f"{scale.name} {scale.show(before.score / scale.factor)} → {scale.show(after.score / scale.factor)} "
+    note = (f"{scale.name} {_shown(before.score, scale)} → {_shown(after.score, scale)} "
             "here")
     return (f'{escape(reasoning[:start])}<span class="es-moved" data-note="{escape(note, quote=True)}" '
             f'title="{escape(note, quote=True)}: the belief moved most over this stretch of the reasoning">'

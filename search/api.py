@@ -22,7 +22,7 @@ from search.engines import EngineError, close_engine
 from search.pipeline import LoadedModel, build_reranker, open_model
 from search.rerank.base import Reranker, Run, Status
 from search.rerank.events import Event
-from search.rerank.registry import SETTING_CHOICES
+from search.rerank.registry import SETTING_CHOICES, reranker_class
 from search.retrieval.ranking import Candidate, Hit
 from search.settings import DEFAULT_RERANKER, RerankSettings, Settings
 
@@ -59,12 +59,15 @@ class RerankRequest:
     early_verdict: bool | None = None
 
     def settings(self, base: RerankSettings) -> RerankSettings:
-        """``base`` with what this request asks for instead."""
+        """``base`` with what this request asks for instead; the server's own belief probes and early verdicts only
+        for a reranker that has them (a request that asks for them from one that has none is refused)."""
+        reranker = self.reranker or base.reranker
+        probed = reranker_class(reranker).probes_belief
         return dataclasses.replace(
-            base, reranker=self.reranker or base.reranker, budget=self.budget or base.budget,
+            base, reranker=reranker, budget=self.budget or base.budget,
             evidence=base.evidence if self.evidence is None else self.evidence,
-            belief=base.belief if self.belief is None else self.belief,
-            early_verdict=base.early_verdict if self.early_verdict is None else self.early_verdict)
+            belief=base.belief and probed if self.belief is None else self.belief,
+            early_verdict=base.early_verdict and probed if self.early_verdict is None else self.early_verdict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import threading
@@ -284,6 +285,18 @@ def test_belief_probes_come_with_each_result_when_asked_and_never_otherwise(toke
     assert streamed_points == {(str(index), tokens) for index in by_index for tokens in (0,)}
     assert all("belief" in result for result in named["results"])
     assert listwise.status_code == 422 and listwise.json()["message"].startswith("belief: reasonrank gives no verdict")
+
+
+def test_a_server_that_probes_belief_still_answers_a_reranker_without_any(tokenizer: object) -> None:
+    engine = ScriptedEngine(tokenizer, reversing)
+    served = reranker_on(engine)
+    served.settings = dataclasses.replace(served.settings, belief=True, early_verdict=True)
+    try:
+        answer = client_of(served).post("/v1/rerank", json={"query": "q", "documents": ["a", "b"],
+                                                             "reranker": "reasonrank"})
+    finally:
+        engine.close()
+    assert answer.status_code == 200 and all("belief" not in result for result in answer.json()["results"])
 
 
 @contextlib.contextmanager

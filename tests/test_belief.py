@@ -15,7 +15,7 @@ from scripted import ScriptedEngine, candidate
 
 from search.engines.base import GenerationChunk, GenerationRequest
 from search.rerank.assessor import AssessorReranker, GradeTokens
-from search.rerank.belief import BeliefPath
+from search.rerank.belief import BeliefPath, cleaned_end
 from search.rerank.cache import JudgmentCache
 from search.rerank.events import (
     Belief,
@@ -27,7 +27,7 @@ from search.rerank.events import (
     event_from_json,
     event_to_json,
 )
-from search.rerank.pointwise import PointwiseReranker, cleaned_end
+from search.rerank.pointwise import PointwiseReranker
 from search.rerank.probe import EarlyRule
 from search.rerank.rank1 import STOP_TRUE, Rank1Reranker, VerdictTokens, forced_prompt, p_true
 from search.rerank.reasonrank import ReasonRankReranker

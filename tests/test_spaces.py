@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ import gradio
 import httpx
 import pytest
 import spaces
-import tomllib
 import torch
 import yaml
 from gradio_client import Client

@@ -198,7 +198,7 @@ class Worker:
         room); False when it is gone for good or not back within ``START_TIMEOUT_S``."""
         try:
             await asyncio.wait_for(self.actor.spec.options(max_task_retries=-1).remote(), START_TIMEOUT_S)
-        except (TimeoutError, asyncio.TimeoutError, *LOST):
+        except (TimeoutError, *LOST):
             return False
         return True
 

@@ -117,6 +117,10 @@ class Measured:
         distribution."""
         raise NotImplementedError
 
+    def verdict_index(self) -> int:
+        """The verdict given, as an index into ``shares()``."""
+        raise NotImplementedError
+
     def how(self) -> str:
         """How the judgment came about: tokens, why it ended, and its flags."""
         flags = ", ".join(name for name in ("forced", "truncated_passage", "from_cache") if getattr(self, name))
@@ -145,6 +149,9 @@ class Judged(Measured):
 
     def shares(self) -> tuple[float, ...]:
         return (1.0 - self.p_true, self.p_true)
+
+    def verdict_index(self) -> int:
+        return int(self.verdict)
 
     def describe(self) -> str:
         return f"{'true ' if self.verdict else 'false'} P(true)={self.p_true:.3f}  {self.doc_id}  ({self.how()})"
@@ -178,6 +185,9 @@ class Graded(Measured):
 
     def shares(self) -> tuple[float, ...]:
         return self.distribution
+
+    def verdict_index(self) -> int:
+        return self.grade
 
     def describe(self) -> str:
         shares = " ".join(f"{p:.2f}" for p in self.distribution)

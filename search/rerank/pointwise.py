@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from search.engines.base import EngineError, measured, one_step
 from search.evidence.attribution import explain
 from search.rerank.base import Reranker, Run, Status, Summary, query_text
-from search.rerank.belief import BeliefPath, BeliefProbes
+from search.rerank.belief import BeliefPath, BeliefProbes, cleaned_end
 from search.rerank.cache import judgment_key
 from search.rerank.events import (
     Belief,
@@ -48,25 +48,12 @@ EVIDENCE_RECIPE = "evidence-v1"
 """Changes whenever how evidence is measured changes, so cached evidence of another recipe is not replayed."""
 
 
-SENTENCE_ENDS = (".", "!", "?")
-
-
 def clean_reasoning(text: str) -> str:
     """The reference's cleaning before a forced verdict or grade (rank1's code, which UMBRELA-style forcing
     reuses), to the letter: trailing whitespace off; cut after the last ``.``, ``!`` or ``?`` unless the text
     ends with one (kept whole when it has none); then leading whitespace off too. Whitespace matters: rank1's
     reasoning usually starts with a newline, and the forced step must read the reference's exact prompt."""
     return text[:cleaned_end(text)].strip()
-
-
-def cleaned_end(text: str) -> int:
-    """Where the text ``clean_reasoning`` keeps of ``text`` ends in it: what a forced step reads of it."""
-    kept = len(text.rstrip())
-    if not text[:kept].endswith(SENTENCE_ENDS):
-        end = max(text.rfind(mark, 0, kept) for mark in SENTENCE_ENDS)
-        if end >= 0:
-            return end + 1
-    return kept
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,7 +147,8 @@ class PointwiseReranker(Reranker):
     """Reasoning tokens between belief probes unless the settings say otherwise: chosen by measurement, the most
     probes whose cost stays within 1.15× judging without them (docs/benchmarks.md, "Belief probes")."""
     early_rule: ClassVar[EarlyRule]
-    """When ``--early-verdict`` finds its belief settled (defaults chosen by measurement: docs/benchmarks.md)."""
+    """When ``--early-verdict`` finds its belief settled; benchmarks/early_verdict.py measures a rule against the
+    full reasoning and replays the alternatives (docs/benchmarks.md, "Early verdict")."""
     probes_belief = True
 
     @abstractmethod
@@ -353,7 +341,7 @@ class PointwiseReranker(Reranker):
         """``judge`` with its belief probed as it reasons: the judgment carries the probes; an early verdict (the
         belief settled) ends the reasoning and is the judgment."""
         judging = asyncio.create_task(self.judge(prepared, ids, reasoning))
-        probes.start(stop=judging.cancel)
+        probes.start(stop=judging.cancel, running=lambda: not judging.done())
         try:
             outcome = await judging
         except asyncio.CancelledError:

@@ -226,7 +226,7 @@ async def _within(state: ApiState, reranking: Reranking, deadline: float) -> Asy
             "first")
     try:
         await asyncio.wait_for(state.slots.acquire(), deadline - time.monotonic())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         reranking.cut_short(late)
         return
     try:

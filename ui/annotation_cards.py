@@ -10,9 +10,11 @@ from html import escape
 from search.annotation.store import HumanJudgment, ModelEvidence, ModelJudgment, Span, StoredCandidate
 from search.annotation.workbench import FILTERS, Workbench
 from search.rerank.belief import BeliefPath
-from search.rerank.events import Graded, Measured
+from search.rerank.events import Measured
+from search.rerank.registry import reranker_class
 from ui.belief import belief_badge, belief_chart, reasoning_with_shift
 from ui.evidence import ScoreScale
+from ui.renderers import score_scale
 
 ANNOTATION_CSS = """
 #annotate-passage { white-space: pre-wrap; line-height: 1.5; padding: 8px; border-radius: 6px;
@@ -203,8 +205,7 @@ def _model_belief(judgment: ModelJudgment | None) -> tuple[BeliefPath, ScoreScal
     outcome = judgment.outcome if judgment is not None else None
     if not isinstance(outcome, Measured) or (path := BeliefPath.of(outcome.belief, outcome)) is None:
         return None
-    graded = isinstance(outcome, Graded)
-    return path, ScoreScale(name="expected grade" if graded else "P(true)", factor=3.0 if graded else 1.0)
+    return path, score_scale(reranker_class(outcome.reranker))
 
 
 def _model_evidence(evidence: ModelEvidence, candidate: StoredCandidate, judgment: ModelJudgment | None) -> str:

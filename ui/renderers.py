@@ -30,12 +30,18 @@ class Renderer:
     """(run, document id) → the run's half of that document's compare card."""
 
 
+def score_scale(reranker: type[Reranker]) -> ScoreScale:
+    """How a pointwise reranker's scores read on its own scale, and where its verdict turns (its early rule's
+    threshold, on 0–1)."""
+    return ScoreScale(name=reranker.score_name, factor=reranker.score_max,
+                      threshold=reranker.early_rule.threshold / reranker.score_max)
+
+
 def _board(verdict: Verdict) -> Callable[[type[Reranker]], Renderer]:
     """A pointwise family: one card per document, its verdict read by ``verdict``, scores on the reranker's scale."""
 
     def renderer(reranker: type[Reranker]) -> Renderer:
-        scale = ScoreScale(name=reranker.score_name, factor=reranker.score_max,
-                           threshold=reranker.early_rule.threshold / reranker.score_max)
+        scale = score_scale(reranker)
         return Renderer(cards=lambda run, reranked: render_board(run, reranked=reranked, verdict=verdict, scale=scale),
                         summary=lambda summary, budget, lead="": render_summary(summary, budget=budget, lead=lead),
                         half=lambda run, doc_id: render_half(run, doc_id, verdict=verdict, scale=scale))

@@ -7,9 +7,10 @@ judgment runs to its budget: at budget 256 and an interval of 64, five probes pe
     .venv/bin/python benchmarks/belief.py [--shape rank1-0.5b] [--engines transformers vllm] [--candidates 20]
         [--budget 256] [--intervals 32 64 128]
 
-Each row: the seconds to judge every candidate (probes and forced steps included), that ÷ the run without probes,
-the probes taken, the one-step requests sent (probes and forced verdicts) and their prompt tokens the engine computed
-(not served from its prefix cache).
+Each row asks the query with its row's number appended, so that no row's prompts are in the prefix cache from
+another's, as with a new query on the page. Each row: the seconds to judge every candidate (probes and forced steps
+included), that ÷ the run without probes, the probes taken, the one-step requests sent (probes and forced verdicts)
+and their prompt tokens the engine computed (not served from its prefix cache).
 """
 
 from __future__ import annotations
@@ -51,22 +52,24 @@ def case(shape: str, kind: str, candidates: int, budget: int, intervals: list[in
 
     engine.generate = counted  # type: ignore[method-assign]
 
-    async def judge(every: int, documents: list) -> tuple[float, int, int]:
+    async def judge(every: int, documents: list, asked: str) -> tuple[float, int, int]:
         settings = RerankSettings(judgment_cache=False, belief=every > 0, belief_every=every)
         reranker = Rank1Reranker(engine, model_key="shape", budget=budget, settings=settings)
         start, judged, beliefs = time.perf_counter(), 0, 0
-        async for event in reranker.stream(query, documents):
+        async for event in reranker.stream(asked, documents):
             judged += isinstance(event, Judged)
             beliefs += isinstance(event, Belief)
         return time.perf_counter() - start, judged, beliefs
 
     rows = []
     try:
-        asyncio.run(judge(64, chosen[:2]))  # warm-up, probes included
+        asyncio.run(judge(64, chosen[:2], query))  # warm-up, probes included
         base = None
-        for every in [0, *intervals]:
+        for row, every in enumerate([0, *intervals], 1):
             probes.update(requests=0, computed=0)
-            seconds, judged, beliefs = asyncio.run(judge(every, chosen))
+            # The query with the row's number: no row finds another's prompts in the prefix cache (as a new query
+            # on the page would not), which made a later row look cheaper than an earlier one.
+            seconds, judged, beliefs = asyncio.run(judge(every, chosen, f"{query} ({row})"))
             base = base or seconds
             rows.append({"engine": kind, "interval": f"every {every}" if every else "off" + " again" * bool(rows),
                          f"judge {candidates} s": f"{seconds:.1f}", "÷ off": f"{seconds / base:.3f}",

@@ -221,6 +221,29 @@ def test_the_assessor_gives_every_judged_document_a_grade_distribution_and_its_e
         assert set(explained["faithfulness"]) == {"top_removed", "random_removed", "sentences_removed", "supported"}
 
 
+def test_rerank_belief_prints_the_probes_as_json_lines_and_reasonrank_refuses_them(index_dir: Path) -> None:
+    result = run("rerank", "--corpus", "sample_corpus", "--query", "which planets have no moons", "--top-k", "2",
+                 "--budget", "24", "--belief", "--belief-every", "8", "--no-judgment-cache", "--engine",
+                 "transformers", "--jsonl", index_dir=index_dir, extra_environment={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    judged = {event["doc_id"]: event for event in events if event["type"] == "judged"}
+    assert len(judged) == 2
+    for doc_id, event in judged.items():
+        probes = [probe["point"] for probe in events if probe["type"] == "belief" and probe["doc_id"] == doc_id]
+        # One probe before any reasoning, then one every 8 tokens while it runs; the judgment keeps them all.
+        assert probes[0]["tokens"] == 0 and [point["tokens"] for point in probes] == sorted(
+            point["tokens"] for point in probes)
+        assert all(0 <= point["score"] <= 1 for point in probes)
+        assert [point["tokens"] for point in event["belief"]] == [point["tokens"] for point in probes]
+        assert [point["score"] for point in event["belief"]] == [point["score"] for point in probes]
+
+    refused = run("rerank", "--reranker", "reasonrank", "--query", "moons", "--belief", "--engine", "transformers",
+                  index_dir=index_dir)
+    assert refused.returncode == 2
+    assert "reasonrank gives no verdict per document" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_rerank_reports_an_unreachable_server(index_dir: Path) -> None:
     result = run("rerank", "--query", "moons", "--engine", "openai", "--endpoints", "http://127.0.0.1:9",
                  index_dir=index_dir)

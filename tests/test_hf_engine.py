@@ -242,6 +242,45 @@ def test_a_prompt_that_begins_like_a_finished_one_is_served_from_the_prefix_cach
         -1].cached_tokens == 0
 
 
+def test_a_prompt_that_begins_like_a_running_request_is_served_from_its_rows_cache(
+        engine: TransformersEngine, reference: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A belief probe asks for the verdict after its reasoning request's prompt and reasoning so far, while that
+    request still decodes: the shared part comes from the running row's cache (a copy: the row decodes on as if
+    nothing happened), and both give what the model gives on their text alone."""
+    prompt = "Probe: " + STORY
+    long = GenerationRequest(prompt=prompt, max_tokens=60, watch_token_ids=WATCHED)
+    probe_queued = threading.Event()
+    hold = hold_decoding(engine, monkeypatch, until=probe_queued,
+                         once=lambda rows: bool(rows) and len(rows[0].waiting.row.token_ids) >= 12)
+    asked: list[str] = []
+
+    async def both() -> tuple[list[GenerationChunk] | EngineError, list[GenerationChunk] | EngineError]:
+        reading = asyncio.create_task(outcome(engine, long))
+        await asyncio.to_thread(hold.reached.wait, BOUND_S)
+        so_far = engine.tokenizer.decode(hold.rows[0].waiting.row.token_ids[:-1])
+        asked.append(prompt + so_far + "\n</think>")
+        probing = asyncio.create_task(outcome(engine, GenerationRequest(prompt=asked[0], max_tokens=1,
+                                                                        watch_token_ids=WATCHED)))
+        while engine._pending.empty():  # the worker waits in its held step: the probe stays queued till then
+            await asyncio.sleep(0.01)
+        probe_queued.set()
+        return await probing, await reading
+
+    probed, whole = bounded(both())
+    assert isinstance(probed, list) and isinstance(whole, list), (probed, whole)
+    assert len(tokens(whole)) == 60  # still running when the probe came, and to its end after
+    assert probed[-1].cached_tokens > len(engine.tokenizer(prompt).input_ids)
+    expected = reference_logprobs(reference, asked[0])
+    assert [probed[0].logprobs[0][token] for token in WATCHED] == pytest.approx(
+        [expected[token].item() for token in WATCHED], abs=TOLERANCE)
+    generated = tokens(whole)
+    logprobs = [entry for chunk in whole for entry in chunk.logprobs]
+    for position in (11, 12, 59):
+        expected = reference_logprobs(reference, prompt, generated[:position])
+        assert [logprobs[position][token] for token in WATCHED] == pytest.approx(
+            [expected[token].item() for token in WATCHED], abs=TOLERANCE), position
+
+
 def test_packed_linear_layers_compute_what_pytorchs_do(demo_model: Path, reference: tuple[object, object]) -> None:
     model, tokenizer = reference
     packed = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()

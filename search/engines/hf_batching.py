@@ -12,6 +12,7 @@ the removed sentence) prefills only the rest. The arithmetic per row is the mode
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -60,17 +61,19 @@ class PrefixCache:
         best, found = 0, None
         wanted = torch.tensor(tokens[:-1], dtype=torch.long)
         for kept, cache in self._entries.items():
-            length = min(len(kept), len(wanted))
-            if length <= best:
-                continue
-            differs = torch.nonzero(torch.tensor(kept[:length], dtype=torch.long) != wanted[:length])
-            shared = int(differs[0]) if len(differs) else length
-            if shared > best:
+            if min(len(kept), len(wanted)) > best and (shared := _shared(kept, wanted)) > best:
                 best, found = shared, (kept, cache)
         if found is None or best < MIN_SHARED_PREFIX:
             return 0, None
         self._entries.move_to_end(found[0])
         return best, [(keys[:, :, :best], values[:, :, :best]) for keys, values in found[1]]
+
+
+def _shared(kept: Sequence[int], wanted: torch.Tensor) -> int:
+    """How many tokens ``kept`` and ``wanted`` share from the start."""
+    length = min(len(kept), len(wanted))
+    differs = torch.nonzero(torch.tensor(kept[:length], dtype=torch.long) != wanted[:length])
+    return int(differs[0]) if len(differs) else length
 
 
 def _bytes(cache: KeyValues) -> int:
@@ -85,6 +88,10 @@ class BatchRow:
     """The token it feeds at the next step."""
     length: int = 0
     """Positions it holds in the cache (the rest of its columns, on the left, are padding); set by ``join``."""
+
+    def held_tokens(self) -> Sequence[int]:
+        """The tokens whose positions it holds in the cache (``length`` of them)."""
+        raise NotImplementedError
 
 
 Row = TypeVar("Row", bound=BatchRow)
@@ -130,10 +137,18 @@ class RunningBatch(Generic[Row]):
 
     @torch.inference_mode()
     def prefill(self, tokens: list[int], prefix: PrefixCache) -> Prefilled:
-        """Run one prompt alone (after whatever prefix of it ``prefix`` holds)."""
+        """Run one prompt alone, after the longest prefix of it that ``prefix`` or a running row holds: a belief
+        probe's prompt is its reasoning request's prompt and reasoning so far, still decoding in this batch."""
         from transformers import DynamicCache
 
         shared, kept = prefix.longest(tokens)
+        wanted = torch.tensor(tokens[:-1], dtype=torch.long)
+        source = None
+        for row in self.rows:
+            if (length := _shared(row.held_tokens(), wanted)) > max(shared, MIN_SHARED_PREFIX - 1):
+                shared, source = length, row
+        if source is not None:
+            kept = self.row_cache(source, shared)
         past = DynamicCache(ddp_cache_data=kept) if kept is not None else DynamicCache()
         positions = torch.arange(shared, len(tokens), device=self.device)
         output = self.model(input_ids=torch.tensor([tokens[shared:]], device=self.device), past_key_values=past,
@@ -153,11 +168,12 @@ class RunningBatch(Generic[Row]):
         row.length = length
         self.rows.append(row)
 
-    def row_cache(self, row: Row) -> KeyValues:
-        """A copy of one row's cache without its padding."""
+    def row_cache(self, row: Row, length: int | None = None) -> KeyValues:
+        """A copy of one row's cache without its padding: its first ``length`` positions (default all)."""
         index = self.rows.index(row)
         start = self.width - row.length
-        return [(keys[index:index + 1, :, start:].clone(), values[index:index + 1, :, start:].clone())
+        end = self.width if length is None else start + length
+        return [(keys[index:index + 1, :, start:end].clone(), values[index:index + 1, :, start:end].clone())
                 for keys, values in self.cache]
 
     def keep(self, rows: list[Row]) -> None:

@@ -119,6 +119,9 @@ class _Running(BatchRow):
     """Of the prompt's tokens, those the prefix cache served (reported on the row's last chunk, as vLLM does)."""
     joined_at: float
 
+    def held_tokens(self) -> list[int]:
+        return self.prompt_ids + self.waiting.row.token_ids[:-1]  # the last is fed at the next step
+
     def leading(self) -> bool:
         """Whether it still holds the others back (``LEAD_WAIT_S``)."""
         row = self.waiting.row

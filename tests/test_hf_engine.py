@@ -23,6 +23,7 @@ from search.corpus import Passage
 from search.engines import hf_engine, onednn
 from search.engines.base import EngineError, GenerationChunk, GenerationRequest
 from search.engines.grouped_attention import NAME, grouped_sdpa_forward, use_grouped_attention
+from search.engines.hf_batching import BatchRow, PrefixCache, RunningBatch
 from search.engines.hf_engine import TransformersEngine
 from search.models import ResolvedModel
 from search.pipeline import LoadedModel
@@ -281,6 +282,63 @@ def test_a_prompt_that_begins_like_a_running_request_is_served_from_its_rows_cac
             [expected[token].item() for token in WATCHED], abs=TOLERANCE), position
 
 
+def test_prompts_prefilled_together_each_get_what_the_model_gives_on_their_text_alone(
+        engine: TransformersEngine, reference: tuple[object, object]) -> None:
+    """Requests that arrive together (the probes of documents reasoning in step) share one pass, each left-padded
+    after its own held prefix (one from the prefix cache, two with none): each row's next-token numbers, and the
+    cache it joins the batch with, are what the model gives on its text alone."""
+    batch, prefixes, tokenizer = RunningBatch(engine._model, engine.device), PrefixCache(), engine.tokenizer
+    story = tokenizer(STORY).input_ids
+    [alone] = batch.prefill([batch.held(story, prefixes)])
+    prefixes.add(tuple(story), alone.cache)
+    texts = (STORY + " there lived a small grey cat called", PROMPTS[1], PROMPTS[3])
+    held = [batch.held(tokenizer(text).input_ids, prefixes) for text in texts]
+    assert [item.shared for item in held] == [len(story), 0, 0]
+    decoding: RunningBatch = RunningBatch(engine._model, engine.device)
+    for text, item, result in zip(texts, held, batch.prefill(held), strict=True):
+        assert result.cached_tokens == item.shared and result.cache[0][0].shape[2] == len(item.tokens)
+        expected = reference_logprobs(reference, text)
+        assert torch.log_softmax(result.logits, dim=-1)[list(WATCHED)].tolist() == pytest.approx(
+            expected[list(WATCHED)].tolist(), abs=TOLERANCE), text
+        decoding.join(BatchRow(next_token=int(expected.argmax())), result.cache)
+    for text, logits, row in zip(texts, decoding.decode(), decoding.rows, strict=True):
+        expected = reference_logprobs(reference, text, [row.next_token])
+        assert torch.log_softmax(logits, dim=-1)[list(WATCHED)].tolist() == pytest.approx(
+            expected[list(WATCHED)].tolist(), abs=TOLERANCE), text
+
+
+def test_requests_that_arrive_together_are_prefilled_in_one_pass(
+        engine: TransformersEngine, reference: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three one-step requests queued while a long one decodes (as the documents' probes arrive in the same step)
+    join in one pass over the weights, not three, and each gets its own numbers."""
+    long = GenerationRequest(prompt=STORY, max_tokens=40)
+    shorts = [GenerationRequest(prompt=prompt, max_tokens=1, watch_token_ids=WATCHED) for prompt in PROMPTS[:3]]
+    hold_decoding(engine, monkeypatch, until=queued(engine, monkeypatch, *shorts))
+    passes: list[int] = []
+    prefill = engine._batch.prefill
+
+    def counted(prompts: list[Any]) -> Any:
+        passes.append(len(prompts))
+        return prefill(prompts)
+
+    monkeypatch.setattr(engine._batch, "prefill", counted)
+
+    async def together() -> tuple[list[list[GenerationChunk] | EngineError], list[GenerationChunk] | EngineError]:
+        started = asyncio.Event()
+        reading = asyncio.create_task(outcome(engine, long, started))
+        await started.wait()
+        return list(await asyncio.gather(*(outcome(engine, request) for request in shorts))), await reading
+
+    answers, whole = bounded(together())
+    assert isinstance(whole, list) and len(tokens(whole)) == 40
+    assert passes == [1, 3]  # the long one alone, then the three together
+    for request, chunks in zip(shorts, answers, strict=True):
+        assert isinstance(chunks, list), chunks
+        expected = reference_logprobs(reference, request.prompt)
+        assert [chunks[0].logprobs[0][token] for token in WATCHED] == pytest.approx(
+            [expected[token].item() for token in WATCHED], abs=TOLERANCE), request.prompt
+
+
 def test_packed_linear_layers_compute_what_pytorchs_do(demo_model: Path, reference: tuple[object, object]) -> None:
     model, tokenizer = reference
     packed = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()
@@ -346,7 +404,8 @@ def inject(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, point: s
     if point == "tokenizing the prompt":
         monkeypatch.setattr(engine, "tokenizer", FailingTokenizer(engine.tokenizer))
     elif point == "prefill":
-        monkeypatch.setattr(batch, "prefill", failing_once(batch.prefill, lambda tokens, prefix: tokens == target_ids))
+        monkeypatch.setattr(batch, "prefill", failing_once(
+            batch.prefill, lambda prompts: any(held.tokens == target_ids for held in prompts)))
     elif point in ("choosing the first token", "choosing the next token"):
         calls: list[GenerationRequest] = []
 

@@ -3,10 +3,11 @@ steps, so a request that arrives while others generate (a forced verdict step, t
 instead of waiting for a whole static batch, and the first candidate's text shows after its own prefill.
 
 One key/value cache holds the running batch, left-padded so that every row's newest token is in the last column;
-a row joining is prefilled alone and padded in, a row leaving is dropped and the padding no row needs is trimmed.
-Finished rows' caches are kept (least recently used first out, up to a memory budget) so that a prompt sharing a
-prefix with one (rank1's forced step shares its whole passage prompt, evidence's re-scores share the text before
-the removed sentence) prefills only the rest. The arithmetic per row is the model's own: padding is masked out.
+rows joining together are prefilled in one pass (each padded) and padded in, a row leaving is dropped and the
+padding no row needs is trimmed. Finished rows' caches are kept (least recently used first out, up to a memory
+budget), and running rows' are read, so that a prompt sharing a prefix with one (rank1's forced step shares its
+whole passage prompt, a belief probe its running reasoning, evidence's re-scores the text before the removed
+sentence) prefills only the rest. The arithmetic per row is the model's own: padding is masked out.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ class Prefilled:
     cache: KeyValues
     logits: torch.Tensor
     cached_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Held:
+    """A prompt's tokens and the prefix of them (``shared`` tokens, their ``cache``) that needs no computing."""
+
+    tokens: list[int]
+    shared: int
+    cache: KeyValues | None
+
+    @property
+    def new(self) -> int:
+        """The tokens a prefill computes."""
+        return len(self.tokens) - self.shared
 
 
 class PrefixCache:
@@ -135,12 +150,9 @@ class RunningBatch(Generic[Row]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    @torch.inference_mode()
-    def prefill(self, tokens: list[int], prefix: PrefixCache) -> Prefilled:
-        """Run one prompt alone, after the longest prefix of it that ``prefix`` or a running row holds: a belief
-        probe's prompt is its reasoning request's prompt and reasoning so far, still decoding in this batch."""
-        from transformers import DynamicCache
-
+    def held(self, tokens: list[int], prefix: PrefixCache) -> Held:
+        """``tokens`` and the longest prefix of them (up to all but the last) that ``prefix`` or a running row
+        holds: a belief probe's prompt is its reasoning request's prompt and reasoning so far, still decoding here."""
         shared, kept = prefix.longest(tokens)
         wanted = torch.tensor(tokens[:-1], dtype=torch.long)
         source = None
@@ -149,13 +161,45 @@ class RunningBatch(Generic[Row]):
                 shared, source = length, row
         if source is not None:
             kept = self.row_cache(source, shared)
-        past = DynamicCache(ddp_cache_data=kept) if kept is not None else DynamicCache()
-        positions = torch.arange(shared, len(tokens), device=self.device)
-        output = self.model(input_ids=torch.tensor([tokens[shared:]], device=self.device), past_key_values=past,
-                            attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=self.device),
-                            position_ids=positions[None], cache_position=positions, use_cache=True, logits_to_keep=1)
-        cache = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
-        return Prefilled(cache=cache, logits=output.logits[0, -1].float(), cached_tokens=shared)
+        return Held(tokens=tokens, shared=shared, cache=kept)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[Held]) -> list[Prefilled]:
+        """Run prompts in one pass, each after the prefix of it already held: requests that arrive together (the
+        probes of documents reasoning in step) cost one pass over the weights, not one each. Row ``i`` is
+        [padding, its held cache, padding, its new tokens], masked, so its numbers are its own; each comes out as a
+        batch of one."""
+        from transformers import DynamicCache
+
+        width = max(held.shared for held in prompts)
+        new = max(held.new for held in prompts)
+        template = next((held.cache for held in prompts if held.cache is not None), None)
+        past = DynamicCache()
+        if template is not None:
+            def column(held: Held, layer: int, part: int) -> torch.Tensor:
+                kept = held.cache[layer][part] if held.cache is not None else template[layer][part][:, :, :0]
+                return _pad_left(kept, width)
+
+            past = DynamicCache(ddp_cache_data=[(torch.cat([column(held, layer, 0) for held in prompts]),
+                                                 torch.cat([column(held, layer, 1) for held in prompts]))
+                                                for layer in range(len(template))])
+        input_ids = torch.zeros(len(prompts), new, dtype=torch.long, device=self.device)
+        attention_mask = torch.zeros(len(prompts), width + new, dtype=torch.long, device=self.device)
+        positions = torch.zeros(len(prompts), new, dtype=torch.long, device=self.device)
+        for index, held in enumerate(prompts):
+            input_ids[index, new - held.new:] = torch.tensor(held.tokens[held.shared:], device=self.device)
+            attention_mask[index, width - held.shared:width] = 1
+            attention_mask[index, width + new - held.new:] = 1
+            positions[index, new - held.new:] = torch.arange(held.shared, len(held.tokens), device=self.device)
+        output = self.model(input_ids=input_ids, past_key_values=past, attention_mask=attention_mask,
+                            position_ids=positions, cache_position=torch.arange(width, width + new, device=self.device),
+                            use_cache=True, logits_to_keep=1)
+        layers = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        return [Prefilled(cache=[tuple(torch.cat([part[index:index + 1, :, width - held.shared:width],
+                                                  part[index:index + 1, :, width + new - held.new:]], dim=2)
+                                       for part in layer) for layer in layers],
+                          logits=output.logits[index, -1].float(), cached_tokens=held.shared)
+                for index, held in enumerate(prompts)]
 
     def join(self, row: Row, cache: KeyValues) -> None:
         """Add ``row``, prefilled alone into ``cache`` (a batch of one), as the last row."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.engines.base import Engine, EngineError, GenerationChunk, GenerationRequest, cpu_dtype
-from search.engines.hf_batching import BatchRow, PrefixCache, RunningBatch
+from search.engines.hf_batching import BatchRow, Held, Prefilled, PrefixCache, RunningBatch
 from search.engines.zerogpu import gpu_function, on_zero_gpu
 
 log = logging.getLogger(__name__)
@@ -299,34 +299,55 @@ class TransformersEngine(Engine):
             self._running = [row.waiting.row for row in self._batch.rows]
 
     def _admit(self, queued: list[_Waiting]) -> None:
-        """Prefill queued requests, one at a time, up to ``PREFILL_TOKENS_PER_STEP`` prompt tokens (at least one
-        request) and the batch size; each gives its first token at once, and joins the batch unless that ended it.
-        On an idle engine the first request joins alone and leads (``LEAD_WAIT_S``). A request that fails on its
-        way in fails alone: the batch is as it was."""
+        """Prefill queued requests together in one pass, up to ``PREFILL_TOKENS_PER_STEP`` tokens computed with
+        padding (at least one request) and the batch size; each gives its first token at once, and joins the batch
+        unless that ended it. On an idle engine the first request joins alone and leads (``LEAD_WAIT_S``). A
+        request that fails on its way in fails alone (a pass that fails is retried one request at a time): the
+        batch is as it was."""
         running = self._batch.rows
-        lead = not running
         if len(running) == 1 and running[0].leading():
             return
-        prefilled = 0
-        while queued and len(running) < self.batch_size and prefilled < PREFILL_TOKENS_PER_STEP:
-            if lead and running:
-                return
-            waiting = queued.pop(0)
+        lead = not running
+        group: list[tuple[_Waiting, Held]] = []
+        while queued and len(running) + len(group) < self.batch_size and not (lead and group):
+            waiting = queued[0]
             try:
-                prefilled += self._join(waiting)
+                with _failing_as("tokenizing the prompt"):
+                    prompt_ids = self.tokenizer(waiting.row.request.prompt).input_ids
+                with _failing_as("prefill"):
+                    held = self._batch.held(prompt_ids, self._prefixes)
+            except EngineError as error:
+                queued.pop(0).deliver(error)
+                continue
+            padded = (len(group) + 1) * max(held.new, *(each.new for _, each in group)) if group else 0
+            if padded > PREFILL_TOKENS_PER_STEP + held.new:  # as if it were the last of those within the budget
+                break
+            group.append((queued.pop(0), held))
+        if not group:
+            return
+        try:
+            with _failing_as("prefill"):
+                prefilled = self._batch.prefill([held for _, held in group])
+        except EngineError as error:
+            if len(group) == 1:
+                group[0][0].deliver(error)
+                return
+            prefilled = None  # each alone, so that only a request that fails alone fails
+        for index, (waiting, held) in enumerate(group):
+            try:
+                if prefilled is None:
+                    with _failing_as("prefill"):
+                        [result] = self._batch.prefill([held])
+                else:
+                    result = prefilled[index]
+                self._start(waiting, held.tokens, result)
             except EngineError as error:
                 waiting.deliver(error)
-            running = self._batch.rows
-            self._running = [row.waiting.row for row in running]
+        self._running = [row.waiting.row for row in self._batch.rows]
 
-    def _join(self, waiting: _Waiting) -> int:
-        """Prefill one request, give its first token, and add it to the batch unless that ended it; the prompt
-        tokens it computed."""
+    def _start(self, waiting: _Waiting, prompt_ids: list[int], result: Prefilled) -> None:
+        """Give a prefilled request its first token, and add it to the batch unless that ended it."""
         request = waiting.row.request
-        with _failing_as("tokenizing the prompt"):
-            prompt_ids = self.tokenizer(request.prompt).input_ids
-        with _failing_as("prefill"):
-            result = self._batch.prefill(prompt_ids, self._prefixes)
         with _failing_as("choosing the first token"):
             token, logprobs = watched_and_chosen(result.logits, request)
             chunk = waiting.row.advance(token, logprobs, self.tokenizer, self._eos_ids)
@@ -339,7 +360,6 @@ class TransformersEngine(Engine):
                 self._batch.join(_Running(waiting=waiting, prompt_ids=prompt_ids, next_token=token,
                                           cached_tokens=result.cached_tokens, joined_at=time.monotonic()),
                                  result.cache)
-        return len(prompt_ids) - result.cached_tokens
 
     def _step(self) -> None:
         """One decoding step of every running row; finished, failed and abandoned rows leave the batch."""

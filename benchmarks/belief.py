@@ -9,8 +9,9 @@ judgment runs to its budget: at budget 256 and an interval of 64, five probes pe
 
 Each row asks the query with its row's number appended, so that no row's prompts are in the prefix cache from
 another's, as with a new query on the page. Each row: the seconds to judge every candidate (probes and forced steps
-included), that ÷ the run without probes, the probes taken, the one-step requests sent (probes and forced verdicts)
-and their prompt tokens the engine computed (not served from its prefix cache).
+included), that ÷ the runs without probes (the mean of "off" and, with ``0`` among the intervals, "off again",
+which bracket the others), the probes taken, the one-step requests sent (probes and forced verdicts) and their
+prompt tokens the engine computed (not served from its prefix cache).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -64,17 +66,20 @@ def case(shape: str, kind: str, candidates: int, budget: int, intervals: list[in
     rows = []
     try:
         asyncio.run(judge(64, chosen[:2], query))  # warm-up, probes included
-        base = None
+        timed = []
         for row, every in enumerate([0, *intervals], 1):
             probes.update(requests=0, computed=0)
             # The query with the row's number: no row finds another's prompts in the prefix cache (as a new query
             # on the page would not), which made a later row look cheaper than an earlier one.
             seconds, judged, beliefs = asyncio.run(judge(every, chosen, f"{query} ({row})"))
-            base = base or seconds
+            timed.append((every, seconds))
             rows.append({"engine": kind, "interval": f"every {every}" if every else "off" + " again" * bool(rows),
-                         f"judge {candidates} s": f"{seconds:.1f}", "÷ off": f"{seconds / base:.3f}",
+                         f"judge {candidates} s": f"{seconds:.1f}",
                          "probes": str(beliefs), "one-step requests": str(probes["requests"]),
                          "their tokens computed": f"{probes['computed']:,}", "judged": f"{judged}/{candidates}"})
+        base = statistics.fmean(seconds for every, seconds in timed if not every)  # "off", and "off again" if run
+        for printed, (_, seconds) in zip(rows, timed, strict=True):
+            printed["÷ off"] = f"{seconds / base:.3f}"
     finally:
         engine.close()
     return {"rows": rows}

@@ -202,7 +202,7 @@ class RunningBatch(Generic[Row]):
                 for index, held in enumerate(prompts)]
 
     def join(self, row: Row, cache: KeyValues) -> None:
-        """Add ``row``, prefilled alone into ``cache`` (a batch of one), as the last row."""
+        """Add ``row``, prefilled into ``cache`` (a batch of one), as the last row."""
         length = cache[0][0].shape[2]
         width = max(self.width, length)
         self.cache = [(torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)]),
